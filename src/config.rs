@@ -1,0 +1,414 @@
+//! Engine settings, built and validated through [`ConfigBuilder`].
+
+use std::fmt;
+
+/// A setting that was refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the refused setting (`delay`, `retry_window`, ...).
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const DAY: u32 = 86_400;
+
+/// Validated engine settings. Durations are in seconds.
+///
+/// Build one with [`Config::builder`]; [`Config::default`] gives the defaults
+/// of the table in the crate documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub(crate) delay: u32,
+    pub(crate) retry_window: u32,
+    pub(crate) pass_ttl: u32,
+    pub(crate) awl_threshold: u32,
+    pub(crate) awl_ttl: u32,
+    pub(crate) ipv4_prefix: u8,
+    pub(crate) ipv6_prefix: u8,
+    pub(crate) extension_delimiters: String,
+    pub(crate) blast_threshold: u32,
+    pub(crate) block_time: u32,
+    pub(crate) max_entries: u64,
+    pub(crate) shards: usize,
+    pub(crate) reply_code: u16,
+    pub(crate) reply_enhanced: String,
+    pub(crate) greylist_text: String,
+    pub(crate) block_text: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        ConfigBuilder::new()
+            .build()
+            .expect("the default settings are valid")
+    }
+}
+
+macro_rules! getters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $( $(#[$doc])* pub fn $name(&self) -> $ty { self.$name } )*
+    };
+}
+
+impl Config {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::new()
+    }
+
+    /// A builder starting from these settings.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        ConfigBuilder {
+            config: self.clone(),
+        }
+    }
+
+    getters! {
+        /// Minimum wait before a retry is accepted (default 300 s).
+        delay: u32,
+        /// How long a first retry may take before the triplet starts over (default 2 days).
+        retry_window: u32,
+        /// Lifetime of a passed triplet, refreshed on each use (default 35 days).
+        pass_ttl: u32,
+        /// Passed triplets that auto-whitelist a client network; 0 = off (default 5).
+        awl_threshold: u32,
+        /// Lifetime of an auto-whitelist record, refreshed on each use (default 35 days).
+        awl_ttl: u32,
+        /// IPv4 prefix length a client is grouped by (default 24).
+        ipv4_prefix: u8,
+        /// IPv6 prefix length a client is grouped by (default 64).
+        ipv6_prefix: u8,
+        /// Early-retry rounds within one delay period that block a network; 0 = off (default 20).
+        blast_threshold: u32,
+        /// How long a blocked network stays blocked (default 3600 s).
+        block_time: u32,
+        /// Most triplet entries kept; the oldest pending go first when full (default 4 million).
+        max_entries: u64,
+        /// Number of lock shards, a power of two.
+        shards: usize,
+        /// SMTP reply code of the suggested reply (default 450).
+        reply_code: u16,
+    }
+
+    /// Characters that start an address extension (`user+tag`); empty = off.
+    pub fn extension_delimiters(&self) -> &str {
+        &self.extension_delimiters
+    }
+
+    /// Enhanced status code of the suggested reply (default `4.2.0`).
+    pub fn reply_enhanced(&self) -> &str {
+        &self.reply_enhanced
+    }
+
+    /// Reply text for a defer; `%s` stands for the seconds until a retry passes.
+    pub fn greylist_text(&self) -> &str {
+        &self.greylist_text
+    }
+
+    /// Reply text for a block; `%s` stands for the seconds until the block ends.
+    pub fn block_text(&self) -> &str {
+        &self.block_text
+    }
+}
+
+/// Builds a [`Config`]; every setting is optional.
+///
+/// ```
+/// let config = greylist::Config::builder().delay(60).awl_threshold(0).build().unwrap();
+/// assert_eq!(config.delay(), 60);
+/// let err = greylist::Config::builder().delay(3 * 86_400).build().unwrap_err();
+/// assert_eq!(err.setting(), "delay");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $( $(#[$doc])* pub fn $name(mut self, value: $ty) -> Self { self.config.$name = value; self } )*
+    };
+}
+
+/// The default number of shards: a small multiple of the core count, so two
+/// threads rarely meet on one lock.
+fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    (cores * 8).next_power_of_two().clamp(16, 1024)
+}
+
+/// Most shards accepted; more only costs memory.
+pub const MAX_SHARDS: usize = 1 << 16;
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigBuilder {
+    /// The defaults (see the crate documentation for their sources).
+    pub fn new() -> Self {
+        ConfigBuilder {
+            config: Config {
+                delay: 300,
+                retry_window: 2 * DAY,
+                pass_ttl: 35 * DAY,
+                awl_threshold: 5,
+                awl_ttl: 35 * DAY,
+                ipv4_prefix: 24,
+                ipv6_prefix: 64,
+                extension_delimiters: "+".to_string(),
+                blast_threshold: 20,
+                block_time: 3600,
+                max_entries: 4_000_000,
+                shards: default_shards(),
+                reply_code: 450,
+                reply_enhanced: "4.2.0".to_string(),
+                greylist_text: "Greylisted, please try again in %s seconds".to_string(),
+                block_text: "Too many early retries from your network, blocked for %s seconds"
+                    .to_string(),
+            },
+        }
+    }
+
+    setters! {
+        /// Minimum wait before a retry is accepted, in seconds.
+        delay: u32,
+        /// How long a first retry may take, in seconds.
+        retry_window: u32,
+        /// Lifetime of a passed triplet, in seconds, refreshed on each use.
+        pass_ttl: u32,
+        /// Passed triplets that auto-whitelist a client network; 0 turns it off.
+        awl_threshold: u32,
+        /// Lifetime of an auto-whitelist record, in seconds, refreshed on use.
+        awl_ttl: u32,
+        /// Early-retry rounds within one delay period that block a network; 0 turns it off.
+        blast_threshold: u32,
+        /// How long a blocked network stays blocked, in seconds.
+        block_time: u32,
+        /// Most triplet entries kept.
+        max_entries: u64,
+        /// Number of lock shards; rounded up to a power of two.
+        shards: usize,
+        /// SMTP reply code of the suggested reply (4xx).
+        reply_code: u16,
+    }
+
+    /// Prefix lengths clients are grouped by: IPv4 1..=32, IPv6 1..=128
+    /// (32 and 128 mean the exact address).
+    pub fn prefixes(mut self, ipv4: u8, ipv6: u8) -> Self {
+        self.config.ipv4_prefix = ipv4;
+        self.config.ipv6_prefix = ipv6;
+        self
+    }
+
+    /// Characters that start an address extension (`+`, or `+-` for both);
+    /// empty turns extension stripping off.
+    pub fn extension_delimiters(mut self, delimiters: &str) -> Self {
+        self.config.extension_delimiters = delimiters.to_string();
+        self
+    }
+
+    /// Enhanced status code of the suggested reply, e.g. `4.2.0`.
+    pub fn reply_enhanced(mut self, code: &str) -> Self {
+        self.config.reply_enhanced = code.to_string();
+        self
+    }
+
+    /// Reply text for a defer; `%s` stands for the seconds until a retry passes.
+    pub fn greylist_text(mut self, text: &str) -> Self {
+        self.config.greylist_text = text.to_string();
+        self
+    }
+
+    /// Reply text for a block; `%s` stands for the seconds until the block ends.
+    pub fn block_text(mut self, text: &str) -> Self {
+        self.config.block_text = text.to_string();
+        self
+    }
+
+    /// Checks every setting and returns the configuration, or the first
+    /// setting that is wrong and why.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let mut c = self.config;
+        if c.delay >= c.retry_window {
+            return Err(ConfigError::new(
+                "delay",
+                format!(
+                    "{} s must be shorter than the retry window ({} s), or no retry could ever pass",
+                    c.delay, c.retry_window
+                ),
+            ));
+        }
+        if c.pass_ttl == 0 {
+            return Err(ConfigError::new("pass_ttl", "must be at least 1 second"));
+        }
+        if c.awl_threshold > 0 && c.awl_ttl == 0 {
+            return Err(ConfigError::new(
+                "awl_ttl",
+                "must be at least 1 second while auto-whitelisting is on",
+            ));
+        }
+        if c.blast_threshold > 0 && c.block_time == 0 {
+            return Err(ConfigError::new(
+                "block_time",
+                "must be at least 1 second while blast blocking is on",
+            ));
+        }
+        if !(1..=32).contains(&c.ipv4_prefix) {
+            return Err(ConfigError::new(
+                "ipv4_prefix",
+                format!("{} is not a prefix length from 1 to 32", c.ipv4_prefix),
+            ));
+        }
+        if !(1..=128).contains(&c.ipv6_prefix) {
+            return Err(ConfigError::new(
+                "ipv6_prefix",
+                format!("{} is not a prefix length from 1 to 128", c.ipv6_prefix),
+            ));
+        }
+        if !c.extension_delimiters.is_ascii() || c.extension_delimiters.contains('@') {
+            return Err(ConfigError::new(
+                "extension_delimiters",
+                "must be ASCII characters other than '@'",
+            ));
+        }
+        if c.max_entries == 0 {
+            return Err(ConfigError::new("max_entries", "must be at least 1"));
+        }
+        if c.shards == 0 || c.shards > MAX_SHARDS {
+            return Err(ConfigError::new(
+                "shards",
+                format!("{} is not from 1 to {MAX_SHARDS}", c.shards),
+            ));
+        }
+        if !(400..=499).contains(&c.reply_code) {
+            return Err(ConfigError::new(
+                "reply_code",
+                format!("{} is not a temporary (4xx) SMTP reply code", c.reply_code),
+            ));
+        }
+        if !valid_enhanced(&c.reply_enhanced, b'4') {
+            return Err(ConfigError::new(
+                "reply_enhanced",
+                format!(
+                    "{:?} is not a temporary enhanced status code like 4.2.0",
+                    c.reply_enhanced
+                ),
+            ));
+        }
+        for (setting, text) in [
+            ("greylist_text", &c.greylist_text),
+            ("block_text", &c.block_text),
+        ] {
+            if text.len() > 512 || text.contains(['\r', '\n', '\0']) {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be one line of at most 512 bytes",
+                ));
+            }
+        }
+        c.shards = c.shards.next_power_of_two();
+        Ok(c)
+    }
+}
+
+/// `class.subject.detail` as RFC 3463 writes it, with the given class digit.
+fn valid_enhanced(code: &str, class: u8) -> bool {
+    let parts: Vec<&str> = code.split('.').collect();
+    parts.len() == 3
+        && parts[0].as_bytes() == [class]
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::default();
+        assert_eq!(c.delay(), 300);
+        assert_eq!(c.retry_window(), 2 * 86_400);
+        assert_eq!(c.pass_ttl(), 35 * 86_400);
+        assert_eq!(c.awl_threshold(), 5);
+        assert_eq!(c.awl_ttl(), 35 * 86_400);
+        assert_eq!((c.ipv4_prefix(), c.ipv6_prefix()), (24, 64));
+        assert_eq!(c.blast_threshold(), 20);
+        assert_eq!(c.block_time(), 3600);
+        assert_eq!(c.max_entries(), 4_000_000);
+        assert_eq!((c.reply_code(), c.reply_enhanced()), (450, "4.2.0"));
+        assert!(c.shards().is_power_of_two());
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (Config::builder().delay(100).retry_window(100), "delay"),
+            (Config::builder().pass_ttl(0), "pass_ttl"),
+            (Config::builder().awl_ttl(0), "awl_ttl"),
+            (Config::builder().block_time(0), "block_time"),
+            (Config::builder().prefixes(0, 64), "ipv4_prefix"),
+            (Config::builder().prefixes(33, 64), "ipv4_prefix"),
+            (Config::builder().prefixes(24, 129), "ipv6_prefix"),
+            (
+                Config::builder().extension_delimiters("@"),
+                "extension_delimiters",
+            ),
+            (Config::builder().max_entries(0), "max_entries"),
+            (Config::builder().shards(0), "shards"),
+            (Config::builder().reply_code(250), "reply_code"),
+            (Config::builder().reply_enhanced("5.7.1"), "reply_enhanced"),
+            (Config::builder().reply_enhanced("4.2"), "reply_enhanced"),
+            (Config::builder().greylist_text("a\r\nb"), "greylist_text"),
+        ];
+        for (builder, setting) in cases {
+            let err = builder.build().unwrap_err();
+            assert_eq!(err.setting(), setting, "{err}");
+            assert!(err.to_string().starts_with(setting));
+        }
+        // Turned-off features do not need their lifetimes.
+        assert!(Config::builder()
+            .awl_threshold(0)
+            .awl_ttl(0)
+            .build()
+            .is_ok());
+        assert!(Config::builder()
+            .blast_threshold(0)
+            .block_time(0)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn shards_round_up() {
+        let c = Config::builder().shards(5).build().unwrap();
+        assert_eq!(c.shards(), 8);
+        let c = Config::builder().shards(1).build().unwrap();
+        assert_eq!(c.shards(), 1);
+    }
+}

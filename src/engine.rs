@@ -1,0 +1,870 @@
+//! The engine: the sharded triplet table, the client-network table and the
+//! counters, applying the rules of [`crate::rules`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hashbrown::HashTable;
+
+use crate::config::Config;
+use crate::key::{net_id, Secret};
+use crate::normalize::{self, AddrBuf, ClientNet, InputError};
+use crate::rules::{
+    client_gate, client_update, touches_client, triplet_step, ClientState, Reason, TripletState,
+    Verdict,
+};
+use crate::table::{hasher, CachePadded, Hashed, Sharded};
+
+/// The system clock in Unix seconds, for callers that do not inject time.
+pub fn unix_now() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Stored times are `u32` Unix seconds; earlier or later instants are
+/// pinned to the ends of that range.
+fn clamp_time(now: i64) -> u32 {
+    now.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+const PASSED: u8 = 1;
+
+/// One triplet: its keyed hash, its state and 48 bits of its client
+/// network's key. 32 bytes, so two fit a cache line.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct TripletEntry {
+    key: u128,
+    first_seen: u32,
+    last_seen: u32,
+    net_lo: u32,
+    net_hi: u16,
+    early_retries: u8,
+    flags: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<TripletEntry>() == 32);
+
+impl TripletEntry {
+    fn new(key: u128, net_key: u128, s: TripletState) -> Self {
+        let id = net_id(net_key);
+        let mut e = TripletEntry {
+            key,
+            first_seen: 0,
+            last_seen: 0,
+            net_lo: id as u32,
+            net_hi: (id >> 32) as u16,
+            early_retries: 0,
+            flags: 0,
+        };
+        e.set_state(s);
+        e
+    }
+
+    fn state(&self) -> TripletState {
+        TripletState {
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            early_retries: self.early_retries,
+            passed: self.flags & PASSED != 0,
+        }
+    }
+
+    fn set_state(&mut self, s: TripletState) {
+        self.first_seen = s.first_seen;
+        self.last_seen = s.last_seen;
+        self.early_retries = s.early_retries;
+        self.flags = if s.passed { PASSED } else { 0 };
+    }
+
+    fn net_id(&self) -> u64 {
+        u64::from(self.net_lo) | (u64::from(self.net_hi) << 32)
+    }
+}
+
+impl Hashed for TripletEntry {
+    fn hash(&self) -> u64 {
+        self.key as u64
+    }
+}
+
+/// Mail that a client network most likely lost (see [`Engine::lost_mail_report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostMail {
+    /// The client network.
+    pub network: ClientNet,
+    /// Triplets that expired having seen only early retries.
+    pub count: u64,
+    /// The last attempt of the latest such triplet (Unix seconds).
+    pub last_seen: u32,
+}
+
+/// One client network: its identity (for reports) and its state.
+struct ClientEntry {
+    key: u128,
+    net: ClientNet,
+    state: ClientState,
+    lost_count: u64,
+    lost_last_seen: u32,
+}
+
+/// Client entries are found both by their full key and by the 48 bits a
+/// triplet keeps, so the hash depends on those 48 bits only.
+fn client_hash(id: u64) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl Hashed for ClientEntry {
+    fn hash(&self) -> u64 {
+        client_hash(net_id(self.key))
+    }
+}
+
+impl ClientEntry {
+    fn is_expired(&self, now: u32, config: &Config) -> bool {
+        self.state.is_expired(now, config)
+            && i64::from(now) - i64::from(self.lost_last_seen) > i64::from(config.awl_ttl)
+    }
+}
+
+/// Counters of one stripe; a check adds to the stripe of the shard it
+/// locked, so threads rarely share a counter's cache line.
+#[derive(Default)]
+struct Counters {
+    reasons: [AtomicU64; Reason::ALL.len()],
+    expired: AtomicU64,
+    evicted: AtomicU64,
+    lost_mail: AtomicU64,
+}
+
+/// A snapshot of the engine's counters, read without stopping checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Checks answered (the sum of the per-reason counts below).
+    pub checks: u64,
+    /// Verdicts with [`Reason::New`].
+    pub new: u64,
+    /// Verdicts with [`Reason::EarlyRetry`].
+    pub early_retry: u64,
+    /// Verdicts with [`Reason::Retried`].
+    pub retried: u64,
+    /// Verdicts with [`Reason::Passed`].
+    pub passed: u64,
+    /// Verdicts with [`Reason::Whitelisted`].
+    pub whitelisted: u64,
+    /// Verdicts with [`Reason::AutoWhitelisted`].
+    pub auto_whitelisted: u64,
+    /// Verdicts with [`Reason::Blocked`].
+    pub blocked: u64,
+    /// Triplet entries removed because they were past their lifetime.
+    pub expired: u64,
+    /// Triplet entries removed to stay within `max_entries`.
+    pub evicted: u64,
+    /// Expired triplets that had seen only early retries (likely lost mail).
+    pub lost_mail: u64,
+    /// Triplet entries now in the table.
+    pub entries: u64,
+    /// Client-network records now kept.
+    pub clients: u64,
+}
+
+impl Stats {
+    /// The count for one reason.
+    pub fn reason(&self, reason: Reason) -> u64 {
+        match reason {
+            Reason::New => self.new,
+            Reason::EarlyRetry => self.early_retry,
+            Reason::Retried => self.retried,
+            Reason::Passed => self.passed,
+            Reason::Whitelisted => self.whitelisted,
+            Reason::AutoWhitelisted => self.auto_whitelisted,
+            Reason::Blocked => self.blocked,
+        }
+    }
+}
+
+/// The keys of one request, computed once.
+struct Keys {
+    net: ClientNet,
+    net_key: u128,
+    triplet_key: u128,
+}
+
+/// Expired pending triplets that saw only early retries, found while a
+/// shard was locked and credited to their networks after it is unlocked.
+type LostList = Vec<(u64, u32)>;
+
+/// The greylisting engine. Cheap to share: put it in an `Arc` and call it
+/// from any number of threads; every method takes `&self`.
+///
+/// Locking: a check locks at most one client-network shard, then one
+/// triplet shard, then (after a pass or an early retry) the client shard
+/// again, never two at once. Maintenance (`sweep`, `len`, `stats`) locks one
+/// shard at a time.
+pub struct Engine {
+    config: Config,
+    secret: Secret,
+    triplets: Sharded<TripletEntry>,
+    clients: Sharded<ClientEntry>,
+    counters: Box<[CachePadded<Counters>]>,
+    shard_cap: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("shards", &self.triplets.shard_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(Config::default())
+    }
+}
+
+impl Engine {
+    /// An empty engine with a fresh random key secret.
+    pub fn new(config: Config) -> Engine {
+        Engine::with_secret(config, Secret::random())
+    }
+
+    /// An empty engine keyed by `secret` (from a snapshot, or shared by
+    /// several MX hosts).
+    pub fn with_secret(config: Config, secret: Secret) -> Engine {
+        // Each shard holds at most max_entries / shards, so with fewer
+        // entries than shards there are fewer shards.
+        let max = usize::try_from(config.max_entries).unwrap_or(usize::MAX);
+        let largest_fitting = 1usize << (usize::BITS - 1 - max.leading_zeros());
+        let shards = config.shards.min(largest_fitting);
+        Engine {
+            triplets: Sharded::new(shards),
+            clients: Sharded::new(shards),
+            counters: (0..shards)
+                .map(|_| CachePadded(Counters::default()))
+                .collect(),
+            shard_cap: max / shards,
+            config,
+            secret,
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key secret, for persistence.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    fn keys(&self, client_ip: &str, sender: &str, recipient: &str) -> Result<Keys, InputError> {
+        let net = ClientNet::parse(client_ip, self.config.ipv4_prefix, self.config.ipv6_prefix)?;
+        let delimiters = self.config.extension_delimiters.as_bytes();
+        let mut s = AddrBuf::new();
+        normalize::sender_into(sender, delimiters, &mut s)?;
+        let mut r = AddrBuf::new();
+        normalize::recipient_into(recipient, delimiters, &mut r)?;
+        let triplet_key = self.secret.triplet_key(&net, s.as_bytes(), r.as_bytes());
+        Ok(Keys {
+            net_key: self.secret.net_key(&net),
+            net,
+            triplet_key,
+        })
+    }
+
+    /// Decides one triplet at `now` (Unix seconds; pass [`unix_now()`] for
+    /// the system clock) and records the attempt.
+    ///
+    /// Errors name the argument that could not be parsed (an IP that is not
+    /// one, an empty recipient, an address over 1 KiB); nothing is recorded
+    /// then.
+    pub fn check(
+        &self,
+        client_ip: &str,
+        sender: &str,
+        recipient: &str,
+        now: i64,
+    ) -> Result<Verdict, InputError> {
+        let keys = self.keys(client_ip, sender, recipient)?;
+        Ok(self.decide(&keys, clamp_time(now)))
+    }
+
+    fn decide(&self, k: &Keys, now: u32) -> Verdict {
+        let config = &self.config;
+        let c_hash = client_hash(net_id(k.net_key));
+        let c_idx = self.clients.index(c_hash);
+        let gate = {
+            let mut clients = self.clients.lock(c_idx);
+            clients
+                .find_mut(c_hash, |e| e.key == k.net_key)
+                .and_then(|e| client_gate(&mut e.state, now, config))
+        };
+        if let Some(v) = gate {
+            self.count(c_idx, v);
+            return v;
+        }
+
+        let t_hash = k.triplet_key as u64;
+        let t_idx = self.triplets.index(t_hash);
+        let mut lost = LostList::new();
+        let verdict = {
+            let mut table = self.triplets.lock(t_idx);
+            match table.find_mut(t_hash, |e| e.key == k.triplet_key) {
+                Some(e) => {
+                    let (s, v) = triplet_step(Some(e.state()), now, config);
+                    e.set_state(s);
+                    v
+                }
+                None => {
+                    let (s, v) = triplet_step(None, now, config);
+                    if table.len() >= self.shard_cap {
+                        self.make_room(t_idx, &mut table, now, &mut lost);
+                    }
+                    let entry = TripletEntry::new(k.triplet_key, k.net_key, s);
+                    table.insert_unique(t_hash, entry, hasher);
+                    v
+                }
+            }
+        };
+        self.credit_lost(&lost);
+
+        let verdict = if touches_client(&verdict, config) {
+            let mut clients = self.clients.lock(c_idx);
+            let entry = match clients.find_mut(c_hash, |e| e.key == k.net_key) {
+                Some(e) => e,
+                None => clients
+                    .insert_unique(
+                        c_hash,
+                        ClientEntry {
+                            key: k.net_key,
+                            net: k.net.clone(),
+                            state: ClientState::default(),
+                            lost_count: 0,
+                            lost_last_seen: 0,
+                        },
+                        hasher,
+                    )
+                    .into_mut(),
+            };
+            client_update(&mut entry.state, verdict, now, config)
+        } else {
+            verdict
+        };
+        self.count(t_idx, verdict);
+        verdict
+    }
+
+    fn count(&self, stripe: usize, v: Verdict) {
+        self.counters[stripe].0.reasons[v.reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Removes expired entries from a locked shard, collecting lost mail.
+    fn remove_expired(
+        &self,
+        table: &mut HashTable<TripletEntry>,
+        now: u32,
+        lost: &mut LostList,
+    ) -> u64 {
+        let mut removed = 0;
+        table.retain(|e| {
+            let s = e.state();
+            if !s.is_expired(now, &self.config) {
+                return true;
+            }
+            if s.lost_mail() {
+                lost.push((e.net_id(), s.last_seen));
+            }
+            removed += 1;
+            false
+        });
+        removed
+    }
+
+    /// Makes room in a full shard: expired entries first, then the oldest
+    /// pending ones, and passed ones only when nothing else is left. Frees
+    /// a sixteenth of the shard at once, so the scan is paid once per many
+    /// inserts.
+    fn make_room(
+        &self,
+        stripe: usize,
+        table: &mut HashTable<TripletEntry>,
+        now: u32,
+        lost: &mut LostList,
+    ) {
+        let counters = &self.counters[stripe].0;
+        let target = self.shard_cap - (self.shard_cap / 16).max(1);
+        counters
+            .expired
+            .fetch_add(self.remove_expired(table, now, lost), Relaxed);
+        for passed in [false, true] {
+            if table.len() <= target {
+                return;
+            }
+            let age_of = |e: &TripletEntry| if passed { e.last_seen } else { e.first_seen };
+            let mut ages: Vec<u32> = table
+                .iter()
+                .filter(|e| (e.flags & PASSED != 0) == passed)
+                .map(age_of)
+                .collect();
+            let n = (table.len() - target).min(ages.len());
+            if n == 0 {
+                continue;
+            }
+            let cutoff = *ages.select_nth_unstable(n - 1).1;
+            let mut budget = n;
+            table.retain(|e| {
+                let evict = budget > 0 && (e.flags & PASSED != 0) == passed && age_of(e) <= cutoff;
+                budget -= usize::from(evict);
+                !evict
+            });
+            counters.evicted.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Credits lost mail to client networks (no triplet lock held).
+    fn credit_lost(&self, lost: &LostList) {
+        for &(id, last_seen) in lost {
+            let hash = client_hash(id);
+            let idx = self.clients.index(hash);
+            if let Some(e) = self
+                .clients
+                .lock(idx)
+                .find_mut(hash, |e| net_id(e.key) == id)
+            {
+                e.lost_count += 1;
+                e.lost_last_seen = e.lost_last_seen.max(last_seen);
+            }
+            self.counters[idx].0.lost_mail.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Removes every expired entry, one shard at a time (checks go on in the
+    /// other shards), and returns the number of triplet entries removed.
+    /// Expired client-network records are removed too, but not counted.
+    pub fn sweep(&self, now: i64) -> u64 {
+        let now = clamp_time(now);
+        let mut total = 0;
+        let mut lost = LostList::new();
+        for i in 0..self.triplets.shard_count() {
+            let removed = self.remove_expired(&mut self.triplets.lock(i), now, &mut lost);
+            self.counters[i].0.expired.fetch_add(removed, Relaxed);
+            self.credit_lost(&lost);
+            lost.clear();
+            total += removed;
+        }
+        for i in 0..self.clients.shard_count() {
+            self.clients
+                .lock(i)
+                .retain(|e| !e.is_expired(now, &self.config));
+        }
+        total
+    }
+
+    /// Triplet entries (pending and passed) in the table.
+    pub fn len(&self) -> usize {
+        self.triplets.len()
+    }
+
+    /// Whether the triplet table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The counters, summed over all stripes while checks go on.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        let mut reasons = [0u64; Reason::ALL.len()];
+        for stripe in self.counters.iter() {
+            let c = &stripe.0;
+            for (sum, counter) in reasons.iter_mut().zip(&c.reasons) {
+                *sum += counter.load(Relaxed);
+            }
+            s.expired += c.expired.load(Relaxed);
+            s.evicted += c.evicted.load(Relaxed);
+            s.lost_mail += c.lost_mail.load(Relaxed);
+        }
+        [
+            s.new,
+            s.early_retry,
+            s.retried,
+            s.passed,
+            s.whitelisted,
+            s.auto_whitelisted,
+            s.blocked,
+        ] = reasons;
+        s.checks = reasons.iter().sum();
+        s.entries = self.triplets.len() as u64;
+        s.clients = self.clients.len() as u64;
+        s
+    }
+
+    /// The stored state of one triplet, if any (expired entries included
+    /// until a sweep removes them). Changes nothing.
+    pub fn triplet_state(
+        &self,
+        client_ip: &str,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<Option<TripletState>, InputError> {
+        let k = self.keys(client_ip, sender, recipient)?;
+        let hash = k.triplet_key as u64;
+        let table = self.triplets.lock(self.triplets.index(hash));
+        Ok(table
+            .find(hash, |e| e.key == k.triplet_key)
+            .map(TripletEntry::state))
+    }
+
+    /// The stored state of a client's network, if any. Changes nothing.
+    pub fn client_state(&self, client_ip: &str) -> Result<Option<ClientState>, InputError> {
+        let net = ClientNet::parse(client_ip, self.config.ipv4_prefix, self.config.ipv6_prefix)?;
+        let key = self.secret.net_key(&net);
+        let hash = client_hash(net_id(key));
+        let clients = self.clients.lock(self.clients.index(hash));
+        Ok(clients.find(hash, |e| e.key == key).map(|e| e.state))
+    }
+
+    /// The client networks whose mail was most likely lost, worst first:
+    /// those with the most pending triplets that expired having seen only
+    /// early retries (the pattern of a sender that retries within seconds
+    /// and then gives up). At most `limit` rows.
+    pub fn lost_mail_report(&self, limit: usize) -> Vec<LostMail> {
+        let mut rows = Vec::new();
+        for i in 0..self.clients.shard_count() {
+            let clients = self.clients.lock(i);
+            rows.extend(
+                clients
+                    .iter()
+                    .filter(|e| e.lost_count > 0)
+                    .map(|e| LostMail {
+                        network: e.net.clone(),
+                        count: e.lost_count,
+                        last_seen: e.lost_last_seen,
+                    }),
+            );
+        }
+        rows.sort_by(|a, b| b.count.cmp(&a.count).then(b.last_seen.cmp(&a.last_seen)));
+        rows.truncate(limit);
+        rows
+    }
+
+    /// The suggested SMTP reply for a defer or block, `None` for a pass:
+    /// e.g. `450 4.2.0 Greylisted, please try again in 300 seconds`.
+    pub fn reply(&self, verdict: &Verdict) -> Option<String> {
+        let c = &self.config;
+        let text = match verdict.action {
+            crate::Action::Pass => return None,
+            crate::Action::Defer => &c.greylist_text,
+            crate::Action::Block => &c.block_text,
+        };
+        let text = text.replace("%s", &verdict.retry_after.to_string());
+        Some(format!("{} {} {}", c.reply_code, c.reply_enhanced, text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Action;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn engine() -> Engine {
+        Engine::new(Config::builder().shards(4).build().unwrap())
+    }
+
+    #[test]
+    fn the_greylisting_cycle() {
+        let e = engine();
+        let check = |now| {
+            e.check("192.0.2.1", "alice@example.org", "bob@example.net", now)
+                .unwrap()
+        };
+        let v = check(T0);
+        assert_eq!(
+            (v.action, v.reason, v.retry_after),
+            (Action::Defer, Reason::New, 300)
+        );
+        let v = check(T0 + 100);
+        assert_eq!(
+            (v.action, v.reason, v.retry_after),
+            (Action::Defer, Reason::EarlyRetry, 200)
+        );
+        let v = check(T0 + 301);
+        assert_eq!(
+            (v.action, v.reason, v.delayed),
+            (Action::Pass, Reason::Retried, 301)
+        );
+        let v = check(T0 + 86_400);
+        assert_eq!((v.action, v.reason), (Action::Pass, Reason::Passed));
+        assert_eq!(e.len(), 1);
+        let s = e.stats();
+        assert_eq!(
+            (s.checks, s.new, s.early_retry, s.retried, s.passed),
+            (4, 1, 1, 1, 1)
+        );
+        assert_eq!(s.entries, 1);
+    }
+
+    #[test]
+    fn normalised_variants_are_one_triplet() {
+        let e = engine();
+        e.check(
+            "192.0.2.1",
+            "prvs=1234abcd=Alice+x@Example.org",
+            "Bob+tag@example.NET",
+            T0,
+        )
+        .unwrap();
+        let v = e
+            .check(
+                "192.0.2.77",
+                "<alice@example.org>",
+                "<bob@example.net>",
+                T0 + 300,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::Retried);
+        assert_eq!(e.len(), 1);
+        // ::ffff:192.0.2.9 is the same /24.
+        let v = e
+            .check(
+                "::ffff:192.0.2.9",
+                "alice@example.org",
+                "bob@example.net",
+                T0 + 400,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::Passed);
+        // Another /24 is another triplet.
+        let v = e
+            .check(
+                "192.0.3.1",
+                "alice@example.org",
+                "bob@example.net",
+                T0 + 400,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::New);
+    }
+
+    #[test]
+    fn null_sender_forms_are_one_sender() {
+        let e = engine();
+        e.check("2001:db8::1", "", "bob@example.net", T0).unwrap();
+        let v = e
+            .check("2001:db8::2", "<>", "bob@example.net", T0 + 300)
+            .unwrap();
+        assert_eq!(v.reason, Reason::Retried);
+    }
+
+    #[test]
+    fn bad_input_records_nothing() {
+        let e = engine();
+        let err = e.check("999.0.0.1", "a@b", "c@d", T0).unwrap_err();
+        assert_eq!(err.argument(), "client_ip");
+        let err = e.check("192.0.2.1", "a@b", "", T0).unwrap_err();
+        assert_eq!(err.argument(), "recipient");
+        let err = e
+            .check("192.0.2.1", &"x".repeat(65_536), "c@d", T0)
+            .unwrap_err();
+        assert_eq!(err.argument(), "sender");
+        assert_eq!(e.len(), 0);
+        assert_eq!(e.stats().checks, 0);
+    }
+
+    #[test]
+    fn auto_whitelist_after_five_passes() {
+        let e = engine();
+        for i in 0..5 {
+            let rcpt = format!("user{i}@example.net");
+            e.check("192.0.2.1", "a@example.org", &rcpt, T0).unwrap();
+            let v = e
+                .check("192.0.2.1", "a@example.org", &rcpt, T0 + 300)
+                .unwrap();
+            assert_eq!(v.reason, Reason::Retried);
+        }
+        let v = e
+            .check("192.0.2.200", "new@example.com", "x@example.net", T0 + 301)
+            .unwrap();
+        assert_eq!(
+            (v.action, v.reason),
+            (Action::Pass, Reason::AutoWhitelisted)
+        );
+        // The auto-whitelist does not grow the triplet table.
+        assert_eq!(e.len(), 5);
+        let c = e.client_state("192.0.2.5").unwrap().unwrap();
+        assert_eq!(c.passes, 5);
+        // Another network is not whitelisted.
+        let v = e
+            .check("192.0.3.1", "new@example.com", "x@example.net", T0 + 301)
+            .unwrap();
+        assert_eq!(v.reason, Reason::New);
+    }
+
+    #[test]
+    fn blasting_client_is_blocked_and_others_are_not() {
+        let e = engine();
+        let mut last = None;
+        // One copy a second for 25 seconds: 25 rounds of early retries.
+        for i in 0..=25 {
+            last = Some(
+                e.check(
+                    "203.0.113.9",
+                    "spam@example.com",
+                    "victim@example.net",
+                    T0 + i,
+                )
+                .unwrap(),
+            );
+        }
+        let v = last.unwrap();
+        assert_eq!((v.action, v.reason), (Action::Block, Reason::Blocked));
+        // The block covers every triplet of the network.
+        let v = e
+            .check(
+                "203.0.113.10",
+                "other@example.com",
+                "x@example.net",
+                T0 + 30,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::Blocked);
+        // A well-behaved sender on another /24 passes after the delay.
+        e.check("198.51.100.1", "good@example.org", "x@example.net", T0)
+            .unwrap();
+        let v = e
+            .check(
+                "198.51.100.1",
+                "good@example.org",
+                "x@example.net",
+                T0 + 300,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::Retried);
+        assert_eq!(e.reply(&v), None);
+    }
+
+    #[test]
+    fn sweep_removes_only_expired_entries() {
+        let e = engine();
+        e.check("192.0.2.1", "a@x.org", "pending@y.net", T0)
+            .unwrap();
+        e.check("192.0.2.1", "a@x.org", "passed@y.net", T0).unwrap();
+        e.check("192.0.2.1", "a@x.org", "passed@y.net", T0 + 300)
+            .unwrap();
+        assert_eq!(e.sweep(T0 + 2 * 86_400), 0);
+        assert_eq!(e.sweep(T0 + 2 * 86_400 + 1), 1);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e.sweep(T0 + 300 + 35 * 86_400 + 1), 1);
+        assert!(e.is_empty());
+        assert_eq!(e.stats().expired, 2);
+    }
+
+    #[test]
+    fn lost_mail_is_reported_for_early_retries_only() {
+        let e = engine();
+        // Exchange 2003 SP2: two quick retries, then silence.
+        e.check("192.0.2.10", "a@corp.example", "u@y.net", T0)
+            .unwrap();
+        e.check("192.0.2.10", "a@corp.example", "u@y.net", T0 + 4)
+            .unwrap();
+        e.check("192.0.2.10", "a@corp.example", "u@y.net", T0 + 9)
+            .unwrap();
+        // A spammer that never retried.
+        e.check("198.51.100.3", "s@spam.example", "u@y.net", T0)
+            .unwrap();
+        assert_eq!(e.sweep(T0 + 3 * 86_400), 2);
+        let report = e.lost_mail_report(10);
+        assert_eq!(report.len(), 1);
+        assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
+        assert_eq!((report[0].count, report[0].last_seen), (1, (T0 + 9) as u32));
+        assert_eq!(e.stats().lost_mail, 1);
+    }
+
+    #[test]
+    fn max_entries_is_never_exceeded_and_passed_survive() {
+        let cap = 4096;
+        // Auto-whitelisting off, so the passed triplets themselves must survive.
+        let config = Config::builder()
+            .shards(4)
+            .max_entries(cap)
+            .awl_threshold(0);
+        let e = Engine::new(config.build().unwrap());
+        for i in 0..100 {
+            let r = format!("good{i}@y.net");
+            e.check("192.0.2.1", "a@x.org", &r, T0).unwrap();
+            e.check("192.0.2.1", "a@x.org", &r, T0 + 300).unwrap();
+        }
+        for i in 0..50_000 {
+            e.check(
+                "198.51.100.1",
+                &format!("s{i}x@spam.example"),
+                &format!("r{i}@y.net"),
+                T0 + 400,
+            )
+            .unwrap();
+            assert!(e.len() as u64 <= cap);
+        }
+        assert!(e.stats().evicted > 40_000);
+        for i in 0..100 {
+            let v = e
+                .check("192.0.2.1", "a@x.org", &format!("good{i}@y.net"), T0 + 500)
+                .unwrap();
+            assert_eq!(v.reason, Reason::Passed, "good{i}");
+        }
+    }
+
+    #[test]
+    fn fewer_entries_than_shards() {
+        let e = Engine::new(Config::builder().shards(64).max_entries(3).build().unwrap());
+        for i in 0..10 {
+            e.check("192.0.2.1", "a@x.org", &format!("r{i}@y.net"), T0 + i)
+                .unwrap();
+        }
+        assert!(e.len() <= 3);
+    }
+
+    #[test]
+    fn replies() {
+        let e = engine();
+        let v = e.check("192.0.2.1", "a@x.org", "b@y.net", T0).unwrap();
+        assert_eq!(
+            e.reply(&v).unwrap(),
+            "450 4.2.0 Greylisted, please try again in 300 seconds"
+        );
+        let custom = Engine::new(
+            Config::builder()
+                .reply_code(451)
+                .reply_enhanced("4.7.1")
+                .greylist_text("Come back in %s s")
+                .build()
+                .unwrap(),
+        );
+        let v = custom.check("192.0.2.1", "a@x.org", "b@y.net", T0).unwrap();
+        assert_eq!(custom.reply(&v).unwrap(), "451 4.7.1 Come back in 300 s");
+    }
+
+    #[test]
+    fn time_outside_u32_is_pinned() {
+        let e = engine();
+        let v = e
+            .check("192.0.2.1", "a@x.org", "b@y.net", i64::MIN)
+            .unwrap();
+        assert_eq!(v.reason, Reason::New);
+        let v = e
+            .check("192.0.2.1", "a@x.org", "b@y.net", i64::MAX)
+            .unwrap();
+        assert_eq!(
+            v.reason,
+            Reason::New,
+            "u32::MAX is past the retry window of 0"
+        );
+        assert!(unix_now() > 1_600_000_000);
+    }
+}

@@ -1,0 +1,86 @@
+//! # greylist
+//!
+//! An embeddable email greylisting engine. A receiving mail server asks it
+//! about each (client IP, envelope sender, recipient) triplet; an unknown
+//! triplet is answered with a temporary failure, and a real mail server's
+//! retry after the delay passes.
+//!
+//! ```
+//! use greylist::{Action, Config, Engine, Reason};
+//!
+//! let engine = Engine::new(Config::default());
+//! let t0 = 1_700_000_000; // Unix seconds; use greylist::unix_now() in production
+//!
+//! let v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", t0)?;
+//! assert_eq!((v.action, v.reason, v.retry_after), (Action::Defer, Reason::New, 300));
+//! assert_eq!(
+//!     engine.reply(&v).as_deref(),
+//!     Some("450 4.2.0 Greylisted, please try again in 300 seconds")
+//! );
+//!
+//! // A retry from another host of the same /24, after the delay, passes.
+//! let v = engine.check("192.0.2.7", "alice@example.org", "bob@example.net", t0 + 300)?;
+//! assert_eq!((v.action, v.reason), (Action::Pass, Reason::Retried));
+//! # Ok::<(), greylist::InputError>(())
+//! ```
+//!
+//! ## The key
+//! A triplet is keyed by its client network (IPv4 /24, IPv6 /64 by
+//! default), its normalised sender (lower-cased; BATV and SRS unwrapped;
+//! `+extension` removed; digit runs of the local part replaced by `#`, so
+//! VERP bounces of one list are one sender) and its normalised recipient
+//! (lower-cased, `+extension` removed). The table stores a keyed 128-bit
+//! SipHash of those parts under a random secret, never an address.
+//!
+//! ## The decision
+//! 1. A blocked client network gets [`Action::Block`]; an auto-whitelisted
+//!    one passes.
+//! 2. An unknown triplet is deferred for the delay ([`Reason::New`]).
+//! 3. A retry inside the delay is deferred again, without resetting the
+//!    timer ([`Reason::EarlyRetry`]); `retry_after` says how long is left.
+//! 4. A retry after the delay and within the retry window passes
+//!    ([`Reason::Retried`]) and the triplet is passed from then on
+//!    ([`Reason::Passed`]), each use refreshing its lifetime.
+//! 5. A pending triplet not retried within the window starts over.
+//!
+//! Early retries from one network in one second are one *round*; more than
+//! `blast_threshold` rounds in one delay period block the network for
+//! `block_time`. A clock that goes backwards never panics and never passes
+//! a triplet early. The rules are pure functions in [`rules`].
+//!
+//! ## Defaults
+//!
+//! | setting | default | source |
+//! | --- | --- | --- |
+//! | delay | 300 s | postgrey, rspamd, sqlgrey |
+//! | retry window | 2 days | postgrey |
+//! | passed-triplet lifetime, refreshed on use | 35 days | postgrey, OpenBSD spamd (36 d) |
+//! | auto-whitelist after N passed triplets | 5 | postgrey |
+//! | auto-whitelist lifetime, refreshed on use | 35 days | postgrey |
+//! | client network | IPv4 /24, IPv6 /64 | postgrey (`--ipv4cidr`), common practice |
+//! | blast threshold, block time | 20 rounds, 1 hour | this project |
+//! | max entries | 4 million | this project |
+//! | reply | `450 4.2.0` | postgrey (Exchange mishandled 4.7.1, KB 950757) |
+//!
+//! ## Threads
+//! [`Engine`] is `Send + Sync`; share it with an `Arc`. A check locks one
+//! shard of the client-network table and one of the triplet table, never
+//! both at once, and never while calling out.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod engine;
+mod key;
+mod normalize;
+pub mod rules;
+mod table;
+
+pub use config::{Config, ConfigBuilder, ConfigError, MAX_SHARDS};
+pub use engine::{unix_now, Engine, LostMail, Stats};
+pub use key::Secret;
+pub use normalize::{
+    normalize_recipient, normalize_sender, parse_ip, ClientNet, InputError, MAX_ADDRESS_LEN,
+};
+pub use rules::{Action, ClientState, Reason, TripletState, Verdict};

@@ -1,0 +1,598 @@
+//! Turning what an MTA hands us into the parts of a triplet key.
+//!
+//! The goal is that one message, retried by a well-behaved sender, maps to one
+//! key, while distinct messages stay distinct. Senders rewrite their envelope
+//! on every attempt in a few well-known ways (BATV, SRS, VERP, `+tags`), and
+//! large senders retry from another host of the same farm; both are undone
+//! here.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Longest address (or IP string) accepted, in bytes. RFC 5321 limits a path
+/// to 256 octets; 1 KiB leaves room for odd but real input.
+pub const MAX_ADDRESS_LEN: usize = 1024;
+
+/// Bad input, naming the argument that was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    argument: &'static str,
+    reason: String,
+}
+
+impl InputError {
+    pub(crate) fn new(argument: &'static str, reason: impl Into<String>) -> Self {
+        InputError {
+            argument,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the argument that was refused (`client_ip`, `sender`, ...).
+    pub fn argument(&self) -> &'static str {
+        self.argument
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.argument, self.reason)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Shows at most 64 characters of refused input, so an error message never
+/// carries a 64 KiB string into a log.
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    }
+}
+
+fn check_len(argument: &'static str, s: &str) -> Result<(), InputError> {
+    if s.len() > MAX_ADDRESS_LEN {
+        return Err(InputError::new(
+            argument,
+            format!(
+                "{} bytes is longer than the limit of {MAX_ADDRESS_LEN}",
+                s.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The part of a client's identity that greylisting keys on: its network (the
+/// IP masked to a prefix) or, when the host vouches for it, the verified
+/// sender domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientNet {
+    /// An IPv4 network (IPv4-mapped IPv6 addresses count as IPv4).
+    V4 {
+        /// The network address, host bits zero.
+        network: Ipv4Addr,
+        /// Prefix length, 1 to 32.
+        prefix: u8,
+    },
+    /// An IPv6 network.
+    V6 {
+        /// The network address, host bits zero.
+        network: Ipv6Addr,
+        /// Prefix length, 1 to 128.
+        prefix: u8,
+    },
+    /// A sender domain the MTA verified (SPF or DKIM), lower-cased.
+    Domain(Box<str>),
+}
+
+impl ClientNet {
+    /// Masks `ip` to the configured prefix. IPv4-mapped IPv6 addresses are
+    /// treated as the IPv4 address they carry.
+    pub fn from_ip(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> ClientNet {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            },
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                let prefix = ipv4_prefix.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                ClientNet::V4 {
+                    network: Ipv4Addr::from(u32::from(v4) & mask),
+                    prefix,
+                }
+            }
+            IpAddr::V6(v6) => {
+                let prefix = ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                ClientNet::V6 {
+                    network: Ipv6Addr::from(u128::from(v6) & mask),
+                    prefix,
+                }
+            }
+        }
+    }
+
+    /// Parses a client IP string as an MTA passes it and masks it.
+    pub fn parse(client_ip: &str, ipv4_prefix: u8, ipv6_prefix: u8) -> Result<Self, InputError> {
+        Ok(Self::from_ip(
+            parse_ip(client_ip)?,
+            ipv4_prefix,
+            ipv6_prefix,
+        ))
+    }
+
+    /// A verified sender domain as a client identity.
+    pub fn domain(domain: &str) -> Result<Self, InputError> {
+        const ARG: &str = "verified_domain";
+        check_len(ARG, domain)?;
+        let d = domain.trim().trim_end_matches('.');
+        if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(InputError::new(
+                ARG,
+                format!("not a domain name: {}", excerpt(domain)),
+            ));
+        }
+        Ok(ClientNet::Domain(d.to_ascii_lowercase().into_boxed_str()))
+    }
+
+    /// Feeds an unambiguous encoding of the network into a hasher.
+    pub(crate) fn hash_into(&self, h: &mut impl std::hash::Hasher) {
+        match self {
+            ClientNet::V4 { network, prefix } => {
+                h.write(&[4, *prefix]);
+                h.write(&network.octets());
+            }
+            ClientNet::V6 { network, prefix } => {
+                h.write(&[6, *prefix]);
+                h.write(&network.octets());
+            }
+            ClientNet::Domain(d) => {
+                h.write(b"D");
+                h.write(&(d.len() as u32).to_le_bytes());
+                h.write(d.as_bytes());
+            }
+        }
+    }
+}
+
+impl fmt::Display for ClientNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientNet::V4 { network, prefix } => write!(f, "{network}/{prefix}"),
+            ClientNet::V6 { network, prefix } => write!(f, "{network}/{prefix}"),
+            ClientNet::Domain(d) => f.write_str(d),
+        }
+    }
+}
+
+/// Parses a client IP as MTAs write it: `192.0.2.1`, `2001:db8::1`,
+/// `::ffff:192.0.2.1`, optionally in brackets or with an `IPv6:` tag (the
+/// address-literal forms of RFC 5321).
+pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
+    const ARG: &str = "client_ip";
+    check_len(ARG, client_ip)?;
+    let mut s = client_ip.trim();
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        s = inner;
+    }
+    if s.len() > 5 && s[..5].eq_ignore_ascii_case("ipv6:") {
+        s = &s[5..];
+    }
+    s.parse::<IpAddr>().map_err(|_| {
+        let why = if client_ip.is_empty() {
+            "is empty".to_string()
+        } else {
+            format!("not an IP address: {}", excerpt(client_ip))
+        };
+        InputError::new(ARG, why)
+    })
+}
+
+/// A fixed buffer that a normalised address is written into; the output is
+/// never longer than the (length-checked) input, so nothing allocates.
+pub(crate) struct AddrBuf {
+    bytes: [u8; MAX_ADDRESS_LEN],
+    len: usize,
+}
+
+impl AddrBuf {
+    pub(crate) fn new() -> Self {
+        AddrBuf {
+            bytes: [0; MAX_ADDRESS_LEN],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn extend(&mut self, s: &[u8]) {
+        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+    }
+}
+
+/// Strips white space and one pair of angle brackets.
+fn unbracket(s: &str) -> &str {
+    let s = s.trim();
+    s.strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .map_or(s, str::trim)
+}
+
+/// Splits at the last `@`: (local part, domain with its `@`, or empty).
+fn split_address(a: &[u8]) -> (&[u8], &[u8]) {
+    match a.iter().rposition(|&b| b == b'@') {
+        Some(at) => (&a[..at], &a[at..]),
+        None => (a, &[]),
+    }
+}
+
+fn strip_prefix<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    s.strip_prefix(prefix)
+}
+
+/// `a=b=c=...`: the first `n - 1` fields and the rest (which may hold `=`).
+fn split_fields<const N: usize>(s: &[u8]) -> Option<[&[u8]; N]> {
+    let mut out: [&[u8]; N] = [&[]; N];
+    let mut rest = s;
+    for slot in out.iter_mut().take(N - 1) {
+        let eq = rest.iter().position(|&b| b == b'=')?;
+        *slot = &rest[..eq];
+        rest = &rest[eq + 1..];
+    }
+    out[N - 1] = rest;
+    out.iter().all(|f| !f.is_empty()).then_some(out)
+}
+
+/// Undoes the Sender Rewriting Scheme: `SRS0=HHH=TT=domain=local@forwarder`
+/// and `SRS1=HHH=forwarder==HHH=TT=domain=local@forwarder2` both carry the
+/// original `local@domain`. Returns (local, domain without `@`).
+fn unwrap_srs(local: &[u8]) -> Option<(&[u8], &[u8])> {
+    fn srs0_tail(tail: &[u8]) -> Option<(&[u8], &[u8])> {
+        let [_hash, _timestamp, domain, orig] = split_fields::<4>(tail)?;
+        Some((orig, domain))
+    }
+    let sep_ok = |b: u8| matches!(b, b'=' | b'+' | b'-');
+    if local.len() > 5 && sep_ok(local[4]) {
+        if local.starts_with(b"srs0") {
+            return srs0_tail(&local[5..]);
+        }
+        if local.starts_with(b"srs1") {
+            let tail = &local[5..];
+            let double = tail.windows(2).position(|w| w == b"==")?;
+            return srs0_tail(&tail[double + 2..]);
+        }
+    }
+    None
+}
+
+/// Undoes Bounce Address Tag Validation: `prvs=TAG=local` and
+/// `btv1==TAG==local` carry the original local part.
+fn unwrap_batv(local: &[u8]) -> &[u8] {
+    if let Some(rest) = strip_prefix(local, b"prvs=").or_else(|| strip_prefix(local, b"msprvs1=")) {
+        if let Some(eq) = rest.iter().position(|&b| b == b'=') {
+            if eq + 1 < rest.len() {
+                return &rest[eq + 1..];
+            }
+        }
+    } else if let Some(rest) = strip_prefix(local, b"btv1==") {
+        if let Some(eq) = rest.windows(2).position(|w| w == b"==") {
+            if eq + 2 < rest.len() {
+                return &rest[eq + 2..];
+            }
+        }
+    }
+    local
+}
+
+/// Cuts `local` at its first extension delimiter (`user+tag` → `user`),
+/// unless that would leave it empty.
+fn cut_extension<'a>(local: &'a [u8], delimiters: &[u8]) -> &'a [u8] {
+    match local.iter().position(|b| delimiters.contains(b)) {
+        Some(i) if i > 0 => &local[..i],
+        _ => local,
+    }
+}
+
+/// Lower-cases (ASCII) into `buf` and returns the copy.
+fn lowercase_into<'b>(s: &str, buf: &'b mut AddrBuf) -> &'b [u8] {
+    buf.len = 0;
+    for &b in s.as_bytes() {
+        buf.push(b.to_ascii_lowercase());
+    }
+    buf.as_bytes()
+}
+
+/// Normalises an envelope sender into `out`: lower-cased, SRS and BATV
+/// unwrapped, `+extension` removed, digit runs in the local part replaced by
+/// `#`. The null sender (`""` or `<>`) becomes the empty string.
+pub(crate) fn sender_into(
+    sender: &str,
+    delimiters: &[u8],
+    out: &mut AddrBuf,
+) -> Result<(), InputError> {
+    check_len("sender", sender)?;
+    let mut lower = AddrBuf::new();
+    let lowered = lowercase_into(unbracket(sender), &mut lower);
+    let (mut local, domain) = split_address(lowered);
+    let mut srs_domain: Option<&[u8]> = None;
+    if let Some((orig_local, orig_domain)) = unwrap_srs(local) {
+        local = orig_local;
+        srs_domain = Some(orig_domain);
+    }
+    local = unwrap_batv(local);
+    local = cut_extension(local, delimiters);
+    out.len = 0;
+    let mut in_digits = false;
+    for &b in local {
+        if b.is_ascii_digit() {
+            if !in_digits {
+                out.push(b'#');
+            }
+            in_digits = true;
+        } else {
+            out.push(b);
+            in_digits = false;
+        }
+    }
+    match srs_domain {
+        Some(d) => {
+            out.push(b'@');
+            out.extend(d);
+        }
+        None => out.extend(domain),
+    }
+    Ok(())
+}
+
+/// Normalises an envelope recipient into `out`: lower-cased and
+/// `+extension` removed.
+pub(crate) fn recipient_into(
+    recipient: &str,
+    delimiters: &[u8],
+    out: &mut AddrBuf,
+) -> Result<(), InputError> {
+    const ARG: &str = "recipient";
+    check_len(ARG, recipient)?;
+    let trimmed = unbracket(recipient);
+    if trimmed.is_empty() {
+        return Err(InputError::new(ARG, "is empty"));
+    }
+    let mut lower = AddrBuf::new();
+    let (local, domain) = split_address(lowercase_into(trimmed, &mut lower));
+    out.len = 0;
+    out.extend(cut_extension(local, delimiters));
+    out.extend(domain);
+    Ok(())
+}
+
+fn to_string(buf: &AddrBuf) -> String {
+    // Input was UTF-8 and only ASCII bytes were changed or cut at ASCII
+    // boundaries, so this never replaces anything; lossy keeps it panic-free.
+    String::from_utf8_lossy(buf.as_bytes()).into_owned()
+}
+
+/// The normalised form of an envelope sender, as keys are built from it.
+///
+/// ```
+/// use greylist::normalize_sender;
+/// assert_eq!(normalize_sender("prvs=1234abcd=User@Example.COM", "+").unwrap(), "user@example.com");
+/// assert_eq!(normalize_sender("<>", "+").unwrap(), "");
+/// ```
+pub fn normalize_sender(sender: &str, delimiters: &str) -> Result<String, InputError> {
+    let mut out = AddrBuf::new();
+    sender_into(sender, delimiters.as_bytes(), &mut out)?;
+    Ok(to_string(&out))
+}
+
+/// The normalised form of an envelope recipient, as keys are built from it.
+pub fn normalize_recipient(recipient: &str, delimiters: &str) -> Result<String, InputError> {
+    let mut out = AddrBuf::new();
+    recipient_into(recipient, delimiters.as_bytes(), &mut out)?;
+    Ok(to_string(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> String {
+        normalize_sender(x, "+").unwrap()
+    }
+    fn r(x: &str) -> String {
+        normalize_recipient(x, "+").unwrap()
+    }
+
+    #[test]
+    fn sender_case_and_extension() {
+        assert_eq!(s("User+tag@Example.COM"), "user@example.com");
+        assert_eq!(s("<User+tag@Example.COM>"), "user@example.com");
+        assert_eq!(s("  alice@example.org "), "alice@example.org");
+        // A leading delimiter is part of the name, not an extension.
+        assert_eq!(s("+x@example.org"), "+x@example.org");
+    }
+
+    #[test]
+    fn sender_batv() {
+        assert_eq!(s("prvs=1234abcd=user@example.com"), "user@example.com");
+        assert_eq!(s("PRVS=0123456789=User@Example.com"), "user@example.com");
+        assert_eq!(s("btv1==12345abcdef==user@example.com"), "user@example.com");
+        assert_eq!(s("msprvs1=17abcdef=user@example.com"), "user@example.com");
+        // Malformed wrappers are left alone, not mangled.
+        assert_eq!(s("prvs=@example.com"), "prvs=@example.com");
+    }
+
+    #[test]
+    fn sender_srs() {
+        assert_eq!(
+            s("SRS0=HHH=TT=example.org=user@forwarder.net"),
+            "user@example.org"
+        );
+        assert_eq!(
+            s("SRS0+abcd=X7=Example.ORG=User+list@forwarder.net"),
+            "user@example.org"
+        );
+        assert_eq!(
+            s("SRS1=XXX=forwarder1.net==HHH=TT=example.org=user@forwarder2.net"),
+            "user@example.org"
+        );
+        // SRS around BATV: both come off.
+        assert_eq!(
+            s("SRS0=HHH=TT=example.com=prvs=1234abcd=user@forwarder.net"),
+            "user@example.com"
+        );
+        // Not enough fields: left as it is.
+        assert_eq!(s("srs0=abc@forwarder.net"), "srs#=abc@forwarder.net");
+    }
+
+    #[test]
+    fn sender_verp_digits() {
+        assert_eq!(
+            s("bounce-12345-user=example.com@lists.example.net"),
+            "bounce-#-user=example.com@lists.example.net"
+        );
+        assert_eq!(
+            s("bounce-99-user=example.com@lists.example.net"),
+            s("bounce-12345-user=example.com@lists.example.net")
+        );
+        // Digits in the domain are not touched.
+        assert_eq!(s("a1b22@mx2.example.net"), "a#b#@mx2.example.net");
+    }
+
+    #[test]
+    fn null_sender() {
+        assert_eq!(s(""), "");
+        assert_eq!(s("<>"), "");
+        assert_eq!(s(" < > "), "");
+    }
+
+    #[test]
+    fn configurable_delimiters() {
+        assert_eq!(
+            normalize_sender("user-tag@x.org", "+-").unwrap(),
+            "user@x.org"
+        );
+        assert_eq!(
+            normalize_sender("user+tag@x.org", "").unwrap(),
+            "user+tag@x.org"
+        );
+        assert_eq!(
+            normalize_recipient("bob-tag@x.org", "-").unwrap(),
+            "bob@x.org"
+        );
+    }
+
+    #[test]
+    fn recipient() {
+        assert_eq!(r("Bob+Lists@Example.NET"), "bob@example.net");
+        assert_eq!(r("<bob@example.net>"), "bob@example.net");
+        // Digits and wrappers stay in recipients: they are real mailboxes.
+        assert_eq!(r("user123@example.net"), "user123@example.net");
+        assert_eq!(r("postmaster"), "postmaster");
+        let e = normalize_recipient("", "+").unwrap_err();
+        assert_eq!(e.argument(), "recipient");
+        assert_eq!(e.to_string(), "recipient: is empty");
+    }
+
+    #[test]
+    fn over_long_is_refused() {
+        let long = format!("{}@example.com", "a".repeat(2000));
+        let e = normalize_sender(&long, "+").unwrap_err();
+        assert_eq!(e.argument(), "sender");
+        assert!(e.reason().contains("limit of 1024"), "{e}");
+        let e = normalize_recipient(&long, "+").unwrap_err();
+        assert_eq!(e.argument(), "recipient");
+        let e = parse_ip(&"1".repeat(70_000)).unwrap_err();
+        assert_eq!(e.argument(), "client_ip");
+        // Exactly at the limit is fine.
+        let edge = format!("{}@x.org", "a".repeat(MAX_ADDRESS_LEN - 6));
+        assert_eq!(edge.len(), MAX_ADDRESS_LEN);
+        assert!(normalize_sender(&edge, "+").is_ok());
+    }
+
+    #[test]
+    fn non_ascii_survives() {
+        assert_eq!(s("Jürgen+x@Bücher.example"), "jürgen@bücher.example");
+    }
+
+    fn net(ip: &str) -> String {
+        ClientNet::parse(ip, 24, 64).unwrap().to_string()
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(net("192.0.2.1"), "192.0.2.0/24");
+        assert_eq!(net("192.0.2.254"), "192.0.2.0/24");
+        assert_eq!(net("::ffff:192.0.2.1"), "192.0.2.0/24");
+        assert_eq!(net("[192.0.2.9]"), "192.0.2.0/24");
+        assert_eq!(net("2001:db8::1"), "2001:db8::/64");
+        assert_eq!(net("2001:db8:0:0:ffff::1"), "2001:db8::/64");
+        assert_eq!(net("IPv6:2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            ClientNet::parse("192.0.2.77", 32, 128).unwrap().to_string(),
+            "192.0.2.77/32"
+        );
+        assert_eq!(
+            ClientNet::parse("2001:db8::77", 32, 128)
+                .unwrap()
+                .to_string(),
+            "2001:db8::77/128"
+        );
+        assert_eq!(
+            ClientNet::parse("10.1.2.3", 8, 64).unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_ne!(net("192.0.2.1"), net("192.0.3.1"));
+    }
+
+    #[test]
+    fn bad_ips() {
+        for bad in [
+            "",
+            "192.0.2",
+            "192.0.2.256",
+            "example.com",
+            "2001:db8:::1",
+            "1.2.3.4 5",
+        ] {
+            let e = parse_ip(bad).unwrap_err();
+            assert_eq!(e.argument(), "client_ip", "{bad}");
+        }
+        assert_eq!(
+            parse_ip("nope").unwrap_err().to_string(),
+            "client_ip: not an IP address: \"nope\""
+        );
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            ClientNet::domain("Example.COM.").unwrap().to_string(),
+            "example.com"
+        );
+        assert!(ClientNet::domain("").is_err());
+        assert!(ClientNet::domain("a b").is_err());
+        assert!(ClientNet::domain("user@example.com").is_err());
+    }
+}

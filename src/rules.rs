@@ -1,0 +1,475 @@
+//! The greylisting decision as pure functions of (stored state, `now`,
+//! settings) → (new state, verdict), apart from any table, so that every
+//! store (the in-memory table, a shared store) applies the same rules.
+//!
+//! Times are Unix seconds as `u32` (good until 2106); the engine clamps the
+//! caller's `i64` into that range. All differences are taken in `i64`, so a
+//! clock that goes backwards gives negative ages and never an overflow.
+
+use crate::config::Config;
+
+/// What the MTA should do with the recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Action {
+    /// Accept.
+    Pass = 0,
+    /// Answer with a temporary failure (the suggested reply).
+    Defer = 1,
+    /// The client network is blocked: refuse (temporarily or for good, the
+    /// host's choice).
+    Block = 2,
+}
+
+/// Why the engine decided what it did. Numbers are stable (they cross the C
+/// ABI) and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Reason {
+    /// First attempt of a triplet (or the first after its retry window ran
+    /// out): deferred.
+    New = 1,
+    /// A retry before the delay was over: deferred, timer not reset.
+    EarlyRetry = 2,
+    /// A retry after the delay: passes now, and the triplet is passed from
+    /// now on. `Verdict::delayed` says how long the mail waited.
+    Retried = 3,
+    /// A triplet that passed before, within its lifetime.
+    Passed = 4,
+    /// The client, sender or recipient is on a static whitelist.
+    Whitelisted = 5,
+    /// The client network passed enough triplets to be trusted.
+    AutoWhitelisted = 6,
+    /// The client network is blocked for blasting early retries.
+    Blocked = 7,
+}
+
+impl Reason {
+    /// Every reason, in number order.
+    pub const ALL: [Reason; 7] = [
+        Reason::New,
+        Reason::EarlyRetry,
+        Reason::Retried,
+        Reason::Passed,
+        Reason::Whitelisted,
+        Reason::AutoWhitelisted,
+        Reason::Blocked,
+    ];
+
+    /// A short lower-case name for logs (`new`, `early-retry`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::New => "new",
+            Reason::EarlyRetry => "early-retry",
+            Reason::Retried => "retried",
+            Reason::Passed => "passed",
+            Reason::Whitelisted => "whitelisted",
+            Reason::AutoWhitelisted => "auto-whitelisted",
+            Reason::Blocked => "blocked",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize - 1
+    }
+
+    /// The action that goes with this reason.
+    pub fn action(self) -> Action {
+        match self {
+            Reason::New | Reason::EarlyRetry => Action::Defer,
+            Reason::Blocked => Action::Block,
+            _ => Action::Pass,
+        }
+    }
+}
+
+/// The engine's answer for one triplet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Pass, defer or block.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+    /// For a defer, seconds until a retry would pass; for a block, seconds
+    /// until the block ends; 0 for a pass.
+    pub retry_after: u32,
+    /// For [`Reason::Retried`], seconds between the first attempt and this
+    /// one (what an `X-Greylist: delayed N seconds` header states); else 0.
+    pub delayed: u32,
+}
+
+impl Verdict {
+    pub(crate) fn new(reason: Reason, retry_after: u32, delayed: u32) -> Verdict {
+        Verdict {
+            action: reason.action(),
+            reason,
+            retry_after,
+            delayed,
+        }
+    }
+}
+
+/// What the engine remembers of one triplet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TripletState {
+    /// When the current greylisting cycle began.
+    pub first_seen: u32,
+    /// The latest attempt (pending) or use (passed); never moves back.
+    pub last_seen: u32,
+    /// Retries seen inside the delay (saturates at 255).
+    pub early_retries: u8,
+    /// Whether a retry after the delay was seen.
+    pub passed: bool,
+}
+
+/// What the engine remembers of one client network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientState {
+    /// Triplets of this network that passed (towards the auto-whitelist).
+    pub passes: u32,
+    /// Last pass or auto-whitelist use; the record lives `awl_ttl` from it.
+    pub last_seen: u32,
+    /// Blocked while `now < blocked_until`.
+    pub blocked_until: u32,
+    /// Start of the current blast-counting period (one delay long).
+    pub round_start: u32,
+    /// Early-retry rounds (distinct seconds) in that period.
+    pub rounds: u32,
+    /// The second of the latest round.
+    pub last_round: u32,
+}
+
+fn age(now: u32, then: u32) -> i64 {
+    i64::from(now) - i64::from(then)
+}
+
+fn remaining(until: i64, now: u32) -> u32 {
+    (until - i64::from(now)).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+impl TripletState {
+    /// Whether the entry is past its lifetime at `now`: a pending triplet
+    /// after its retry window, a passed one after its pass lifetime.
+    pub fn is_expired(&self, now: u32, config: &Config) -> bool {
+        if self.passed {
+            age(now, self.last_seen) > i64::from(config.pass_ttl)
+        } else {
+            age(now, self.first_seen) > i64::from(config.retry_window)
+        }
+    }
+
+    /// An expired pending entry that saw early retries but never a retry
+    /// after the delay: the sender most likely gave up and lost the mail.
+    pub fn lost_mail(&self) -> bool {
+        !self.passed && self.early_retries > 0
+    }
+}
+
+impl ClientState {
+    fn is_blocked(&self, now: u32) -> bool {
+        now < self.blocked_until
+    }
+
+    fn awl_alive(&self, now: u32, config: &Config) -> bool {
+        age(now, self.last_seen) <= i64::from(config.awl_ttl)
+    }
+
+    /// Whether the record holds nothing worth keeping at `now`.
+    pub fn is_expired(&self, now: u32, config: &Config) -> bool {
+        !self.is_blocked(now)
+            && !self.awl_alive(now, config)
+            && age(now, self.round_start) > i64::from(config.delay)
+    }
+
+    /// Whether the network is auto-whitelisted at `now`.
+    pub fn is_auto_whitelisted(&self, now: u32, config: &Config) -> bool {
+        config.awl_threshold > 0
+            && self.passes >= config.awl_threshold
+            && self.awl_alive(now, config)
+    }
+}
+
+/// Rules 1 and 2 for the client network: a verdict when the network alone
+/// decides (blocked, or auto-whitelisted, whose lifetime is then refreshed),
+/// else `None` and the triplet decides.
+pub fn client_gate(client: &mut ClientState, now: u32, config: &Config) -> Option<Verdict> {
+    if client.is_blocked(now) {
+        let left = remaining(i64::from(client.blocked_until), now);
+        return Some(Verdict::new(Reason::Blocked, left, 0));
+    }
+    if client.is_auto_whitelisted(now, config) {
+        client.last_seen = client.last_seen.max(now);
+        return Some(Verdict::new(Reason::AutoWhitelisted, 0, 0));
+    }
+    None
+}
+
+/// Rules 3 to 7 for one triplet: its new state and the verdict.
+pub fn triplet_step(
+    state: Option<TripletState>,
+    now: u32,
+    config: &Config,
+) -> (TripletState, Verdict) {
+    let delay = i64::from(config.delay);
+    match state.filter(|s| !s.is_expired(now, config)) {
+        // Rules 3 and 6: unknown, or its window ran out: start a cycle.
+        None => (
+            TripletState {
+                first_seen: now,
+                last_seen: now,
+                early_retries: 0,
+                passed: false,
+            },
+            Verdict::new(Reason::New, config.delay, 0),
+        ),
+        // Rule 7: passed, within its lifetime; refreshed.
+        Some(mut s) if s.passed => {
+            s.last_seen = s.last_seen.max(now);
+            (s, Verdict::new(Reason::Passed, 0, 0))
+        }
+        Some(mut s) => {
+            let waited = age(now, s.first_seen);
+            s.last_seen = s.last_seen.max(now);
+            if waited < delay {
+                // Rule 4: too early; the timer is not reset.
+                s.early_retries = s.early_retries.saturating_add(1);
+                let left = remaining(i64::from(s.first_seen) + delay, now);
+                (s, Verdict::new(Reason::EarlyRetry, left, 0))
+            } else {
+                // Rule 5: delay ≤ waited ≤ retry window (not expired).
+                s.passed = true;
+                (s, Verdict::new(Reason::Retried, 0, waited as u32))
+            }
+        }
+    }
+}
+
+/// What a triplet's verdict does to its client network: a pass counts
+/// towards the auto-whitelist; an early retry counts as a blast round, and
+/// too many rounds within one delay period block the network. Returns the
+/// verdict to give, which is [`Reason::Blocked`] when this retry set off the
+/// block.
+pub fn client_update(
+    client: &mut ClientState,
+    verdict: Verdict,
+    now: u32,
+    config: &Config,
+) -> Verdict {
+    match verdict.reason {
+        Reason::Retried => {
+            if !client.awl_alive(now, config) {
+                client.passes = 0;
+            }
+            client.passes = client.passes.saturating_add(1);
+            client.last_seen = client.last_seen.max(now);
+            verdict
+        }
+        Reason::EarlyRetry if config.blast_threshold > 0 => {
+            let period = age(now, client.round_start);
+            if client.rounds == 0 || !(0..i64::from(config.delay)).contains(&period) {
+                client.round_start = now;
+                client.rounds = 0;
+            }
+            if client.rounds == 0 || client.last_round != now {
+                client.rounds += 1;
+                client.last_round = now;
+            }
+            if client.rounds > config.blast_threshold {
+                client.blocked_until = now.saturating_add(config.block_time);
+                client.rounds = 0;
+                Verdict::new(Reason::Blocked, config.block_time, 0)
+            } else {
+                verdict
+            }
+        }
+        _ => verdict,
+    }
+}
+
+/// Whether a verdict changes the client network's record.
+pub fn touches_client(verdict: &Verdict, config: &Config) -> bool {
+    match verdict.reason {
+        Reason::Retried => true,
+        Reason::EarlyRetry => config.blast_threshold > 0,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u32 = 1_700_000_000;
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    fn run(state: Option<TripletState>, now: u32) -> (TripletState, Verdict) {
+        triplet_step(state, now, &cfg())
+    }
+
+    #[test]
+    fn rule3_new_is_deferred_for_the_delay() {
+        let (s, v) = run(None, T0);
+        assert_eq!(
+            (v.action, v.reason, v.retry_after),
+            (Action::Defer, Reason::New, 300)
+        );
+        assert_eq!((s.first_seen, s.passed, s.early_retries), (T0, false, 0));
+    }
+
+    #[test]
+    fn rule4_early_retry_keeps_the_timer() {
+        let (s, _) = run(None, T0);
+        let (s, v) = run(Some(s), T0 + 100);
+        assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 200));
+        assert_eq!((s.first_seen, s.early_retries), (T0, 1));
+        let (s, v) = run(Some(s), T0 + 299);
+        assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 1));
+        assert_eq!(s.early_retries, 2);
+    }
+
+    #[test]
+    fn rule5_retry_after_the_delay_passes() {
+        let (s, _) = run(None, T0);
+        let (s, v) = run(Some(s), T0 + 300);
+        assert_eq!(
+            (v.action, v.reason, v.delayed),
+            (Action::Pass, Reason::Retried, 300)
+        );
+        assert!(s.passed);
+        // Exactly at the end of the retry window still passes.
+        let (s, _) = run(None, T0);
+        let (_, v) = run(Some(s), T0 + 2 * 86_400);
+        assert_eq!(v.reason, Reason::Retried);
+    }
+
+    #[test]
+    fn rule6_window_exceeded_starts_over() {
+        let (s, _) = run(None, T0);
+        let (s, v) = run(Some(s), T0 + 2 * 86_400 + 1);
+        assert_eq!((v.reason, v.retry_after), (Reason::New, 300));
+        assert_eq!(s.first_seen, T0 + 2 * 86_400 + 1);
+    }
+
+    #[test]
+    fn rule7_passed_stays_passed_and_is_refreshed() {
+        let (s, _) = run(None, T0);
+        let (s, _) = run(Some(s), T0 + 400);
+        let later = T0 + 400 + 35 * 86_400;
+        let (s, v) = run(Some(s), later);
+        assert_eq!(v.reason, Reason::Passed);
+        assert_eq!(s.last_seen, later);
+        // Refreshed: another full lifetime from the last use.
+        let (_, v) = run(Some(s), later + 35 * 86_400);
+        assert_eq!(v.reason, Reason::Passed);
+        // Past its lifetime it is unknown again.
+        let (_, v) = run(Some(s), later + 35 * 86_400 + 1);
+        assert_eq!(v.reason, Reason::New);
+    }
+
+    #[test]
+    fn clock_going_back_never_passes_early() {
+        let (s, _) = run(None, T0);
+        let (s, v) = run(Some(s), T0 - 1000);
+        assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 1300));
+        assert_eq!(s.last_seen, T0, "last_seen never moves back");
+        let (_, v) = run(Some(s), 0);
+        assert_eq!(v.reason, Reason::EarlyRetry);
+        let (s, v) = run(Some(s), T0 + 300);
+        assert_eq!(v.reason, Reason::Retried);
+        // A passed triplet stays passed when the clock steps back.
+        let (_, v) = run(Some(s), T0 - 5);
+        assert_eq!(v.reason, Reason::Passed);
+    }
+
+    #[test]
+    fn extremes_do_not_overflow() {
+        let (s, v) = run(None, u32::MAX);
+        assert_eq!(v.reason, Reason::New);
+        let (_, v) = run(Some(s), 0);
+        assert_eq!(v.reason, Reason::EarlyRetry);
+        assert_eq!(v.retry_after, u32::MAX);
+        let (s, _) = run(None, 0);
+        let (_, v) = run(Some(s), u32::MAX);
+        assert_eq!(v.reason, Reason::New);
+    }
+
+    #[test]
+    fn auto_whitelist_after_threshold_passes() {
+        let c = cfg();
+        let mut client = ClientState::default();
+        let retried = Verdict::new(Reason::Retried, 0, 300);
+        for i in 0..5 {
+            assert_eq!(client_gate(&mut client, T0 + i, &c), None);
+            client_update(&mut client, retried, T0 + i, &c);
+        }
+        let v = client_gate(&mut client, T0 + 10, &c).unwrap();
+        assert_eq!(
+            (v.action, v.reason),
+            (Action::Pass, Reason::AutoWhitelisted)
+        );
+        // Refreshed on use; expires awl_ttl after the last use.
+        let used = T0 + 30 * 86_400;
+        assert!(client_gate(&mut client, used, &c).is_some());
+        assert!(client_gate(&mut client, used + 35 * 86_400, &c).is_some());
+        assert_eq!(client_gate(&mut client, used + 70 * 86_400 + 1, &c), None);
+        // A pass after expiry starts the count again.
+        client_update(&mut client, retried, used + 70 * 86_400 + 1, &c);
+        assert_eq!(client.passes, 1);
+    }
+
+    #[test]
+    fn awl_off() {
+        let c = Config::builder().awl_threshold(0).build().unwrap();
+        let mut client = ClientState {
+            passes: 1000,
+            last_seen: T0,
+            ..Default::default()
+        };
+        assert_eq!(client_gate(&mut client, T0, &c), None);
+    }
+
+    #[test]
+    fn blasting_counts_rounds_not_recipients() {
+        let c = cfg();
+        let early = Verdict::new(Reason::EarlyRetry, 200, 0);
+        let mut client = ClientState::default();
+        // 100 early retries in one second (one transaction, many
+        // recipients) are one round.
+        for _ in 0..100 {
+            assert_eq!(client_update(&mut client, early, T0, &c), early);
+        }
+        assert_eq!(client.rounds, 1);
+        // Rounds 2..=20 stay below the threshold; the 21st blocks.
+        for i in 1..20 {
+            assert_eq!(client_update(&mut client, early, T0 + i, &c), early);
+        }
+        let v = client_update(&mut client, early, T0 + 20, &c);
+        assert_eq!(
+            (v.action, v.reason, v.retry_after),
+            (Action::Block, Reason::Blocked, 3600)
+        );
+        let v = client_gate(&mut client, T0 + 21, &c).unwrap();
+        assert_eq!((v.reason, v.retry_after), (Reason::Blocked, 3599));
+        assert_eq!(client_gate(&mut client, T0 + 20 + 3600, &c), None);
+    }
+
+    #[test]
+    fn blast_rounds_reset_after_a_delay_period() {
+        let c = cfg();
+        let early = Verdict::new(Reason::EarlyRetry, 200, 0);
+        let mut client = ClientState::default();
+        // 20 rounds every 20 s: 400 s > one 300 s period, so never 21 in one.
+        for i in 0..40 {
+            let v = client_update(&mut client, early, T0 + i * 20, &c);
+            assert_eq!(v.reason, Reason::EarlyRetry, "round {i}");
+        }
+        // Exchange 2003's three glitch retries stay far below.
+        let mut exchange = ClientState::default();
+        for t in [T0, T0 + 2, T0 + 5] {
+            assert_eq!(client_update(&mut exchange, early, t, &c), early);
+        }
+    }
+}
