@@ -1,0 +1,169 @@
+//! Several threads hammer overlapping triplets; afterwards the counters add
+//! up exactly and every triplet is in a state the sequential rules allow.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use greylist::{Config, Engine, Reason};
+
+const T0: i64 = 1_700_000_000;
+const THREADS: usize = 4;
+const TRIPLETS: usize = 500;
+
+/// A sender name without digits (digit runs are folded by normalisation).
+fn name(i: usize) -> String {
+    format!(
+        "{}{}",
+        char::from(b'a' + (i % 26) as u8),
+        char::from(b'a' + (i / 26 % 26) as u8)
+    )
+}
+
+fn triplet(i: usize) -> (String, String, String) {
+    // Each triplet on its own /24, so auto-whitelisting stays out of the way.
+    (
+        format!("10.{}.{}.1", i / 256, i % 256),
+        format!("sender{}@example.org", char::from(b'a' + (i % 26) as u8)),
+        format!("rcpt{}@example.net", char::from(b'a' + (i / 26 % 26) as u8)),
+    )
+}
+
+#[test]
+fn phases_give_exactly_one_new_and_one_retried_per_triplet() {
+    let engine = Arc::new(Engine::new(Config::builder().shards(8).build().unwrap()));
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (engine, barrier) = (engine.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut counts = [[0u64; 8]; 3];
+                for (phase, now) in [T0, T0 + 300, T0 + 1000].into_iter().enumerate() {
+                    barrier.wait();
+                    for round in 0..20 {
+                        for j in 0..TRIPLETS {
+                            // Each thread walks the triplets in its own order.
+                            let i = (j * 7 + t * 131 + round * 17) % TRIPLETS;
+                            let (c, s, r) = triplet(i);
+                            let v = engine.check(&c, &s, &r, now).unwrap();
+                            counts[phase][v.reason as usize] += 1;
+                        }
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut totals = [[0u64; 8]; 3];
+    for h in handles {
+        for (total, counts) in totals.iter_mut().zip(h.join().unwrap()) {
+            for (a, b) in total.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+    }
+    let per_phase = (THREADS * 20 * TRIPLETS) as u64;
+    // Phase 0: the first attempt of each triplet is new, every other one early.
+    assert_eq!(totals[0][Reason::New as usize], TRIPLETS as u64);
+    assert_eq!(
+        totals[0][Reason::EarlyRetry as usize],
+        per_phase - TRIPLETS as u64
+    );
+    // Phase 1: exactly one retry per triplet made it pass; the rest see it passed.
+    assert_eq!(totals[1][Reason::Retried as usize], TRIPLETS as u64);
+    assert_eq!(
+        totals[1][Reason::Passed as usize],
+        per_phase - TRIPLETS as u64
+    );
+    // Phase 2: all passed.
+    assert_eq!(totals[2][Reason::Passed as usize], per_phase);
+
+    let stats = engine.stats();
+    assert_eq!(stats.checks, 3 * per_phase);
+    assert_eq!(stats.new, TRIPLETS as u64);
+    assert_eq!(stats.retried, TRIPLETS as u64);
+    assert_eq!(
+        stats.early_retry + stats.passed + stats.new + stats.retried,
+        stats.checks
+    );
+    assert_eq!(stats.entries, TRIPLETS as u64);
+    for i in 0..TRIPLETS {
+        let (c, s, r) = triplet(i);
+        let st = engine.triplet_state(&c, &s, &r).unwrap().unwrap();
+        assert!(st.passed);
+        assert_eq!(
+            (st.first_seen, st.last_seen),
+            (T0 as u32, (T0 + 1000) as u32)
+        );
+    }
+}
+
+#[test]
+fn chaotic_times_keep_states_valid_and_counts_exact() {
+    // Low thresholds, so blocks and auto-whitelisting both happen.
+    let config = Config::builder()
+        .shards(4)
+        .blast_threshold(5)
+        .block_time(60)
+        .awl_threshold(30);
+    let engine = Arc::new(Engine::new(config.build().unwrap()));
+    const POOL: usize = 400;
+    const CHECKS: usize = 50_000;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let engine = engine.clone();
+            thread::spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
+                let mut reasons = [0u64; 8];
+                for k in 0..CHECKS {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Clients on three /24s; time moves forward with
+                    // jitter of up to 20 s back and forth between threads.
+                    let i = (x % POOL as u64) as usize;
+                    let ip = format!("192.0.{}.{}", i % 3, x >> 60);
+                    let now = T0 + (k / 25) as i64 + ((x >> 20) % 20) as i64;
+                    let v = engine
+                        .check(
+                            &ip,
+                            &format!("{}@example.org", name(i)),
+                            "r@example.net",
+                            now,
+                        )
+                        .unwrap();
+                    reasons[v.reason as usize] += 1;
+                }
+                reasons
+            })
+        })
+        .collect();
+    let mut reasons = [0u64; 8];
+    for h in handles {
+        for (a, b) in reasons.iter_mut().zip(h.join().unwrap()) {
+            *a += b;
+        }
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.checks, (THREADS * CHECKS) as u64);
+    for reason in Reason::ALL {
+        assert_eq!(stats.reason(reason), reasons[reason as usize], "{reason:?}");
+    }
+    assert!(
+        stats.blocked > 0 && stats.early_retry > 0 && stats.auto_whitelisted > 0,
+        "{stats:?}"
+    );
+    for i in 0..POOL {
+        let ip = format!("192.0.{}.1", i % 3);
+        if let Some(st) = engine
+            .triplet_state(&ip, &format!("{}@example.org", name(i)), "r@example.net")
+            .unwrap()
+        {
+            let (first, last) = (i64::from(st.first_seen), i64::from(st.last_seen));
+            assert!((T0..T0 + 2020).contains(&first), "{st:?}");
+            assert!(last >= first, "{st:?}");
+            // Passed only if some attempt came at least a delay later.
+            assert!(!st.passed || last - first >= 300, "{st:?}");
+            assert!(st.passed || st.early_retries > 0 || last == first, "{st:?}");
+        }
+    }
+}
