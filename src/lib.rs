@@ -84,3 +84,4 @@ pub use normalize::{
     normalize_recipient, normalize_sender, parse_ip, ClientNet, InputError, MAX_ADDRESS_LEN,
 };
 pub use rules::{Action, ClientState, Reason, TripletState, Verdict};
+pub mod ffi;

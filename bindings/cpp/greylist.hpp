@@ -1,0 +1,202 @@
+// greylist.hpp: a header-only C++17 wrapper over the greylist C ABI.
+//
+// RAII, move-only handles (greylist::Config, greylist::Engine); every
+// failure is a greylist::Error carrying the status and the library's
+// message. An Engine may be used from many threads at once.
+#ifndef GREYLIST_HPP
+#define GREYLIST_HPP
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "greylist.h"
+
+namespace greylist {
+
+/// A failed call: the status code and the library's message.
+class Error : public std::runtime_error {
+ public:
+  Error(greylist_status status, const std::string &message)
+      : std::runtime_error(message), status_(status) {}
+  greylist_status status() const noexcept { return status_; }
+  const char *status_name() const noexcept { return greylist_status_str(status_); }
+
+ private:
+  greylist_status status_;
+};
+
+namespace detail {
+
+inline std::string last_error() {
+  std::string message(greylist_last_error(nullptr, 0), '\0');
+  if (!message.empty()) {
+    greylist_last_error(message.data(), message.size() + 1);
+  }
+  return message;
+}
+
+inline void check(greylist_status status) {
+  if (status != GREYLIST_STATUS_OK) {
+    throw Error(status, last_error());
+  }
+}
+
+// C strings end at the first NUL; refuse a std::string that holds one
+// rather than silently checking a different address.
+inline const char *c_str(const std::string &s, const char *argument) {
+  if (s.find('\0') != std::string::npos) {
+    throw Error(GREYLIST_STATUS_INVALID_ARGUMENT, std::string(argument) + ": contains a NUL byte");
+  }
+  return s.c_str();
+}
+
+inline void check_abi() {
+  if (greylist_abi_version() != GREYLIST_ABI_VERSION) {
+    throw Error(GREYLIST_STATUS_INVALID_ARGUMENT,
+                "libgreylist ABI " + std::to_string(greylist_abi_version()) +
+                    " does not match greylist.h ABI " + std::to_string(GREYLIST_ABI_VERSION));
+  }
+}
+
+}  // namespace detail
+
+enum class Action : uint32_t {
+  Pass = GREYLIST_ACTION_PASS,
+  Defer = GREYLIST_ACTION_DEFER,
+  Block = GREYLIST_ACTION_BLOCK,
+};
+
+enum class Reason : uint32_t {
+  New = GREYLIST_REASON_NEW,
+  EarlyRetry = GREYLIST_REASON_EARLY_RETRY,
+  Retried = GREYLIST_REASON_RETRIED,
+  Passed = GREYLIST_REASON_PASSED,
+  Whitelisted = GREYLIST_REASON_WHITELISTED,
+  AutoWhitelisted = GREYLIST_REASON_AUTO_WHITELISTED,
+  Blocked = GREYLIST_REASON_BLOCKED,
+};
+
+/// The answer for one triplet.
+struct Verdict {
+  greylist_verdict raw;
+  Action action() const noexcept { return static_cast<Action>(raw.action); }
+  Reason reason() const noexcept { return static_cast<Reason>(raw.reason); }
+  uint32_t retry_after() const noexcept { return raw.retry_after; }
+  uint32_t delayed() const noexcept { return raw.delayed; }
+};
+
+/// Engine settings; every setter checks its value and throws on a bad one.
+class Config {
+ public:
+  Config() : config_(greylist_config_new()) {
+    if (config_ == nullptr) {
+      throw Error(GREYLIST_STATUS_PANIC, "greylist_config_new failed");
+    }
+  }
+  ~Config() { greylist_config_free(config_); }
+  Config(Config &&other) noexcept : config_(std::exchange(other.config_, nullptr)) {}
+  Config &operator=(Config &&other) noexcept {
+    std::swap(config_, other.config_);
+    return *this;
+  }
+  Config(const Config &) = delete;
+  Config &operator=(const Config &) = delete;
+
+  Config &delay(uint32_t seconds) { return set(greylist_config_set_delay(config_, seconds)); }
+  Config &retry_window(uint32_t seconds) {
+    return set(greylist_config_set_retry_window(config_, seconds));
+  }
+  Config &pass_ttl(uint32_t seconds) { return set(greylist_config_set_pass_ttl(config_, seconds)); }
+  Config &awl_threshold(uint32_t passes) {
+    return set(greylist_config_set_awl_threshold(config_, passes));
+  }
+  Config &awl_ttl(uint32_t seconds) { return set(greylist_config_set_awl_ttl(config_, seconds)); }
+  Config &blast(uint32_t rounds, uint32_t block_seconds) {
+    return set(greylist_config_set_blast(config_, rounds, block_seconds));
+  }
+  Config &max_entries(uint64_t entries) {
+    return set(greylist_config_set_max_entries(config_, entries));
+  }
+  Config &prefixes(uint8_t ipv4, uint8_t ipv6) {
+    return set(greylist_config_set_prefixes(config_, ipv4, ipv6));
+  }
+  Config &extension_delimiters(const std::string &delimiters) {
+    return set(greylist_config_set_extension_delimiters(
+        config_, detail::c_str(delimiters, "delimiters")));
+  }
+  Config &reply(uint16_t code, const std::string &enhanced, const std::string &text) {
+    return set(greylist_config_set_reply(config_, code, detail::c_str(enhanced, "enhanced"),
+                                         detail::c_str(text, "text")));
+  }
+
+  const greylist_config *get() const noexcept { return config_; }
+
+ private:
+  Config &set(greylist_status status) {
+    detail::check(status);
+    return *this;
+  }
+  greylist_config *config_;
+};
+
+/// A greylisting engine. Thread-safe; move-only.
+class Engine {
+ public:
+  Engine() : Engine(nullptr) {}
+  explicit Engine(const Config &config) : Engine(config.get()) {}
+  ~Engine() { greylist_engine_free(engine_); }
+  Engine(Engine &&other) noexcept : engine_(std::exchange(other.engine_, nullptr)) {}
+  Engine &operator=(Engine &&other) noexcept {
+    std::swap(engine_, other.engine_);
+    return *this;
+  }
+  Engine(const Engine &) = delete;
+  Engine &operator=(const Engine &) = delete;
+
+  /// Decides one triplet; `now` in Unix seconds, GREYLIST_NOW for the clock.
+  Verdict check(const std::string &client_ip, const std::string &sender,
+                const std::string &recipient, int64_t now = GREYLIST_NOW) {
+    Verdict v{};
+    detail::check(greylist_engine_check(engine_, detail::c_str(client_ip, "client_ip"),
+                                        detail::c_str(sender, "sender"),
+                                        detail::c_str(recipient, "recipient"), now, &v.raw));
+    return v;
+  }
+
+  /// Removes expired entries; returns how many triplet entries went.
+  uint64_t sweep(int64_t now = GREYLIST_NOW) {
+    uint64_t removed = 0;
+    detail::check(greylist_engine_sweep(engine_, now, &removed));
+    return removed;
+  }
+
+  uint64_t size() const noexcept { return greylist_engine_len(engine_); }
+
+  greylist_stats stats() const {
+    greylist_stats s{};
+    s.struct_size = sizeof s;
+    detail::check(greylist_engine_stats(engine_, &s));
+    return s;
+  }
+
+  /// The suggested SMTP reply for a defer or block; empty for a pass.
+  std::string reply(const Verdict &verdict) const {
+    char buf[640];
+    detail::check(greylist_verdict_reply(engine_, &verdict.raw, buf, sizeof buf));
+    return std::string(buf);
+  }
+
+ private:
+  explicit Engine(const greylist_config *config) : engine_(nullptr) {
+    detail::check_abi();
+    detail::check(greylist_engine_new(config, &engine_));
+  }
+  greylist_engine *engine_;
+};
+
+}  // namespace greylist
+
+#endif  // GREYLIST_HPP

@@ -1,0 +1,307 @@
+//! `greylist_config`: the settings builder.
+
+use std::ffi::c_char;
+
+use super::error::{greylist_status, status_of, value_of, Failure};
+use super::{arg_mut, arg_str, free_handle, into_handle};
+use crate::ConfigBuilder;
+
+/// Engine settings under construction. Create with `greylist_config_new()`,
+/// change with the `greylist_config_set_*()` functions, pass to
+/// `greylist_engine_new()` (which copies it), free with
+/// `greylist_config_free()`.
+///
+/// Not thread-safe: use one config from one thread at a time.
+pub struct greylist_config {
+    pub(crate) builder: ConfigBuilder,
+}
+
+/// A new config holding the defaults (delay 300 s, retry window 2 days,
+/// pass lifetime 35 days, auto-whitelist after 5 passes, /24 and /64,
+/// 4 million entries).
+///
+/// Returns NULL only if memory could not be allocated. The caller owns the
+/// result and frees it with `greylist_config_free()`.
+#[no_mangle]
+pub extern "C" fn greylist_config_new() -> *mut greylist_config {
+    value_of(std::ptr::null_mut(), || {
+        into_handle(greylist_config {
+            builder: ConfigBuilder::new(),
+        })
+    })
+}
+
+/// Frees a config. NULL is a no-op.
+///
+/// # Safety
+/// `config` must be NULL or come from `greylist_config_new()` and not be
+/// freed already.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_free(config: *mut greylist_config) {
+    value_of((), || {
+        // SAFETY: the caller guarantees `config` is NULL or ours and live.
+        unsafe { free_handle(config) }
+    })
+}
+
+/// Applies one setting, checking it on its own right away: a value that is
+/// wrong whatever the other settings are is refused here, naming the
+/// setting; combinations (delay vs retry window) are checked by
+/// `greylist_engine_new()`.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+unsafe fn set(
+    config: *mut greylist_config,
+    settings: &[&str],
+    apply: impl Fn(ConfigBuilder) -> Result<ConfigBuilder, Failure>,
+) -> greylist_status {
+    status_of(|| {
+        // SAFETY: guaranteed by this function's caller.
+        let config = unsafe { arg_mut(config, "config") }?;
+        // Against a base where the delay and retry window cannot clash.
+        let base = ConfigBuilder::new().delay(0).retry_window(u32::MAX);
+        if let Err(e) = apply(base)?.build() {
+            if settings.contains(&e.setting()) {
+                return Err(e.into());
+            }
+        }
+        config.builder = apply(config.builder.clone())?;
+        Ok(())
+    })
+}
+
+// One function per setting, spelled out so that cbindgen sees them; the
+// shared work is in `set`. Each returns `GREYLIST_STATUS_NULL_ARGUMENT` for
+// a NULL config and `GREYLIST_STATUS_INVALID_ARGUMENT` for a value out of
+// range, and needs `config` to be NULL or a live config used by this thread
+// only.
+
+/// Minimum wait, in seconds, before a retry is accepted (default 300).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_delay(
+    config: *mut greylist_config,
+    seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["delay"], |b| Ok(b.delay(seconds))) }
+}
+
+/// How long, in seconds, a first retry may take (default 172800, 2 days).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_retry_window(
+    config: *mut greylist_config,
+    seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["retry_window"], |b| Ok(b.retry_window(seconds))) }
+}
+
+/// Lifetime, in seconds, of a passed triplet, refreshed on each use
+/// (default 3024000, 35 days).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_pass_ttl(
+    config: *mut greylist_config,
+    seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["pass_ttl"], |b| Ok(b.pass_ttl(seconds))) }
+}
+
+/// Passed triplets after which a client network is auto-whitelisted; 0
+/// turns auto-whitelisting off (default 5).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_awl_threshold(
+    config: *mut greylist_config,
+    passes: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["awl_threshold"], |b| Ok(b.awl_threshold(passes))) }
+}
+
+/// Lifetime, in seconds, of an auto-whitelist record, refreshed on each use
+/// (default 3024000, 35 days).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_awl_ttl(
+    config: *mut greylist_config,
+    seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["awl_ttl"], |b| Ok(b.awl_ttl(seconds))) }
+}
+
+/// Early-retry rounds (distinct seconds) within one delay period that block
+/// a client network, and for how many seconds; a threshold of 0 turns blast
+/// blocking off (defaults 20 and 3600).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_blast(
+    config: *mut greylist_config,
+    rounds: u32,
+    block_seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe {
+        set(config, &["blast_threshold", "block_time"], |b| {
+            Ok(b.blast_threshold(rounds).block_time(block_seconds))
+        })
+    }
+}
+
+/// Most triplet entries kept (default 4000000); when full, expired entries
+/// and then the oldest pending ones make room.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_max_entries(
+    config: *mut greylist_config,
+    entries: u64,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["max_entries"], |b| Ok(b.max_entries(entries))) }
+}
+
+/// Prefix lengths client addresses are grouped by: IPv4 1 to 32 (default
+/// 24), IPv6 1 to 128 (default 64); 32 and 128 mean the exact address.
+///
+/// Returns `GREYLIST_STATUS_NULL_ARGUMENT` for a NULL config and
+/// `GREYLIST_STATUS_INVALID_ARGUMENT` for a length out of range.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_prefixes(
+    config: *mut greylist_config,
+    ipv4: u8,
+    ipv6: u8,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe {
+        set(config, &["ipv4_prefix", "ipv6_prefix"], |b| {
+            Ok(b.prefixes(ipv4, ipv6))
+        })
+    }
+}
+
+/// Characters that start an address extension (`"+"` by default, `"+-"`
+/// for both, `""` for none), as Postfix's `recipient_delimiter`.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only;
+/// `delimiters` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_extension_delimiters(
+    config: *mut greylist_config,
+    delimiters: *const c_char,
+) -> greylist_status {
+    // SAFETY: the caller's guarantees for `config` and `delimiters`,
+    // passed on (the closure reads `delimiters`).
+    unsafe {
+        set(config, &["extension_delimiters"], |b| {
+            Ok(b.extension_delimiters(arg_str(delimiters, "delimiters")?))
+        })
+    }
+}
+
+/// The suggested reply for a defer: SMTP code (4xx, default 450), enhanced
+/// code (default `"4.2.0"`) and text, where `%s` stands for the seconds
+/// until a retry passes (default `"Greylisted, please try again in %s
+/// seconds"`).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only;
+/// `enhanced` and `text` must be NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_reply(
+    config: *mut greylist_config,
+    code: u16,
+    enhanced: *const c_char,
+    text: *const c_char,
+) -> greylist_status {
+    // SAFETY: the caller's guarantees for `config`, `enhanced` and `text`,
+    // passed on (the closure reads the strings).
+    unsafe {
+        set(
+            config,
+            &["reply_code", "reply_enhanced", "greylist_text"],
+            |b| {
+                let (enhanced, text) = (arg_str(enhanced, "enhanced")?, arg_str(text, "text")?);
+                Ok(b.reply_code(code)
+                    .reply_enhanced(enhanced)
+                    .greylist_text(text))
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::error::*;
+    use super::*;
+
+    #[test]
+    fn setters_check_their_own_range_at_once() {
+        let c = greylist_config_new();
+        // SAFETY: `c` is a live config; it is freed once at the end.
+        unsafe {
+            assert_eq!(greylist_config_set_delay(c, 60), GREYLIST_STATUS_OK);
+            assert_eq!(
+                greylist_config_set_prefixes(c, 0, 64),
+                GREYLIST_STATUS_INVALID_ARGUMENT
+            );
+            assert_eq!(greylist_config_set_prefixes(c, 32, 128), GREYLIST_STATUS_OK);
+            assert_eq!(
+                greylist_config_set_max_entries(c, 0),
+                GREYLIST_STATUS_INVALID_ARGUMENT
+            );
+            // Out of range against the current retry window only: accepted
+            // here, checked when the engine is made.
+            assert_eq!(greylist_config_set_delay(c, 3 * 86_400), GREYLIST_STATUS_OK);
+            assert_eq!(
+                greylist_config_set_retry_window(c, 7 * 86_400),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(
+                greylist_config_set_reply(c, 451, c"4.7.1".as_ptr(), c"wait %s".as_ptr()),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(
+                greylist_config_set_reply(c, 550, c"5.7.1".as_ptr(), c"no".as_ptr()),
+                GREYLIST_STATUS_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                greylist_config_set_extension_delimiters(c, std::ptr::null()),
+                GREYLIST_STATUS_NULL_ARGUMENT
+            );
+            let b = (*c).builder.clone().build().unwrap();
+            assert_eq!(
+                (b.delay(), b.ipv4_prefix(), b.reply_code()),
+                (3 * 86_400, 32, 451)
+            );
+            assert_eq!(
+                greylist_config_set_delay(std::ptr::null_mut(), 1),
+                GREYLIST_STATUS_NULL_ARGUMENT
+            );
+            greylist_config_free(c);
+            greylist_config_free(std::ptr::null_mut());
+        }
+    }
+}

@@ -1,0 +1,382 @@
+/*
+ * C tests of the greylist ABI. Built with -std=c11 -Wall -Wextra -Werror and
+ * run under AddressSanitizer + UndefinedBehaviorSanitizer, and under
+ * valgrind (see tests/run.sh). Exits non-zero when any test fails.
+ */
+#define _POSIX_C_SOURCE 200809L /* pthread_barrier_t */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "greylist.h"
+
+#define T0 1700000000
+
+static int failures = 0;
+
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__,       \
+              #cond);                                                          \
+      return false;                                                            \
+    }                                                                          \
+  } while (0)
+
+#define CHECK_STATUS(call, expected)                                           \
+  do {                                                                         \
+    greylist_status got_ = (call);                                             \
+    if (got_ != (expected)) {                                                  \
+      char msg_[256];                                                          \
+      greylist_last_error(msg_, sizeof msg_);                                  \
+      fprintf(stderr, "  %s:%d: %s gave %s, expected %s (last error: %s)\n",   \
+              __FILE__, __LINE__, #call, greylist_status_str(got_),            \
+              greylist_status_str(expected), msg_);                            \
+      return false;                                                            \
+    }                                                                          \
+  } while (0)
+
+static void run_test(bool (*test)(void), const char *name) {
+  bool ok = test();
+  printf("test %s ... %s\n", name, ok ? "ok" : "FAILED");
+  if (!ok) {
+    failures++;
+  }
+}
+
+/* The last error message, for assertions. */
+static const char *last_error(void) {
+  static char buf[512];
+  greylist_last_error(buf, sizeof buf);
+  return buf;
+}
+
+static greylist_engine *new_engine(void) {
+  greylist_engine *engine = NULL;
+  if (greylist_engine_new(NULL, &engine) != GREYLIST_STATUS_OK) {
+    return NULL;
+  }
+  return engine;
+}
+
+static bool test_version(void) {
+  CHECK(greylist_abi_version() == GREYLIST_ABI_VERSION);
+  CHECK(strlen(greylist_version()) >= 5);
+  CHECK(strcmp(greylist_status_str(GREYLIST_STATUS_OK), "GREYLIST_STATUS_OK") == 0);
+  CHECK(strcmp(greylist_status_str(12345), "GREYLIST_STATUS_UNKNOWN") == 0);
+  return true;
+}
+
+static bool test_cycle(void) {
+  greylist_engine *engine = new_engine();
+  CHECK(engine != NULL);
+  greylist_verdict v;
+  const char *ip = "192.0.2.1", *from = "alice@example.org", *to = "bob@example.net";
+
+  CHECK_STATUS(greylist_engine_check(engine, ip, from, to, T0, &v), GREYLIST_STATUS_OK);
+  CHECK(v.action == GREYLIST_ACTION_DEFER && v.reason == GREYLIST_REASON_NEW);
+  CHECK(v.retry_after == 300);
+  char reply[600];
+  CHECK_STATUS(greylist_verdict_reply(engine, &v, reply, sizeof reply), GREYLIST_STATUS_OK);
+  CHECK(strcmp(reply, "450 4.2.0 Greylisted, please try again in 300 seconds") == 0);
+
+  CHECK_STATUS(greylist_engine_check(engine, ip, from, to, T0 + 100, &v), GREYLIST_STATUS_OK);
+  CHECK(v.action == GREYLIST_ACTION_DEFER && v.reason == GREYLIST_REASON_EARLY_RETRY);
+  CHECK(v.retry_after == 200);
+
+  /* Another host of the same /24, a BATV-tagged sender: the same triplet. */
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.77", "prvs=1234abcd=Alice@Example.org",
+                                     to, T0 + 300, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_RETRIED);
+  CHECK(v.delayed == 300);
+  CHECK_STATUS(greylist_verdict_reply(engine, &v, reply, sizeof reply), GREYLIST_STATUS_OK);
+  CHECK(reply[0] == '\0');
+
+  CHECK_STATUS(greylist_engine_check(engine, ip, from, to, T0 + 86400, &v), GREYLIST_STATUS_OK);
+  CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_PASSED);
+  CHECK(greylist_engine_len(engine) == 1);
+
+  /* The system clock works too. */
+  CHECK_STATUS(greylist_engine_check(engine, "2001:db8::1", "", to, GREYLIST_NOW, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_NEW);
+
+  greylist_stats stats;
+  memset(&stats, 0, sizeof stats);
+  stats.struct_size = sizeof stats;
+  CHECK_STATUS(greylist_engine_stats(engine, &stats), GREYLIST_STATUS_OK);
+  CHECK(stats.checks == 5 && stats.new_triplets == 2 && stats.early_retries == 1);
+  CHECK(stats.retried == 1 && stats.passed == 1 && stats.entries == 2);
+
+  uint64_t removed = 99;
+  CHECK_STATUS(greylist_engine_sweep(engine, T0 + 86400, &removed), GREYLIST_STATUS_OK);
+  CHECK(removed == 0);
+  CHECK_STATUS(greylist_engine_sweep(engine, 4000000000LL /* 2096 */, &removed),
+               GREYLIST_STATUS_OK);
+  CHECK(removed == 2 && greylist_engine_len(engine) == 0);
+  greylist_engine_free(engine);
+  return true;
+}
+
+static bool test_config(void) {
+  greylist_config *config = greylist_config_new();
+  CHECK(config != NULL);
+  CHECK_STATUS(greylist_config_set_delay(config, 60), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_retry_window(config, 3600), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_pass_ttl(config, 86400), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_awl_threshold(config, 0), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_awl_ttl(config, 86400), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_blast(config, 5, 600), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_max_entries(config, 1000), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_prefixes(config, 32, 128), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_extension_delimiters(config, "+-"), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_reply(config, 451, "4.7.1", "Wait %s s"), GREYLIST_STATUS_OK);
+
+  CHECK_STATUS(greylist_config_set_prefixes(config, 33, 64), GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "ipv4_prefix") != NULL);
+  CHECK_STATUS(greylist_config_set_reply(config, 550, "5.7.1", "x"),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_max_entries(config, 0), GREYLIST_STATUS_INVALID_ARGUMENT);
+
+  greylist_engine *engine = NULL;
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
+  /* The engine copied the config: freeing it now is fine. */
+  greylist_config_free(config);
+
+  greylist_verdict v;
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a-tag@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  char reply[64];
+  CHECK_STATUS(greylist_verdict_reply(engine, &v, reply, sizeof reply), GREYLIST_STATUS_OK);
+  CHECK(strcmp(reply, "451 4.7.1 Wait 60 s") == 0);
+  /* /32: another address is another client; '-' is a delimiter. */
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.2", "a@x.org", "b@y.net", T0 + 60, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_NEW);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", "b@y.net", T0 + 60, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_RETRIED);
+  greylist_engine_free(engine);
+
+  /* Settings that do not fit together are refused by greylist_engine_new. */
+  config = greylist_config_new();
+  CHECK_STATUS(greylist_config_set_delay(config, 7200), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_retry_window(config, 3600), GREYLIST_STATUS_OK);
+  engine = (greylist_engine *)0x1;
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(engine == (greylist_engine *)0x1);
+  CHECK(strstr(last_error(), "delay") != NULL);
+  greylist_config_free(config);
+  return true;
+}
+
+static bool test_null_arguments(void) {
+  greylist_engine *engine = new_engine();
+  CHECK(engine != NULL);
+  greylist_verdict v = {99, 99, 99, 99};
+  const char *ip = "192.0.2.1", *from = "a@x.org", *to = "b@y.net";
+
+  CHECK_STATUS(greylist_engine_new(NULL, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "out: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_check(NULL, ip, from, to, T0, &v), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "engine: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_check(engine, NULL, from, to, T0, &v),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "client_ip: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_check(engine, ip, NULL, to, T0, &v), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "sender: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_check(engine, ip, from, NULL, T0, &v),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "recipient: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_check(engine, ip, from, to, T0, NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(v.action == 99 && v.reason == 99 && v.retry_after == 99);
+  CHECK(greylist_engine_len(engine) == 0);
+
+  uint64_t removed = 7;
+  CHECK_STATUS(greylist_engine_sweep(NULL, T0, &removed), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_sweep(engine, T0, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(removed == 7);
+  CHECK(greylist_engine_len(NULL) == 0);
+  greylist_stats stats = {.struct_size = sizeof stats};
+  CHECK_STATUS(greylist_engine_stats(NULL, &stats), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_stats(engine, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+
+  char buf[64];
+  greylist_verdict defer = {GREYLIST_ACTION_DEFER, GREYLIST_REASON_NEW, 300, 0};
+  CHECK_STATUS(greylist_verdict_reply(NULL, &defer, buf, sizeof buf),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_verdict_reply(engine, NULL, buf, sizeof buf),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_verdict_reply(engine, &defer, NULL, 64), GREYLIST_STATUS_NULL_ARGUMENT);
+
+  CHECK_STATUS(greylist_config_set_delay(NULL, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_retry_window(NULL, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_pass_ttl(NULL, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_awl_threshold(NULL, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_awl_ttl(NULL, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_blast(NULL, 1, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_max_entries(NULL, 1), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_prefixes(NULL, 24, 64), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_extension_delimiters(NULL, "+"),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_reply(NULL, 450, "4.2.0", "x"), GREYLIST_STATUS_NULL_ARGUMENT);
+  greylist_config *config = greylist_config_new();
+  CHECK_STATUS(greylist_config_set_extension_delimiters(config, NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_reply(config, 450, NULL, "x"), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_reply(config, 450, "4.2.0", NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  greylist_config_free(config);
+
+  /* Asking for the length only. */
+  CHECK(greylist_last_error(NULL, 0) == strlen("text: is NULL"));
+
+  greylist_engine_free(NULL);
+  greylist_config_free(NULL);
+  greylist_engine_free(engine);
+  return true;
+}
+
+static bool test_bad_input(void) {
+  greylist_engine *engine = new_engine();
+  CHECK(engine != NULL);
+  greylist_verdict v = {99, 99, 99, 99};
+  const char *bad_ips[] = {"", "192.0.2", "192.0.2.256", "example.com", "1.2.3.4/24",
+                           "2001:db8:::1", "::ffff:999.0.0.1"};
+  for (size_t i = 0; i < sizeof bad_ips / sizeof bad_ips[0]; i++) {
+    CHECK_STATUS(greylist_engine_check(engine, bad_ips[i], "a@x.org", "b@y.net", T0, &v),
+                 GREYLIST_STATUS_INVALID_ARGUMENT);
+    CHECK(strncmp(last_error(), "client_ip: ", 11) == 0);
+  }
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", "", T0, &v),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strcmp(last_error(), "recipient: is empty") == 0);
+
+  /* 64 KiB strings in each position. */
+  size_t big = 64 * 1024;
+  char *huge = malloc(big + 1);
+  CHECK(huge != NULL);
+  memset(huge, 'a', big);
+  huge[big] = '\0';
+  CHECK_STATUS(greylist_engine_check(engine, huge, "a@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strncmp(last_error(), "client_ip: ", 11) == 0);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", huge, "b@y.net", T0, &v),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "sender: 65536 bytes") != NULL);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", huge, T0, &v),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strncmp(last_error(), "recipient: ", 11) == 0);
+  free(huge);
+
+  /* Not UTF-8. */
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a\xff@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strncmp(last_error(), "sender: is not valid UTF-8", 26) == 0);
+
+  /* A verdict the caller made up. */
+  greylist_verdict bogus = {GREYLIST_ACTION_PASS, 1000, 0, 0};
+  char buf[64];
+  CHECK_STATUS(greylist_verdict_reply(engine, &bogus, buf, sizeof buf),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  greylist_verdict mismatched = {GREYLIST_ACTION_PASS, GREYLIST_REASON_NEW, 0, 0};
+  CHECK_STATUS(greylist_verdict_reply(engine, &mismatched, buf, sizeof buf),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  /* A buffer too small: nothing written. */
+  greylist_verdict defer = {GREYLIST_ACTION_DEFER, GREYLIST_REASON_NEW, 300, 0};
+  memset(buf, 'x', sizeof buf);
+  CHECK_STATUS(greylist_verdict_reply(engine, &defer, buf, 10), GREYLIST_STATUS_BUFFER_TOO_SMALL);
+  CHECK(buf[0] == 'x' && buf[9] == 'x');
+  CHECK(strstr(last_error(), "bytes needed") != NULL);
+
+  /* A truncated last-error copy is NUL-terminated and reports the full length. */
+  char tiny[8];
+  size_t full = greylist_last_error(tiny, sizeof tiny);
+  CHECK(full > sizeof tiny && strlen(tiny) == sizeof tiny - 1);
+
+  /* Stats from a caller whose struct is too small to be real. */
+  greylist_stats stats = {.struct_size = 4};
+  CHECK_STATUS(greylist_engine_stats(engine, &stats), GREYLIST_STATUS_INVALID_ARGUMENT);
+
+  CHECK(v.action == 99);
+  CHECK(greylist_engine_len(engine) == 0);
+  greylist_engine_free(engine);
+  return true;
+}
+
+#define THREADS 4
+#define CHECKS_PER_THREAD 20000
+
+#define PHASES 4
+
+static pthread_barrier_t phase_barrier;
+
+struct worker {
+  greylist_engine *engine;
+  int id;
+  int failures;
+};
+
+static void *worker_main(void *arg) {
+  struct worker *w = arg;
+  char ip[32], from[64];
+  for (int i = 0; i < CHECKS_PER_THREAD; i++) {
+    /* All threads enter each phase (a time step of one delay) together. */
+    if (i % (CHECKS_PER_THREAD / PHASES) == 0) {
+      pthread_barrier_wait(&phase_barrier);
+    }
+    int n = (i * 7 + w->id * 13) % 500;
+    snprintf(ip, sizeof ip, "10.%d.%d.%d", n / 100, n % 100, w->id);
+    snprintf(from, sizeof from, "sender-%c%c@example.org", 'a' + n % 26, 'a' + n / 26 % 26);
+    greylist_verdict v;
+    int64_t now = T0 + (i / (CHECKS_PER_THREAD / PHASES)) * 300;
+    if (greylist_engine_check(w->engine, ip, from, "rcpt@example.net", now, &v) !=
+        GREYLIST_STATUS_OK) {
+      w->failures++;
+    }
+  }
+  return NULL;
+}
+
+static bool test_threads(void) {
+  greylist_engine *engine = new_engine();
+  CHECK(engine != NULL);
+  pthread_t threads[THREADS];
+  struct worker workers[THREADS];
+  CHECK(pthread_barrier_init(&phase_barrier, NULL, THREADS) == 0);
+  for (int i = 0; i < THREADS; i++) {
+    workers[i] = (struct worker){engine, i, 0};
+    CHECK(pthread_create(&threads[i], NULL, worker_main, &workers[i]) == 0);
+  }
+  for (int i = 0; i < THREADS; i++) {
+    CHECK(pthread_join(threads[i], NULL) == 0);
+    CHECK(workers[i].failures == 0);
+  }
+  pthread_barrier_destroy(&phase_barrier);
+  greylist_stats s = {.struct_size = sizeof s};
+  CHECK_STATUS(greylist_engine_stats(engine, &s), GREYLIST_STATUS_OK);
+  CHECK(s.checks == (uint64_t)THREADS * CHECKS_PER_THREAD);
+  CHECK(s.checks == s.new_triplets + s.early_retries + s.retried + s.passed + s.whitelisted +
+                        s.auto_whitelisted + s.blocked);
+  CHECK(s.new_triplets == 500 && s.retried == 500);
+  CHECK(greylist_engine_len(engine) == 500);
+  greylist_engine_free(engine);
+  return true;
+}
+
+int main(void) {
+  run_test(test_version, "version");
+  run_test(test_cycle, "cycle");
+  run_test(test_config, "config");
+  run_test(test_null_arguments, "null_arguments");
+  run_test(test_bad_input, "bad_input");
+  run_test(test_threads, "threads");
+  int total = 6;
+  printf("%d passed, %d failed\n", total - failures, failures);
+  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

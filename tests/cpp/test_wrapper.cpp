@@ -1,0 +1,124 @@
+// Tests of the C++ wrapper (bindings/cpp/greylist.hpp). Exits non-zero when
+// any test fails.
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "greylist.hpp"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                 \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      std::fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      return false;                                                                 \
+    }                                                                               \
+  } while (0)
+
+static void run_test(const std::function<bool()> &test, const char *name) {
+  bool ok = false;
+  try {
+    ok = test();
+  } catch (const std::exception &e) {
+    std::fprintf(stderr, "  unexpected exception: %s\n", e.what());
+  }
+  std::printf("test %s ... %s\n", name, ok ? "ok" : "FAILED");
+  failures += ok ? 0 : 1;
+}
+
+constexpr int64_t T0 = 1700000000;
+
+static_assert(!std::is_copy_constructible_v<greylist::Engine>, "move-only");
+static_assert(std::is_nothrow_move_constructible_v<greylist::Engine>, "movable");
+static_assert(!std::is_copy_assignable_v<greylist::Config>, "move-only");
+
+static bool test_cycle() {
+  greylist::Engine engine;
+  auto v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", T0);
+  CHECK(v.action() == greylist::Action::Defer && v.reason() == greylist::Reason::New);
+  CHECK(engine.reply(v) == "450 4.2.0 Greylisted, please try again in 300 seconds");
+  v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", T0 + 120);
+  CHECK(v.reason() == greylist::Reason::EarlyRetry && v.retry_after() == 180);
+  v = engine.check("192.0.2.9", "Alice+x@example.org", "bob@example.net", T0 + 300);
+  CHECK(v.action() == greylist::Action::Pass && v.reason() == greylist::Reason::Retried);
+  CHECK(v.delayed() == 300 && engine.reply(v).empty());
+  CHECK(engine.size() == 1 && engine.stats().checks == 3);
+  CHECK(engine.sweep(4000000000LL) == 1 && engine.size() == 0);
+  return true;
+}
+
+static bool test_config_and_errors() {
+  greylist::Config config;
+  config.delay(60).retry_window(3600).awl_threshold(0).reply(451, "4.7.1", "later: %s");
+  greylist::Engine engine(config);
+  auto v = engine.check("2001:db8::1", "", "bob@example.net", T0);
+  CHECK(engine.reply(v) == "451 4.7.1 later: 60");
+
+  try {
+    config.prefixes(40, 64);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(e.status() == GREYLIST_STATUS_INVALID_ARGUMENT);
+    CHECK(std::string(e.what()).find("ipv4_prefix") != std::string::npos);
+  }
+  try {
+    engine.check("not-an-ip", "a@x.org", "b@y.net", T0);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(std::string(e.status_name()) == "GREYLIST_STATUS_INVALID_ARGUMENT");
+    CHECK(std::string(e.what()).rfind("client_ip: ", 0) == 0);
+  }
+  try {
+    engine.check("192.0.2.1", std::string("a\0b@x.org", 9), "b@y.net", T0);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(std::string(e.what()) == "sender: contains a NUL byte");
+  }
+  greylist::Config bad;
+  bad.delay(7200).retry_window(3600);
+  try {
+    greylist::Engine never(bad);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(std::string(e.what()).find("delay") != std::string::npos);
+  }
+  return true;
+}
+
+static bool test_move_and_threads() {
+  greylist::Engine first;
+  greylist::Engine engine(std::move(first));
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; t++) {
+    threads.emplace_back([&engine, &errors, t] {
+      for (int i = 0; i < 5000; i++) {
+        try {
+          std::string ip = "10.0." + std::to_string(i % 50) + "." + std::to_string(t);
+          engine.check(ip, "s@example.org", "r@example.net", T0 + (i / 2500) * 300);
+        } catch (...) {
+          errors++;
+        }
+      }
+    });
+  }
+  for (auto &th : threads) th.join();
+  CHECK(errors == 0);
+  auto s = engine.stats();
+  CHECK(s.checks == 20000 && s.entries == 50);
+  return true;
+}
+
+int main() {
+  run_test(test_cycle, "cycle");
+  run_test(test_config_and_errors, "config_and_errors");
+  run_test(test_move_and_threads, "move_and_threads");
+  std::printf("%d passed, %d failed\n", 3 - failures, failures);
+  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
