@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit, model, concurrency, header and doc tests;
 # the C ABI test under AddressSanitizer + UBSan and under valgrind; the C++
-# wrapper test; the install + pkg-config test of the README's C example.
+# wrapper test; the install + pkg-config test of the README's C example; the
+# Python binding's unittest suite against a pip-installed copy.
 # A suite whose tool is missing is skipped with the reason, except when
 # CI=true, where it fails.
 set -euo pipefail
@@ -72,6 +73,17 @@ if have pkg-config "the install test"; then
     exit 1
   fi
   [ "$(readelf -d "$prefix/lib/libgreylist.so" | sed -n 's/.*soname: \[\(.*\)\]/\1/p')" = libgreylist.so.1 ]
+  ok
+fi
+
+suite "Python binding (unittest), pip-installed into a virtualenv"
+if have python3 "the Python binding tests"; then
+  venv="$root/target/python-venv"
+  # System site-packages stay visible, for aiosmtpd where .ci/run installed it.
+  [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/python" -m pip install -q --no-deps --force-reinstall bindings/python
+  (cd "$out" && GREYLIST_LIBRARY="$root/target/release/libgreylist.so" \
+    "$venv/bin/python" -m unittest discover -v -s "$root/bindings/python/tests")
   ok
 fi
 

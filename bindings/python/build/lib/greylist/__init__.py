@@ -1,0 +1,431 @@
+"""Email greylisting through libgreylist's C ABI, with ctypes.
+
+>>> import greylist
+>>> engine = greylist.Engine()
+>>> v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", now=1_700_000_000)
+>>> v.action, v.reason, v.retry_after
+(<Action.DEFER: 1>, <Reason.NEW: 1>, 300)
+
+An :class:`Engine` may be used from many threads at once: ctypes releases
+the GIL during each call, and the library is thread-safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+__all__ = [
+    "Action",
+    "Engine",
+    "GreylistError",
+    "InvalidInputError",
+    "Reason",
+    "Status",
+    "Verdict",
+    "abi_version",
+    "library_path",
+]
+
+#: The C ABI this binding was written for (``GREYLIST_ABI_VERSION``).
+ABI_VERSION = 1
+_NOW = -(2**63)  # GREYLIST_NOW: the library reads the system clock
+
+
+class Status(enum.IntEnum):
+    """``greylist_status`` codes."""
+
+    OK = 0
+    NULL_ARGUMENT = 1
+    INVALID_ARGUMENT = 2
+    IO = 3
+    CORRUPT = 4
+    PANIC = 5
+    BUFFER_TOO_SMALL = 6
+
+
+class Action(enum.IntEnum):
+    """What the mail server should do."""
+
+    PASS = 0
+    DEFER = 1
+    BLOCK = 2
+
+
+class Reason(enum.IntEnum):
+    """Why the engine decided so."""
+
+    NEW = 1
+    EARLY_RETRY = 2
+    RETRIED = 3
+    PASSED = 4
+    WHITELISTED = 5
+    AUTO_WHITELISTED = 6
+    BLOCKED = 7
+
+
+class GreylistError(Exception):
+    """A call into libgreylist failed; ``status`` says how, the message why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        try:
+            self.status: Union[Status, int] = Status(status)
+        except ValueError:
+            self.status = status
+        self.message = message
+
+
+class InvalidInputError(GreylistError, ValueError):
+    """Bad input (a malformed IP, ``None``, a non-str, an over-long string);
+    the message names the argument."""
+
+
+# --- loading the library -----------------------------------------------------
+
+_LIB_NAMES = ("libgreylist.so", "libgreylist.dylib", "greylist.dll")
+
+
+def _candidates() -> List[str]:
+    here = Path(__file__).resolve().parent
+    found: List[str] = []
+    env = os.environ.get("GREYLIST_LIBRARY")
+    if env:
+        found.append(env)
+    found += [str(here / name) for name in _LIB_NAMES]
+    system = ctypes.util.find_library("greylist")
+    if system:
+        found.append(system)
+    repo = here.parent.parent.parent  # bindings/python/greylist -> repository root
+    for profile in ("release", "debug"):
+        found += [str(repo / "target" / profile / name) for name in _LIB_NAMES]
+    return found
+
+
+def _load() -> ctypes.CDLL:
+    tried: List[str] = []
+    for path in _candidates():
+        if os.sep in path and not os.path.exists(path):
+            tried.append(f"{path} (no such file)")
+            continue
+        try:
+            return ctypes.CDLL(path)
+        except OSError as e:
+            tried.append(f"{path} ({e})")
+    if not ctypes.util.find_library("greylist"):
+        tried.insert(1 if os.environ.get("GREYLIST_LIBRARY") else 0, "the system library path (not found)")
+    raise ImportError(
+        "greylist: cannot load libgreylist; set GREYLIST_LIBRARY to its path. Looked in:\n  "
+        + "\n  ".join(tried)
+    )
+
+
+class _Verdict(ctypes.Structure):
+    _fields_ = [
+        ("action", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("retry_after", ctypes.c_uint32),
+        ("delayed", ctypes.c_uint32),
+    ]
+
+
+_STAT_FIELDS = [
+    "checks",
+    "new_triplets",
+    "early_retries",
+    "retried",
+    "passed",
+    "whitelisted",
+    "auto_whitelisted",
+    "blocked",
+    "expired",
+    "evicted",
+    "lost_mail",
+    "entries",
+    "clients",
+]
+
+
+class _Stats(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32)] + [
+        (name, ctypes.c_uint64) for name in _STAT_FIELDS
+    ]
+
+
+_lib = _load()
+_p = ctypes.c_void_p
+_status = ctypes.c_uint32
+_u32, _u64, _i64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+_str = ctypes.c_char_p
+for _name, _restype, _argtypes in [
+    ("greylist_version", _str, []),
+    ("greylist_abi_version", _u32, []),
+    ("greylist_status_str", _str, [_status]),
+    ("greylist_last_error", ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
+    ("greylist_config_new", _p, []),
+    ("greylist_config_free", None, [_p]),
+    ("greylist_config_set_delay", _status, [_p, _u32]),
+    ("greylist_config_set_retry_window", _status, [_p, _u32]),
+    ("greylist_config_set_pass_ttl", _status, [_p, _u32]),
+    ("greylist_config_set_awl_threshold", _status, [_p, _u32]),
+    ("greylist_config_set_awl_ttl", _status, [_p, _u32]),
+    ("greylist_config_set_blast", _status, [_p, _u32, _u32]),
+    ("greylist_config_set_max_entries", _status, [_p, _u64]),
+    ("greylist_config_set_prefixes", _status, [_p, ctypes.c_uint8, ctypes.c_uint8]),
+    ("greylist_config_set_extension_delimiters", _status, [_p, _str]),
+    ("greylist_config_set_reply", _status, [_p, ctypes.c_uint16, _str, _str]),
+    ("greylist_engine_new", _status, [_p, ctypes.POINTER(_p)]),
+    ("greylist_engine_free", None, [_p]),
+    ("greylist_engine_check", _status, [_p, _str, _str, _str, _i64, ctypes.POINTER(_Verdict)]),
+    ("greylist_engine_sweep", _status, [_p, _i64, ctypes.POINTER(_u64)]),
+    ("greylist_engine_len", _u64, [_p]),
+    ("greylist_engine_stats", _status, [_p, ctypes.POINTER(_Stats)]),
+    ("greylist_verdict_reply", _status, [_p, ctypes.POINTER(_Verdict), ctypes.c_char_p, ctypes.c_size_t]),
+]:
+    _fn = getattr(_lib, _name)
+    _fn.restype = _restype
+    _fn.argtypes = _argtypes
+
+
+def abi_version() -> int:
+    """The ABI version of the loaded library."""
+    return int(_lib.greylist_abi_version())
+
+
+if abi_version() != ABI_VERSION:
+    raise ImportError(
+        f"greylist: the loaded libgreylist has ABI {abi_version()}, this binding needs ABI "
+        f"{ABI_VERSION}; install matching versions"
+    )
+
+#: The library's version (the crate version in Cargo.toml).
+__version__: str = _lib.greylist_version().decode()
+
+
+def library_path() -> str:
+    """Where the loaded library came from."""
+    return str(_lib._name)
+
+
+def _last_error() -> str:
+    n = _lib.greylist_last_error(None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    _lib.greylist_last_error(buf, n + 1)
+    return buf.value.decode("utf-8", "replace")
+
+
+def _check(status: int) -> None:
+    """The one place a status becomes an exception."""
+    if status == Status.OK:
+        return
+    cls = InvalidInputError if status in (Status.NULL_ARGUMENT, Status.INVALID_ARGUMENT) else GreylistError
+    raise cls(status, _last_error())
+
+
+def _arg(value: Optional[str], name: str) -> Optional[bytes]:
+    """A str argument as UTF-8 bytes; ``None`` goes through as NULL so the
+    library names it. Lone surrogates pass through for the library to refuse."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: expected str, got {type(value).__name__}")
+    if "\0" in value:
+        raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: contains a NUL character")
+    return value.encode("utf-8", "surrogatepass")
+
+
+def _now(now: Optional[float]) -> int:
+    return _NOW if now is None else int(now)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The engine's answer for one triplet."""
+
+    action: Action
+    reason: Reason
+    #: Seconds until a retry would pass (defer) or the block ends (block).
+    retry_after: int
+    #: For ``Reason.RETRIED``: seconds since the first attempt.
+    delayed: int
+    #: The suggested SMTP reply for a defer or block, else ``None``.
+    reply: Optional[str]
+
+
+class Engine:
+    """A greylisting engine. Every argument is optional; ``None`` keeps the
+    library's default (see the project README for the defaults)."""
+
+    def __init__(
+        self,
+        delay: Optional[int] = None,
+        retry_window: Optional[int] = None,
+        pass_ttl: Optional[int] = None,
+        awl_threshold: Optional[int] = None,
+        ipv4_prefix: Optional[int] = None,
+        ipv6_prefix: Optional[int] = None,
+        max_entries: Optional[int] = None,
+        *,
+        awl_ttl: Optional[int] = None,
+        blast_threshold: Optional[int] = None,
+        block_time: Optional[int] = None,
+        extension_delimiters: Optional[str] = None,
+        reply_code: Optional[int] = None,
+        reply_enhanced: Optional[str] = None,
+        greylist_text: Optional[str] = None,
+    ) -> None:
+        self._handle: Optional[int] = None
+        self._active = 0
+        self._cond = threading.Condition()
+        config = _lib.greylist_config_new()
+        if not config:
+            raise GreylistError(Status.PANIC, "greylist_config_new failed")
+        try:
+            for setter, value in [
+                (_lib.greylist_config_set_delay, delay),
+                (_lib.greylist_config_set_retry_window, retry_window),
+                (_lib.greylist_config_set_pass_ttl, pass_ttl),
+                (_lib.greylist_config_set_awl_threshold, awl_threshold),
+                (_lib.greylist_config_set_awl_ttl, awl_ttl),
+                (_lib.greylist_config_set_max_entries, max_entries),
+            ]:
+                if value is not None:
+                    _check(setter(config, _int(value, setter.__name__)))
+            if ipv4_prefix is not None or ipv6_prefix is not None:
+                v4 = 24 if ipv4_prefix is None else _int(ipv4_prefix, "ipv4_prefix", 255)
+                v6 = 64 if ipv6_prefix is None else _int(ipv6_prefix, "ipv6_prefix", 255)
+                _check(_lib.greylist_config_set_prefixes(config, v4, v6))
+            if blast_threshold is not None or block_time is not None:
+                rounds = 20 if blast_threshold is None else _int(blast_threshold, "blast_threshold")
+                seconds = 3600 if block_time is None else _int(block_time, "block_time")
+                _check(_lib.greylist_config_set_blast(config, rounds, seconds))
+            if extension_delimiters is not None:
+                _check(
+                    _lib.greylist_config_set_extension_delimiters(
+                        config, _arg(extension_delimiters, "extension_delimiters")
+                    )
+                )
+            if reply_code is not None or reply_enhanced is not None or greylist_text is not None:
+                _check(
+                    _lib.greylist_config_set_reply(
+                        config,
+                        450 if reply_code is None else _int(reply_code, "reply_code", 65535),
+                        _arg("4.2.0" if reply_enhanced is None else reply_enhanced, "reply_enhanced"),
+                        _arg(
+                            "Greylisted, please try again in %s seconds" if greylist_text is None else greylist_text,
+                            "greylist_text",
+                        ),
+                    )
+                )
+            handle = _p()
+            _check(_lib.greylist_engine_new(config, ctypes.byref(handle)))
+            self._handle = handle.value
+        finally:
+            _lib.greylist_config_free(config)
+
+    # -- lifetime ---------------------------------------------------------
+
+    def _enter(self) -> int:
+        """Pins the handle for one call, so close() waits for running calls
+        instead of freeing the engine under them."""
+        with self._cond:
+            if self._handle is None:
+                raise GreylistError(Status.NULL_ARGUMENT, "engine: is closed")
+            self._active += 1
+            return self._handle
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Frees the engine; waits for calls running in other threads. Later
+        calls raise :class:`GreylistError`. Closing twice is harmless."""
+        with self._cond:
+            handle, self._handle = self._handle, None
+            while self._active:
+                self._cond.wait()
+        if handle is not None:
+            _lib.greylist_engine_free(handle)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self.close()
+
+    # -- greylisting ------------------------------------------------------
+
+    def check(
+        self,
+        client_ip: str,
+        sender: str,
+        recipient: str,
+        now: Optional[float] = None,
+    ) -> Verdict:
+        """Decides one triplet and records the attempt. ``sender`` is ``""``
+        or ``"<>"`` for the null sender; ``now`` is Unix seconds (``None``:
+        the system clock)."""
+        args = (_arg(client_ip, "client_ip"), _arg(sender, "sender"), _arg(recipient, "recipient"))
+        raw = _Verdict()
+        handle = self._enter()
+        try:
+            _check(_lib.greylist_engine_check(handle, *args, _now(now), ctypes.byref(raw)))
+            reply = None
+            if raw.action != Action.PASS:
+                buf = ctypes.create_string_buffer(640)
+                _check(_lib.greylist_verdict_reply(handle, ctypes.byref(raw), buf, len(buf)))
+                reply = buf.value.decode("utf-8", "replace")
+        finally:
+            self._leave()
+        return Verdict(Action(raw.action), Reason(raw.reason), raw.retry_after, raw.delayed, reply)
+
+    def sweep(self, now: Optional[float] = None) -> int:
+        """Removes expired entries; returns how many triplet entries went."""
+        removed = _u64()
+        handle = self._enter()
+        try:
+            _check(_lib.greylist_engine_sweep(handle, _now(now), ctypes.byref(removed)))
+        finally:
+            self._leave()
+        return int(removed.value)
+
+    def __len__(self) -> int:
+        handle = self._enter()
+        try:
+            return int(_lib.greylist_engine_len(handle))
+        finally:
+            self._leave()
+
+    def stats(self) -> Dict[str, int]:
+        """The engine's counters (checks, per-reason counts, entries, ...)."""
+        raw = _Stats(struct_size=ctypes.sizeof(_Stats))
+        handle = self._enter()
+        try:
+            _check(_lib.greylist_engine_stats(handle, ctypes.byref(raw)))
+        finally:
+            self._leave()
+        return {name: int(getattr(raw, name)) for name in _STAT_FIELDS}
+
+
+def _int(value: Any, name: str, limit: int = 2**32 - 1) -> int:
+    name = name.replace("greylist_config_set_", "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: expected int, got {type(value).__name__}")
+    if name == "max_entries":
+        limit = 2**64 - 1
+    if not 0 <= value <= limit:
+        raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: {value} is out of range 0..{limit}")
+    return value

@@ -1,0 +1,234 @@
+"""Tests of the Python binding (standard library unittest)."""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import socket
+import sys
+import threading
+import unittest
+from pathlib import Path
+
+import greylist
+from greylist import Action, Reason
+
+T0 = 1_700_000_000
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent.parent
+
+
+class Cycle(unittest.TestCase):
+    def test_the_greylisting_cycle(self) -> None:
+        with greylist.Engine() as engine:
+            v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", now=T0)
+            self.assertEqual((v.action, v.reason, v.retry_after), (Action.DEFER, Reason.NEW, 300))
+            self.assertEqual(v.reply, "450 4.2.0 Greylisted, please try again in 300 seconds")
+            v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", now=T0 + 100)
+            self.assertEqual((v.reason, v.retry_after), (Reason.EARLY_RETRY, 200))
+            self.assertEqual(v.reply, "450 4.2.0 Greylisted, please try again in 200 seconds")
+            # Another host of the /24 and a tagged sender: the same triplet.
+            v = engine.check("192.0.2.77", "Alice+list@example.org", "bob@example.net", now=T0 + 300)
+            self.assertEqual((v.action, v.reason, v.delayed, v.reply), (Action.PASS, Reason.RETRIED, 300, None))
+            v = engine.check("192.0.2.1", "alice@example.org", "bob@example.net", now=T0 + 86_400)
+            self.assertIs(v.reason, Reason.PASSED)
+            self.assertEqual(len(engine), 1)
+            stats = engine.stats()
+            self.assertEqual((stats["checks"], stats["new_triplets"], stats["retried"]), (4, 1, 1))
+            self.assertEqual(engine.sweep(now=T0 + 400 * 86_400), 1)
+            self.assertEqual(len(engine), 0)
+
+    def test_settings_and_system_clock(self) -> None:
+        engine = greylist.Engine(delay=60, retry_window=3600, awl_threshold=0, ipv4_prefix=32,
+                                 reply_code=451, reply_enhanced="4.7.1", greylist_text="wait %s s")
+        v = engine.check("2001:db8::1", "", "bob@example.net")
+        self.assertEqual((v.reason, v.reply), (Reason.NEW, "451 4.7.1 wait 60 s"))
+        v = engine.check("192.0.2.1", "<>", "bob@example.net", now=T0)
+        v = engine.check("192.0.2.2", "<>", "bob@example.net", now=T0 + 60)
+        self.assertIs(v.reason, Reason.NEW, "/32: another address is another client")
+        engine.close()
+
+    def test_version_and_abi(self) -> None:
+        self.assertEqual(greylist.abi_version(), greylist.ABI_VERSION)
+        cargo = (REPO / "Cargo.toml").read_text()
+        crate_version = re.search(r'^version = "(.*)"', cargo, re.M).group(1)  # type: ignore[union-attr]
+        self.assertEqual(greylist.__version__, crate_version)
+        pyproject = (HERE.parent / "pyproject.toml").read_text()
+        self.assertIn(f'version = "{crate_version}"', pyproject)
+
+
+class BadInput(unittest.TestCase):
+    def setUp(self) -> None:
+        self.engine = greylist.Engine()
+
+    def tearDown(self) -> None:
+        self.engine.close()
+
+    def assertRefused(self, args: tuple, pattern: str) -> None:
+        with self.assertRaises(greylist.InvalidInputError) as cm:
+            self.engine.check(*args, now=T0)
+        self.assertIsInstance(cm.exception, ValueError)
+        self.assertRegex(str(cm.exception), pattern)
+
+    def test_each_bad_argument_is_named(self) -> None:
+        ok = ("192.0.2.1", "a@x.org", "b@y.net")
+        self.assertRefused(("999.0.0.1",) + ok[1:], r"^client_ip: not an IP address")
+        self.assertRefused(("",) + ok[1:], r"^client_ip: is empty")
+        self.assertRefused((None,) + ok[1:], r"^client_ip: is NULL$")
+        self.assertRefused((ok[0], None, ok[2]), r"^sender: is NULL$")
+        self.assertRefused(ok[:2] + (None,), r"^recipient: is NULL$")
+        self.assertRefused(ok[:2] + ("",), r"^recipient: is empty$")
+        self.assertRefused((ok[0], b"a@x.org", ok[2]), r"^sender: expected str, got bytes$")
+        self.assertRefused((12345,) + ok[1:], r"^client_ip: expected str, got int$")
+        self.assertRefused((ok[0], "a\0b@x.org", ok[2]), r"^sender: contains a NUL")
+        self.assertRefused((ok[0], "\udcff@x.org", ok[2]), r"^sender: is not valid UTF-8")
+        big = "x" * 65_536
+        self.assertRefused((big,) + ok[1:], r"^client_ip: ")
+        self.assertRefused((ok[0], big, ok[2]), r"^sender: 65536 bytes is longer than the limit of 1024")
+        self.assertRefused(ok[:2] + (big,), r"^recipient: 65536 bytes")
+        self.assertEqual(len(self.engine), 0, "nothing bad was recorded")
+        self.engine.check(*ok, now=T0)
+        self.assertEqual(len(self.engine), 1)
+
+    def test_bad_settings(self) -> None:
+        with self.assertRaisesRegex(greylist.InvalidInputError, r"ipv4_prefix"):
+            greylist.Engine(ipv4_prefix=40)
+        with self.assertRaisesRegex(greylist.InvalidInputError, r"^config: delay: "):
+            greylist.Engine(delay=7200, retry_window=3600)
+        with self.assertRaisesRegex(greylist.InvalidInputError, r"^delay: expected int"):
+            greylist.Engine(delay="300")  # type: ignore[arg-type]
+        with self.assertRaisesRegex(greylist.InvalidInputError, r"^delay: -1 is out of range"):
+            greylist.Engine(delay=-1)
+        with self.assertRaises(greylist.GreylistError) as cm:
+            greylist.Engine(max_entries=0)
+        self.assertEqual(cm.exception.status, greylist.Status.INVALID_ARGUMENT)
+
+    def test_use_after_close_raises(self) -> None:
+        engine = greylist.Engine()
+        engine.close()
+        engine.close()
+        with self.assertRaisesRegex(greylist.GreylistError, "closed"):
+            engine.check("192.0.2.1", "a@x.org", "b@y.net")
+        with self.assertRaises(greylist.GreylistError):
+            len(engine)
+        with self.assertRaises(greylist.GreylistError):
+            engine.stats()
+        with self.assertRaises(greylist.GreylistError):
+            engine.sweep()
+
+
+class Threads(unittest.TestCase):
+    def test_eight_threads_counts_add_up(self) -> None:
+        engine = greylist.Engine()
+        threads, per_thread, errors = 8, 20_000, []
+        barrier = threading.Barrier(threads)
+
+        def work(t: int) -> None:
+            try:
+                barrier.wait()
+                for i in range(per_thread):
+                    n = (i * 7 + t) % 400
+                    now = T0 + (i * 4 // per_thread) * 300
+                    engine.check(f"10.{n // 100}.{n % 100}.{t}", "s@example.org", "r@example.net", now=now)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        self.assertEqual(errors, [])
+        stats = engine.stats()
+        self.assertEqual(stats["checks"], threads * per_thread)
+        parts = ("new_triplets", "early_retries", "retried", "passed", "whitelisted", "auto_whitelisted", "blocked")
+        self.assertEqual(sum(stats[p] for p in parts), stats["checks"])
+        self.assertEqual((stats["new_triplets"], len(engine)), (400, 400))
+        engine.close()
+
+    def test_close_waits_for_running_calls(self) -> None:
+        engine = greylist.Engine()
+        stop = threading.Event()
+        failures = []
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    engine.check("192.0.2.1", "a@x.org", "b@y.net", now=T0)
+                except greylist.GreylistError as e:
+                    if "closed" not in str(e):
+                        failures.append(e)
+                    return
+
+        workers = [threading.Thread(target=hammer) for _ in range(4)]
+        for w in workers:
+            w.start()
+        engine.close()
+        stop.set()
+        for w in workers:
+            w.join()
+        self.assertEqual(failures, [])
+
+
+def _aiosmtpd_missing() -> str:
+    try:
+        import aiosmtpd  # noqa: F401
+    except ImportError:
+        return "aiosmtpd is not installed (pip install aiosmtpd)"
+    return ""
+
+
+class EndToEndSMTP(unittest.TestCase):
+    """The example server on 127.0.0.1, driven by smtplib as a real client."""
+
+    def setUp(self) -> None:
+        missing = _aiosmtpd_missing()
+        if missing:
+            if os.environ.get("CI") == "true":
+                self.fail(f"{missing}; required under CI=true")
+            self.skipTest(missing)
+        sys.path.insert(0, str(HERE.parent / "examples"))
+        from aiosmtpd.controller import Controller
+        from greylist_smtpd import GreylistHandler
+
+        self.now = float(T0)
+        self.engine = greylist.Engine()
+        self.handler = GreylistHandler(self.engine, clock=lambda: self.now)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def tearDown(self) -> None:
+        self.controller.stop()
+        self.engine.close()
+
+    def send(self) -> None:
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as smtp:
+            smtp.sendmail("alice@example.org", ["bob@example.net"], b"Subject: hi\r\n\r\nhello\r\n")
+
+    def test_first_rcpt_deferred_retry_delivered(self) -> None:
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
+            self.send()
+        code, text = cm.exception.recipients["bob@example.net"]
+        self.assertEqual(code, 450)
+        self.assertEqual(text, b"4.2.0 Greylisted, please try again in 300 seconds")
+        self.assertEqual(self.handler.delivered, [])
+
+        self.now += 100  # too early
+        with self.assertRaises(smtplib.SMTPRecipientsRefused) as cm:
+            self.send()
+        self.assertEqual(cm.exception.recipients["bob@example.net"][1], b"4.2.0 Greylisted, please try again in 200 seconds")
+
+        self.now += 200  # the delay is over
+        self.send()
+        self.assertEqual(len(self.handler.delivered), 1)
+        envelope = self.handler.delivered[0]
+        self.assertEqual((envelope.mail_from, envelope.rcpt_tos), ("alice@example.org", ["bob@example.net"]))
+        self.assertIn(b"hello", envelope.content)
+
+
+if __name__ == "__main__":
+    unittest.main()
