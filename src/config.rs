@@ -289,10 +289,13 @@ impl ConfigBuilder {
                 format!("{} is not a prefix length from 1 to 128", c.ipv6_prefix),
             ));
         }
-        if !c.extension_delimiters.is_ascii() || c.extension_delimiters.contains('@') {
+        if !c.extension_delimiters.is_ascii()
+            || c.extension_delimiters.contains('@')
+            || c.extension_delimiters.len() > 16
+        {
             return Err(ConfigError::new(
                 "extension_delimiters",
-                "must be ASCII characters other than '@'",
+                "must be at most 16 ASCII characters other than '@'",
             ));
         }
         if c.max_entries == 0 {

@@ -25,24 +25,24 @@ pub fn unix_now() -> i64 {
 
 /// Stored times are `u32` Unix seconds; earlier or later instants are
 /// pinned to the ends of that range.
-fn clamp_time(now: i64) -> u32 {
+pub(crate) fn clamp_time(now: i64) -> u32 {
     now.clamp(0, i64::from(u32::MAX)) as u32
 }
 
-const PASSED: u8 = 1;
+pub(crate) const PASSED: u8 = 1;
 
 /// One triplet: its keyed hash, its state and 48 bits of its client
 /// network's key. 32 bytes, so two fit a cache line.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
-struct TripletEntry {
-    key: u128,
-    first_seen: u32,
-    last_seen: u32,
-    net_lo: u32,
-    net_hi: u16,
-    early_retries: u8,
-    flags: u8,
+pub(crate) struct TripletEntry {
+    pub(crate) key: u128,
+    pub(crate) first_seen: u32,
+    pub(crate) last_seen: u32,
+    pub(crate) net_lo: u32,
+    pub(crate) net_hi: u16,
+    pub(crate) early_retries: u8,
+    pub(crate) flags: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<TripletEntry>() == 32);
@@ -102,17 +102,18 @@ pub struct LostMail {
 }
 
 /// One client network: its identity (for reports) and its state.
-struct ClientEntry {
-    key: u128,
-    net: ClientNet,
-    state: ClientState,
-    lost_count: u64,
-    lost_last_seen: u32,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientEntry {
+    pub(crate) key: u128,
+    pub(crate) net: ClientNet,
+    pub(crate) state: ClientState,
+    pub(crate) lost_count: u64,
+    pub(crate) lost_last_seen: u32,
 }
 
 /// Client entries are found both by their full key and by the 48 bits a
 /// triplet keeps, so the hash depends on those 48 bits only.
-fn client_hash(id: u64) -> u64 {
+pub(crate) fn client_hash(id: u64) -> u64 {
     id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
@@ -206,8 +207,8 @@ type LostList = Vec<(u64, u32)>;
 pub struct Engine {
     config: Config,
     secret: Secret,
-    triplets: Sharded<TripletEntry>,
-    clients: Sharded<ClientEntry>,
+    pub(crate) triplets: Sharded<TripletEntry>,
+    pub(crate) clients: Sharded<ClientEntry>,
     counters: Box<[CachePadded<Counters>]>,
     shard_cap: usize,
 }
@@ -424,6 +425,35 @@ impl Engine {
                 !evict
             });
             counters.evicted.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Adds a triplet entry read from a snapshot, making room as a check
+    /// would when a shard is full. False if the key is already there.
+    pub(crate) fn restore_triplet(&self, entry: TripletEntry, now: u32) -> bool {
+        let hash = entry.key as u64;
+        let idx = self.triplets.index(hash);
+        let mut lost = LostList::new();
+        {
+            let mut table = self.triplets.lock(idx);
+            if table.find(hash, |e| e.key == entry.key).is_some() {
+                return false;
+            }
+            if table.len() >= self.shard_cap {
+                self.make_room(idx, &mut table, now, &mut lost);
+            }
+            table.insert_unique(hash, entry, hasher);
+        }
+        self.credit_lost(&lost);
+        true
+    }
+
+    /// Makes room for `entries` triplets up front, spread over the shards.
+    pub(crate) fn reserve(&mut self, entries: usize) {
+        let shards = self.triplets.shard_count();
+        let per_shard = (entries / shards + entries / shards / 8).min(self.shard_cap);
+        for i in 0..shards {
+            self.triplets.get_mut(i).reserve(per_shard, hasher);
         }
     }
 

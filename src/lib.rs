@@ -73,15 +73,19 @@
 mod config;
 mod engine;
 mod key;
+mod maintenance;
 mod normalize;
 pub mod rules;
+pub mod snapshot;
 mod table;
 
 pub use config::{Config, ConfigBuilder, ConfigError, MAX_SHARDS};
 pub use engine::{unix_now, Engine, LostMail, Stats};
 pub use key::Secret;
+pub use maintenance::{Clock, Maintenance, Opened, SnapshotOptions};
 pub use normalize::{
     normalize_recipient, normalize_sender, parse_ip, ClientNet, InputError, MAX_ADDRESS_LEN,
 };
 pub use rules::{Action, ClientState, Reason, TripletState, Verdict};
+pub use snapshot::SnapshotError;
 pub mod ffi;

@@ -9,6 +9,10 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Bumped whenever normalisation changes the key of some address, so a
+/// snapshot made under other rules is refused instead of silently missing.
+pub const NORMALISATION_VERSION: u16 = 1;
+
 /// Longest address (or IP string) accepted, in bytes. RFC 5321 limits a path
 /// to 256 octets; 1 KiB leaves room for odd but real input.
 pub const MAX_ADDRESS_LEN: usize = 1024;

@@ -227,7 +227,7 @@ impl Model {
         self.triplets.insert(key, t);
         let awl_ttl = s.awl_ttl;
         let c = self.clients.entry(net.to_string()).or_default();
-        if !c.last_pass.is_some_and(|p| now - p <= awl_ttl) {
+        if c.last_pass.is_none_or(|p| now - p > awl_ttl) {
             c.passes = 0;
         }
         c.passes += 1;

@@ -1,0 +1,241 @@
+//! Opening an engine from its snapshot, and the maintenance thread that
+//! sweeps and snapshots it at an interval and once more when it stops.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::Config;
+use crate::engine::{unix_now, Engine};
+use crate::snapshot::SnapshotError;
+
+/// Where an engine keeps its snapshot, and what to do at start-up.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// Sweep and save this often; `None`: no thread, only the final save.
+    pub interval: Option<Duration>,
+    /// On a corrupt snapshot, set the file aside (renamed, never
+    /// overwritten) and start empty, instead of failing.
+    pub start_empty_if_corrupt: bool,
+}
+
+impl SnapshotOptions {
+    /// A snapshot at `path`, saved every `interval` (if any); a corrupt file
+    /// is an error.
+    pub fn new(path: impl Into<PathBuf>, interval: Option<Duration>) -> Self {
+        SnapshotOptions {
+            path: path.into(),
+            interval,
+            start_empty_if_corrupt: false,
+        }
+    }
+}
+
+/// The result of [`Engine::open`].
+#[derive(Debug)]
+pub struct Opened {
+    /// The engine: loaded from the snapshot, or empty.
+    pub engine: Engine,
+    /// When the snapshot was corrupt and `start_empty_if_corrupt` was set:
+    /// where the bad file was moved, and what was wrong with it.
+    pub set_aside: Option<(PathBuf, SnapshotError)>,
+}
+
+/// A name beside `path` that no file has yet: `<path>.corrupt-<time>[-n]`.
+fn aside_name(path: &Path) -> PathBuf {
+    let base = format!("{}.corrupt-{}", path.display(), unix_now());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+impl Engine {
+    /// Opens the engine kept at `options.path`: loads the snapshot if the
+    /// file exists, starts empty (with a fresh secret) if it does not.
+    /// A snapshot that cannot be used is an error, except that with
+    /// `start_empty_if_corrupt` a [`SnapshotError::Corrupt`] file is renamed
+    /// aside and the engine starts empty. I/O errors, newer formats and
+    /// key-setting changes are always errors: starting empty over them
+    /// would lose good data.
+    pub fn open(config: Config, options: &SnapshotOptions) -> Result<Opened, SnapshotError> {
+        let path = &options.path;
+        if !path.exists() {
+            return Ok(Opened {
+                engine: Engine::new(config),
+                set_aside: None,
+            });
+        }
+        match Engine::load(path, config.clone()) {
+            Ok(engine) => Ok(Opened {
+                engine,
+                set_aside: None,
+            }),
+            Err(e @ SnapshotError::Corrupt { .. }) if options.start_empty_if_corrupt => {
+                let aside = aside_name(path);
+                fs::rename(path, &aside).map_err(|source| SnapshotError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Opened {
+                    engine: Engine::new(config),
+                    set_aside: Some((aside, e)),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A clock for the maintenance thread's sweeps (Unix seconds).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+struct Shared {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    saves: AtomicU64,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Keeps an engine's snapshot: every `interval` it sweeps expired entries
+/// and saves; [`Maintenance::stop`] (or dropping it) stops the thread and
+/// writes a final snapshot.
+pub struct Maintenance {
+    engine: Arc<Engine>,
+    path: PathBuf,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Maintenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maintenance")
+            .field("path", &self.path)
+            .field("saves", &self.saves())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Maintenance {
+    /// Starts maintaining `engine` at `path`: a thread when `interval` is
+    /// given, with the system clock for sweeps.
+    pub fn start(
+        engine: Arc<Engine>,
+        path: impl Into<PathBuf>,
+        interval: Option<Duration>,
+    ) -> Self {
+        Self::start_with_clock(engine, path, interval, Arc::new(unix_now))
+    }
+
+    /// As [`Maintenance::start`], with the clock injected.
+    pub fn start_with_clock(
+        engine: Arc<Engine>,
+        path: impl Into<PathBuf>,
+        interval: Option<Duration>,
+        clock: Clock,
+    ) -> Self {
+        let path = path.into();
+        let shared = Arc::new(Shared {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            saves: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        let thread = interval.map(|every| {
+            let (engine, path, shared) = (engine.clone(), path.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("greylist-maintenance".into())
+                .spawn(move || loop {
+                    {
+                        let mut stop = shared.stop.lock();
+                        if !*stop {
+                            shared.wake.wait_for(&mut stop, every);
+                        }
+                        if *stop {
+                            return;
+                        }
+                    }
+                    engine.sweep(clock());
+                    record(&shared, engine.save(&path));
+                })
+                .expect("spawning the maintenance thread")
+        });
+        Maintenance {
+            engine,
+            path,
+            shared,
+            thread,
+        }
+    }
+
+    /// The engine being maintained.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Snapshots written so far.
+    pub fn saves(&self) -> u64 {
+        self.shared.saves.load(Relaxed)
+    }
+
+    /// Saves that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.shared.failures.load(Relaxed)
+    }
+
+    /// The message of the latest failed save, if the latest save failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().clone()
+    }
+
+    fn halt(&mut self) -> Result<(), SnapshotError> {
+        *self.shared.stop.lock() = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the thread was a bug; the final save below still runs.
+            let _ = thread.join();
+        }
+        let result = self.engine.save(&self.path);
+        record(&self.shared, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// Stops the thread and writes the final snapshot.
+    pub fn stop(mut self) -> Result<(), SnapshotError> {
+        self.halt()
+    }
+}
+
+fn record<E: ToString>(shared: &Shared, result: Result<(), E>) {
+    match result {
+        Ok(()) => {
+            shared.saves.fetch_add(1, Relaxed);
+            *shared.last_error.lock() = None;
+        }
+        Err(e) => {
+            shared.failures.fetch_add(1, Relaxed);
+            *shared.last_error.lock() = Some(e.to_string());
+        }
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        if self.thread.is_some() || !*self.shared.stop.lock() {
+            // Errors are kept in `last_error`; a drop cannot return them.
+            let _ = self.halt();
+        }
+    }
+}

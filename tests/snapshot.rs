@@ -1,0 +1,529 @@
+//! Snapshots: round trips, crash safety under SIGKILL, corruption, refusal
+//! of foreign, newer and differently-keyed files, saving while checking,
+//! opening and the maintenance thread.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greylist::{Config, Engine, Maintenance, Reason, SnapshotError, SnapshotOptions, Verdict};
+
+const T0: i64 = 1_700_000_000;
+/// Entries `populated` adds beside its `n` triplets: 5 passed ones of the
+/// auto-whitelisted network (its 6th is whitelisted), 21 of the blaster
+/// (blocked after 20 rounds).
+const EXTRA: usize = 26;
+
+/// A fresh folder under target/ for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("snapshot-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config() -> Config {
+    Config::builder().shards(8).build().unwrap()
+}
+
+/// A small deterministic generator, so failures can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Triplet `i`, on a /24 of its own (so auto-whitelisting stays where the
+/// tests put it).
+fn triplet(i: u64) -> (String, String, String) {
+    (
+        format!("{}.{}.{}.9", 1 + (i >> 16) % 200, (i >> 8) & 255, i & 255),
+        format!("s{}@example.org", letters(i)),
+        format!("r{}@example.net", letters(i / 7)),
+    )
+}
+
+/// Digit-free names (digit runs are folded by normalisation).
+fn letters(mut n: u64) -> String {
+    let mut s = String::new();
+    loop {
+        s.push(char::from(b'a' + (n % 26) as u8));
+        n /= 26;
+        if n == 0 {
+            return s;
+        }
+    }
+}
+
+fn check(e: &Engine, i: u64, now: i64) -> Verdict {
+    let (c, s, r) = triplet(i);
+    e.check(&c, &s, &r, now).unwrap()
+}
+
+/// An engine with `n` triplets (pending, pending with early retries,
+/// passed), one auto-whitelisted network and one blocked for blasting:
+/// `n + EXTRA` entries.
+fn populated(n: u64) -> Engine {
+    let e = Engine::new(config());
+    for i in 0..n {
+        check(&e, i, T0);
+        match i % 4 {
+            0 => {}
+            1 => {
+                check(&e, i, T0 + 10);
+            }
+            _ => {
+                check(&e, i, T0 + 300);
+            }
+        }
+    }
+    for r in 0..6 {
+        let rcpt = format!("{}@y.net", letters(r));
+        e.check("192.0.2.1", "friend@x.example", &rcpt, T0).unwrap();
+        e.check("192.0.2.1", "friend@x.example", &rcpt, T0 + 300)
+            .unwrap();
+    }
+    for s in 0..30 {
+        e.check(
+            "203.0.113.9",
+            &format!("spam{}@x.example", letters(s)),
+            "v@y.net",
+            T0 + s as i64,
+        )
+        .unwrap();
+        e.check(
+            "203.0.113.9",
+            &format!("spam{}@x.example", letters(s)),
+            "v@y.net",
+            T0 + 40 + s as i64,
+        )
+        .unwrap();
+    }
+    e
+}
+
+#[test]
+fn round_trip_keeps_every_verdict() {
+    let dir = scratch("round-trip");
+    let path = dir.join("greylist.snap");
+    let n = 100_000;
+    let a = populated(n);
+    let before = a.stats();
+    assert_eq!(a.len(), n as usize + EXTRA);
+    assert!(before.blocked > 0 && before.clients > 0, "{before:?}");
+    a.save(&path).unwrap();
+    assert!(!dir.join("greylist.snap.tmp").exists());
+    let b = Engine::load(&path, config()).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert_eq!(b.secret(), a.secret());
+    assert_eq!(a.stats().clients, b.stats().clients);
+    // The same checks on both, at several times: every verdict agrees.
+    let mut kinds = std::collections::HashSet::new();
+    for now in [
+        T0 + 60,
+        T0 + 400,
+        T0 + 4000,
+        T0 + 3 * 86_400,
+        T0 + 40 * 86_400,
+    ] {
+        for i in (0..n + 50).step_by(7) {
+            let (va, vb) = (check(&a, i, now), check(&b, i, now));
+            assert_eq!(va, vb, "triplet {i} at now = T0 + {}", now - T0);
+            kinds.insert(va.reason);
+        }
+        for ip in ["203.0.113.9", "192.0.2.200"] {
+            let (va, vb) = (
+                a.check(ip, "other@x.example", "v@y.net", now).unwrap(),
+                b.check(ip, "other@x.example", "v@y.net", now).unwrap(),
+            );
+            assert_eq!(va, vb, "{ip} at T0 + {}", now - T0);
+            kinds.insert(va.reason);
+        }
+    }
+    for reason in [
+        Reason::New,
+        Reason::EarlyRetry,
+        Reason::Retried,
+        Reason::Passed,
+        Reason::AutoWhitelisted,
+        Reason::Blocked,
+    ] {
+        assert!(kinds.contains(&reason), "{reason:?} never seen: {kinds:?}");
+    }
+}
+
+#[test]
+fn a_stale_temporary_file_is_replaced() {
+    let dir = scratch("stale-tmp");
+    let path = dir.join("g.snap");
+    fs::write(dir.join("g.snap.tmp"), vec![0xAB; 100_000]).unwrap();
+    let e = populated(100);
+    e.save(&path).unwrap();
+    assert!(!dir.join("g.snap.tmp").exists());
+    assert_eq!(Engine::load(&path, config()).unwrap().len(), e.len());
+}
+
+fn corrupt_kind(result: Result<Engine, SnapshotError>) -> String {
+    match result {
+        Err(SnapshotError::Corrupt { reason, .. }) => reason,
+        Err(other) => panic!("expected a corrupt-file error, got {other}"),
+        Ok(_) => panic!("a damaged snapshot loaded"),
+    }
+}
+
+#[test]
+fn truncation_and_bit_flips_are_refused_as_corrupt() {
+    let dir = scratch("corrupt");
+    let good = dir.join("good.snap");
+    let e = populated(300);
+    e.save(&good).unwrap();
+    let bytes = fs::read(&good).unwrap();
+    assert!(bytes.len() > 10_000);
+    let bad = dir.join("bad.snap");
+    // 64 truncation points, including the edges of the header.
+    let mut cuts: Vec<usize> = vec![
+        0,
+        1,
+        7,
+        8,
+        15,
+        16,
+        19,
+        20,
+        64,
+        127,
+        128,
+        129,
+        bytes.len() - 1,
+    ];
+    let mut rng = Rng(0x5EED);
+    while cuts.len() < 64 {
+        cuts.push((rng.next() % bytes.len() as u64) as usize);
+    }
+    for cut in cuts {
+        fs::write(&bad, &bytes[..cut]).unwrap();
+        corrupt_kind(Engine::load(&bad, config()));
+    }
+    // 1,000 single-bit flips anywhere in the file.
+    let mut reasons = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        let mut flipped = bytes.clone();
+        let bit = rng.next() % (bytes.len() as u64 * 8);
+        flipped[(bit / 8) as usize] ^= 1 << (bit % 8);
+        fs::write(&bad, &flipped).unwrap();
+        let reason = corrupt_kind(Engine::load(&bad, config()));
+        reasons.insert(reason.split(':').next().unwrap().to_string());
+    }
+    assert!(reasons.len() >= 3, "{reasons:?}");
+    // Extra bytes at the end are damage too.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    fs::write(&bad, &longer).unwrap();
+    corrupt_kind(Engine::load(&bad, config()));
+}
+
+#[test]
+fn foreign_newer_and_rekeyed_files_get_their_own_errors() {
+    let dir = scratch("refused");
+    let path = dir.join("g.snap");
+    populated(50).save(&path).unwrap();
+
+    // Settings that change keys.
+    let other = Config::builder().prefixes(16, 64).build().unwrap();
+    match Engine::load(&path, other) {
+        Err(e @ SnapshotError::KeySettingsDiffer { .. }) => {
+            assert!(e.to_string().contains("prefixes /24 /64 vs /16 /64"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let other = Config::builder()
+        .extension_delimiters("+-")
+        .build()
+        .unwrap();
+    assert!(matches!(
+        Engine::load(&path, other),
+        Err(SnapshotError::KeySettingsDiffer { .. })
+    ));
+    // Settings that do not change keys are fine.
+    assert!(Engine::load(&path, Config::builder().delay(60).build().unwrap()).is_ok());
+
+    // A newer format: version 2 with a valid preamble checksum.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32(&bytes[0..16]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    let newer = dir.join("newer.snap");
+    fs::write(&newer, &bytes).unwrap();
+    match Engine::load(&newer, config()) {
+        Err(e @ SnapshotError::NewerFormat { found: 2, .. }) => {
+            assert!(e.to_string().contains("version 2 is newer"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A foreign file.
+    let foreign = dir.join("foreign.snap");
+    fs::write(
+        &foreign,
+        b"SQLite format 3\0 and then some more bytes than a header",
+    )
+    .unwrap();
+    let reason = corrupt_kind(Engine::load(&foreign, config()));
+    assert!(reason.contains("not a greylist snapshot"), "{reason}");
+
+    // A missing file.
+    match Engine::load(dir.join("missing.snap"), config()) {
+        Err(SnapshotError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// CRC-32 (IEEE), bit by bit: an independent check of the library's.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn saving_while_two_threads_check() {
+    let dir = scratch("concurrent");
+    let path = dir.join("g.snap");
+    let engine = Arc::new(populated(200_000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (engine, stop, done) = (engine.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                // Fresh triplets of this thread, each new then retried.
+                let mut i = 1_000_000 + t * 10_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(check(&engine, i, T0 + 1000).reason, Reason::New);
+                    assert_eq!(check(&engine, i, T0 + 1300).reason, Reason::Retried);
+                    assert_eq!(check(&engine, i, T0 + 1301).reason, Reason::Passed);
+                    done.fetch_add(3, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut during = Vec::new();
+    for _ in 0..5 {
+        let before = done.load(Ordering::Relaxed);
+        engine.save(&path).unwrap();
+        during.push(done.load(Ordering::Relaxed) - before);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        during.iter().all(|&n| n > 0),
+        "checks stalled during a save: {during:?}"
+    );
+    // The last snapshot loads and holds at least the populated entries.
+    let loaded = Engine::load(&path, config()).unwrap();
+    assert!(loaded.len() >= 200_000);
+}
+
+#[test]
+fn open_missing_corrupt_and_set_aside() {
+    let dir = scratch("open");
+    let path = dir.join("g.snap");
+    let options = SnapshotOptions::new(&path, None);
+    let opened = Engine::open(config(), &options).unwrap();
+    assert!(opened.engine.is_empty() && opened.set_aside.is_none());
+
+    fs::write(&path, b"GREYLIST garbage").unwrap();
+    assert!(matches!(
+        Engine::open(config(), &options),
+        Err(SnapshotError::Corrupt { .. })
+    ));
+    assert!(
+        path.exists(),
+        "a corrupt file is never touched without permission"
+    );
+
+    let lenient = SnapshotOptions {
+        start_empty_if_corrupt: true,
+        ..options.clone()
+    };
+    let opened = Engine::open(config(), &lenient).unwrap();
+    assert!(opened.engine.is_empty());
+    let (aside, why) = opened.set_aside.unwrap();
+    assert!(matches!(why, SnapshotError::Corrupt { .. }));
+    assert!(!path.exists());
+    assert_eq!(fs::read(&aside).unwrap(), b"GREYLIST garbage");
+    assert!(aside
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("g.snap.corrupt-"));
+
+    // A rekeyed file is never set aside: that would lose good data.
+    populated(10).save(&path).unwrap();
+    let rekeyed = Config::builder().prefixes(32, 128).build().unwrap();
+    assert!(matches!(
+        Engine::open(rekeyed, &lenient),
+        Err(SnapshotError::KeySettingsDiffer { .. })
+    ));
+    assert!(path.exists());
+}
+
+#[test]
+fn maintenance_sweeps_saves_and_writes_a_final_snapshot() {
+    let dir = scratch("maintenance");
+    let path = dir.join("g.snap");
+    let engine = Arc::new(populated(1000));
+    let clock_now = Arc::new(AtomicU64::new(T0 as u64));
+    let clock = {
+        let c = clock_now.clone();
+        Arc::new(move || c.load(Ordering::Relaxed) as i64)
+    };
+    let m = Maintenance::start_with_clock(
+        engine.clone(),
+        &path,
+        Some(Duration::from_millis(20)),
+        clock,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.saves() < 2 {
+        assert!(Instant::now() < deadline, "no periodic snapshot");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(Engine::load(&path, config()).unwrap().len(), 1000 + EXTRA);
+    // Time passes (by the injected clock): the next round sweeps.
+    clock_now.store((T0 + 100 * 86_400) as u64, Ordering::Relaxed);
+    while !engine.is_empty() {
+        assert!(Instant::now() < deadline, "no sweep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine
+        .check("192.0.2.1", "last@x.org", "y@z.net", T0)
+        .unwrap();
+    m.stop().unwrap();
+    let final_state = Engine::load(&path, config()).unwrap();
+    assert_eq!(
+        final_state.len(),
+        1,
+        "the final snapshot has the last check"
+    );
+
+    // Without an interval: no thread, but the final save on drop.
+    let engine = Arc::new(Engine::new(config()));
+    engine.check("192.0.2.1", "a@x.org", "b@y.net", T0).unwrap();
+    drop(Maintenance::start(engine, dir.join("h.snap"), None));
+    assert_eq!(Engine::load(dir.join("h.snap"), config()).unwrap().len(), 1);
+}
+
+// --- crash safety -----------------------------------------------------------
+
+const CHILD_ENV: &str = "GREYLIST_SNAPSHOT_CHILD";
+const BASE: usize = 20_000;
+
+/// Run by the test below in a child process: saves in a loop, one more
+/// triplet each generation, until killed.
+#[test]
+#[ignore = "run as a child process by sigkill_at_random_moments_never_tears_a_snapshot"]
+fn snapshot_writer_child() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let engine = Engine::load(&path, config()).unwrap();
+    let mut generation = engine.len() - BASE;
+    loop {
+        generation += 1;
+        engine
+            .check(
+                "198.51.100.1",
+                "gen@example.org",
+                &format!("r{}@example.net", letters(generation as u64)),
+                T0,
+            )
+            .unwrap();
+        engine.save(&path).unwrap();
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_never_tears_a_snapshot() {
+    let dir = scratch("sigkill");
+    let path = dir.join("g.snap");
+    let base = Engine::new(config());
+    for i in 0..BASE as u64 {
+        check(&base, i, T0);
+    }
+    base.save(&path).unwrap();
+    let mut generation = 0;
+    let mut rng = Rng(0xC0FFEE);
+    for round in 0..200 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "snapshot_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(2_000 + rng.next() % 40_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let loaded = Engine::load(&path, config()).unwrap_or_else(|e| {
+            panic!("round {round}: the snapshot did not load after SIGKILL: {e}")
+        });
+        let now_generation = loaded.len() - BASE;
+        assert!(
+            now_generation >= generation,
+            "round {round}: went back from {generation} to {now_generation}"
+        );
+        // Exactly the generations up to the loaded one are there.
+        for g in [now_generation, now_generation + 1] {
+            let state = loaded
+                .triplet_state(
+                    "198.51.100.1",
+                    "gen@example.org",
+                    &format!("r{}@example.net", letters(g as u64)),
+                )
+                .unwrap();
+            assert_eq!(
+                state.is_some(),
+                g <= now_generation && g > 0,
+                "round {round}, generation {g}"
+            );
+        }
+        generation = now_generation;
+    }
+    assert!(generation > 0, "the child never completed a save");
+    // A final save cleans up whatever temporary file the kills left.
+    Engine::load(&path, config()).unwrap().save(&path).unwrap();
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("g.snap")]);
+}
