@@ -1,10 +1,11 @@
 //! `greylist_config`: the settings builder.
 
 use std::ffi::c_char;
+use std::time::Duration;
 
 use super::error::{greylist_status, status_of, value_of, Failure};
 use super::{arg_mut, arg_str, free_handle, into_handle};
-use crate::ConfigBuilder;
+use crate::{ConfigBuilder, SnapshotOptions};
 
 /// Engine settings under construction. Create with `greylist_config_new()`,
 /// change with the `greylist_config_set_*()` functions, pass to
@@ -14,6 +15,7 @@ use crate::ConfigBuilder;
 /// Not thread-safe: use one config from one thread at a time.
 pub struct greylist_config {
     pub(crate) builder: ConfigBuilder,
+    pub(crate) snapshot: Option<SnapshotOptions>,
 }
 
 /// A new config holding the defaults (delay 300 s, retry window 2 days,
@@ -27,6 +29,7 @@ pub extern "C" fn greylist_config_new() -> *mut greylist_config {
     value_of(std::ptr::null_mut(), || {
         into_handle(greylist_config {
             builder: ConfigBuilder::new(),
+            snapshot: None,
         })
     })
 }
@@ -250,6 +253,74 @@ pub unsafe extern "C" fn greylist_config_set_reply(
             },
         )
     }
+}
+
+/// Keeps the engine in a snapshot file: `greylist_engine_new()` loads
+/// `path` if it exists (a missing file starts empty; a damaged one is an
+/// error, see `greylist_config_set_start_empty_if_corrupt()`), every
+/// `interval_seconds` (0: never) a background thread sweeps expired entries
+/// and saves, and `greylist_engine_free()` writes a final snapshot. A NULL
+/// `path` turns snapshots off again.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only; `path`
+/// must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_snapshot(
+    config: *mut greylist_config,
+    path: *const c_char,
+    interval_seconds: u32,
+) -> greylist_status {
+    status_of(|| {
+        // SAFETY: the caller guarantees NULL or a live, unshared config.
+        let config = unsafe { arg_mut(config, "config") }?;
+        if path.is_null() {
+            config.snapshot = None;
+            return Ok(());
+        }
+        // SAFETY: not NULL; the caller guarantees NUL termination.
+        let path = unsafe { arg_str(path, "path") }?;
+        if path.is_empty() {
+            return Err(Failure::invalid("path: is empty"));
+        }
+        let interval = (interval_seconds > 0).then(|| Duration::from_secs(interval_seconds.into()));
+        let keep = config
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.start_empty_if_corrupt);
+        config.snapshot = Some(SnapshotOptions {
+            start_empty_if_corrupt: keep,
+            ..SnapshotOptions::new(path, interval)
+        });
+        Ok(())
+    })
+}
+
+/// With a snapshot configured: when the file is corrupt, rename it to
+/// `<path>.corrupt-<time>` (never overwritten) and start empty, instead of
+/// failing `greylist_engine_new()`. Off by default. Files from a newer
+/// version or with other key settings are always refused.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_start_empty_if_corrupt(
+    config: *mut greylist_config,
+    enable: bool,
+) -> greylist_status {
+    status_of(|| {
+        // SAFETY: the caller guarantees NULL or a live, unshared config.
+        let config = unsafe { arg_mut(config, "config") }?;
+        match config.snapshot.as_mut() {
+            Some(options) => {
+                options.start_empty_if_corrupt = enable;
+                Ok(())
+            }
+            None => Err(Failure::invalid(
+                "config: set a snapshot path with greylist_config_set_snapshot first",
+            )),
+        }
+    })
 }
 
 #[cfg(test)]

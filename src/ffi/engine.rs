@@ -7,14 +7,29 @@ use super::error::{greylist_status, status_of, value_of, Failure};
 use super::{
     arg_ref, arg_str, free_handle, into_handle, out_ptr, resolve_now, write_out, write_str,
 };
-use crate::{Config, Engine, Reason, Verdict};
+use crate::{Config, Engine, Maintenance, Reason, Verdict};
+use std::sync::Arc;
 
 /// A greylisting engine: the triplet table and its settings.
 ///
 /// Thread-safe: any number of threads may call any function on one engine
 /// at once, except `greylist_engine_free()`, which must be the last call.
 pub struct greylist_engine {
-    pub(crate) engine: Engine,
+    pub(crate) engine: Arc<Engine>,
+    /// With a snapshot configured: the final save on free, and the thread.
+    maintenance: Option<Maintenance>,
+}
+
+impl Drop for greylist_engine {
+    fn drop(&mut self) {
+        // The final snapshot; its error, if any, has nowhere to go but the
+        // thread's last error.
+        if let Some(m) = self.maintenance.take() {
+            if let Err(e) = m.stop() {
+                super::error::set_last_error(e.to_string());
+            }
+        }
+    }
 }
 
 /// What the mail server should do (`greylist_verdict.action`).
@@ -147,6 +162,58 @@ pub unsafe extern "C" fn greylist_engine_new(
 ) -> greylist_status {
     status_of(|| {
         let out = out_ptr(out, "out")?;
+        let (config, snapshot) = if config.is_null() {
+            (Config::default(), None)
+        } else {
+            // SAFETY: the caller guarantees a live config.
+            let c = unsafe { arg_ref(config, "config") }?;
+            (c.builder.clone().build()?, c.snapshot.clone())
+        };
+        let handle = match snapshot {
+            None => greylist_engine {
+                engine: Arc::new(Engine::new(config)),
+                maintenance: None,
+            },
+            Some(options) => {
+                let engine = Arc::new(Engine::open(config, &options)?.engine);
+                let maintenance =
+                    Maintenance::start(engine.clone(), options.path, options.interval);
+                greylist_engine {
+                    engine,
+                    maintenance: Some(maintenance),
+                }
+            }
+        };
+        // SAFETY: `out` was checked non-NULL; the caller guarantees it is writable.
+        unsafe { write_out(out, into_handle(handle)) };
+        Ok(())
+    })
+}
+
+/// Loads the snapshot at `path` into a new engine with `config` (NULL for
+/// the defaults) and stores it in `*out`. Keys stay valid: the secret comes
+/// from the file.
+///
+/// Returns `GREYLIST_STATUS_IO` when the file cannot be read,
+/// `GREYLIST_STATUS_CORRUPT` when it is damaged, truncated or not a
+/// snapshot, `GREYLIST_STATUS_INCOMPATIBLE` when it comes from a newer
+/// version or was made with other prefixes or extension delimiters; then
+/// `*out` is untouched and nothing was loaded. A snapshot path set in
+/// `config` is ignored here (this call does not save on free).
+///
+/// # Safety
+/// `config` must be NULL or a live config; `path` NULL or NUL-terminated;
+/// `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_engine_load(
+    config: *const greylist_config,
+    path: *const c_char,
+    out: *mut *mut greylist_engine,
+) -> greylist_status {
+    status_of(|| {
+        // SAFETY: the caller guarantees NULL or a NUL-terminated string.
+        let path = unsafe { arg_str(path, "path") }?;
+        let out = out_ptr(out, "out")?;
         let config = if config.is_null() {
             Config::default()
         } else {
@@ -156,17 +223,43 @@ pub unsafe extern "C" fn greylist_engine_new(
                 .clone()
                 .build()?
         };
-        let engine = into_handle(greylist_engine {
-            engine: Engine::new(config),
+        let engine = Engine::load(path, config)?;
+        let handle = into_handle(greylist_engine {
+            engine: Arc::new(engine),
+            maintenance: None,
         });
         // SAFETY: `out` was checked non-NULL; the caller guarantees it is writable.
-        unsafe { write_out(out, engine) };
+        unsafe { write_out(out, handle) };
+        Ok(())
+    })
+}
+
+/// Writes a snapshot of the engine to `path`: to `<path>.tmp`, fsynced,
+/// renamed over `path`, folder fsynced, so a crash leaves the old or the
+/// new file. Checks on other threads keep running meanwhile.
+///
+/// Returns `GREYLIST_STATUS_IO` (with the OS's message) when writing fails.
+/// Thread-safe.
+///
+/// # Safety
+/// `engine` must be NULL or a live engine; `path` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_engine_save(
+    engine: *const greylist_engine,
+    path: *const c_char,
+) -> greylist_status {
+    status_of(|| {
+        // SAFETY: the caller guarantees NULL or valid pointers.
+        let (engine, path) = unsafe { (arg_ref(engine, "engine")?, arg_str(path, "path")?) };
+        engine.engine.save(path)?;
         Ok(())
     })
 }
 
 /// Frees an engine and everything in it. NULL is a no-op. No other call on
-/// the engine may be running or follow.
+/// the engine may be running or follow. With a snapshot configured, stops
+/// the maintenance thread and writes a final snapshot first (a failure of
+/// that save is left in `greylist_last_error()`).
 ///
 /// # Safety
 /// `engine` must be NULL or come from `greylist_engine_new()` and not be

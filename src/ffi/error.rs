@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::{ConfigError, InputError};
+use crate::{ConfigError, InputError, SnapshotError};
 
 /// The result of a fallible call: `GREYLIST_STATUS_OK` (0) or one of the
 /// `GREYLIST_STATUS_*` codes. Numbers are never reused. On any other value
@@ -29,6 +29,10 @@ pub const GREYLIST_STATUS_CORRUPT: greylist_status = 4;
 pub const GREYLIST_STATUS_PANIC: greylist_status = 5;
 /// The caller's buffer is too small for the output; nothing was written.
 pub const GREYLIST_STATUS_BUFFER_TOO_SMALL: greylist_status = 6;
+
+/// A snapshot was written by a newer version of greylist, or with settings
+/// that change keys (prefixes, extension delimiters): it cannot be used.
+pub const GREYLIST_STATUS_INCOMPATIBLE: greylist_status = 7;
 
 /// A failure on its way to the C caller: a status and a message.
 #[derive(Debug)]
@@ -63,6 +67,19 @@ impl From<InputError> for Failure {
     }
 }
 
+impl From<SnapshotError> for Failure {
+    fn from(e: SnapshotError) -> Self {
+        let status = match e {
+            SnapshotError::Io { .. } => GREYLIST_STATUS_IO,
+            SnapshotError::Corrupt { .. } => GREYLIST_STATUS_CORRUPT,
+            SnapshotError::NewerFormat { .. } | SnapshotError::KeySettingsDiffer { .. } => {
+                GREYLIST_STATUS_INCOMPATIBLE
+            }
+        };
+        Failure::new(status, e.to_string())
+    }
+}
+
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
         Failure::invalid(format!("config: {e}"))
@@ -73,7 +90,7 @@ thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-fn set_last_error(message: String) {
+pub(crate) fn set_last_error(message: String) {
     LAST_ERROR.with(|e| *e.borrow_mut() = message);
 }
 
@@ -126,6 +143,7 @@ pub extern "C" fn greylist_status_str(status: greylist_status) -> *const c_char 
         GREYLIST_STATUS_CORRUPT => b"GREYLIST_STATUS_CORRUPT\0",
         GREYLIST_STATUS_PANIC => b"GREYLIST_STATUS_PANIC\0",
         GREYLIST_STATUS_BUFFER_TOO_SMALL => b"GREYLIST_STATUS_BUFFER_TOO_SMALL\0",
+        GREYLIST_STATUS_INCOMPATIBLE => b"GREYLIST_STATUS_INCOMPATIBLE\0",
         _ => b"GREYLIST_STATUS_UNKNOWN\0",
     };
     name.as_ptr().cast()

@@ -309,6 +309,131 @@ static bool test_bad_input(void) {
   return true;
 }
 
+/* Reads a whole file; the caller frees it. */
+static unsigned char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *buf = malloc((size_t)n);
+  if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    free(buf);
+    buf = NULL;
+  }
+  fclose(f);
+  *len = (size_t)n;
+  return buf;
+}
+
+static bool write_file(const char *path, const unsigned char *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (f == NULL) return false;
+  bool ok = fwrite(data, 1, len, f) == len;
+  return fclose(f) == 0 && ok;
+}
+
+static bool test_snapshots(void) {
+  char dir[] = "/tmp/greylist-c-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char path[256], bad[256];
+  snprintf(path, sizeof path, "%s/g.snap", dir);
+  snprintf(bad, sizeof bad, "%s/bad.snap", dir);
+  greylist_verdict v;
+  char rcpt[64];
+
+  /* An engine configured with a snapshot starts empty, saves on free. */
+  greylist_config *config = greylist_config_new();
+  CHECK_STATUS(greylist_config_set_start_empty_if_corrupt(config, true),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_snapshot(config, path, 0), GREYLIST_STATUS_OK);
+  greylist_engine *engine = NULL;
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
+  for (int i = 0; i < 200; i++) {
+    snprintf(rcpt, sizeof rcpt, "user-%c%c@example.net", 'a' + i % 26, 'a' + i / 26);
+    CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", rcpt, T0, &v),
+                 GREYLIST_STATUS_OK);
+  }
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", "user-aa@example.net",
+                                     T0 + 300, &v),
+               GREYLIST_STATUS_OK);
+  greylist_engine_free(engine);
+
+  /* Opened again: every entry is back, the pending one passes on time. */
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
+  CHECK(greylist_engine_len(engine) == 200);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", "user-ba@example.net",
+                                     T0 + 300, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_RETRIED);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@x.org", "user-aa@example.net",
+                                     T0 + 400, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_PASSED);
+  CHECK_STATUS(greylist_engine_save(engine, path), GREYLIST_STATUS_OK);
+  greylist_engine_free(engine);
+
+  /* greylist_engine_load, and its errors. */
+  CHECK_STATUS(greylist_engine_load(NULL, path, &engine), GREYLIST_STATUS_OK);
+  CHECK(greylist_engine_len(engine) == 200);
+  CHECK_STATUS(greylist_engine_save(engine, "/nonexistent-dir/g.snap"), GREYLIST_STATUS_IO);
+  CHECK(strstr(last_error(), "/nonexistent-dir/g.snap") != NULL);
+  CHECK_STATUS(greylist_engine_save(NULL, path), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_save(engine, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+  greylist_engine_free(engine);
+  CHECK_STATUS(greylist_engine_load(NULL, NULL, &engine), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_load(NULL, path, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+  engine = NULL;
+  CHECK_STATUS(greylist_engine_load(NULL, "/nonexistent-dir/g.snap", &engine), GREYLIST_STATUS_IO);
+  CHECK(engine == NULL);
+  greylist_config *rekeyed = greylist_config_new();
+  CHECK_STATUS(greylist_config_set_prefixes(rekeyed, 16, 48), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_load(rekeyed, path, &engine), GREYLIST_STATUS_INCOMPATIBLE);
+  CHECK(strstr(last_error(), "prefixes /24 /64 vs /16 /48") != NULL);
+  greylist_config_free(rekeyed);
+
+  /* 64 truncations and 1,000 single-bit flips: each refused as corrupt. */
+  size_t len = 0;
+  unsigned char *bytes = read_file(path, &len);
+  CHECK(bytes != NULL && len > 6000);
+  unsigned seed = 12345;
+  for (int i = 0; i < 64; i++) {
+    seed = seed * 1103515245u + 12345u;
+    size_t cut = i < 4 ? (size_t)(i * 40) : seed % len;
+    CHECK(write_file(bad, bytes, cut));
+    CHECK_STATUS(greylist_engine_load(NULL, bad, &engine), GREYLIST_STATUS_CORRUPT);
+  }
+  for (int i = 0; i < 1000; i++) {
+    seed = seed * 1103515245u + 12345u;
+    size_t bit = (seed >> 4) % (len * 8);
+    bytes[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+    CHECK(write_file(bad, bytes, len));
+    bytes[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+    CHECK_STATUS(greylist_engine_load(NULL, bad, &engine), GREYLIST_STATUS_CORRUPT);
+  }
+  CHECK(engine == NULL);
+
+  /* A corrupt snapshot fails greylist_engine_new, unless told to start empty. */
+  bytes[len / 2] ^= 0x10;
+  CHECK(write_file(path, bytes, len));
+  free(bytes);
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_CORRUPT);
+  CHECK_STATUS(greylist_config_set_start_empty_if_corrupt(config, true), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
+  CHECK(greylist_engine_len(engine) == 0);
+  greylist_engine_free(engine);
+  CHECK_STATUS(greylist_config_set_snapshot(NULL, path, 0), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_snapshot(config, "", 0), GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_start_empty_if_corrupt(NULL, true),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  greylist_config_free(config);
+
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  CHECK(system(cmd) == 0);
+  return true;
+}
+
 #define THREADS 4
 #define CHECKS_PER_THREAD 20000
 
@@ -376,7 +501,8 @@ int main(void) {
   run_test(test_null_arguments, "null_arguments");
   run_test(test_bad_input, "bad_input");
   run_test(test_threads, "threads");
-  int total = 6;
+  run_test(test_snapshots, "snapshots");
+  int total = 7;
   printf("%d passed, %d failed\n", total - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -26,6 +26,7 @@ __all__ = [
     "Engine",
     "GreylistError",
     "InvalidInputError",
+    "SnapshotError",
     "Reason",
     "Status",
     "Verdict",
@@ -48,6 +49,7 @@ class Status(enum.IntEnum):
     CORRUPT = 4
     PANIC = 5
     BUFFER_TOO_SMALL = 6
+    INCOMPATIBLE = 7
 
 
 class Action(enum.IntEnum):
@@ -80,6 +82,12 @@ class GreylistError(Exception):
         except ValueError:
             self.status = status
         self.message = message
+
+
+class SnapshotError(GreylistError):
+    """A snapshot could not be read or written: ``status`` is ``IO``,
+    ``CORRUPT`` (damaged, truncated, not a snapshot) or ``INCOMPATIBLE``
+    (newer format, or other prefixes / extension delimiters)."""
 
 
 class InvalidInputError(GreylistError, ValueError):
@@ -180,8 +188,12 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_prefixes", _status, [_p, ctypes.c_uint8, ctypes.c_uint8]),
     ("greylist_config_set_extension_delimiters", _status, [_p, _str]),
     ("greylist_config_set_reply", _status, [_p, ctypes.c_uint16, _str, _str]),
+    ("greylist_config_set_snapshot", _status, [_p, _str, _u32]),
+    ("greylist_config_set_start_empty_if_corrupt", _status, [_p, ctypes.c_bool]),
     ("greylist_engine_new", _status, [_p, ctypes.POINTER(_p)]),
     ("greylist_engine_free", None, [_p]),
+    ("greylist_engine_load", _status, [_p, _str, ctypes.POINTER(_p)]),
+    ("greylist_engine_save", _status, [_p, _str]),
     ("greylist_engine_check", _status, [_p, _str, _str, _str, _i64, ctypes.POINTER(_Verdict)]),
     ("greylist_engine_sweep", _status, [_p, _i64, ctypes.POINTER(_u64)]),
     ("greylist_engine_len", _u64, [_p]),
@@ -224,7 +236,12 @@ def _check(status: int) -> None:
     """The one place a status becomes an exception."""
     if status == Status.OK:
         return
-    cls = InvalidInputError if status in (Status.NULL_ARGUMENT, Status.INVALID_ARGUMENT) else GreylistError
+    if status in (Status.NULL_ARGUMENT, Status.INVALID_ARGUMENT):
+        cls: type = InvalidInputError
+    elif status in (Status.IO, Status.CORRUPT, Status.INCOMPATIBLE):
+        cls = SnapshotError
+    else:
+        cls = GreylistError
     raise cls(status, _last_error())
 
 
@@ -242,6 +259,73 @@ def _arg(value: Optional[str], name: str) -> Optional[bytes]:
 
 def _now(now: Optional[float]) -> int:
     return _NOW if now is None else int(now)
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _path(path: PathLike) -> bytes:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(Status.INVALID_ARGUMENT, f"path: expected str or PathLike, got {type(path).__name__}")
+    return _arg(os.fspath(path), "path") or b""
+
+
+class _Config:
+    """A ``greylist_config`` built from keyword settings, freed on exit."""
+
+    def __init__(self, **s: Any) -> None:
+        unknown = set(s) - _SETTINGS
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        self.ptr = _lib.greylist_config_new()
+        if not self.ptr:
+            raise GreylistError(Status.PANIC, "greylist_config_new failed")
+        try:
+            self._apply(s)
+        except BaseException:
+            _lib.greylist_config_free(self.ptr)
+            raise
+
+    def _apply(self, s: Dict[str, Any]) -> None:
+        c = self.ptr
+        for name in ("delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "max_entries"):
+            if s.get(name) is not None:
+                setter = getattr(_lib, f"greylist_config_set_{name}")
+                _check(setter(c, _int(s[name], name, 2**64 - 1 if name == "max_entries" else 2**32 - 1)))
+        if s.get("ipv4_prefix") is not None or s.get("ipv6_prefix") is not None:
+            v4, v6 = s.get("ipv4_prefix"), s.get("ipv6_prefix")
+            _check(_lib.greylist_config_set_prefixes(
+                c, 24 if v4 is None else _int(v4, "ipv4_prefix", 255), 64 if v6 is None else _int(v6, "ipv6_prefix", 255)
+            ))
+        if s.get("blast_threshold") is not None or s.get("block_time") is not None:
+            rounds, seconds = s.get("blast_threshold"), s.get("block_time")
+            _check(_lib.greylist_config_set_blast(
+                c, 20 if rounds is None else _int(rounds, "blast_threshold"),
+                3600 if seconds is None else _int(seconds, "block_time"),
+            ))
+        if s.get("extension_delimiters") is not None:
+            _check(_lib.greylist_config_set_extension_delimiters(c, _arg(s["extension_delimiters"], "extension_delimiters")))
+        if any(s.get(k) is not None for k in ("reply_code", "reply_enhanced", "greylist_text")):
+            code, enhanced, text = s.get("reply_code"), s.get("reply_enhanced"), s.get("greylist_text")
+            _check(_lib.greylist_config_set_reply(
+                c,
+                450 if code is None else _int(code, "reply_code", 65535),
+                _arg("4.2.0" if enhanced is None else enhanced, "reply_enhanced"),
+                _arg("Greylisted, please try again in %s seconds" if text is None else text, "greylist_text"),
+            ))
+
+    def __enter__(self) -> int:
+        return self.ptr
+
+    def __exit__(self, *exc: Any) -> None:
+        _lib.greylist_config_free(self.ptr)
+
+
+_SETTINGS = {
+    "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
+    "max_entries", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
+    "reply_enhanced", "greylist_text",
+}
 
 
 @dataclass(frozen=True)
@@ -272,62 +356,57 @@ class Engine:
         ipv6_prefix: Optional[int] = None,
         max_entries: Optional[int] = None,
         *,
-        awl_ttl: Optional[int] = None,
-        blast_threshold: Optional[int] = None,
-        block_time: Optional[int] = None,
-        extension_delimiters: Optional[str] = None,
-        reply_code: Optional[int] = None,
-        reply_enhanced: Optional[str] = None,
-        greylist_text: Optional[str] = None,
+        snapshot: Optional[PathLike] = None,
+        snapshot_interval: int = 0,
+        start_empty_if_corrupt: bool = False,
+        **settings: Any,
     ) -> None:
-        self._handle: Optional[int] = None
-        self._active = 0
-        self._cond = threading.Condition()
-        config = _lib.greylist_config_new()
-        if not config:
-            raise GreylistError(Status.PANIC, "greylist_config_new failed")
-        try:
-            for setter, value in [
-                (_lib.greylist_config_set_delay, delay),
-                (_lib.greylist_config_set_retry_window, retry_window),
-                (_lib.greylist_config_set_pass_ttl, pass_ttl),
-                (_lib.greylist_config_set_awl_threshold, awl_threshold),
-                (_lib.greylist_config_set_awl_ttl, awl_ttl),
-                (_lib.greylist_config_set_max_entries, max_entries),
-            ]:
-                if value is not None:
-                    _check(setter(config, _int(value, setter.__name__)))
-            if ipv4_prefix is not None or ipv6_prefix is not None:
-                v4 = 24 if ipv4_prefix is None else _int(ipv4_prefix, "ipv4_prefix", 255)
-                v6 = 64 if ipv6_prefix is None else _int(ipv6_prefix, "ipv6_prefix", 255)
-                _check(_lib.greylist_config_set_prefixes(config, v4, v6))
-            if blast_threshold is not None or block_time is not None:
-                rounds = 20 if blast_threshold is None else _int(blast_threshold, "blast_threshold")
-                seconds = 3600 if block_time is None else _int(block_time, "block_time")
-                _check(_lib.greylist_config_set_blast(config, rounds, seconds))
-            if extension_delimiters is not None:
-                _check(
-                    _lib.greylist_config_set_extension_delimiters(
-                        config, _arg(extension_delimiters, "extension_delimiters")
-                    )
-                )
-            if reply_code is not None or reply_enhanced is not None or greylist_text is not None:
-                _check(
-                    _lib.greylist_config_set_reply(
-                        config,
-                        450 if reply_code is None else _int(reply_code, "reply_code", 65535),
-                        _arg("4.2.0" if reply_enhanced is None else reply_enhanced, "reply_enhanced"),
-                        _arg(
-                            "Greylisted, please try again in %s seconds" if greylist_text is None else greylist_text,
-                            "greylist_text",
-                        ),
-                    )
-                )
+        """Every argument is optional. With ``snapshot``, the engine loads
+        that file if it exists, saves it every ``snapshot_interval`` seconds
+        (0: never) from a background thread that also sweeps, and once more
+        on :meth:`close`. Further keyword settings: ``awl_ttl``,
+        ``blast_threshold``, ``block_time``, ``extension_delimiters``,
+        ``reply_code``, ``reply_enhanced``, ``greylist_text``."""
+        self._init(None)
+        settings.update(
+            delay=delay, retry_window=retry_window, pass_ttl=pass_ttl, awl_threshold=awl_threshold,
+            ipv4_prefix=ipv4_prefix, ipv6_prefix=ipv6_prefix, max_entries=max_entries,
+        )
+        with _Config(**settings) as config:
+            if snapshot is not None:
+                _check(_lib.greylist_config_set_snapshot(config, _path(snapshot), _int(snapshot_interval, "snapshot_interval")))
+                _check(_lib.greylist_config_set_start_empty_if_corrupt(config, bool(start_empty_if_corrupt)))
             handle = _p()
             _check(_lib.greylist_engine_new(config, ctypes.byref(handle)))
             self._handle = handle.value
+
+    def _init(self, handle: Optional[int]) -> None:
+        self._handle = handle
+        self._active = 0
+        self._cond = threading.Condition()
+
+    @classmethod
+    def load(cls, path: PathLike, **settings: Any) -> "Engine":
+        """A new engine from the snapshot at ``path``, with ``settings`` as
+        for the constructor. Raises :class:`SnapshotError` for an unreadable,
+        damaged, newer or differently-keyed file; nothing is half-loaded."""
+        engine = cls.__new__(cls)
+        engine._init(None)
+        with _Config(**settings) as config:
+            handle = _p()
+            _check(_lib.greylist_engine_load(config, _path(path), ctypes.byref(handle)))
+        engine._handle = handle.value
+        return engine
+
+    def save(self, path: PathLike) -> None:
+        """Writes a crash-safe snapshot to ``path`` (checks in other threads
+        keep running). Raises :class:`SnapshotError` on failure."""
+        encoded = _path(path)
+        handle = self._enter()
+        try:
+            _check(_lib.greylist_engine_save(handle, encoded))
         finally:
-            _lib.greylist_config_free(config)
+            self._leave()
 
     # -- lifetime ---------------------------------------------------------
 
@@ -347,8 +426,9 @@ class Engine:
                 self._cond.notify_all()
 
     def close(self) -> None:
-        """Frees the engine; waits for calls running in other threads. Later
-        calls raise :class:`GreylistError`. Closing twice is harmless."""
+        """Frees the engine (writing the final snapshot, when one is
+        configured); waits for calls running in other threads. Later calls
+        raise :class:`GreylistError`. Closing twice is harmless."""
         with self._cond:
             handle, self._handle = self._handle, None
             while self._active:
@@ -421,11 +501,8 @@ class Engine:
 
 
 def _int(value: Any, name: str, limit: int = 2**32 - 1) -> int:
-    name = name.replace("greylist_config_set_", "")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: expected int, got {type(value).__name__}")
-    if name == "max_entries":
-        limit = 2**64 - 1
     if not 0 <= value <= limit:
         raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: {value} is out of range 0..{limit}")
     return value

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import smtplib
 import socket
 import sys
+import tempfile
 import threading
 import unittest
 from pathlib import Path
@@ -116,6 +118,75 @@ class BadInput(unittest.TestCase):
             engine.stats()
         with self.assertRaises(greylist.GreylistError):
             engine.sweep()
+
+
+class Snapshots(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = Path(self.dir.name) / "g.snap"
+
+    def tearDown(self) -> None:
+        self.dir.cleanup()
+
+    def fill(self, engine: greylist.Engine) -> None:
+        for i in range(300):
+            engine.check(f"10.{i // 100}.{i % 100}.1", "a@x.org", "b@y.net", now=T0)
+        engine.check("10.0.0.1", "a@x.org", "b@y.net", now=T0 + 300)
+
+    def test_save_and_load(self) -> None:
+        with greylist.Engine() as engine:
+            self.fill(engine)
+            engine.save(self.path)
+        loaded = greylist.Engine.load(self.path, delay=300)
+        self.assertEqual(len(loaded), 300)
+        self.assertIs(loaded.check("10.0.0.1", "a@x.org", "b@y.net", now=T0 + 400).reason, Reason.PASSED)
+        self.assertIs(loaded.check("10.0.1.1", "a@x.org", "b@y.net", now=T0 + 400).reason, Reason.RETRIED)
+        loaded.close()
+        with self.assertRaises(greylist.SnapshotError) as cm:
+            greylist.Engine.load(self.path, ipv4_prefix=16)
+        self.assertEqual(cm.exception.status, greylist.Status.INCOMPATIBLE)
+        with self.assertRaises(greylist.SnapshotError) as cm:
+            greylist.Engine.load(Path(self.dir.name) / "missing.snap")
+        self.assertEqual(cm.exception.status, greylist.Status.IO)
+        with self.assertRaises(TypeError):
+            greylist.Engine.load(self.path, no_such_setting=1)
+
+    def test_snapshot_option_loads_and_saves_on_close(self) -> None:
+        engine = greylist.Engine(snapshot=self.path, snapshot_interval=3600)
+        self.assertEqual(len(engine), 0)
+        self.fill(engine)
+        engine.close()
+        again = greylist.Engine(snapshot=str(self.path))
+        self.assertEqual(len(again), 300)
+        again.close()
+
+    def test_truncations_and_bit_flips_are_corrupt(self) -> None:
+        with greylist.Engine() as engine:
+            self.fill(engine)
+            engine.save(self.path)
+        data = self.path.read_bytes()
+        bad = Path(self.dir.name) / "bad.snap"
+        rng = random.Random(7)
+        cuts = [0, 1, 19, 20, 127, 128, len(data) - 1] + [rng.randrange(len(data)) for _ in range(57)]
+        damaged = [data[:cut] for cut in cuts]
+        for _ in range(1000):
+            flipped = bytearray(data)
+            bit = rng.randrange(len(data) * 8)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            damaged.append(bytes(flipped))
+        for blob in damaged:
+            bad.write_bytes(blob)
+            with self.assertRaises(greylist.SnapshotError) as cm:
+                greylist.Engine.load(bad)
+            self.assertEqual(cm.exception.status, greylist.Status.CORRUPT, str(cm.exception))
+        bad.write_bytes(damaged[-1])
+        with self.assertRaises(greylist.SnapshotError):
+            greylist.Engine(snapshot=bad)
+        kept = greylist.Engine(snapshot=bad, start_empty_if_corrupt=True)
+        self.assertEqual(len(kept), 0)
+        kept.close()
+        aside = [p.name for p in Path(self.dir.name).iterdir() if ".corrupt-" in p.name]
+        self.assertEqual(len(aside), 1, aside)
 
 
 class Threads(unittest.TestCase):
