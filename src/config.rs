@@ -151,11 +151,15 @@ macro_rules! setters {
     };
 }
 
-/// The default number of shards: a small multiple of the core count, so two
-/// threads rarely meet on one lock.
+/// The default number of shards: at least 8 per core, so two threads
+/// rarely meet on one lock, and at least 1024, so that with millions of
+/// entries each shard stays small: a snapshot copies, and a growing table
+/// rehashes, one shard at a time under its lock, and small shards keep
+/// those pauses short for the checks that meet them. An empty shard costs
+/// a few hundred bytes.
 fn default_shards() -> usize {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-    (cores * 8).next_power_of_two().clamp(16, 1024)
+    (cores * 8).next_power_of_two().clamp(1024, 4096)
 }
 
 /// Most shards accepted; more only costs memory.

@@ -211,6 +211,8 @@ pub struct Engine {
     pub(crate) clients: Sharded<ClientEntry>,
     counters: Box<[CachePadded<Counters>]>,
     shard_cap: usize,
+    /// Held for a whole save: one save at a time per engine.
+    pub(crate) save_lock: parking_lot::Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -249,6 +251,7 @@ impl Engine {
                 .map(|_| CachePadded(Counters::default()))
                 .collect(),
             shard_cap: max / shards,
+            save_lock: parking_lot::Mutex::new(()),
             config,
             secret,
         }

@@ -37,10 +37,13 @@
 //! # Crash safety
 //! A snapshot is written to `<path>.tmp` in the same folder (locked, so two
 //! savers cannot interleave), fsynced, renamed over `<path>`, and the
-//! folder fsynced; a crash at any instant leaves the old or the new file.
-//! A temporary file left by a killed save is truncated and reused by the
-//! next one. Loading checks every checksum and every record, and builds a
-//! new engine that is returned only when all of the file was good.
+//! folder fsynced; a crash at any instant leaves the old or the new file
+//! at `<path>`. The generation being replaced is not deleted: it is kept
+//! as `<path>.tmp` (via a short-lived hard link `<path>.old`) and the next
+//! save rewrites it in place, which is about twice as fast as filling a
+//! new file; a temporary file left by a killed save is reused the same
+//! way. Loading checks every checksum and every record, and builds a new
+//! engine that is returned only when all of the file was good.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -449,22 +452,10 @@ fn decode_client(b: &[u8], strings: &[u8], secret: &Secret) -> Result<ClientEntr
     })
 }
 
-/// Writes records through a buffer, keeping the body checksum.
-struct BodyWriter<W: Write> {
-    out: W,
-    crc: crc32fast::Hasher,
-}
-
-impl<W: Write> BodyWriter<W> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.crc.update(bytes);
-        self.out.write_all(bytes)
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
+/// `<path><suffix>`, beside the snapshot.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
 }
 
@@ -475,28 +466,56 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// How many threads restore a snapshot: the cores, at most 4.
+fn restore_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+}
+
 /// Takes an exclusive, non-blocking lock on the temporary file, so two
-/// saves to one path (in this process or another) cannot interleave.
+/// saves to one path (in this process or another) cannot interleave, and
+/// checks that the locked file is still the one named `path` (another
+/// saver may have renamed it into place meanwhile).
 fn lock_exclusive(file: &File, path: &Path) -> Result<(), SnapshotError> {
-    file.try_lock().map_err(|e| {
-        let source = match e {
-            fs::TryLockError::WouldBlock => io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "another save to this snapshot is in progress",
-            ),
-            fs::TryLockError::Error(e) => e,
-        };
-        io_err(path)(source)
-    })
+    use std::os::unix::fs::MetadataExt;
+    let busy = || {
+        io_err(path)(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "another save to this snapshot is in progress",
+        ))
+    };
+    file.try_lock().map_err(|e| match e {
+        fs::TryLockError::WouldBlock => busy(),
+        fs::TryLockError::Error(e) => io_err(path)(e),
+    })?;
+    let (ours, named) = (file.metadata(), fs::metadata(path));
+    match (ours, named) {
+        (Ok(a), Ok(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()) => Ok(()),
+        _ => Err(busy()),
+    }
 }
 
 impl Engine {
     /// Writes a snapshot of the engine to `path`, crash-safely (see the
     /// [module docs](crate::snapshot)). Checks keep running: each shard is
-    /// locked only while it is copied.
+    /// locked only while its records are encoded.
+    ///
+    /// The previous generation's file is kept as `<path>.tmp` and rewritten
+    /// in place by the next save: reusing its pages makes saves about twice
+    /// as fast as writing a new file, at the cost of a second copy on disk.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), SnapshotError> {
         let path = path.as_ref();
-        let tmp = temp_path(path);
+        let _one_at_a_time = self.save_lock.lock();
+        let (tmp, old) = (sibling(path, ".tmp"), sibling(path, ".old"));
+        // A save killed between its renames leaves `.old`: recycle it.
+        if old.exists() {
+            if tmp.exists() {
+                fs::remove_file(&old).map_err(io_err(&old))?;
+            } else {
+                fs::rename(&old, &tmp).map_err(io_err(&old))?;
+            }
+        }
         let file = OpenOptions::new()
             .create(true)
             .write(true)
@@ -504,38 +523,39 @@ impl Engine {
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         lock_exclusive(&file, &tmp)?;
-        file.set_len(0).map_err(io_err(&tmp))?;
-        let mut body = BodyWriter {
-            out: BufWriter::with_capacity(1 << 20, &file),
-            crc: crc32fast::Hasher::new(),
-        };
-        body.out
-            .write_all(&[0; HEADER_SIZE])
-            .map_err(io_err(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        out.write_all(&[0; HEADER_SIZE]).map_err(io_err(&tmp))?;
+        let mut crc = crc32fast::Hasher::new();
         let (mut triplets, mut clients) = (0u64, 0u64);
         let mut buf = Vec::new();
         for i in 0..self.triplets.shard_count() {
-            let copy = self.triplets.copy_shard(i);
-            buf.resize(copy.len() * TRIPLET_RECORD, 0);
-            for (e, out) in copy.iter().zip(buf.chunks_exact_mut(TRIPLET_RECORD)) {
-                encode_triplet(e, out);
+            {
+                let table = self.triplets.lock(i);
+                buf.resize(table.len() * TRIPLET_RECORD, 0);
+                for (e, out) in table.iter().zip(buf.chunks_exact_mut(TRIPLET_RECORD)) {
+                    encode_triplet(e, out);
+                }
             }
-            body.write(&buf).map_err(io_err(&tmp))?;
-            triplets += copy.len() as u64;
+            crc.update(&buf);
+            out.write_all(&buf).map_err(io_err(&tmp))?;
+            triplets += (buf.len() / TRIPLET_RECORD) as u64;
         }
         let mut strings = Vec::new();
         for i in 0..self.clients.shard_count() {
-            let copy = self.clients.copy_shard(i);
-            buf.resize(copy.len() * CLIENT_RECORD, 0);
-            for (e, out) in copy.iter().zip(buf.chunks_exact_mut(CLIENT_RECORD)) {
-                encode_client(e, &mut strings, out);
+            {
+                let table = self.clients.lock(i);
+                buf.resize(table.len() * CLIENT_RECORD, 0);
+                for (e, out) in table.iter().zip(buf.chunks_exact_mut(CLIENT_RECORD)) {
+                    encode_client(e, &mut strings, out);
+                }
             }
-            body.write(&buf).map_err(io_err(&tmp))?;
-            clients += copy.len() as u64;
+            crc.update(&buf);
+            out.write_all(&buf).map_err(io_err(&tmp))?;
+            clients += (buf.len() / CLIENT_RECORD) as u64;
         }
-        body.write(&strings).map_err(io_err(&tmp))?;
-        body.out.flush().map_err(io_err(&tmp))?;
-        let BodyWriter { out, crc } = body;
+        crc.update(&strings);
+        out.write_all(&strings).map_err(io_err(&tmp))?;
+        out.flush().map_err(io_err(&tmp))?;
         drop(out);
         let header = Header {
             secret: self.secret().clone(),
@@ -548,8 +568,19 @@ impl Engine {
         };
         file.write_all_at(&header.encode(), 0)
             .map_err(io_err(&tmp))?;
+        let len = header.file_len().expect("sizes of records in memory fit");
+        file.set_len(len).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
+        // Keep the generation being replaced, to rewrite next time.
+        match fs::hard_link(path, &old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&old)(e)),
+        }
         fs::rename(&tmp, path).map_err(io_err(path))?;
+        if old.exists() {
+            fs::rename(&old, &tmp).map_err(io_err(&old))?;
+        }
         let dir = parent_dir(path);
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -570,9 +601,8 @@ impl Engine {
         };
         let file = File::open(path).map_err(io_err(path))?;
         let len = file.metadata().map_err(io_err(path))?.len();
-        let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut head = vec![0u8; HEADER_SIZE.min(len as usize)];
-        reader.read_exact(&mut head).map_err(io_err(path))?;
+        file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
         let header = Header::decode(&head, path)?;
         let wanted = KeySettings::of(&config);
         if header.key_settings != wanted {
@@ -586,46 +616,110 @@ impl Engine {
             Some(n) => return Err(corrupt(format!("{len} bytes, but the header says {n}"))),
             None => return Err(corrupt("impossible record counts".into())),
         }
-        // Every size below is bounded by the file's own length.
-        let mut crc = crc32fast::Hasher::new();
+        // Every size below is bounded by the file's own length. The string
+        // table (last in the file) is read first, so client records can be
+        // checked as they stream by.
+        let mut strings = vec![0u8; header.strings as usize];
+        file.read_exact_at(&mut strings, len - header.strings)
+            .map_err(io_err(path))?;
         let mut engine = Engine::with_secret(config, header.secret.clone());
         engine.reserve(header.triplets.min(engine.config().max_entries()) as usize);
         let now = clamp_time(header.created_at);
-        let mut chunk = vec![0u8; TRIPLET_RECORD * 32_768];
-        let mut left = header.triplets as usize;
-        while left > 0 {
-            let n = left.min(32_768);
-            let bytes = &mut chunk[..n * TRIPLET_RECORD];
-            reader.read_exact(bytes).map_err(io_err(path))?;
-            crc.update(bytes);
-            for record in bytes.chunks_exact(TRIPLET_RECORD) {
-                let e =
-                    decode_triplet(record).ok_or_else(|| corrupt("bad triplet flags".into()))?;
-                if !engine.restore_triplet(e, now) {
-                    return Err(corrupt("duplicate triplet key".into()));
-                }
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        reader
+            .seek_relative(HEADER_SIZE as i64)
+            .map_err(io_err(path))?;
+        let mut crc = crc32fast::Hasher::new();
+        let sections: [(u64, usize); 2] = [
+            (header.triplets, TRIPLET_RECORD),
+            (header.clients, CLIENT_RECORD),
+        ];
+        let mut chunk = Vec::new();
+        for (section, (count, size)) in sections.into_iter().enumerate() {
+            let mut left = count as usize;
+            while left > 0 {
+                let n = left.min(262_144);
+                chunk.resize(n * size, 0);
+                reader.read_exact(&mut chunk).map_err(io_err(path))?;
+                crc.update(&chunk);
+                let result = if section == 0 {
+                    engine.restore_triplets(&chunk, now)
+                } else {
+                    engine.restore_clients(&chunk, &strings, &header.secret)
+                };
+                result.map_err(corrupt)?;
+                left -= n;
             }
-            left -= n;
         }
-        let mut clients = vec![0u8; header.clients as usize * CLIENT_RECORD];
-        reader.read_exact(&mut clients).map_err(io_err(path))?;
-        let mut strings = vec![0u8; header.strings as usize];
-        reader.read_exact(&mut strings).map_err(io_err(path))?;
-        crc.update(&clients);
         crc.update(&strings);
         if crc.finalize() != header.body_crc {
             return Err(corrupt("body checksum mismatch".into()));
         }
-        for record in clients.chunks_exact(CLIENT_RECORD) {
-            let e = decode_client(record, &strings, &header.secret).map_err(corrupt)?;
-            let hash = client_hash(net_id(e.key));
-            let shard = engine.clients.index(hash);
-            let table = engine.clients.get_mut(shard);
-            if table.find(hash, |c| c.key == e.key).is_some() {
-                return Err(corrupt(format!("duplicate client record for {}", e.net)));
-            }
-            table.insert_unique(hash, e, hasher);
-        }
         Ok(engine)
     }
+
+    /// Restores a chunk of triplet records, the shards split between
+    /// threads (each thread inserts only into its own shards).
+    fn restore_triplets(&self, chunk: &[u8], now: u32) -> Result<(), String> {
+        let workers = restore_workers();
+        let work = |w: usize| -> Result<(), String> {
+            for record in chunk.chunks_exact(TRIPLET_RECORD) {
+                let key = u128::from_le_bytes(record[..16].try_into().expect("16 bytes"));
+                if self.triplets.index(key as u64) % workers != w {
+                    continue;
+                }
+                let e = decode_triplet(record).ok_or("bad triplet flags")?;
+                if !self.restore_triplet(e, now) {
+                    return Err("duplicate triplet key".into());
+                }
+            }
+            Ok(())
+        };
+        split_work(workers, &work)
+    }
+
+    /// Restores a chunk of client records, checking each against its key.
+    fn restore_clients(&self, chunk: &[u8], strings: &[u8], secret: &Secret) -> Result<(), String> {
+        let workers = restore_workers();
+        let work = |w: usize| -> Result<(), String> {
+            for record in chunk.chunks_exact(CLIENT_RECORD) {
+                let key = u128::from_le_bytes(record[..16].try_into().expect("16 bytes"));
+                let hash = client_hash(net_id(key));
+                let shard = self.clients.index(hash);
+                if shard % workers != w {
+                    continue;
+                }
+                let e = decode_client(record, strings, secret)?;
+                let mut table = self.clients.lock(shard);
+                if table.find(hash, |c| c.key == e.key).is_some() {
+                    return Err(format!("duplicate client record for {}", e.net));
+                }
+                table.insert_unique(hash, e, hasher);
+            }
+            Ok(())
+        };
+        split_work(workers, &work)
+    }
+}
+
+/// Runs `work(0..workers)` on scoped threads (the first on this one) and
+/// returns the first error.
+fn split_work(
+    workers: usize,
+    work: &(dyn Fn(usize) -> Result<(), String> + Sync),
+) -> Result<(), String> {
+    if workers == 1 {
+        return work(0);
+    }
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..workers).map(|w| scope.spawn(move || work(w))).collect();
+        let mut result = work(0);
+        for handle in others {
+            let r = handle
+                .join()
+                .unwrap_or_else(|_| Err("restore thread panicked".into()));
+            result = result.and(r);
+        }
+        result
+    })
 }

@@ -60,15 +60,6 @@ impl<T: Hashed> Sharded<T> {
         self.shards[index].0.get_mut()
     }
 
-    /// A copy of one shard's entries, taken under its lock (the lock is
-    /// held only for the copy).
-    pub(crate) fn copy_shard(&self, index: usize) -> Vec<T>
-    where
-        T: Clone,
-    {
-        self.lock(index).iter().cloned().collect()
-    }
-
     /// Total entries, locking one shard at a time.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
