@@ -52,6 +52,7 @@ if have valgrind "the memcheck run of the C test"; then
   gcc -std=c11 -Wall -Wextra -Werror -g -Iinclude tests/c/test_greylist.c "$lib" $static_libs \
     -o "$out/test_greylist"
   valgrind -q --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect,possible \
+    --suppressions=tests/c/valgrind.supp \
     --errors-for-leak-kinds=definite,indirect,possible "$out/test_greylist"
   ok
 fi
