@@ -19,17 +19,6 @@
 #include <stdint.h>
 
 /**
- * Bumped whenever normalisation changes the key of some address, so a
- * snapshot made under other rules is refused instead of silently missing.
- */
-#define NORMALISATION_VERSION 1
-
-/**
- * The snapshot format this library writes and the newest it reads.
- */
-#define FORMAT_VERSION 1
-
-/**
  * The version of the C ABI. It changes only when a released function,
  * type or constant changes incompatibly; additions keep it. The shared
  * library's SONAME carries it (`libgreylist.so.1`).
@@ -40,6 +29,62 @@
  * Pass as `now` to use the system clock.
  */
 #define GREYLIST_NOW INT64_MIN
+
+/**
+ * `greylist_event.kind`: a check was deferred.
+ */
+#define GREYLIST_EVENT_DEFERRED 1
+
+/**
+ * `greylist_event.kind`: a check passed.
+ */
+#define GREYLIST_EVENT_PASSED 2
+
+/**
+ * `greylist_event.kind`: a check was blocked.
+ */
+#define GREYLIST_EVENT_BLOCKED 3
+
+/**
+ * `greylist_event.kind`: a sweep found a pending triplet that saw only
+ * early retries: its mail was most likely lost.
+ */
+#define GREYLIST_EVENT_EXPIRED_UNRETRIED 4
+
+/**
+ * `greylist_engine_set_list()` kind: client IPs, CIDRs and host names.
+ */
+#define GREYLIST_LIST_CLIENTS 0
+
+/**
+ * Kind: sender addresses, domains and local parts (`postmaster@`).
+ */
+#define GREYLIST_LIST_SENDERS 1
+
+/**
+ * Kind: recipient addresses and domains that opt out of greylisting.
+ */
+#define GREYLIST_LIST_RECIPIENTS 2
+
+/**
+ * Kind: trap recipients; a check for one blocks the client network.
+ */
+#define GREYLIST_LIST_TRAP_RECIPIENTS 3
+
+/**
+ * `greylist_client_report.flags`: on the static client whitelist.
+ */
+#define GREYLIST_CLIENT_WHITELISTED 1
+
+/**
+ * Flag: auto-whitelisted now.
+ */
+#define GREYLIST_CLIENT_AUTO_WHITELISTED 2
+
+/**
+ * Flag: blocked now (until `blocked_until`).
+ */
+#define GREYLIST_CLIENT_BLOCKED 4
 
 /**
  * Engine settings under construction. Create with `greylist_config_new()`,
@@ -65,6 +110,46 @@ typedef struct greylist_engine greylist_engine;
  * `greylist_last_error()` tells what went wrong.
  */
 typedef uint32_t greylist_status;
+
+/**
+ * A check request with what the MTA knows of the client. Append-only:
+ * set `struct_size` to `sizeof(greylist_request)`; fields a caller's
+ * older header lacks count as NULL.
+ */
+typedef struct greylist_request {
+  /**
+   * Set by the caller: `sizeof(greylist_request)`.
+   */
+  size_t struct_size;
+  /**
+   * The connecting client's IP address (required).
+   */
+  const char *client_ip;
+  /**
+   * The envelope sender, `""` or `"<>"` for the null sender (required).
+   */
+  const char *sender;
+  /**
+   * The envelope recipient (required).
+   */
+  const char *recipient;
+  /**
+   * The client's verified host name, or NULL.
+   */
+  const char *client_name;
+  /**
+   * The HELO/EHLO name, or NULL (never decides anything: unverified).
+   */
+  const char *helo;
+  /**
+   * A sender domain the MTA verified (SPF or DKIM), or NULL.
+   */
+  const char *verified_domain;
+  /**
+   * Unix seconds, or `GREYLIST_NOW`.
+   */
+  int64_t now;
+} greylist_request;
 
 /**
  * What the mail server should do (`greylist_verdict.action`).
@@ -100,6 +185,98 @@ typedef struct greylist_verdict {
    */
   uint32_t delayed;
 } greylist_verdict;
+
+/**
+ * One event, valid only during the callback.
+ */
+typedef struct greylist_event {
+  /**
+   * One of the `GREYLIST_EVENT_*` constants.
+   */
+  uint32_t kind;
+  /**
+   * The verdict's `GREYLIST_REASON_*` (`_EARLY_RETRY` for an expired one).
+   */
+  uint32_t reason;
+  /**
+   * The client network (`"192.0.2.0/24"`) or verified domain; valid only
+   * during the callback.
+   */
+  const char *network;
+  /**
+   * Unix seconds: the check's time, or the lost triplet's last attempt.
+   */
+  int64_t at;
+} greylist_event;
+
+/**
+ * An event callback: called on the thread that made the check or sweep,
+ * with no lock held, so it may call into the engine. It must be
+ * thread-safe and must not call `greylist_engine_free()`.
+ */
+typedef void (*greylist_event_fn)(void *user_data, const struct greylist_event *event);
+
+/**
+ * One row of the lost-mail report.
+ */
+typedef struct greylist_lost_mail {
+  /**
+   * The client network (`"192.0.2.0/24"`) or verified domain,
+   * NUL-terminated.
+   */
+  char network[256];
+  /**
+   * Its triplets that expired having seen only early retries.
+   */
+  uint64_t count;
+  /**
+   * The last attempt of the latest one (Unix seconds).
+   */
+  int64_t last_seen;
+} greylist_lost_mail;
+
+/**
+ * What the engine knows of one client network. Append-only: set
+ * `struct_size` to `sizeof(greylist_client_report)`.
+ */
+typedef struct greylist_client_report {
+  /**
+   * Set by the caller: `sizeof(greylist_client_report)`.
+   */
+  uint32_t struct_size;
+  /**
+   * `GREYLIST_CLIENT_*` flags.
+   */
+  uint32_t flags;
+  /**
+   * The client network, NUL-terminated (`"192.0.2.0/24"`).
+   */
+  char network[64];
+  /**
+   * Its triplets waiting for a retry.
+   */
+  uint64_t pending;
+  /**
+   * Its passed triplets.
+   */
+  uint64_t passed;
+  /**
+   * Its triplets that expired having seen only early retries.
+   */
+  uint64_t lost_mail;
+  /**
+   * When the block ends (Unix seconds), 0 if not blocked.
+   */
+  int64_t blocked_until;
+  /**
+   * Triplets that passed so far (towards the auto-whitelist).
+   */
+  uint32_t passes;
+  /**
+   * Reserved, 0.
+   */
+  uint32_t reserved;
+} greylist_client_report;
 
 /**
  * The engine's counters. Append-only: new fields are added at the end.
@@ -168,7 +345,13 @@ typedef struct greylist_stats {
    * Client-network records kept now.
    */
   uint64_t clients;
+  /**
+   * Verdicts with `GREYLIST_REASON_TRAPPED`.
+   */
+  uint64_t trapped;
 } greylist_stats;
+
+
 
 
 
@@ -221,6 +404,11 @@ typedef struct greylist_stats {
  * The client network is blocked for blasting early retries.
  */
 #define GREYLIST_REASON_BLOCKED 7
+
+/**
+ * The recipient is a trap address: the client network is blocked now.
+ */
+#define GREYLIST_REASON_TRAPPED 8
 
 /**
  * Success.
@@ -283,6 +471,143 @@ const char *greylist_version(void);
  * Thread-safe.
  */
 uint32_t greylist_abi_version(void);
+
+/**
+ * Decides one request (see `greylist_request`): a whitelisted client (by
+ * address or verified host name), sender or recipient passes
+ * (`GREYLIST_REASON_WHITELISTED`); a trap recipient blocks the client
+ * network (`GREYLIST_REASON_TRAPPED`); with
+ * `greylist_config_set_key_by_verified_domain()`, a verified sender
+ * domain replaces the client network in the key. Errors as for
+ * `greylist_engine_check()`; a `struct_size` smaller than the first seven
+ * fields is `GREYLIST_STATUS_INVALID_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; `request` NULL or readable for
+ * `request->struct_size` bytes, its strings NULL or NUL-terminated; `out`
+ * NULL or writable.
+ */
+greylist_status greylist_engine_check_request(struct greylist_engine *engine,
+                                              const struct greylist_request *request,
+                                              struct greylist_verdict *out);
+
+/**
+ * Sets the event callback (NULL removes it). It receives every verdict
+ * (deferred, passed, blocked) and every expired-unretried triplet found
+ * by a sweep, with the client network and reason. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; `callback` NULL or a function
+ * that is safe to call from any thread with `user_data`, for as long as
+ * it is set.
+ */
+greylist_status greylist_engine_set_event_callback(struct greylist_engine *engine,
+                                                   greylist_event_fn callback,
+                                                   void *user_data);
+
+/**
+ * Replaces (`replace` true) or extends one list with `count` entries,
+ * atomically: checks see the old list or the new one. A bad entry refuses
+ * the call (`GREYLIST_STATUS_INVALID_ARGUMENT`, the message names it:
+ * `line 2: ...` for `entries[1]`) and keeps the old list. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; `entries` NULL (when `count` is
+ * 0) or `count` NUL-terminated strings.
+ */
+greylist_status greylist_engine_set_list(struct greylist_engine *engine,
+                                         uint32_t kind,
+                                         const char *const *entries,
+                                         size_t count,
+                                         bool replace);
+
+/**
+ * Replaces one list with the entries of the file at `path` (one a line,
+ * `#` comments) and writes how many there were to `*loaded`. A bad line
+ * refuses the whole file (`GREYLIST_STATUS_INVALID_ARGUMENT`, `"<path>:
+ * line 4: ..."`); an unreadable file is `GREYLIST_STATUS_IO`; the old list
+ * stays in both cases. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; `path` NULL or NUL-terminated;
+ * `loaded` NULL or writable.
+ */
+greylist_status greylist_engine_load_list(struct greylist_engine *engine,
+                                          uint32_t kind,
+                                          const char *path,
+                                          size_t *loaded);
+
+/**
+ * Fills `rows` with up to `capacity` client networks whose mail was most
+ * likely lost, worst first (see the README, "When mail goes missing"),
+ * and writes how many rows were filled to `*count`. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; `rows` NULL (when `capacity`
+ * is 0) or writable for `capacity` rows; `count` NULL or writable.
+ */
+greylist_status greylist_engine_lost_mail_report(const struct greylist_engine *engine,
+                                                 struct greylist_lost_mail *rows,
+                                                 size_t capacity,
+                                                 size_t *count);
+
+/**
+ * Fills `*out` with what the engine knows of `client_ip`'s network at
+ * `now` (Unix seconds or `GREYLIST_NOW`); `client_name` (or NULL) is
+ * checked against host-name whitelist entries. Counting its triplets scans
+ * the table: an operator's call. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; strings NULL or NUL-terminated;
+ * `out` NULL or writable for `out->struct_size` bytes.
+ */
+greylist_status greylist_engine_client_report(const struct greylist_engine *engine,
+                                              const char *client_ip,
+                                              const char *client_name,
+                                              int64_t now,
+                                              struct greylist_client_report *out);
+
+/**
+ * Lets a triplet pass from now on (`now`: Unix seconds or
+ * `GREYLIST_NOW`), as if it had been retried after the delay.
+ * Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; strings NULL or NUL-terminated.
+ */
+greylist_status greylist_engine_release(struct greylist_engine *engine,
+                                        const char *client_ip,
+                                        const char *sender,
+                                        const char *recipient,
+                                        int64_t now);
+
+/**
+ * Releases `client_ip`'s network: lifts a block and lets every triplet of
+ * it waiting for a retry pass; writes how many were released to
+ * `*released`. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; `client_ip` NULL or
+ * NUL-terminated; `released` NULL or writable.
+ */
+greylist_status greylist_engine_release_client(struct greylist_engine *engine,
+                                               const char *client_ip,
+                                               int64_t now,
+                                               uint64_t *released);
+
+/**
+ * Forgets a triplet (its next attempt is new again); writes whether it
+ * was known to `*found`. Thread-safe.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine; strings NULL or NUL-terminated;
+ * `found` NULL or writable.
+ */
+greylist_status greylist_engine_forget(struct greylist_engine *engine,
+                                       const char *client_ip,
+                                       const char *sender,
+                                       const char *recipient,
+                                       bool *found);
 
 /**
  * A new config holding the defaults (delay 300 s, retry window 2 days,
@@ -406,6 +731,18 @@ greylist_status greylist_config_set_reply(struct greylist_config *config,
                                           uint16_t code,
                                           const char *enhanced,
                                           const char *text);
+
+/**
+ * When a request carries a verified sender domain (SPF or DKIM, see
+ * `greylist_request`), key triplets by that domain instead of the client
+ * network, so pools that retry from unrelated addresses pass on their
+ * first retry after the delay. Off by default.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_key_by_verified_domain(struct greylist_config *config,
+                                                           bool enable);
 
 /**
  * Keeps the engine in a snapshot file: `greylist_engine_new()` loads

@@ -55,6 +55,7 @@ pub struct Config {
     pub(crate) reply_enhanced: String,
     pub(crate) greylist_text: String,
     pub(crate) block_text: String,
+    pub(crate) key_by_verified_domain: bool,
 }
 
 impl Default for Config {
@@ -109,6 +110,9 @@ impl Config {
         shards: usize,
         /// SMTP reply code of the suggested reply (default 450).
         reply_code: u16,
+        /// Whether a verified sender domain replaces the client network in
+        /// the key (default off).
+        key_by_verified_domain: bool,
     }
 
     /// Characters that start an address extension (`user+tag`); empty = off.
@@ -193,6 +197,7 @@ impl ConfigBuilder {
                 greylist_text: "Greylisted, please try again in %s seconds".to_string(),
                 block_text: "Too many early retries from your network, blocked for %s seconds"
                     .to_string(),
+                key_by_verified_domain: false,
             },
         }
     }
@@ -218,6 +223,10 @@ impl ConfigBuilder {
         shards: usize,
         /// SMTP reply code of the suggested reply (4xx).
         reply_code: u16,
+        /// When the MTA passes a verified sender domain (SPF or DKIM), key
+        /// triplets by that domain instead of the client network, so pools
+        /// that retry from unrelated addresses pass on their first retry.
+        key_by_verified_domain: bool,
     }
 
     /// Prefix lengths clients are grouped by: IPv4 1..=32, IPv6 1..=128

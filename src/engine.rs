@@ -4,10 +4,14 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hashbrown::HashTable;
 
 use crate::config::Config;
 use crate::key::{net_id, Secret};
+use crate::lists::{Listed, Lists};
 use crate::normalize::{self, AddrBuf, ClientNet, InputError};
 use crate::rules::{
     client_gate, client_update, touches_client, triplet_step, ClientState, Reason, TripletState,
@@ -48,7 +52,7 @@ pub(crate) struct TripletEntry {
 const _: () = assert!(std::mem::size_of::<TripletEntry>() == 32);
 
 impl TripletEntry {
-    fn new(key: u128, net_key: u128, s: TripletState) -> Self {
+    pub(crate) fn new(key: u128, net_key: u128, s: TripletState) -> Self {
         let id = net_id(net_key);
         let mut e = TripletEntry {
             key,
@@ -63,7 +67,7 @@ impl TripletEntry {
         e
     }
 
-    fn state(&self) -> TripletState {
+    pub(crate) fn state(&self) -> TripletState {
         TripletState {
             first_seen: self.first_seen,
             last_seen: self.last_seen,
@@ -72,14 +76,14 @@ impl TripletEntry {
         }
     }
 
-    fn set_state(&mut self, s: TripletState) {
+    pub(crate) fn set_state(&mut self, s: TripletState) {
         self.first_seen = s.first_seen;
         self.last_seen = s.last_seen;
         self.early_retries = s.early_retries;
         self.flags = if s.passed { PASSED } else { 0 };
     }
 
-    fn net_id(&self) -> u64 {
+    pub(crate) fn net_id(&self) -> u64 {
         u64::from(self.net_lo) | (u64::from(self.net_hi) << 32)
     }
 }
@@ -159,6 +163,8 @@ pub struct Stats {
     pub auto_whitelisted: u64,
     /// Verdicts with [`Reason::Blocked`].
     pub blocked: u64,
+    /// Verdicts with [`Reason::Trapped`].
+    pub trapped: u64,
     /// Triplet entries removed because they were past their lifetime.
     pub expired: u64,
     /// Triplet entries removed to stay within `max_entries`.
@@ -182,16 +188,98 @@ impl Stats {
             Reason::Whitelisted => self.whitelisted,
             Reason::AutoWhitelisted => self.auto_whitelisted,
             Reason::Blocked => self.blocked,
+            Reason::Trapped => self.trapped,
         }
     }
 }
 
-/// The keys of one request, computed once.
-struct Keys {
-    net: ClientNet,
-    net_key: u128,
-    triplet_key: u128,
+/// One request, parsed and keyed once.
+pub(crate) struct Keys {
+    pub(crate) net: ClientNet,
+    pub(crate) net_key: u128,
+    pub(crate) triplet_key: u128,
+    listed: Listed,
 }
+
+impl Keys {
+    /// Whether a static whitelist matched the request.
+    pub(crate) fn whitelisted(&self) -> bool {
+        self.listed == Listed::Whitelisted
+    }
+}
+
+/// A check request: the triplet, plus what the MTA knows of the client.
+///
+/// ```
+/// let req = greylist::Request {
+///     client_name: Some("mail-a1.google.com"),
+///     verified_domain: Some("gmail.com"),
+///     ..greylist::Request::new("209.85.220.41", "alice@gmail.com", "bob@example.net")
+/// };
+/// # let _ = req;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The connecting client's IP address.
+    pub client_ip: &'a str,
+    /// The envelope sender; `""` or `"<>"` for the null sender.
+    pub sender: &'a str,
+    /// The envelope recipient.
+    pub recipient: &'a str,
+    /// The client's host name, as the MTA verified it (forward-confirmed
+    /// reverse DNS); matched against host-name whitelist entries.
+    pub client_name: Option<&'a str>,
+    /// The HELO/EHLO name. Checked for length only: it is unverified, so
+    /// it never decides anything.
+    pub helo: Option<&'a str>,
+    /// A sender domain the MTA verified (SPF pass or DKIM signature); with
+    /// `key_by_verified_domain` on, it replaces the client network.
+    pub verified_domain: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// A request with just the triplet.
+    pub fn new(client_ip: &'a str, sender: &'a str, recipient: &'a str) -> Self {
+        Request {
+            client_ip,
+            sender,
+            recipient,
+            ..Request::default()
+        }
+    }
+}
+
+/// What happened, for an event callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum EventKind {
+    /// A check was deferred.
+    Deferred = 1,
+    /// A check passed.
+    Passed = 2,
+    /// A check was blocked (blasting, a trap, or a blocked network).
+    Blocked = 3,
+    /// A sweep found a pending triplet that saw only early retries: the
+    /// sender most likely gave up and the mail is lost.
+    ExpiredUnretried = 4,
+}
+
+/// One event: what happened, to which client network, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The client network (or verified domain).
+    pub network: ClientNet,
+    /// The verdict's reason; for `ExpiredUnretried`, `EarlyRetry`.
+    pub reason: Reason,
+    /// When (Unix seconds): the check's `now`, or the triplet's last attempt.
+    pub at: u32,
+}
+
+/// An event callback. It runs on the thread that made the check or sweep,
+/// with no lock held, so it may call back into the engine.
+pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
 
 /// Expired pending triplets that saw only early retries, found while a
 /// shard was locked and credited to their networks after it is unlocked.
@@ -213,6 +301,9 @@ pub struct Engine {
     shard_cap: usize,
     /// Held for a whole save: one save at a time per engine.
     pub(crate) save_lock: parking_lot::Mutex<()>,
+    /// The static lists, replaced whole; read without a lock.
+    pub(crate) lists: ArcSwap<Lists>,
+    events: ArcSwapOption<EventSink>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -252,6 +343,8 @@ impl Engine {
                 .collect(),
             shard_cap: max / shards,
             save_lock: parking_lot::Mutex::new(()),
+            lists: ArcSwap::from_pointee(Lists::default()),
+            events: ArcSwapOption::empty(),
             config,
             secret,
         }
@@ -267,18 +360,36 @@ impl Engine {
         &self.secret
     }
 
-    fn keys(&self, client_ip: &str, sender: &str, recipient: &str) -> Result<Keys, InputError> {
-        let net = ClientNet::parse(client_ip, self.config.ipv4_prefix, self.config.ipv6_prefix)?;
-        let delimiters = self.config.extension_delimiters.as_bytes();
+    /// Parses and keys a request, and looks it up in the static lists.
+    pub(crate) fn keys(&self, req: &Request<'_>) -> Result<Keys, InputError> {
+        let c = &self.config;
+        let ip = normalize::parse_ip(req.client_ip)?;
+        for (arg, value) in [("client_name", req.client_name), ("helo", req.helo)] {
+            normalize::check_len(arg, value.unwrap_or(""))?;
+        }
+        let net = match req.verified_domain {
+            Some(d) if c.key_by_verified_domain => ClientNet::domain(d)?,
+            _ => ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix),
+        };
+        let delimiters = c.extension_delimiters.as_bytes();
         let mut s = AddrBuf::new();
-        normalize::sender_into(sender, delimiters, &mut s)?;
+        normalize::sender_into(req.sender, delimiters, &mut s)?;
         let mut r = AddrBuf::new();
-        normalize::recipient_into(recipient, delimiters, &mut r)?;
+        normalize::recipient_into(req.recipient, delimiters, &mut r)?;
+        let lists = self.lists.load();
+        let listed = if lists.is_empty() {
+            Listed::No
+        } else {
+            let sender = normalize::lower_address(req.sender);
+            let recipient = String::from_utf8_lossy(r.as_bytes());
+            lists.lookup(ip, req.client_name, &sender, &recipient)
+        };
         let triplet_key = self.secret.triplet_key(&net, s.as_bytes(), r.as_bytes());
         Ok(Keys {
             net_key: self.secret.net_key(&net),
             net,
             triplet_key,
+            listed,
         })
     }
 
@@ -295,14 +406,88 @@ impl Engine {
         recipient: &str,
         now: i64,
     ) -> Result<Verdict, InputError> {
-        let keys = self.keys(client_ip, sender, recipient)?;
-        Ok(self.decide(&keys, clamp_time(now)))
+        self.check_request(&Request::new(client_ip, sender, recipient), now)
+    }
+
+    /// Decides one request at `now`, with what the MTA knows of the client:
+    /// a whitelisted client (by address or verified host name), sender or
+    /// recipient passes; a trap recipient blocks the client network; with
+    /// `key_by_verified_domain`, a verified sender domain replaces the
+    /// client network in the key.
+    pub fn check_request(&self, req: &Request<'_>, now: i64) -> Result<Verdict, InputError> {
+        let keys = self.keys(req)?;
+        let now = clamp_time(now);
+        let verdict = self.decide(&keys, now);
+        self.emit(|| Event {
+            kind: match verdict.action {
+                crate::Action::Pass => EventKind::Passed,
+                crate::Action::Defer => EventKind::Deferred,
+                crate::Action::Block => EventKind::Blocked,
+            },
+            network: keys.net.clone(),
+            reason: verdict.reason,
+            at: now,
+        });
+        Ok(verdict)
+    }
+
+    /// Calls the event callback, if any, with an event made only then.
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(sink) = self.events.load().as_deref() {
+            sink(&event());
+        }
+    }
+
+    /// Sets (or with `None` removes) the event callback. It receives every
+    /// verdict and every expired-unretried triplet, on the calling thread,
+    /// with no lock held.
+    pub fn on_event(&self, sink: Option<EventSink>) {
+        self.events.store(sink.map(Arc::new));
+    }
+
+    /// The client network's record, created empty if missing, updated by
+    /// `update` under its shard lock.
+    fn with_client<R>(&self, k: &Keys, update: impl FnOnce(&mut ClientState) -> R) -> R {
+        let c_hash = client_hash(net_id(k.net_key));
+        let mut clients = self.clients.lock(self.clients.index(c_hash));
+        let entry = match clients.find_mut(c_hash, |e| e.key == k.net_key) {
+            Some(e) => e,
+            None => clients
+                .insert_unique(
+                    c_hash,
+                    ClientEntry {
+                        key: k.net_key,
+                        net: k.net.clone(),
+                        state: ClientState::default(),
+                        lost_count: 0,
+                        lost_last_seen: 0,
+                    },
+                    hasher,
+                )
+                .into_mut(),
+        };
+        update(&mut entry.state)
     }
 
     fn decide(&self, k: &Keys, now: u32) -> Verdict {
         let config = &self.config;
         let c_hash = client_hash(net_id(k.net_key));
         let c_idx = self.clients.index(c_hash);
+        match k.listed {
+            Listed::Whitelisted => {
+                let v = Verdict::new(Reason::Whitelisted, 0, 0);
+                self.count(c_idx, v);
+                return v;
+            }
+            Listed::Trap => {
+                let until = now.saturating_add(config.block_time.max(1));
+                self.with_client(k, |c| c.blocked_until = c.blocked_until.max(until));
+                let v = Verdict::new(Reason::Trapped, until - now, 0);
+                self.count(c_idx, v);
+                return v;
+            }
+            Listed::No => {}
+        }
         let gate = {
             let mut clients = self.clients.lock(c_idx);
             clients
@@ -339,24 +524,7 @@ impl Engine {
         self.credit_lost(&lost);
 
         let verdict = if touches_client(&verdict, config) {
-            let mut clients = self.clients.lock(c_idx);
-            let entry = match clients.find_mut(c_hash, |e| e.key == k.net_key) {
-                Some(e) => e,
-                None => clients
-                    .insert_unique(
-                        c_hash,
-                        ClientEntry {
-                            key: k.net_key,
-                            net: k.net.clone(),
-                            state: ClientState::default(),
-                            lost_count: 0,
-                            lost_last_seen: 0,
-                        },
-                        hasher,
-                    )
-                    .into_mut(),
-            };
-            client_update(&mut entry.state, verdict, now, config)
+            self.with_client(k, |c| client_update(c, verdict, now, config))
         } else {
             verdict
         };
@@ -465,15 +633,23 @@ impl Engine {
         for &(id, last_seen) in lost {
             let hash = client_hash(id);
             let idx = self.clients.index(hash);
-            if let Some(e) = self
-                .clients
-                .lock(idx)
-                .find_mut(hash, |e| net_id(e.key) == id)
-            {
-                e.lost_count += 1;
-                e.lost_last_seen = e.lost_last_seen.max(last_seen);
-            }
+            let network = {
+                let mut clients = self.clients.lock(idx);
+                clients.find_mut(hash, |e| net_id(e.key) == id).map(|e| {
+                    e.lost_count += 1;
+                    e.lost_last_seen = e.lost_last_seen.max(last_seen);
+                    e.net.clone()
+                })
+            };
             self.counters[idx].0.lost_mail.fetch_add(1, Relaxed);
+            if let Some(network) = network {
+                self.emit(|| Event {
+                    kind: EventKind::ExpiredUnretried,
+                    network,
+                    reason: Reason::EarlyRetry,
+                    at: last_seen,
+                });
+            }
         }
     }
 
@@ -497,6 +673,16 @@ impl Engine {
                 .retain(|e| !e.is_expired(now, &self.config));
         }
         total
+    }
+
+    /// The most memory, in bytes, the triplet table can take when full at
+    /// `max_entries`: each shard's hash table holds a power-of-two number of
+    /// 32-byte buckets plus one control byte each, at most 7/8 full, so
+    /// this is between 38 and 76 bytes per entry allowed.
+    pub fn table_memory_limit(&self) -> usize {
+        let buckets = (self.shard_cap * 8 / 7 + 1).next_power_of_two();
+        let per_shard = buckets * (std::mem::size_of::<TripletEntry>() + 1) + 64;
+        per_shard * self.triplets.shard_count()
     }
 
     /// Triplet entries (pending and passed) in the table.
@@ -530,6 +716,7 @@ impl Engine {
             s.whitelisted,
             s.auto_whitelisted,
             s.blocked,
+            s.trapped,
         ] = reasons;
         s.checks = reasons.iter().sum();
         s.entries = self.triplets.len() as u64;
@@ -545,7 +732,7 @@ impl Engine {
         sender: &str,
         recipient: &str,
     ) -> Result<Option<TripletState>, InputError> {
-        let k = self.keys(client_ip, sender, recipient)?;
+        let k = self.keys(&Request::new(client_ip, sender, recipient))?;
         let hash = k.triplet_key as u64;
         let table = self.triplets.lock(self.triplets.index(hash));
         Ok(table

@@ -70,18 +70,22 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod config;
 mod engine;
 mod key;
+mod lists;
 mod maintenance;
 mod normalize;
 pub mod rules;
 pub mod snapshot;
 mod table;
 
+pub use admin::ClientReport;
 pub use config::{Config, ConfigBuilder, ConfigError, MAX_SHARDS};
-pub use engine::{unix_now, Engine, LostMail, Stats};
+pub use engine::{unix_now, Engine, Event, EventKind, EventSink, LostMail, Request, Stats};
 pub use key::Secret;
+pub use lists::{ListError, ListKind};
 pub use maintenance::{Clock, Maintenance, Opened, SnapshotOptions};
 pub use normalize::{
     normalize_recipient, normalize_sender, parse_ip, ClientNet, InputError, MAX_ADDRESS_LEN,

@@ -63,7 +63,7 @@ fn excerpt(s: &str) -> String {
     }
 }
 
-fn check_len(argument: &'static str, s: &str) -> Result<(), InputError> {
+pub(crate) fn check_len(argument: &'static str, s: &str) -> Result<(), InputError> {
     if s.len() > MAX_ADDRESS_LEN {
         return Err(InputError::new(
             argument,
@@ -242,6 +242,12 @@ fn unbracket(s: &str) -> &str {
     s.strip_prefix('<')
         .and_then(|r| r.strip_suffix('>'))
         .map_or(s, str::trim)
+}
+
+/// An address as list entries are matched: lower-case, without white space
+/// or angle brackets.
+pub(crate) fn lower_address(address: &str) -> String {
+    unbracket(address).to_ascii_lowercase()
 }
 
 /// Splits at the last `@`: (local part, domain with its `@`, or empty).

@@ -42,11 +42,13 @@ pub enum Reason {
     AutoWhitelisted = 6,
     /// The client network is blocked for blasting early retries.
     Blocked = 7,
+    /// The recipient is a trap address: the client network is blocked now.
+    Trapped = 8,
 }
 
 impl Reason {
     /// Every reason, in number order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::New,
         Reason::EarlyRetry,
         Reason::Retried,
@@ -54,6 +56,7 @@ impl Reason {
         Reason::Whitelisted,
         Reason::AutoWhitelisted,
         Reason::Blocked,
+        Reason::Trapped,
     ];
 
     /// A short lower-case name for logs (`new`, `early-retry`, ...).
@@ -66,6 +69,7 @@ impl Reason {
             Reason::Whitelisted => "whitelisted",
             Reason::AutoWhitelisted => "auto-whitelisted",
             Reason::Blocked => "blocked",
+            Reason::Trapped => "trapped",
         }
     }
 
@@ -77,7 +81,7 @@ impl Reason {
     pub fn action(self) -> Action {
         match self {
             Reason::New | Reason::EarlyRetry => Action::Defer,
-            Reason::Blocked => Action::Block,
+            Reason::Blocked | Reason::Trapped => Action::Block,
             _ => Action::Pass,
         }
     }

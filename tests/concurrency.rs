@@ -36,7 +36,7 @@ fn phases_give_exactly_one_new_and_one_retried_per_triplet() {
         .map(|t| {
             let (engine, barrier) = (engine.clone(), barrier.clone());
             thread::spawn(move || {
-                let mut counts = [[0u64; 8]; 3];
+                let mut counts = [[0u64; 16]; 3];
                 for (phase, now) in [T0, T0 + 300, T0 + 1000].into_iter().enumerate() {
                     barrier.wait();
                     for round in 0..20 {
@@ -53,7 +53,7 @@ fn phases_give_exactly_one_new_and_one_retried_per_triplet() {
             })
         })
         .collect();
-    let mut totals = [[0u64; 8]; 3];
+    let mut totals = [[0u64; 16]; 3];
     for h in handles {
         for (total, counts) in totals.iter_mut().zip(h.join().unwrap()) {
             for (a, b) in total.iter_mut().zip(counts) {
@@ -113,7 +113,7 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
             let engine = engine.clone();
             thread::spawn(move || {
                 let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
-                let mut reasons = [0u64; 8];
+                let mut reasons = [0u64; 16];
                 for k in 0..CHECKS {
                     x ^= x << 13;
                     x ^= x >> 7;
@@ -137,7 +137,7 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
             })
         })
         .collect();
-    let mut reasons = [0u64; 8];
+    let mut reasons = [0u64; 16];
     for h in handles {
         for (a, b) in reasons.iter_mut().zip(h.join().unwrap()) {
             *a += b;

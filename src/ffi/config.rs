@@ -255,6 +255,22 @@ pub unsafe extern "C" fn greylist_config_set_reply(
     }
 }
 
+/// When a request carries a verified sender domain (SPF or DKIM, see
+/// `greylist_request`), key triplets by that domain instead of the client
+/// network, so pools that retry from unrelated addresses pass on their
+/// first retry after the delay. Off by default.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_key_by_verified_domain(
+    config: *mut greylist_config,
+    enable: bool,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &[], |b| Ok(b.key_by_verified_domain(enable))) }
+}
+
 /// Keeps the engine in a snapshot file: `greylist_engine_new()` loads
 /// `path` if it exists (a missing file starts empty; a damaged one is an
 /// error, see `greylist_config_set_start_empty_if_corrupt()`), every

@@ -60,6 +60,8 @@ pub const GREYLIST_REASON_WHITELISTED: greylist_reason = 5;
 pub const GREYLIST_REASON_AUTO_WHITELISTED: greylist_reason = 6;
 /// The client network is blocked for blasting early retries.
 pub const GREYLIST_REASON_BLOCKED: greylist_reason = 7;
+/// The recipient is a trap address: the client network is blocked now.
+pub const GREYLIST_REASON_TRAPPED: greylist_reason = 8;
 
 /// The answer for one triplet.
 #[repr(C)]
@@ -143,6 +145,8 @@ pub struct greylist_stats {
     pub entries: u64,
     /// Client-network records kept now.
     pub clients: u64,
+    /// Verdicts with `GREYLIST_REASON_TRAPPED`.
+    pub trapped: u64,
 }
 
 /// Creates an engine from `config` (NULL for the defaults) and stores it in
@@ -272,6 +276,28 @@ pub unsafe extern "C" fn greylist_engine_free(engine: *mut greylist_engine) {
     })
 }
 
+/// The engine and the three strings of a triplet.
+///
+/// # Safety
+/// `engine` must be NULL or a live engine; the strings NULL or
+/// NUL-terminated, all living for `'a`.
+pub(crate) unsafe fn triplet_args<'a>(
+    engine: *const greylist_engine,
+    client_ip: *const c_char,
+    sender: *const c_char,
+    recipient: *const c_char,
+) -> Result<(&'a greylist_engine, &'a str, &'a str, &'a str), Failure> {
+    // SAFETY: the caller's guarantees, passed on.
+    unsafe {
+        Ok((
+            arg_ref(engine, "engine")?,
+            arg_str(client_ip, "client_ip")?,
+            arg_str(sender, "sender")?,
+            arg_str(recipient, "recipient")?,
+        ))
+    }
+}
+
 /// Decides one triplet and records the attempt; writes the verdict to
 /// `*out`.
 ///
@@ -302,14 +328,8 @@ pub unsafe extern "C" fn greylist_engine_check(
 ) -> greylist_status {
     status_of(|| {
         // SAFETY: the caller guarantees every pointer is NULL or valid.
-        let (engine, ip, sender, recipient) = unsafe {
-            (
-                arg_ref(engine, "engine")?,
-                arg_str(client_ip, "client_ip")?,
-                arg_str(sender, "sender")?,
-                arg_str(recipient, "recipient")?,
-            )
-        };
+        let (engine, ip, sender, recipient) =
+            unsafe { triplet_args(engine, client_ip, sender, recipient) }?;
         let out = out_ptr(out, "out")?;
         let verdict = engine
             .engine
@@ -403,6 +423,7 @@ pub unsafe extern "C" fn greylist_engine_stats(
             lost_mail: s.lost_mail,
             entries: s.entries,
             clients: s.clients,
+            trapped: s.trapped,
         };
         // SAFETY: copies min(size, ours) bytes from our struct into the
         // caller's, which the caller guarantees holds `size` bytes; both

@@ -12,6 +12,7 @@
 
 use std::ffi::{c_char, CStr};
 
+pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod error;

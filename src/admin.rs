@@ -1,0 +1,226 @@
+//! What an operator does by hand: lists, a client's state, releasing and
+//! forgetting triplets.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::engine::{clamp_time, client_hash, Engine, Keys, Request, TripletEntry, PASSED};
+use crate::key::net_id;
+use crate::lists::{file_entries, read_file, ListError, ListKind};
+use crate::normalize::{ClientNet, InputError};
+use crate::rules::TripletState;
+use crate::table::hasher;
+
+/// What the engine knows of one client network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientReport {
+    /// The client network the address belongs to.
+    pub network: ClientNet,
+    /// Its triplets waiting for a retry (not expired).
+    pub pending: u64,
+    /// Its passed triplets (not expired).
+    pub passed: u64,
+    /// Its triplets that passed so far (towards the auto-whitelist).
+    pub passes: u32,
+    /// On the static client whitelist (by address, or by the host name given).
+    pub whitelisted: bool,
+    /// Auto-whitelisted now.
+    pub auto_whitelisted: bool,
+    /// Blocked until this time (Unix seconds), if blocked now.
+    pub blocked_until: Option<u32>,
+    /// Its triplets that expired having seen only early retries.
+    pub lost_mail: u64,
+}
+
+impl Engine {
+    fn store_list<'a>(
+        &self,
+        kind: ListKind,
+        entries: impl IntoIterator<Item = (usize, &'a str)> + Clone,
+        replace: bool,
+    ) -> Result<(), ListError> {
+        // Copy on write; rcu retries only if another writer raced us.
+        let mut error = None;
+        self.lists.rcu(
+            |current| match current.with(kind, entries.clone(), replace) {
+                Ok(next) => Arc::new(next),
+                Err(e) => {
+                    error = Some(e);
+                    Arc::clone(current)
+                }
+            },
+        );
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Replaces one list with `entries`, atomically: checks running now see
+    /// the old list or the new one. A bad entry (its 1-based index is the
+    /// "line") refuses the whole call and keeps the old list.
+    pub fn set_list(&self, kind: ListKind, entries: &[&str]) -> Result<(), ListError> {
+        self.store_list(
+            kind,
+            entries.iter().enumerate().map(|(i, e)| (i + 1, *e)),
+            true,
+        )
+    }
+
+    /// Adds `entries` to one list, as [`Engine::set_list`] does.
+    pub fn add_to_list(&self, kind: ListKind, entries: &[&str]) -> Result<(), ListError> {
+        self.store_list(
+            kind,
+            entries.iter().enumerate().map(|(i, e)| (i + 1, *e)),
+            false,
+        )
+    }
+
+    /// Replaces one list with the entries of a file (one a line, `#`
+    /// comments, blank lines allowed) and returns how many there were. A
+    /// bad line refuses the whole file: `line 4: ...`; the old list stays.
+    pub fn load_list(&self, kind: ListKind, path: impl AsRef<Path>) -> Result<usize, ListError> {
+        let text = read_file(path.as_ref())?;
+        self.store_list(kind, file_entries(&text), true)?;
+        Ok(file_entries(&text).count())
+    }
+
+    /// What the engine knows of `client_ip`'s network at `now` (counting its
+    /// triplets scans the whole table, one shard at a time: an operator's
+    /// call, not one for every message). `client_name` is checked against
+    /// host-name whitelist entries.
+    pub fn client_report(
+        &self,
+        client_ip: &str,
+        client_name: Option<&str>,
+        now: i64,
+    ) -> Result<ClientReport, InputError> {
+        let k = self.client_keys(client_ip, client_name)?;
+        let now = clamp_time(now);
+        let id = net_id(k.net_key);
+        let (mut pending, mut passed) = (0, 0);
+        for i in 0..self.triplets.shard_count() {
+            for e in self.triplets.lock(i).iter() {
+                if e.net_id() == id && !e.state().is_expired(now, self.config()) {
+                    *(if e.flags & PASSED != 0 {
+                        &mut passed
+                    } else {
+                        &mut pending
+                    }) += 1;
+                }
+            }
+        }
+        let hash = client_hash(id);
+        let record = {
+            let clients = self.clients.lock(self.clients.index(hash));
+            clients.find(hash, |e| e.key == k.net_key).cloned()
+        };
+        let state = record.as_ref().map(|r| r.state).unwrap_or_default();
+        Ok(ClientReport {
+            whitelisted: k.whitelisted(),
+            network: k.net,
+            pending,
+            passed,
+            passes: state.passes,
+            auto_whitelisted: state.is_auto_whitelisted(now, self.config()),
+            blocked_until: (state.blocked_until > now).then_some(state.blocked_until),
+            lost_mail: record.map_or(0, |r| r.lost_count),
+        })
+    }
+
+    fn client_keys(&self, client_ip: &str, client_name: Option<&str>) -> Result<Keys, InputError> {
+        self.keys(&Request {
+            client_name,
+            ..Request::new(client_ip, "", "-")
+        })
+    }
+
+    /// Lets a triplet pass from now on, as if it had been retried after
+    /// the delay (for mail an operator knows is wanted).
+    pub fn release(
+        &self,
+        client_ip: &str,
+        sender: &str,
+        recipient: &str,
+        now: i64,
+    ) -> Result<(), InputError> {
+        let k = self.keys(&Request::new(client_ip, sender, recipient))?;
+        let now = clamp_time(now);
+        let passed = TripletState {
+            first_seen: now,
+            last_seen: now,
+            early_retries: 0,
+            passed: true,
+        };
+        let hash = k.triplet_key as u64;
+        let mut table = self.triplets.lock(self.triplets.index(hash));
+        match table.find_mut(hash, |e| e.key == k.triplet_key) {
+            Some(e) => {
+                let s = e.state();
+                e.set_state(TripletState {
+                    first_seen: s.first_seen.min(now),
+                    last_seen: s.last_seen.max(now),
+                    ..passed
+                });
+            }
+            None => {
+                table.insert_unique(
+                    hash,
+                    TripletEntry::new(k.triplet_key, k.net_key, passed),
+                    hasher,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases a client network: lifts a block, and lets every triplet of
+    /// it that is waiting for a retry pass from now on. Returns how many
+    /// triplets were released.
+    pub fn release_client(&self, client_ip: &str, now: i64) -> Result<u64, InputError> {
+        let k = self.client_keys(client_ip, None)?;
+        let now32 = clamp_time(now);
+        let hash = client_hash(net_id(k.net_key));
+        if let Some(e) = self
+            .clients
+            .lock(self.clients.index(hash))
+            .find_mut(hash, |e| e.key == k.net_key)
+        {
+            e.state.blocked_until = 0;
+            e.state.rounds = 0;
+        }
+        let id = net_id(k.net_key);
+        let mut released = 0;
+        for i in 0..self.triplets.shard_count() {
+            for e in self.triplets.lock(i).iter_mut() {
+                let s = e.state();
+                if e.net_id() == id && !s.passed && !s.is_expired(now32, self.config()) {
+                    e.set_state(TripletState {
+                        passed: true,
+                        last_seen: s.last_seen.max(now32),
+                        ..s
+                    });
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// Forgets a triplet: its next attempt is new again. Returns whether it
+    /// was known.
+    pub fn forget(
+        &self,
+        client_ip: &str,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<bool, InputError> {
+        let k = self.keys(&Request::new(client_ip, sender, recipient))?;
+        let hash = k.triplet_key as u64;
+        let mut table = self.triplets.lock(self.triplets.index(hash));
+        Ok(match table.find_entry(hash, |e| e.key == k.triplet_key) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! Whitelists, traps, blasting, verified-domain keys, the lost-mail report,
+//! events, and an operator's release and forget.
+
+use std::sync::{Arc, Mutex};
+
+use greylist::{Action, Config, Engine, Event, EventKind, ListKind, Reason, Request};
+
+const T0: i64 = 1_700_000_000;
+
+fn reason(e: &Engine, ip: &str, sender: &str, rcpt: &str, now: i64) -> Reason {
+    e.check(ip, sender, rcpt, now).unwrap().reason
+}
+
+#[test]
+fn each_list_kind_matches_and_does_not_over_match() {
+    let e = Engine::new(Config::default());
+    e.set_list(
+        ListKind::Clients,
+        &["10.0.0.0/8", "2001:db8::/32", ".google.com"],
+    )
+    .unwrap();
+    e.set_list(ListKind::Senders, &["example.com", "boss@corp.example"])
+        .unwrap();
+    e.set_list(
+        ListKind::Recipients,
+        &["postmaster@example.net", "example.org"],
+    )
+    .unwrap();
+    let w = Reason::Whitelisted;
+    assert_eq!(reason(&e, "10.1.2.3", "a@x.net", "b@y.net", T0), w);
+    assert_ne!(reason(&e, "11.0.0.1", "a@x.net", "b@y.net", T0), w);
+    assert_eq!(reason(&e, "2001:db8:1::1", "a@x.net", "b@y.net", T0), w);
+    assert_ne!(reason(&e, "2001:db9::1", "a@x.net", "b@y.net", T0), w);
+    let named = |name: &str| {
+        let req = Request {
+            client_name: Some(name),
+            ..Request::new("203.0.113.7", "a@x.net", "b@y.net")
+        };
+        e.check_request(&req, T0).unwrap().reason
+    };
+    assert_eq!(named("mail-a1.google.com"), w);
+    assert_ne!(named("evilgoogle.com"), w);
+    assert_eq!(
+        reason(&e, "203.0.113.8", "Someone@Example.com", "b@y.net", T0),
+        w
+    );
+    assert_eq!(
+        reason(&e, "203.0.113.8", "news@lists.example.com", "b@y.net", T0),
+        w
+    );
+    assert_ne!(
+        reason(&e, "203.0.113.8", "a@notexample.com", "b@y.net", T0),
+        w
+    );
+    assert_eq!(
+        reason(&e, "203.0.113.8", "boss@corp.example", "b@y.net", T0),
+        w
+    );
+    assert_ne!(
+        reason(&e, "203.0.113.8", "intern@corp.example", "b@y.net", T0),
+        w
+    );
+    assert_eq!(
+        reason(&e, "203.0.113.9", "a@x.net", "Postmaster+x@example.net", T0),
+        w
+    );
+    assert_ne!(
+        reason(&e, "203.0.113.9", "a@x.net", "bob@example.net", T0),
+        w
+    );
+    assert_eq!(
+        reason(&e, "203.0.113.9", "a@x.net", "anyone@example.org", T0),
+        w
+    );
+    // Whitelisted checks leave no entries behind.
+    assert_eq!(e.stats().whitelisted, 8);
+}
+
+#[test]
+fn a_bad_list_line_is_numbered_and_nothing_is_applied() {
+    let dir = std::env::temp_dir().join(format!("greylist-lists-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.txt");
+    std::fs::write(
+        &good,
+        "# partners\n192.0.2.0/24\n\n2001:db8::/32  # v6\n.partner.example\n",
+    )
+    .unwrap();
+    assert_eq!(e_load(&good).unwrap(), 3);
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "198.51.100.0/24\n# fine so far\n\n203.0.113.0/33\n").unwrap();
+    let e = Engine::new(Config::default());
+    e.load_list(ListKind::Clients, &good).unwrap();
+    let err = e.load_list(ListKind::Clients, &bad).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "line 4: /33 is not a prefix length from 0 to 32"
+    );
+    // The good file's list is still in force; the bad file's first line is not.
+    assert_eq!(
+        reason(&e, "192.0.2.9", "a@x", "b@y", T0),
+        Reason::Whitelisted
+    );
+    assert_eq!(reason(&e, "198.51.100.1", "a@x", "b@y", T0), Reason::New);
+    assert!(e
+        .load_list(ListKind::Clients, dir.join("missing.txt"))
+        .is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn e_load(path: &std::path::Path) -> Result<usize, greylist::ListError> {
+    Engine::new(Config::default()).load_list(ListKind::Clients, path)
+}
+
+#[test]
+fn a_pool_retrying_from_another_address_passes_with_verified_domains() {
+    for (on, expected) in [(true, Reason::Retried), (false, Reason::New)] {
+        let config = Config::builder()
+            .key_by_verified_domain(on)
+            .build()
+            .unwrap();
+        let e = Engine::new(config);
+        let at = |ip, now| {
+            let req = Request {
+                verified_domain: Some("example.com"),
+                ..Request::new(ip, "alice@example.com", "bob@example.net")
+            };
+            e.check_request(&req, now).unwrap().reason
+        };
+        assert_eq!(at("203.0.113.5", T0), Reason::New);
+        assert_eq!(
+            at("198.51.100.7", T0 + 300),
+            expected,
+            "key_by_verified_domain = {on}"
+        );
+    }
+}
+
+#[test]
+fn blasting_is_blocked_and_a_good_sender_still_passes() {
+    let e = Engine::new(Config::default());
+    e.check("198.51.100.20", "good@example.org", "bob@example.net", T0)
+        .unwrap();
+    // 25 copies of one message within a minute, from one /24.
+    let verdicts: Vec<_> = (0..25)
+        .map(|i| {
+            e.check(
+                &format!("203.0.113.{}", 10 + i % 3),
+                "promo@spam.example",
+                "bob@example.net",
+                T0 + 2 * i,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(verdicts.last().unwrap().action, Action::Block);
+    assert!(verdicts[..21].iter().all(|v| v.action == Action::Defer));
+    assert_eq!(
+        reason(
+            &e,
+            "203.0.113.99",
+            "other@spam.example",
+            "x@example.net",
+            T0 + 60
+        ),
+        Reason::Blocked
+    );
+    assert_eq!(
+        reason(
+            &e,
+            "198.51.100.20",
+            "good@example.org",
+            "bob@example.net",
+            T0 + 300
+        ),
+        Reason::Retried
+    );
+}
+
+#[test]
+fn a_trap_blocks_the_network_at_once() {
+    let e = Engine::new(Config::default());
+    e.set_list(ListKind::TrapRecipients, &["trap@example.net", "spamtrap@"])
+        .unwrap();
+    let v = e
+        .check("203.0.113.5", "x@spam.example", "Trap@Example.net", T0)
+        .unwrap();
+    assert_eq!(
+        (v.action, v.reason, v.retry_after),
+        (Action::Block, Reason::Trapped, 3600)
+    );
+    assert_eq!(
+        reason(
+            &e,
+            "203.0.113.200",
+            "y@spam.example",
+            "bob@example.net",
+            T0 + 10
+        ),
+        Reason::Blocked
+    );
+    assert_eq!(
+        reason(
+            &e,
+            "198.51.100.1",
+            "z@x.example",
+            "spamtrap@any.example",
+            T0
+        ),
+        Reason::Trapped
+    );
+    assert_eq!(
+        reason(
+            &e,
+            "203.0.113.5",
+            "x@spam.example",
+            "bob@example.net",
+            T0 + 3601
+        ),
+        Reason::New
+    );
+    // A whitelisted client writing to a trap is not punished.
+    e.set_list(ListKind::Clients, &["192.0.2.0/24"]).unwrap();
+    assert_eq!(
+        reason(&e, "192.0.2.1", "a@b.example", "trap@example.net", T0),
+        Reason::Whitelisted
+    );
+    assert_eq!(e.stats().trapped, 2);
+}
+
+#[test]
+fn the_exchange_2003_pattern_tops_the_lost_mail_report() {
+    let e = Engine::new(Config::default());
+    let events = Arc::new(Mutex::new(Vec::<Event>::new()));
+    let sink = events.clone();
+    e.on_event(Some(Box::new(move |ev: &Event| {
+        sink.lock().unwrap().push(ev.clone())
+    })));
+    // Exchange 2003 SP2: the first attempt and two retries within 10 s, for
+    // two messages, then silence.
+    for rcpt in ["a@example.net", "b@example.net"] {
+        for dt in [0, 4, 9] {
+            e.check("192.0.2.25", "ceo@corp.example", rcpt, T0 + dt)
+                .unwrap();
+        }
+    }
+    // Another sender retried once, quickly, and then properly.
+    e.check("198.51.100.8", "x@ok.example", "a@example.net", T0)
+        .unwrap();
+    e.check("198.51.100.8", "x@ok.example", "a@example.net", T0 + 5)
+        .unwrap();
+    e.check("198.51.100.8", "x@ok.example", "a@example.net", T0 + 400)
+        .unwrap();
+    // A spammer that never retried.
+    e.check("203.0.113.66", "s@spam.example", "a@example.net", T0)
+        .unwrap();
+    assert!(
+        e.lost_mail_report(10).is_empty(),
+        "nothing is lost within the retry window"
+    );
+
+    assert_eq!(e.sweep(T0 + 2 * 86_400 + 10), 3);
+    let report = e.lost_mail_report(10);
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
+    assert_eq!((report[0].count, report[0].last_seen), (2, (T0 + 9) as u32));
+    let r = e
+        .client_report("192.0.2.77", None, T0 + 2 * 86_400 + 10)
+        .unwrap();
+    assert_eq!((r.lost_mail, r.pending, r.passed), (2, 0, 0));
+
+    // Events: one per check, and one per lost triplet, each once.
+    let events = events.lock().unwrap();
+    let count = |k| events.iter().filter(|e| e.kind == k).count();
+    assert_eq!(count(EventKind::Deferred), 9);
+    assert_eq!(count(EventKind::Passed), 1);
+    let lost: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::ExpiredUnretried)
+        .collect();
+    assert_eq!(lost.len(), 2);
+    assert!(lost
+        .iter()
+        .all(|e| e.network.to_string() == "192.0.2.0/24" && e.at == (T0 + 9) as u32));
+}
+
+#[test]
+fn an_operator_can_inspect_release_and_forget() {
+    let e = Engine::new(Config::default());
+    for rcpt in ["a@example.net", "b@example.net", "c@example.net"] {
+        e.check("192.0.2.1", "x@corp.example", rcpt, T0).unwrap();
+    }
+    e.check("192.0.2.1", "x@corp.example", "c@example.net", T0 + 300)
+        .unwrap();
+    let r = e.client_report("192.0.2.200", None, T0 + 301).unwrap();
+    assert_eq!(r.network.to_string(), "192.0.2.0/24");
+    assert_eq!(
+        (
+            r.pending,
+            r.passed,
+            r.passes,
+            r.whitelisted,
+            r.blocked_until
+        ),
+        (2, 1, 1, false, None)
+    );
+
+    e.release("192.0.2.1", "x@corp.example", "a@example.net", T0 + 10)
+        .unwrap();
+    assert_eq!(
+        reason(&e, "192.0.2.1", "x@corp.example", "a@example.net", T0 + 11),
+        Reason::Passed
+    );
+    assert_eq!(e.release_client("192.0.2.1", T0 + 12).unwrap(), 1);
+    assert_eq!(
+        reason(&e, "192.0.2.1", "x@corp.example", "b@example.net", T0 + 13),
+        Reason::Passed
+    );
+
+    assert!(e
+        .forget("192.0.2.1", "x@corp.example", "b@example.net")
+        .unwrap());
+    assert!(!e
+        .forget("192.0.2.1", "x@corp.example", "b@example.net")
+        .unwrap());
+    assert_eq!(
+        reason(&e, "192.0.2.1", "x@corp.example", "b@example.net", T0 + 14),
+        Reason::New
+    );
+
+    // Releasing a blocked network lifts the block.
+    e.set_list(ListKind::TrapRecipients, &["trap@example.net"])
+        .unwrap();
+    e.check("203.0.113.1", "s@x.example", "trap@example.net", T0)
+        .unwrap();
+    assert!(e
+        .client_report("203.0.113.1", None, T0 + 1)
+        .unwrap()
+        .blocked_until
+        .is_some());
+    e.release_client("203.0.113.1", T0 + 2).unwrap();
+    assert_eq!(
+        reason(&e, "203.0.113.1", "s@x.example", "bob@example.net", T0 + 3),
+        Reason::New
+    );
+    // Whitelisted by host name, as the report says.
+    e.set_list(ListKind::Clients, &[".corp.example"]).unwrap();
+    assert!(
+        e.client_report("192.0.2.1", Some("mx1.corp.example"), T0)
+            .unwrap()
+            .whitelisted
+    );
+    assert!(!e.client_report("192.0.2.1", None, T0).unwrap().whitelisted);
+}
