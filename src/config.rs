@@ -195,8 +195,7 @@ impl ConfigBuilder {
                 reply_code: 450,
                 reply_enhanced: "4.2.0".to_string(),
                 greylist_text: "Greylisted, please try again in %s seconds".to_string(),
-                block_text: "Too many early retries from your network, blocked for %s seconds"
-                    .to_string(),
+                block_text: "Client network blocked, please try again in %s seconds".to_string(),
                 key_by_verified_domain: false,
             },
         }

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "greylist.h"
 
@@ -77,6 +78,28 @@ enum class Reason : uint32_t {
   Whitelisted = GREYLIST_REASON_WHITELISTED,
   AutoWhitelisted = GREYLIST_REASON_AUTO_WHITELISTED,
   Blocked = GREYLIST_REASON_BLOCKED,
+  Trapped = GREYLIST_REASON_TRAPPED,
+};
+
+enum class List : uint32_t {
+  Clients = GREYLIST_LIST_CLIENTS,
+  Senders = GREYLIST_LIST_SENDERS,
+  Recipients = GREYLIST_LIST_RECIPIENTS,
+  TrapRecipients = GREYLIST_LIST_TRAP_RECIPIENTS,
+};
+
+/// What the MTA knows of the client, beyond the triplet (all optional).
+struct ClientInfo {
+  std::string client_name;      // verified host name
+  std::string helo;             // never decides: unverified
+  std::string verified_domain;  // SPF/DKIM-verified sender domain
+};
+
+/// A row of the lost-mail report.
+struct LostMail {
+  std::string network;
+  uint64_t count;
+  int64_t last_seen;
 };
 
 /// The answer for one triplet.
@@ -127,6 +150,14 @@ class Config {
     return set(greylist_config_set_extension_delimiters(
         config_, detail::c_str(delimiters, "delimiters")));
   }
+  Config &key_by_verified_domain(bool enable) {
+    return set(greylist_config_set_key_by_verified_domain(config_, enable));
+  }
+  /// Load `path` at start if it exists, save every `interval_seconds` (0:
+  /// only) and when the engine is destroyed.
+  Config &snapshot(const std::string &path, uint32_t interval_seconds) {
+    return set(greylist_config_set_snapshot(config_, detail::c_str(path, "path"), interval_seconds));
+  }
   Config &reply(uint16_t code, const std::string &enhanced, const std::string &text) {
     return set(greylist_config_set_reply(config_, code, detail::c_str(enhanced, "enhanced"),
                                          detail::c_str(text, "text")));
@@ -145,7 +176,7 @@ class Config {
 /// A greylisting engine. Thread-safe; move-only.
 class Engine {
  public:
-  Engine() : Engine(nullptr) {}
+  Engine() : Engine(static_cast<const greylist_config *>(nullptr)) {}
   explicit Engine(const Config &config) : Engine(config.get()) {}
   ~Engine() { greylist_engine_free(engine_); }
   Engine(Engine &&other) noexcept : engine_(std::exchange(other.engine_, nullptr)) {}
@@ -164,6 +195,66 @@ class Engine {
                                         detail::c_str(sender, "sender"),
                                         detail::c_str(recipient, "recipient"), now, &v.raw));
     return v;
+  }
+
+  /// Decides one request with what the MTA knows of the client.
+  Verdict check(const std::string &client_ip, const std::string &sender,
+                const std::string &recipient, const ClientInfo &info,
+                int64_t now = GREYLIST_NOW) {
+    auto opt = [](const std::string &s, const char *name) {
+      return s.empty() ? nullptr : detail::c_str(s, name);
+    };
+    greylist_request req{};
+    req.struct_size = sizeof req;
+    req.client_ip = detail::c_str(client_ip, "client_ip");
+    req.sender = detail::c_str(sender, "sender");
+    req.recipient = detail::c_str(recipient, "recipient");
+    req.client_name = opt(info.client_name, "client_name");
+    req.helo = opt(info.helo, "helo");
+    req.verified_domain = opt(info.verified_domain, "verified_domain");
+    req.now = now;
+    Verdict v{};
+    detail::check(greylist_engine_check_request(engine_, &req, &v.raw));
+    return v;
+  }
+
+  /// Replaces (or extends) one list; a bad entry throws and changes nothing.
+  void set_list(List kind, const std::vector<std::string> &entries, bool replace = true) {
+    std::vector<const char *> pointers;
+    for (const auto &e : entries) pointers.push_back(detail::c_str(e, "entries"));
+    detail::check(greylist_engine_set_list(engine_, static_cast<uint32_t>(kind), pointers.data(),
+                                           pointers.size(), replace));
+  }
+
+  /// Replaces one list with a file's entries; returns how many.
+  size_t load_list(List kind, const std::string &path) {
+    size_t loaded = 0;
+    detail::check(greylist_engine_load_list(engine_, static_cast<uint32_t>(kind),
+                                            detail::c_str(path, "path"), &loaded));
+    return loaded;
+  }
+
+  /// Client networks whose mail was most likely lost, worst first.
+  std::vector<LostMail> lost_mail_report(size_t limit = 10) const {
+    std::vector<greylist_lost_mail> rows(limit);
+    size_t count = 0;
+    detail::check(greylist_engine_lost_mail_report(engine_, rows.data(), limit, &count));
+    std::vector<LostMail> out;
+    for (size_t i = 0; i < count; i++) out.push_back({rows[i].network, rows[i].count, rows[i].last_seen});
+    return out;
+  }
+
+  /// Writes a crash-safe snapshot.
+  void save(const std::string &path) const {
+    detail::check(greylist_engine_save(engine_, detail::c_str(path, "path")));
+  }
+
+  /// An engine loaded from a snapshot.
+  static Engine load(const std::string &path, const Config &config) {
+    detail::check_abi();
+    greylist_engine *engine = nullptr;
+    detail::check(greylist_engine_load(config.get(), detail::c_str(path, "path"), &engine));
+    return Engine(engine);
   }
 
   /// Removes expired entries; returns how many triplet entries went.
@@ -190,6 +281,7 @@ class Engine {
   }
 
  private:
+  explicit Engine(greylist_engine *owned) noexcept : engine_(owned) {}
   explicit Engine(const greylist_config *config) : engine_(nullptr) {
     detail::check_abi();
     detail::check(greylist_engine_new(config, &engine_));

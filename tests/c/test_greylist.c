@@ -434,6 +434,196 @@ static bool test_snapshots(void) {
   return true;
 }
 
+struct event_counts {
+  int kinds[5];
+  int lost_from_corp;
+};
+
+static void count_event(void *user_data, const greylist_event *event) {
+  struct event_counts *counts = user_data;
+  if (event->kind < 5) counts->kinds[event->kind]++;
+  if (event->kind == GREYLIST_EVENT_EXPIRED_UNRETRIED && strcmp(event->network, "192.0.2.0/24") == 0 &&
+      event->reason == GREYLIST_REASON_EARLY_RETRY && event->at == T0 + 9) {
+    counts->lost_from_corp++;
+  }
+}
+
+static bool test_defences(void) {
+  greylist_config *config = greylist_config_new();
+  CHECK_STATUS(greylist_config_set_key_by_verified_domain(config, true), GREYLIST_STATUS_OK);
+  greylist_engine *engine = NULL;
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
+  greylist_config_free(config);
+  greylist_verdict v;
+
+  /* Lists, and a bad entry that changes nothing. */
+  const char *clients[] = {"10.0.0.0/8", ".google.com"};
+  const char *traps[] = {"trap@example.net"};
+  const char *bad[] = {"192.0.2.0/24", "not a client"};
+  CHECK_STATUS(greylist_engine_set_list(engine, GREYLIST_LIST_CLIENTS, clients, 2, true),
+               GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_set_list(engine, GREYLIST_LIST_TRAP_RECIPIENTS, traps, 1, true),
+               GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_set_list(engine, GREYLIST_LIST_CLIENTS, bad, 2, false),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strncmp(last_error(), "line 2: ", 8) == 0);
+  CHECK_STATUS(greylist_engine_set_list(engine, 99, clients, 2, true),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(greylist_engine_check(engine, "10.9.8.7", "a@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_WHITELISTED);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.200", "a@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_NEW);
+
+  char dir[] = "/tmp/greylist-c-lists-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char path[256];
+  snprintf(path, sizeof path, "%s/recipients.txt", dir);
+  const char *text = "# opted out\npostmaster@\nexample.org\n\nbad entry here\n";
+  CHECK(write_file(path, (const unsigned char *)text, strlen(text)));
+  size_t loaded = 99;
+  CHECK_STATUS(greylist_engine_load_list(engine, GREYLIST_LIST_RECIPIENTS, path, &loaded),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "line 5: ") != NULL && loaded == 99);
+  text = "# opted out\npostmaster@\nexample.org\n";
+  CHECK(write_file(path, (const unsigned char *)text, strlen(text)));
+  CHECK_STATUS(greylist_engine_load_list(engine, GREYLIST_LIST_RECIPIENTS, path, &loaded),
+               GREYLIST_STATUS_OK);
+  CHECK(loaded == 2);
+  CHECK_STATUS(greylist_engine_check(engine, "203.0.113.1", "a@x.org", "Postmaster@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_WHITELISTED);
+  snprintf(path, sizeof path, "%s/missing.txt", dir);
+  CHECK_STATUS(greylist_engine_load_list(engine, GREYLIST_LIST_RECIPIENTS, path, &loaded),
+               GREYLIST_STATUS_IO);
+
+  /* Extended requests: a verified host name, and a pool keyed by domain. */
+  greylist_request req = {.struct_size = sizeof req,
+                          .client_ip = "203.0.113.5",
+                          .sender = "alice@example.com",
+                          .recipient = "bob@example.net",
+                          .client_name = "mail-a1.google.com",
+                          .now = T0};
+  CHECK_STATUS(greylist_engine_check_request(engine, &req, &v), GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_WHITELISTED);
+  req.client_name = NULL;
+  req.verified_domain = "example.com";
+  CHECK_STATUS(greylist_engine_check_request(engine, &req, &v), GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_NEW);
+  req.client_ip = "198.51.100.7";
+  req.now = T0 + 300;
+  CHECK_STATUS(greylist_engine_check_request(engine, &req, &v), GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_RETRIED);
+  req.struct_size = 8;
+  CHECK_STATUS(greylist_engine_check_request(engine, &req, &v), GREYLIST_STATUS_INVALID_ARGUMENT);
+  req.struct_size = sizeof req;
+  req.recipient = NULL;
+  CHECK_STATUS(greylist_engine_check_request(engine, &req, &v), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "recipient: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_check_request(engine, NULL, &v), GREYLIST_STATUS_NULL_ARGUMENT);
+
+  /* Events arrive once each. */
+  struct event_counts counts;
+  memset(&counts, 0, sizeof counts);
+  CHECK_STATUS(greylist_engine_set_event_callback(engine, count_event, &counts),
+               GREYLIST_STATUS_OK);
+  const int64_t times[] = {T0, T0 + 4, T0 + 9};
+  for (int i = 0; i < 3; i++) {
+    CHECK_STATUS(greylist_engine_check(engine, "192.0.2.25", "ceo@corp.example", "a@y.net",
+                                       times[i], &v),
+                 GREYLIST_STATUS_OK);
+  }
+  CHECK_STATUS(greylist_engine_check(engine, "10.0.0.1", "a@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_check(engine, "198.18.0.1", "s@x.org", "trap@example.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.action == GREYLIST_ACTION_BLOCK && v.reason == GREYLIST_REASON_TRAPPED);
+  CHECK(counts.kinds[GREYLIST_EVENT_DEFERRED] == 3 && counts.kinds[GREYLIST_EVENT_PASSED] == 1);
+  CHECK(counts.kinds[GREYLIST_EVENT_BLOCKED] == 1);
+  greylist_client_report trapped = {.struct_size = sizeof trapped};
+  CHECK_STATUS(greylist_engine_client_report(engine, "198.18.0.99", NULL, T0 + 10, &trapped),
+               GREYLIST_STATUS_OK);
+  CHECK(strcmp(trapped.network, "198.18.0.0/24") == 0);
+  CHECK((trapped.flags & GREYLIST_CLIENT_BLOCKED) && trapped.blocked_until == T0 + 3600);
+  uint64_t removed = 0;
+  CHECK_STATUS(greylist_engine_sweep(engine, T0 + 3 * 86400, &removed), GREYLIST_STATUS_OK);
+  CHECK(counts.kinds[GREYLIST_EVENT_EXPIRED_UNRETRIED] == 1 && counts.lost_from_corp == 1);
+  CHECK_STATUS(greylist_engine_set_event_callback(engine, NULL, NULL), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_check(engine, "10.0.0.1", "a@x.org", "b@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(counts.kinds[GREYLIST_EVENT_PASSED] == 1);
+
+  /* The lost-mail report, and a client's report. */
+  greylist_lost_mail rows[4];
+  size_t count = 99;
+  CHECK_STATUS(greylist_engine_lost_mail_report(engine, rows, 4, &count), GREYLIST_STATUS_OK);
+  CHECK(count == 1 && strcmp(rows[0].network, "192.0.2.0/24") == 0 && rows[0].count == 1);
+  CHECK(rows[0].last_seen == T0 + 9);
+  CHECK_STATUS(greylist_engine_lost_mail_report(engine, NULL, 0, &count), GREYLIST_STATUS_OK);
+  CHECK(count == 0);
+  greylist_client_report report = {.struct_size = sizeof report};
+  CHECK_STATUS(greylist_engine_client_report(engine, "10.1.1.1", NULL, T0, &report),
+               GREYLIST_STATUS_OK);
+  CHECK(report.flags == GREYLIST_CLIENT_WHITELISTED);
+
+  /* Release and forget. */
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.30", "x@corp.example", "a@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.30", "x@corp.example", "b@y.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_release(engine, "192.0.2.30", "x@corp.example", "a@y.net", T0 + 1),
+               GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.30", "x@corp.example", "a@y.net", T0 + 2, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.reason == GREYLIST_REASON_PASSED);
+  uint64_t released = 0;
+  CHECK_STATUS(greylist_engine_release_client(engine, "192.0.2.31", T0 + 3, &released),
+               GREYLIST_STATUS_OK);
+  CHECK(released == 1);
+  bool found = false;
+  CHECK_STATUS(greylist_engine_forget(engine, "192.0.2.30", "x@corp.example", "b@y.net", &found),
+               GREYLIST_STATUS_OK);
+  CHECK(found);
+  CHECK_STATUS(greylist_engine_forget(engine, "192.0.2.30", "x@corp.example", "b@y.net", &found),
+               GREYLIST_STATUS_OK);
+  CHECK(!found);
+
+  /* NULL arguments. */
+  CHECK_STATUS(greylist_engine_set_list(NULL, 0, clients, 2, true), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_set_list(engine, 0, NULL, 2, true), GREYLIST_STATUS_NULL_ARGUMENT);
+  const char *with_null[] = {"10.0.0.0/8", NULL};
+  CHECK_STATUS(greylist_engine_set_list(engine, 0, with_null, 2, true),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK(strcmp(last_error(), "entries[1]: entries: is NULL") == 0);
+  CHECK_STATUS(greylist_engine_load_list(engine, 0, NULL, &loaded), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_load_list(engine, 0, path, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_set_event_callback(NULL, count_event, &counts),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_lost_mail_report(engine, NULL, 4, &count),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_lost_mail_report(engine, rows, 4, NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_client_report(engine, NULL, NULL, T0, &report),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_client_report(engine, "10.0.0.1", NULL, T0, NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_release(engine, "10.0.0.1", NULL, "b@y", T0),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_release_client(engine, "10.0.0.1", T0, NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_engine_forget(engine, "10.0.0.1", "a@x", "b@y", NULL),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_key_by_verified_domain(NULL, true),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+
+  greylist_engine_free(engine);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  CHECK(system(cmd) == 0);
+  return true;
+}
+
 #define THREADS 4
 #define CHECKS_PER_THREAD 20000
 
@@ -502,7 +692,8 @@ int main(void) {
   run_test(test_bad_input, "bad_input");
   run_test(test_threads, "threads");
   run_test(test_snapshots, "snapshots");
-  int total = 7;
+  run_test(test_defences, "defences");
+  int total = 8;
   printf("%d passed, %d failed\n", total - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

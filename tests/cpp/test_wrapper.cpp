@@ -115,10 +115,59 @@ static bool test_move_and_threads() {
   return true;
 }
 
+static bool test_lists_snapshots_and_reports() {
+  greylist::Config config;
+  config.key_by_verified_domain(true);
+  greylist::Engine engine(config);
+  engine.set_list(greylist::List::Clients, {"10.0.0.0/8", ".google.com"});
+  CHECK(engine.check("10.1.1.1", "a@x.org", "b@y.net", T0).reason() == greylist::Reason::Whitelisted);
+  greylist::ClientInfo google{"mail-a1.google.com", "", ""};
+  CHECK(engine.check("203.0.113.1", "a@x.org", "b@y.net", google, T0).reason() ==
+        greylist::Reason::Whitelisted);
+  try {
+    engine.set_list(greylist::List::Senders, {"ok.example", "not ok"}, false);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(std::string(e.what()).rfind("line 2: ", 0) == 0);
+  }
+  greylist::ClientInfo pool{"", "", "example.com"};
+  CHECK(engine.check("203.0.113.5", "a@example.com", "b@y.net", pool, T0).reason() == greylist::Reason::New);
+  CHECK(engine.check("198.51.100.7", "a@example.com", "b@y.net", pool, T0 + 300).reason() ==
+        greylist::Reason::Retried);
+  for (int dt : {0, 4, 9}) engine.check("192.0.2.25", "ceo@corp.example", "a@y.net", T0 + dt);
+  engine.sweep(T0 + 3 * 86400);
+  auto report = engine.lost_mail_report();
+  CHECK(report.size() == 1 && report[0].network == "192.0.2.0/24" && report[0].count == 1);
+
+  char dir[] = "/tmp/greylist-cpp-XXXXXX";
+  CHECK(mkdtemp(dir) != nullptr);
+  std::string path = std::string(dir) + "/g.snap";
+  engine.save(path);
+  greylist::Config plain;
+  try {
+    greylist::Engine::load(path, plain);
+  } catch (...) {
+    CHECK(false);
+  }
+  greylist::Config other;
+  other.prefixes(16, 64);
+  try {
+    greylist::Engine::load(path, other);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(e.status() == GREYLIST_STATUS_INCOMPATIBLE);
+  }
+  auto loaded = greylist::Engine::load(path, plain);
+  CHECK(loaded.size() == engine.size());
+  CHECK(std::system((std::string("rm -rf ") + dir).c_str()) == 0);
+  return true;
+}
+
 int main() {
   run_test(test_cycle, "cycle");
   run_test(test_config_and_errors, "config_and_errors");
   run_test(test_move_and_threads, "move_and_threads");
-  std::printf("%d passed, %d failed\n", 3 - failures, failures);
+  run_test(test_lists_snapshots_and_reports, "lists_snapshots_and_reports");
+  std::printf("%d passed, %d failed\n", 4 - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -19,11 +19,14 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 __all__ = [
     "Action",
     "Engine",
+    "Event",
+    "EventKind",
+    "LostMail",
     "GreylistError",
     "InvalidInputError",
     "SnapshotError",
@@ -70,6 +73,37 @@ class Reason(enum.IntEnum):
     WHITELISTED = 5
     AUTO_WHITELISTED = 6
     BLOCKED = 7
+    TRAPPED = 8
+
+
+class EventKind(enum.IntEnum):
+    """What an :class:`Event` reports."""
+
+    DEFERRED = 1
+    PASSED = 2
+    BLOCKED = 3
+    EXPIRED_UNRETRIED = 4
+
+
+@dataclass(frozen=True)
+class Event:
+    """Passed to the :meth:`Engine.on_event` callback."""
+
+    kind: EventKind
+    #: The client network ("192.0.2.0/24") or verified domain.
+    network: str
+    reason: Reason
+    #: Unix seconds: the check's time, or the lost triplet's last attempt.
+    at: int
+
+
+@dataclass(frozen=True)
+class LostMail:
+    """A row of :meth:`Engine.lost_mail_report`."""
+
+    network: str
+    count: int
+    last_seen: int
 
 
 class GreylistError(Exception):
@@ -157,6 +191,7 @@ _STAT_FIELDS = [
     "lost_mail",
     "entries",
     "clients",
+    "trapped",
 ]
 
 
@@ -165,6 +200,43 @@ class _Stats(ctypes.Structure):
         (name, ctypes.c_uint64) for name in _STAT_FIELDS
     ]
 
+
+class _Request(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t)] + [
+        (name, ctypes.c_char_p)
+        for name in ("client_ip", "sender", "recipient", "client_name", "helo", "verified_domain")
+    ] + [("now", ctypes.c_int64)]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("network", ctypes.c_char_p),
+        ("at", ctypes.c_int64),
+    ]
+
+
+class _LostMail(ctypes.Structure):
+    _fields_ = [("network", ctypes.c_char * 256), ("count", ctypes.c_uint64), ("last_seen", ctypes.c_int64)]
+
+
+class _ClientReport(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("network", ctypes.c_char * 64),
+        ("pending", ctypes.c_uint64),
+        ("passed", ctypes.c_uint64),
+        ("lost_mail", ctypes.c_uint64),
+        ("blocked_until", ctypes.c_int64),
+        ("passes", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+_EVENT_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(_Event))
+_LISTS = {"clients": 0, "senders": 1, "recipients": 2, "trap_recipients": 3}
 
 _lib = _load()
 _p = ctypes.c_void_p
@@ -189,6 +261,16 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_extension_delimiters", _status, [_p, _str]),
     ("greylist_config_set_reply", _status, [_p, ctypes.c_uint16, _str, _str]),
     ("greylist_config_set_snapshot", _status, [_p, _str, _u32]),
+    ("greylist_config_set_key_by_verified_domain", _status, [_p, ctypes.c_bool]),
+    ("greylist_engine_check_request", _status, [_p, ctypes.POINTER(_Request), ctypes.POINTER(_Verdict)]),
+    ("greylist_engine_set_event_callback", _status, [_p, _EVENT_FN, ctypes.c_void_p]),
+    ("greylist_engine_set_list", _status, [_p, _u32, ctypes.POINTER(_str), ctypes.c_size_t, ctypes.c_bool]),
+    ("greylist_engine_load_list", _status, [_p, _u32, _str, ctypes.POINTER(ctypes.c_size_t)]),
+    ("greylist_engine_lost_mail_report", _status, [_p, ctypes.POINTER(_LostMail), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
+    ("greylist_engine_client_report", _status, [_p, _str, _str, _i64, ctypes.POINTER(_ClientReport)]),
+    ("greylist_engine_release", _status, [_p, _str, _str, _str, _i64]),
+    ("greylist_engine_release_client", _status, [_p, _str, _i64, ctypes.POINTER(_u64)]),
+    ("greylist_engine_forget", _status, [_p, _str, _str, _str, ctypes.POINTER(ctypes.c_bool)]),
     ("greylist_config_set_start_empty_if_corrupt", _status, [_p, ctypes.c_bool]),
     ("greylist_engine_new", _status, [_p, ctypes.POINTER(_p)]),
     ("greylist_engine_free", None, [_p]),
@@ -305,6 +387,8 @@ class _Config:
             ))
         if s.get("extension_delimiters") is not None:
             _check(_lib.greylist_config_set_extension_delimiters(c, _arg(s["extension_delimiters"], "extension_delimiters")))
+        if s.get("key_by_verified_domain") is not None:
+            _check(_lib.greylist_config_set_key_by_verified_domain(c, bool(s["key_by_verified_domain"])))
         if any(s.get(k) is not None for k in ("reply_code", "reply_enhanced", "greylist_text")):
             code, enhanced, text = s.get("reply_code"), s.get("reply_enhanced"), s.get("greylist_text")
             _check(_lib.greylist_config_set_reply(
@@ -324,7 +408,7 @@ class _Config:
 _SETTINGS = {
     "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
     "max_entries", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
-    "reply_enhanced", "greylist_text",
+    "reply_enhanced", "greylist_text", "key_by_verified_domain",
 }
 
 
@@ -359,6 +443,7 @@ class Engine:
         snapshot: Optional[PathLike] = None,
         snapshot_interval: int = 0,
         start_empty_if_corrupt: bool = False,
+        trap_recipients: Optional[List[str]] = None,
         **settings: Any,
     ) -> None:
         """Every argument is optional. With ``snapshot``, the engine loads
@@ -366,7 +451,9 @@ class Engine:
         (0: never) from a background thread that also sweeps, and once more
         on :meth:`close`. Further keyword settings: ``awl_ttl``,
         ``blast_threshold``, ``block_time``, ``extension_delimiters``,
-        ``reply_code``, ``reply_enhanced``, ``greylist_text``."""
+        ``key_by_verified_domain``, ``reply_code``, ``reply_enhanced``,
+        ``greylist_text``. ``trap_recipients``: addresses whose mail blocks
+        the sending network at once."""
         self._init(None)
         settings.update(
             delay=delay, retry_window=retry_window, pass_ttl=pass_ttl, awl_threshold=awl_threshold,
@@ -379,8 +466,11 @@ class Engine:
             handle = _p()
             _check(_lib.greylist_engine_new(config, ctypes.byref(handle)))
             self._handle = handle.value
+        if trap_recipients:
+            self._set_list("trap_recipients", trap_recipients, replace=True)
 
     def _init(self, handle: Optional[int]) -> None:
+        self._callback: Any = None
         self._handle = handle
         self._active = 0
         self._cond = threading.Condition()
@@ -454,15 +544,29 @@ class Engine:
         sender: str,
         recipient: str,
         now: Optional[float] = None,
+        client_name: Optional[str] = None,
+        helo: Optional[str] = None,
+        verified_domain: Optional[str] = None,
     ) -> Verdict:
         """Decides one triplet and records the attempt. ``sender`` is ``""``
         or ``"<>"`` for the null sender; ``now`` is Unix seconds (``None``:
-        the system clock)."""
+        the system clock). ``client_name`` is the host name the MTA verified
+        (matched against host-name whitelist entries); ``helo`` is checked
+        but never decides (it is unverified); ``verified_domain`` is a sender
+        domain the MTA verified (SPF/DKIM), which replaces the client network
+        in the key when ``key_by_verified_domain`` is on."""
         args = (_arg(client_ip, "client_ip"), _arg(sender, "sender"), _arg(recipient, "recipient"))
+        extended = (client_name, helo, verified_domain) != (None, None, None)
+        if extended:
+            request = _Request(ctypes.sizeof(_Request), *args, _arg(client_name, "client_name"),
+                               _arg(helo, "helo"), _arg(verified_domain, "verified_domain"), _now(now))
         raw = _Verdict()
         handle = self._enter()
         try:
-            _check(_lib.greylist_engine_check(handle, *args, _now(now), ctypes.byref(raw)))
+            if extended:
+                _check(_lib.greylist_engine_check_request(handle, ctypes.byref(request), ctypes.byref(raw)))
+            else:
+                _check(_lib.greylist_engine_check(handle, *args, _now(now), ctypes.byref(raw)))
             reply = None
             if raw.action != Action.PASS:
                 buf = ctypes.create_string_buffer(640)
@@ -471,6 +575,118 @@ class Engine:
         finally:
             self._leave()
         return Verdict(Action(raw.action), Reason(raw.reason), raw.retry_after, raw.delayed, reply)
+
+    # -- lists ------------------------------------------------------------
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        """Calls ``fn(handle, *args)`` with the handle pinned, raising on failure."""
+        handle = self._enter()
+        try:
+            _check(fn(handle, *args))
+        finally:
+            self._leave()
+
+    def _set_list(self, kind: str, entries: List[str], replace: bool) -> None:
+        if isinstance(entries, str):
+            raise InvalidInputError(Status.INVALID_ARGUMENT, f"{kind}: expected a list of str, got one str")
+        encoded = [_arg(e, f"{kind}[{i}]") for i, e in enumerate(entries)]
+        array = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
+        self._call(_lib.greylist_engine_set_list, _LISTS[kind], array, len(encoded), replace)
+
+    def whitelist(
+        self,
+        clients: Optional[List[str]] = None,
+        senders: Optional[List[str]] = None,
+        recipients: Optional[List[str]] = None,
+    ) -> None:
+        """Adds entries to the static whitelists: ``clients`` are IPs, CIDRs
+        and host names (``.google.com``); ``senders`` and ``recipients`` are
+        addresses, domains and local parts (``postmaster@``). A bad entry
+        raises :class:`InvalidInputError` naming it and changes nothing."""
+        for kind, entries in (("clients", clients), ("senders", senders), ("recipients", recipients)):
+            if entries:
+                self._set_list(kind, entries, replace=False)
+
+    def set_list(self, kind: str, entries: List[str]) -> None:
+        """Replaces one list (``"clients"``, ``"senders"``, ``"recipients"``
+        or ``"trap_recipients"``)."""
+        self._set_list(_list_kind(kind), entries, replace=True)
+
+    def load_whitelist(self, path: PathLike, kind: str = "clients") -> int:
+        """Replaces one list with a file's entries (one a line, ``#``
+        comments) and returns how many there were. A bad line raises
+        :class:`InvalidInputError` (a ``ValueError``) with its number, and
+        nothing of the file is applied."""
+        loaded = ctypes.c_size_t()
+        self._call(_lib.greylist_engine_load_list, _LISTS[_list_kind(kind)], _path(path), ctypes.byref(loaded))
+        return int(loaded.value)
+
+    # -- an operator's calls ----------------------------------------------
+
+    def lost_mail_report(self, limit: int = 10) -> List[LostMail]:
+        """The client networks whose mail was most likely lost, worst first:
+        those with the most triplets that expired having seen only early
+        retries (a sender that retried within seconds and gave up)."""
+        rows = (_LostMail * max(1, _int(limit, "limit")))()
+        count = ctypes.c_size_t()
+        self._call(_lib.greylist_engine_lost_mail_report, rows, limit, ctypes.byref(count))
+        return [LostMail(r.network.decode(), int(r.count), int(r.last_seen)) for r in rows[: count.value]]
+
+    def client_state(self, client_ip: str, client_name: Optional[str] = None, now: Optional[float] = None) -> Dict[str, Any]:
+        """What the engine knows of ``client_ip``'s network: ``network``,
+        ``pending``, ``passed``, ``passes``, ``whitelisted``,
+        ``auto_whitelisted``, ``blocked_until`` (Unix seconds or ``None``)
+        and ``lost_mail``. Scans the table: an operator's call."""
+        r = _ClientReport(struct_size=ctypes.sizeof(_ClientReport))
+        self._call(_lib.greylist_engine_client_report, _arg(client_ip, "client_ip"),
+                   _arg(client_name, "client_name"), _now(now), ctypes.byref(r))
+        return {
+            "network": r.network.decode(),
+            "pending": int(r.pending),
+            "passed": int(r.passed),
+            "passes": int(r.passes),
+            "whitelisted": bool(r.flags & 1),
+            "auto_whitelisted": bool(r.flags & 2),
+            "blocked_until": int(r.blocked_until) if r.flags & 4 else None,
+            "lost_mail": int(r.lost_mail),
+        }
+
+    def release(self, client_ip: str, sender: str, recipient: str, now: Optional[float] = None) -> None:
+        """Lets a triplet pass from now on."""
+        self._call(_lib.greylist_engine_release, _arg(client_ip, "client_ip"), _arg(sender, "sender"),
+                   _arg(recipient, "recipient"), _now(now))
+
+    def release_client(self, client_ip: str, now: Optional[float] = None) -> int:
+        """Lifts a block on ``client_ip``'s network and lets its waiting
+        triplets pass; returns how many were released."""
+        released = _u64()
+        self._call(_lib.greylist_engine_release_client, _arg(client_ip, "client_ip"), _now(now), ctypes.byref(released))
+        return int(released.value)
+
+    def forget(self, client_ip: str, sender: str, recipient: str) -> bool:
+        """Forgets a triplet (its next attempt is new); returns whether it was known."""
+        found = ctypes.c_bool()
+        self._call(_lib.greylist_engine_forget, _arg(client_ip, "client_ip"), _arg(sender, "sender"),
+                   _arg(recipient, "recipient"), ctypes.byref(found))
+        return bool(found.value)
+
+    def on_event(self, callback: Optional[Callable[[Event], None]]) -> None:
+        """Calls ``callback(Event)`` for every verdict and every expired
+        unretried triplet, on the thread that made the check or sweep (the
+        GIL is taken for the call only; the engine holds no lock). ``None``
+        removes it. Exceptions in the callback are printed and ignored."""
+        if callback is None:
+            self._call(_lib.greylist_engine_set_event_callback, _EVENT_FN(), None)
+            self._callback = None
+            return
+
+        def deliver(_user: Any, event: Any) -> None:
+            e = event.contents
+            callback(Event(EventKind(e.kind), e.network.decode(), Reason(e.reason), int(e.at)))
+
+        trampoline = _EVENT_FN(deliver)
+        self._call(_lib.greylist_engine_set_event_callback, trampoline, None)
+        self._callback = trampoline  # keep it alive as long as it is set
 
     def sweep(self, now: Optional[float] = None) -> int:
         """Removes expired entries; returns how many triplet entries went."""
@@ -498,6 +714,12 @@ class Engine:
         finally:
             self._leave()
         return {name: int(getattr(raw, name)) for name in _STAT_FIELDS}
+
+
+def _list_kind(kind: str) -> str:
+    if kind not in _LISTS:
+        raise InvalidInputError(Status.INVALID_ARGUMENT, f"kind: {kind!r} is not one of {', '.join(_LISTS)}")
+    return kind
 
 
 def _int(value: Any, name: str, limit: int = 2**32 - 1) -> int:

@@ -189,6 +189,117 @@ class Snapshots(unittest.TestCase):
         self.assertEqual(len(aside), 1, aside)
 
 
+class Defences(unittest.TestCase):
+    def test_lists_match_and_do_not_over_match(self) -> None:
+        engine = greylist.Engine()
+        engine.whitelist(clients=["192.0.2.0/24", "2001:db8::/32", ".google.com"],
+                         senders=["example.com"], recipients=["postmaster@example.net", "example.org"])
+        W = Reason.WHITELISTED
+        cases = [
+            (("192.0.2.9", "a@x.org", "b@y.net"), {}, True),
+            (("192.0.3.9", "a@x.org", "b@y.net"), {}, False),
+            (("2001:db8:5::1", "a@x.org", "b@y.net"), {}, True),
+            (("2001:db9::1", "a@x.org", "b@y.net"), {}, False),
+            (("203.0.113.1", "a@x.org", "b@y.net"), {"client_name": "mail-a1.google.com"}, True),
+            (("203.0.113.1", "a@x.org", "b@y.net"), {"client_name": "evilgoogle.com"}, False),
+            (("203.0.113.1", "a@example.com", "b@y.net"), {}, True),
+            (("203.0.113.1", "a@notexample.com", "b@y.net"), {}, False),
+            (("203.0.113.1", "a@x.org", "postmaster@example.net"), {}, True),
+            (("203.0.113.1", "a@x.org", "bob@example.net"), {}, False),
+            (("203.0.113.1", "a@x.org", "anyone@example.org"), {}, True),
+        ]
+        for args, extra, listed in cases:
+            self.assertEqual(engine.check(*args, now=T0, **extra).reason is W, listed, (args, extra))
+        with self.assertRaisesRegex(ValueError, r"^line 1: /33 is not a prefix length"):
+            engine.whitelist(clients=["10.0.0.0/33"])
+        engine.close()
+
+    def test_load_whitelist_names_the_bad_line_and_applies_nothing(self) -> None:
+        with tempfile.TemporaryDirectory() as d, greylist.Engine() as engine:
+            good, bad = Path(d) / "good", Path(d) / "bad"
+            good.write_text("# partners\n192.0.2.0/24\n\n.partner.example  # by name\n")
+            bad.write_text("198.51.100.0/24\n# ok so far\nnot a client line\n")
+            self.assertEqual(engine.load_whitelist(good), 2)
+            with self.assertRaisesRegex(ValueError, r"line 3: "):
+                engine.load_whitelist(bad)
+            self.assertIs(engine.check("192.0.2.1", "a@x", "b@y", now=T0).reason, Reason.WHITELISTED)
+            self.assertIs(engine.check("198.51.100.1", "a@x", "b@y", now=T0).reason, Reason.NEW)
+            with self.assertRaises(greylist.InvalidInputError):
+                engine.load_whitelist(good, kind="nonsense")
+
+    def test_a_pool_passes_with_verified_domains_only_when_on(self) -> None:
+        for on, expected in ((True, Reason.RETRIED), (False, Reason.NEW)):
+            with greylist.Engine(key_by_verified_domain=on) as engine:
+                engine.check("203.0.113.5", "alice@example.com", "bob@example.net", now=T0, verified_domain="example.com")
+                v = engine.check("198.51.100.7", "alice@example.com", "bob@example.net", now=T0 + 300,
+                                 verified_domain="example.com", helo="mx.example.com")
+                self.assertIs(v.reason, expected, on)
+
+    def test_blasting_and_traps_block(self) -> None:
+        engine = greylist.Engine(blast_threshold=20, block_time=3600, trap_recipients=["trap@example.net"])
+        engine.check("198.51.100.1", "good@example.org", "bob@example.net", now=T0)
+        verdicts = [engine.check("203.0.113.7", "spam@x.example", "bob@example.net", now=T0 + 2 * i) for i in range(25)]
+        self.assertIs(verdicts[-1].action, Action.BLOCK)
+        self.assertIs(engine.check("198.51.100.1", "good@example.org", "bob@example.net", now=T0 + 300).reason, Reason.RETRIED)
+        v = engine.check("192.0.2.66", "x@y.example", "trap@example.net", now=T0)
+        self.assertEqual((v.action, v.reason), (Action.BLOCK, Reason.TRAPPED))
+        self.assertEqual(engine.client_state("192.0.2.1", now=T0 + 1)["blocked_until"], T0 + 3600)
+        engine.close()
+
+    def test_exchange_2003_pattern_reported_events_once(self) -> None:
+        engine = greylist.Engine()
+        events = []
+        engine.on_event(events.append)
+        for dt in (0, 3, 8):  # retries twice within 10 s, then never again
+            engine.check("192.0.2.25", "ceo@corp.example", "a@example.net", now=T0 + dt)
+        engine.check("203.0.113.66", "s@spam.example", "a@example.net", now=T0)  # never retried
+        self.assertEqual(engine.lost_mail_report(), [])
+        self.assertEqual(engine.sweep(now=T0 + 3 * 86_400), 2)
+        report = engine.lost_mail_report(limit=10)
+        self.assertEqual(report, [greylist.LostMail(network="192.0.2.0/24", count=1, last_seen=T0 + 8)])
+        kinds = [e.kind for e in events]
+        self.assertEqual(kinds.count(greylist.EventKind.DEFERRED), 4)
+        lost = [e for e in events if e.kind is greylist.EventKind.EXPIRED_UNRETRIED]
+        self.assertEqual(lost, [greylist.Event(greylist.EventKind.EXPIRED_UNRETRIED, "192.0.2.0/24", Reason.EARLY_RETRY, T0 + 8)])
+        engine.on_event(None)
+        engine.check("192.0.2.25", "ceo@corp.example", "a@example.net", now=T0)
+        self.assertEqual(len(events), 5)
+        engine.close()
+
+    def test_events_from_many_threads_do_not_deadlock(self) -> None:
+        engine = greylist.Engine()
+        seen = []
+        lock = threading.Lock()
+
+        def record(e: greylist.Event) -> None:
+            with lock:
+                seen.append(e.kind)
+            len(engine)  # calling back into the engine is allowed
+
+        engine.on_event(record)
+        workers = [threading.Thread(target=lambda t=t: [engine.check(f"10.0.{t}.1", "a@x.org", f"r{i}@y.net", now=T0) for i in range(500)])
+                   for t in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        self.assertEqual(len(seen), 2000)
+        engine.close()
+
+    def test_release_and_forget(self) -> None:
+        with greylist.Engine() as engine:
+            for r in ("a@y.net", "b@y.net"):
+                engine.check("192.0.2.1", "x@corp.example", r, now=T0)
+            state = engine.client_state("192.0.2.77", now=T0 + 1)
+            self.assertEqual((state["network"], state["pending"], state["passed"]), ("192.0.2.0/24", 2, 0))
+            engine.release("192.0.2.1", "x@corp.example", "a@y.net", now=T0 + 1)
+            self.assertIs(engine.check("192.0.2.1", "x@corp.example", "a@y.net", now=T0 + 2).reason, Reason.PASSED)
+            self.assertEqual(engine.release_client("192.0.2.1", now=T0 + 3), 1)
+            self.assertTrue(engine.forget("192.0.2.1", "x@corp.example", "b@y.net"))
+            self.assertFalse(engine.forget("192.0.2.1", "x@corp.example", "b@y.net"))
+            self.assertIs(engine.check("192.0.2.1", "x@corp.example", "b@y.net", now=T0 + 4).reason, Reason.NEW)
+
+
 class Threads(unittest.TestCase):
     def test_eight_threads_counts_add_up(self) -> None:
         engine = greylist.Engine()
