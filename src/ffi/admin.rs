@@ -551,3 +551,122 @@ pub unsafe extern "C" fn greylist_engine_forget(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::{
+        greylist_engine_free, greylist_engine_new, GREYLIST_REASON_NEW, GREYLIST_REASON_WHITELISTED,
+    };
+    use super::super::error::*;
+    use super::*;
+    use std::ptr::{null, null_mut};
+
+    const T0: i64 = 1_700_000_000;
+
+    unsafe extern "C" fn count(user: *mut c_void, event: *const greylist_event) {
+        // SAFETY: the test passes a live counter and the engine a live event.
+        unsafe {
+            let network = std::ffi::CStr::from_ptr((*event).network).to_str().unwrap();
+            assert_eq!(network, "192.0.2.0/24");
+            *user.cast::<u32>() += 1;
+        }
+    }
+
+    #[test]
+    fn requests_events_lists_and_reports_through_the_c_abi() {
+        let mut e = null_mut();
+        // SAFETY: everything below uses live pointers; `e` is freed last.
+        unsafe {
+            assert_eq!(greylist_engine_new(null(), &mut e), GREYLIST_STATUS_OK);
+            let mut events = 0u32;
+            let user = (&mut events as *mut u32).cast();
+            assert_eq!(
+                greylist_engine_set_event_callback(e, Some(count), user),
+                GREYLIST_STATUS_OK
+            );
+            // An old caller's request: struct_size covers all but `now`.
+            let mut req = greylist_request {
+                struct_size: std::mem::offset_of!(greylist_request, now),
+                client_ip: c"192.0.2.1".as_ptr(),
+                sender: c"a@x.org".as_ptr(),
+                recipient: c"b@y.net".as_ptr(),
+                client_name: null(),
+                helo: c"mx.x.org".as_ptr(),
+                verified_domain: null(),
+                now: T0,
+            };
+            let mut v = greylist_verdict {
+                action: 9,
+                reason: 9,
+                retry_after: 9,
+                delayed: 9,
+            };
+            assert_eq!(
+                greylist_engine_check_request(e, &req, &mut v),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(v.reason, GREYLIST_REASON_NEW);
+            req.struct_size = 4;
+            assert_eq!(
+                greylist_engine_check_request(e, &req, &mut v),
+                GREYLIST_STATUS_INVALID_ARGUMENT
+            );
+            let entries = [c"192.0.2.0/24".as_ptr()];
+            assert_eq!(
+                greylist_engine_set_list(e, GREYLIST_LIST_CLIENTS, entries.as_ptr(), 1, true),
+                GREYLIST_STATUS_OK
+            );
+            req.struct_size = std::mem::size_of::<greylist_request>();
+            assert_eq!(
+                greylist_engine_check_request(e, &req, &mut v),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(v.reason, GREYLIST_REASON_WHITELISTED);
+            assert_eq!(events, 2);
+            assert_eq!(
+                greylist_engine_set_event_callback(e, None, null_mut()),
+                GREYLIST_STATUS_OK
+            );
+
+            let mut rows = [greylist_lost_mail {
+                network: [1; 256],
+                count: 7,
+                last_seen: 7,
+            }; 2];
+            let mut n = 9;
+            assert_eq!(
+                greylist_engine_lost_mail_report(e, rows.as_mut_ptr(), 2, &mut n),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!((n, rows[0].count), (0, 7));
+            let mut report = greylist_client_report {
+                struct_size: std::mem::size_of::<greylist_client_report>() as u32,
+                flags: 0,
+                network: [1; 64],
+                pending: 0,
+                passed: 0,
+                lost_mail: 0,
+                blocked_until: 0,
+                passes: 0,
+                reserved: 0,
+            };
+            let status =
+                greylist_engine_client_report(e, c"192.0.2.9".as_ptr(), null(), T0, &mut report);
+            assert_eq!(status, GREYLIST_STATUS_OK);
+            assert_eq!(
+                (report.flags, report.pending),
+                (GREYLIST_CLIENT_WHITELISTED, 1)
+            );
+            let mut found = false;
+            let status = greylist_engine_forget(
+                e,
+                c"192.0.2.1".as_ptr(),
+                c"a@x.org".as_ptr(),
+                c"b@y.net".as_ptr(),
+                &mut found,
+            );
+            assert_eq!((status, found), (GREYLIST_STATUS_OK, true));
+            greylist_engine_free(e);
+        }
+    }
+}
