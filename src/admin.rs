@@ -82,6 +82,33 @@ impl Engine {
         Ok(file_entries(&text).count())
     }
 
+    /// Replaces one list with the entries of several files, all or nothing:
+    /// a bad line anywhere keeps the old list, and the error names the file
+    /// (`clients.txt: line 4: ...`).
+    pub fn load_lists(
+        &self,
+        kind: ListKind,
+        paths: &[impl AsRef<Path>],
+    ) -> Result<usize, ListError> {
+        let in_file = |path: &Path, e: ListError| ListError::BadEntry {
+            line: 0,
+            reason: format!("{}: {e}", path.display()),
+        };
+        let mut texts = Vec::new();
+        for path in paths {
+            let path = path.as_ref();
+            let text = read_file(path).map_err(|e| in_file(path, e))?;
+            // Check each file alone first, so the error names it.
+            crate::lists::Lists::default()
+                .with(kind, file_entries(&text), true)
+                .map_err(|e| in_file(path, e))?;
+            texts.push(text);
+        }
+        let all = texts.iter().flat_map(|t| file_entries(t));
+        self.store_list(kind, all, true)?;
+        Ok(texts.iter().map(|t| file_entries(t).count()).sum())
+    }
+
     /// What the engine knows of `client_ip`'s network at `now` (counting its
     /// triplets scans the whole table, one shard at a time: an operator's
     /// call, not one for every message). `client_name` is checked against

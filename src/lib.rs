@@ -77,6 +77,7 @@ mod key;
 mod lists;
 mod maintenance;
 mod normalize;
+pub mod policy;
 pub mod rules;
 pub mod snapshot;
 mod table;

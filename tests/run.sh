@@ -24,9 +24,14 @@ have() {
   return 1
 }
 
-suite "cargo test (unit, model, concurrency, header, doc tests)"
-cargo test --all-targets
+suite "cargo test (unit, model, concurrency, snapshot, defence, daemon, header, doc tests)"
+cargo test --all-targets -- --skip postfix_
 cargo test --doc
+ok
+
+suite "real Postfix through greylist-policyd"
+# Its own run, so a skip's reason (no postfix or swaks here) is shown.
+cargo test --test postfix -- --show-output
 ok
 
 cargo build --release --lib

@@ -1,0 +1,241 @@
+//! greylist-policyd as a process: the policy protocol over TCP and a unix
+//! socket, bad input, timeouts, signals, and restarts with its snapshot.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use daemon::{rcpt, Daemon};
+
+const T0: i64 = 1_700_000_000;
+
+fn answers(stream: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed after {out:?}"
+        );
+        let line = line.trim_end();
+        if let Some(action) = line.strip_prefix("action=") {
+            out.push(action.to_string());
+        } else {
+            assert_eq!(line, "", "unexpected line");
+        }
+    }
+    out
+}
+
+#[test]
+fn several_requests_on_one_connection_split_and_crlf() {
+    let d = Daemon::start("protocol", &["--allow-test-time"]);
+    let mut s = d.connect();
+    // Three requests written in 5-byte pieces, the last with CRLF ends.
+    let wire = format!(
+        "{}{}{}",
+        rcpt("192.0.2.1", "a@x.org", "b@y.net", T0),
+        rcpt("192.0.2.1", "a@x.org", "b@y.net", T0 + 100),
+        rcpt("192.0.2.1", "a@x.org", "b@y.net", T0 + 300).replace('\n', "\r\n")
+    );
+    for piece in wire.as_bytes().chunks(5) {
+        s.write_all(piece).unwrap();
+        s.flush().unwrap();
+    }
+    assert_eq!(
+        answers(&mut s, 3),
+        [
+            "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300 seconds",
+            "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 200 seconds",
+            "PREPEND X-Greylist: delayed 300 seconds by greylist-policyd",
+        ]
+    );
+    // Later passes are DUNNO; so are other stages, missing attributes and junk.
+    let wire = format!(
+        "{}{}request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@x.org\n\n\
+         this is not a policy request\n\n{}",
+        rcpt("192.0.2.1", "a@x.org", "b@y.net", T0 + 400),
+        rcpt("192.0.2.1", "a@x.org", "b@y.net", T0).replace("RCPT", "DATA"),
+        rcpt("999.0.0.1", "a@x.org", "b@y.net", T0),
+    );
+    s.write_all(wire.as_bytes()).unwrap();
+    assert_eq!(answers(&mut s, 5), ["DUNNO"; 5]);
+    let log = d.log_text();
+    assert!(
+        log.contains("action=dunno why=\"protocol_state=DATA is not RCPT\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("action=dunno why=\"client_address or recipient missing\""),
+        "{log}"
+    );
+    assert!(log.contains("malformed request"), "{log}");
+    assert!(log.contains("client_ip: not an IP address"), "{log}");
+}
+
+#[test]
+fn an_over_long_line_or_request_closes_only_that_connection() {
+    let d = Daemon::start("limits", &["--allow-test-time"]);
+    let mut s = d.connect();
+    s.write_all(format!("request=smtpd_access_policy\nsender={}\n", "a".repeat(5000)).as_bytes())
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed without an answer"
+    );
+    let mut s = d.connect();
+    let big = "x_attribute=yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\n".repeat(1400);
+    let _ = s.write_all(big.as_bytes());
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    // The daemon is still up for everyone else.
+    let mut s = d.connect();
+    s.write_all(rcpt("192.0.2.9", "a@x.org", "b@y.net", T0).as_bytes())
+        .unwrap();
+    assert_eq!(
+        answers(&mut s, 1)[0],
+        "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300 seconds"
+    );
+    assert!(d.log_text().contains("a line longer than 4096 bytes"));
+    assert!(d.log_text().contains("a request longer than 65536 bytes"));
+}
+
+#[test]
+fn silent_clients_time_out_and_connections_are_bounded() {
+    let d = Daemon::start(
+        "timeouts",
+        &["--idle-timeout", "1", "--max-connections", "2"],
+    );
+    let mut silent = d.connect();
+    let _second = d.connect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = d.connect();
+    let mut buf = [0u8; 16];
+    // The third is refused (closed at once), the silent one after its timeout.
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0);
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(silent.read(&mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(d.log_text().contains("refusing"), "{}", d.log_text());
+}
+
+#[test]
+fn restart_keeps_passed_and_pending_triplets() {
+    let mut d = Daemon::start("restart", &["--allow-test-time"]);
+    let mut s = d.connect();
+    let wire = format!(
+        "{}{}{}",
+        rcpt("192.0.2.1", "passed@x.org", "b@y.net", T0),
+        rcpt("192.0.2.1", "passed@x.org", "b@y.net", T0 + 300),
+        rcpt("198.51.100.1", "pending@x.org", "b@y.net", T0 + 100),
+    );
+    s.write_all(wire.as_bytes()).unwrap();
+    assert_eq!(
+        answers(&mut s, 3)[1],
+        "PREPEND X-Greylist: delayed 300 seconds by greylist-policyd"
+    );
+    drop(s);
+    assert_eq!(d.terminate(), Some(0), "SIGTERM exits 0");
+    assert!(d.log_text().contains("saved 2 entries"), "{}", d.log_text());
+
+    let d = d.restart();
+    assert!(
+        d.log_text().contains("(loaded, every 300 s); 2 entries"),
+        "{}",
+        d.log_text()
+    );
+    let mut s = d.connect();
+    let wire = format!(
+        "{}{}",
+        rcpt("192.0.2.1", "passed@x.org", "b@y.net", T0 + 1000),
+        // First seen at T0 + 100 before the restart: 250 s later is early.
+        rcpt("198.51.100.1", "pending@x.org", "b@y.net", T0 + 350),
+    );
+    s.write_all(wire.as_bytes()).unwrap();
+    assert_eq!(
+        answers(&mut s, 2),
+        [
+            "DUNNO",
+            "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 50 seconds"
+        ]
+    );
+}
+
+#[test]
+fn sighup_reloads_lists_and_a_unix_socket_works() {
+    let dir = daemon::scratch("sighup");
+    let clients = dir.join("clients.txt");
+    std::fs::write(&clients, "# none yet\n").unwrap();
+    let socket = dir.join("policy.sock");
+    let args = [
+        "--whitelist-clients",
+        clients.to_str().unwrap(),
+        "--unix",
+        socket.to_str().unwrap(),
+        "--allow-test-time",
+    ];
+    let d = Daemon::start_in(&dir, &args);
+    let ask = |ip: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(rcpt(ip, "a@x.org", "b@y.net", T0).as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    };
+    assert!(ask("192.0.2.1").starts_with("action=DEFER_IF_PERMIT"));
+    std::fs::write(&clients, "192.0.2.0/24\n").unwrap();
+    d.signal(daemon::SIGHUP);
+    d.wait_for_log("SIGHUP: list files reloaded");
+    assert_eq!(ask("192.0.2.2"), "action=DUNNO");
+    // A bad file on reload keeps the old list and says so.
+    std::fs::write(&clients, "192.0.2.0/24\nnot a client\n").unwrap();
+    d.signal(daemon::SIGHUP);
+    d.wait_for_log("lists kept as they were");
+    assert!(
+        d.log_text().contains("clients.txt: line 2: "),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(ask("192.0.2.3"), "action=DUNNO");
+}
+
+#[test]
+fn help_version_and_bad_options() {
+    let bin = env!("CARGO_BIN_EXE_greylist-policyd");
+    let out = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--whitelist-clients FILE"));
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("greylist-policyd {}", env!("CARGO_PKG_VERSION"))
+    );
+    for bad in [
+        &["--delay", "soon"][..],
+        &["--bogus"],
+        &["--delay", "999999", "--retry-window", "1h"],
+    ] {
+        let out = std::process::Command::new(bin).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("error: "),
+            "{bad:?}"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Real Postfix, greylisting through greylist-policyd: a private Postfix
+//! instance on 127.0.0.1 (its own config, queue and data folders) asks the
+//! daemon at RCPT time; swaks plays the sending MTA. The first attempt gets
+//! Postfix's 450 with the greylist text; after the delay (the daemon's test
+//! clock is moved on, so nothing sleeps) the retry gets 250 and is queued.
+//!
+//! Needs Debian's postfix and swaks (.ci/run installs them); without them
+//! this test says why it skipped, except under CI=true, where it fails.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use daemon::Daemon;
+
+fn missing_tools() -> Option<String> {
+    let missing: Vec<_> = ["/usr/sbin/postfix", "/usr/bin/swaks", "/usr/bin/script"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!("not installed: {}", missing.join(", ")));
+    }
+    let postfix_user = Command::new("id")
+        .arg("postfix")
+        .output()
+        .map(|o| o.status.success());
+    (postfix_user.ok() != Some(true)).then(|| "no postfix user".to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private Postfix instance under `dir`, stopped when dropped.
+struct Postfix {
+    dir: std::path::PathBuf,
+}
+
+impl Postfix {
+    fn start(dir: &Path, smtp_port: u16, policy_addr: &str) -> Postfix {
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {dir}/queue\n\
+             data_directory = {dir}/data\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             inet_interfaces = loopback-only\n\
+             inet_protocols = ipv4\n\
+             myhostname = mx.greylist.test\n\
+             mydomain = greylist.test\n\
+             mydestination =\n\
+             relay_domains = example.net\n\
+             transport_maps = inline:{{ example.net=discard: }}\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_recipient_restrictions = check_policy_service inet:{policy_addr}, reject_unauth_destination\n\
+             alias_maps =\n\
+             alias_database =\n\
+             local_recipient_maps =\n\
+             smtputf8_enable = no\n\
+             biff = no\n\
+             smtpd_banner = $myhostname ESMTP greylist test\n\
+             header_checks = regexp:{dir}/header_checks\n\
+             maillog_file_prefixes = {dir}\n\
+             maillog_file = {dir}/maillog\n",
+            dir = dir.display()
+        );
+        let master_cf = format!(
+            "127.0.0.1:{smtp_port} inet n - n - - smtpd\n\
+             pickup unix n - n 60 1 pickup\n\
+             cleanup unix n - n - 0 cleanup\n\
+             qmgr unix n - n 300 1 qmgr\n\
+             rewrite unix - - n - - trivial-rewrite\n\
+             bounce unix - - n - 0 bounce\n\
+             defer unix - - n - 0 bounce\n\
+             trace unix - - n - 0 bounce\n\
+             verify unix - - n - 1 verify\n\
+             flush unix n - n 1000? 0 flush\n\
+             proxymap unix - - n - - proxymap\n\
+             smtp unix - - n - - smtp\n\
+             relay unix - - n - - smtp\n\
+             showq unix n - n - - showq\n\
+             error unix - - n - - error\n\
+             retry unix - - n - - error\n\
+             discard unix - - n - - discard\n\
+             local unix - n n - - local\n\
+             anvil unix - - n - 1 anvil\n\
+             scache unix - - n - 1 scache\n\
+             postlog unix-dgram n - n - 1 postlogd\n"
+        );
+        std::fs::create_dir_all(dir.join("queue")).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let chown = run("chown", &["postfix", &dir.join("data").to_string_lossy()]);
+        assert!(chown.status.success(), "{}", text(&chown));
+        // Logs the header greylist-policyd had Postfix prepend.
+        std::fs::write(dir.join("header_checks"), "/^X-Greylist:/ WARN\n").unwrap();
+        std::fs::write(dir.join("main.cf"), main_cf).unwrap();
+        std::fs::write(dir.join("master.cf"), master_cf).unwrap();
+        // `postfix start` reports errors only to a terminal: give it one.
+        let out = run(
+            "script",
+            &[
+                "-qec",
+                &format!("postfix -c {} start", dir.display()),
+                "/dev/null",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "postfix start failed:\n{}",
+            text(&out)
+        );
+        let p = Postfix {
+            dir: dir.to_path_buf(),
+        };
+        p.wait_for_port(smtp_port);
+        p
+    }
+
+    fn wait_for_port(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "postfix never listened:\n{}",
+                self.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .args(["-c", &self.dir.to_string_lossy(), "stop"])
+            .output();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn swaks(port: u16) -> Output {
+    run(
+        "swaks",
+        &[
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--helo",
+            "client.example",
+            "--from",
+            "alice@sender.example",
+            "--to",
+            "bob@example.net",
+            "--timeout",
+            "30",
+            "--header",
+            "Subject: greylist test",
+        ],
+    )
+}
+
+#[test]
+fn postfix_defers_the_first_attempt_and_queues_the_retry() {
+    if let Some(why) = missing_tools() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "real Postfix test cannot run under CI=true: {why}"
+        );
+        eprintln!("SKIPPED postfix_defers_the_first_attempt_and_queues_the_retry: {why}");
+        return;
+    }
+    let dir = daemon::scratch("postfix");
+    let d = Daemon::start_in(&dir, &["--allow-test-time", "--delay", "300"]);
+    let smtp_port = free_port();
+    let postfix = Postfix::start(&dir, smtp_port, d.addr.as_deref().unwrap());
+
+    let first = swaks(smtp_port);
+    let first_text = text(&first);
+    assert!(
+        !first.status.success(),
+        "the first attempt must not be accepted:\n{first_text}"
+    );
+    assert!(
+        first_text.contains("<** 450 4.2.0 <bob@example.net>: Recipient address rejected: Greylisted, please try again in 300 seconds"),
+        "no greylisting 450:\n{first_text}\n{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains(
+        "action=defer reason=new client=127.0.0.1 from=<alice@sender.example> to=<bob@example.net>"
+    ));
+
+    // The sender's queue would retry later: move the daemon's clock on.
+    let mut control = d.connect();
+    control.write_all(b"policy_test_advance=301\n\n").unwrap();
+    daemon_answer(&mut control);
+
+    let retry = swaks(smtp_port);
+    let retry_text = text(&retry);
+    assert!(
+        retry.status.success(),
+        "the retry must be accepted:\n{retry_text}\n{}",
+        d.log_text()
+    );
+    assert!(
+        retry_text.contains("<-  250 2.0.0 Ok: queued as "),
+        "not queued:\n{retry_text}"
+    );
+    assert!(d
+        .log_text()
+        .contains("action=pass reason=retried client=127.0.0.1"));
+    // Delivered (to the discard transport), with the X-Greylist header prepended.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !postfix.maillog().contains("status=sent") {
+        assert!(
+            Instant::now() < deadline,
+            "never delivered:\n{}",
+            postfix.maillog()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = postfix.maillog();
+    assert!(
+        log.contains("warning: header X-Greylist: delayed 301 seconds by greylist-policyd"),
+        "{log}"
+    );
+}
+
+fn daemon_answer(stream: &mut std::net::TcpStream) {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim_end(), "action=DUNNO");
+}
