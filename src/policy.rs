@@ -8,9 +8,9 @@
 //! engine cannot judge (not at `protocol_state=RCPT`, a missing or
 //! malformed attribute) is answered `DUNNO`, never an error.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufRead};
+use std::ops::Range;
 
 use crate::{Action, Engine, Reason, Request};
 
@@ -43,16 +43,24 @@ impl fmt::Display for ProtocolError {
 impl std::error::Error for ProtocolError {}
 
 /// One policy request: its attributes, and whether any line was malformed.
+/// The attributes live in one buffer (a request is read and answered with
+/// two allocations, not two per attribute).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRequest {
-    attributes: HashMap<String, String>,
+    text: String,
+    /// Byte ranges of each attribute's name and value in `text`.
+    attributes: Vec<(Range<usize>, Range<usize>)>,
     malformed: Option<String>,
 }
 
 impl PolicyRequest {
-    /// An attribute's value.
+    /// An attribute's value (the last one, if it was sent twice).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.attributes.get(name).map(String::as_str)
+        self.attributes
+            .iter()
+            .rev()
+            .find(|(n, _)| &self.text[n.clone()] == name)
+            .map(|(_, v)| &self.text[v.clone()])
     }
 
     /// Why the request cannot be judged, if a line was malformed.
@@ -69,7 +77,11 @@ impl PolicyRequest {
         };
         match text.split_once('=') {
             Some((name, value)) if !name.is_empty() => {
-                self.attributes.insert(name.to_string(), value.to_string());
+                let start = self.text.len();
+                self.text.push_str(name);
+                self.text.push_str(value);
+                let mid = start + name.len();
+                self.attributes.push((start..mid, mid..self.text.len()));
             }
             _ => {
                 let shown: String = text.chars().take(40).collect();

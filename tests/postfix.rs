@@ -214,9 +214,9 @@ fn postfix_defers_the_first_attempt_and_queues_the_retry() {
         "no greylisting 450:\n{first_text}\n{}",
         d.log_text()
     );
-    assert!(d.log_text().contains(
-        "action=defer reason=new client=127.0.0.1 from=<alice@sender.example> to=<bob@example.net>"
-    ));
+    d.wait_for_log(
+        "action=defer reason=new client=127.0.0.1 from=<alice@sender.example> to=<bob@example.net>",
+    );
 
     // The sender's queue would retry later: move the daemon's clock on.
     let mut control = d.connect();

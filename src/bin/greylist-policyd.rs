@@ -174,6 +174,58 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
     Ok(o)
 }
 
+/// Log lines go to a thread that writes whatever is waiting in one go, so
+/// a busy server makes few write calls and no check waits on stderr.
+enum LogMessage {
+    Line(String),
+    /// Answered once everything sent before it is written.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+static LOG: std::sync::OnceLock<std::sync::mpsc::Sender<LogMessage>> = std::sync::OnceLock::new();
+
+fn start_logger() {
+    let (tx, rx) = std::sync::mpsc::channel::<LogMessage>();
+    std::thread::spawn(move || {
+        // Polling every 10 ms, rather than blocking on the channel, means a
+        // log line never costs the checking thread a wake-up call.
+        let mut batch = String::new();
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let mut flushed = Vec::new();
+            loop {
+                match rx.try_recv() {
+                    Ok(LogMessage::Line(line)) => batch.push_str(&line),
+                    Ok(LogMessage::Flush(done)) => flushed.push(done),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                }
+                if batch.len() > 1 << 16 {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = std::io::stderr().lock().write_all(batch.as_bytes());
+                batch.clear();
+            }
+            for done in flushed {
+                let _ = done.send(());
+            }
+        }
+    });
+    let _ = LOG.set(tx);
+}
+
+/// Waits until every log line so far is written (before exiting).
+fn flush_log() {
+    if let Some(tx) = LOG.get() {
+        let (done, written) = std::sync::mpsc::channel();
+        if tx.send(LogMessage::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
 /// A log line on stderr with a UTC timestamp.
 fn log(line: impl std::fmt::Display) {
     let now = greylist::unix_now();
@@ -188,12 +240,22 @@ fn log(line: impl std::fmt::Display) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    eprintln!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z greylist-policyd: {line}",
+    let text = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z greylist-policyd: {line}\n",
         secs / 3600,
         secs / 60 % 60,
         secs % 60
     );
+    match LOG.get() {
+        Some(tx) => {
+            if let Err(std::sync::mpsc::SendError(LogMessage::Line(text))) =
+                tx.send(LogMessage::Line(text))
+            {
+                eprint!("{text}");
+            }
+        }
+        None => eprint!("{text}"),
+    }
 }
 
 /// What every connection shares.
@@ -398,8 +460,11 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
-    if let Err(e) = run() {
+    start_logger();
+    let result = run();
+    if let Err(e) = &result {
         log(format_args!("error: {e}"));
-        std::process::exit(1);
     }
+    flush_log();
+    std::process::exit(i32::from(result.is_err()));
 }
