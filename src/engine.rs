@@ -10,14 +10,19 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use hashbrown::HashTable;
 
 use crate::config::Config;
-use crate::key::{net_id, Secret};
+use crate::key::{net_id, push_part, Secret, NET_TAG, TRIPLET_TAG};
 use crate::lists::{Listed, Lists};
-use crate::normalize::{self, AddrBuf, ClientNet, InputError};
+use crate::normalize::{self, ClientNet, InputError};
 use crate::rules::{
     client_gate, client_update, touches_client, triplet_step, ClientState, Reason, TripletState,
     Verdict,
 };
 use crate::table::{hasher, CachePadded, Hashed, Sharded};
+
+thread_local! {
+    /// Scratch space for key material, reused by every check on a thread.
+    static KEY_MATERIAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
 
 /// The system clock in Unix seconds, for callers that do not inject time.
 pub fn unix_now() -> i64 {
@@ -304,6 +309,7 @@ pub struct Engine {
     /// The static lists, replaced whole; read without a lock.
     pub(crate) lists: ArcSwap<Lists>,
     events: ArcSwapOption<EventSink>,
+    has_events: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -345,6 +351,7 @@ impl Engine {
             save_lock: parking_lot::Mutex::new(()),
             lists: ArcSwap::from_pointee(Lists::default()),
             events: ArcSwapOption::empty(),
+            has_events: std::sync::atomic::AtomicBool::new(false),
             config,
             secret,
         }
@@ -372,25 +379,50 @@ impl Engine {
             _ => ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix),
         };
         let delimiters = c.extension_delimiters.as_bytes();
-        let mut s = AddrBuf::new();
-        normalize::sender_into(req.sender, delimiters, &mut s)?;
-        let mut r = AddrBuf::new();
-        normalize::recipient_into(req.recipient, delimiters, &mut r)?;
         let lists = self.lists.load();
-        let listed = if lists.is_empty() {
-            Listed::No
-        } else {
-            let sender = normalize::lower_address(req.sender);
-            let recipient = String::from_utf8_lossy(r.as_bytes());
-            lists.lookup(ip, req.client_name, &sender, &recipient)
-        };
-        let triplet_key = self.secret.triplet_key(&net, s.as_bytes(), r.as_bytes());
-        Ok(Keys {
-            net_key: self.secret.net_key(&net),
-            net,
-            triplet_key,
-            listed,
+        // Key material is built in a per-thread buffer: no allocation and
+        // one hasher call per key.
+        KEY_MATERIAL.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            buf.push(NET_TAG);
+            net.encode_into(&mut buf);
+            let net_key = self.secret.hash(&buf);
+            buf[0] = TRIPLET_TAG;
+            push_part(&mut buf, |b| {
+                normalize::sender_into(req.sender, delimiters, b)
+            })?;
+            let rcpt = push_part(&mut buf, |b| {
+                normalize::recipient_into(req.recipient, delimiters, b)
+            })?;
+            let listed = if lists.is_empty() {
+                Listed::No
+            } else {
+                let sender = normalize::lower_address(req.sender);
+                let recipient = String::from_utf8_lossy(&buf[rcpt]);
+                lists.lookup(ip, req.client_name, &sender, &recipient)
+            };
+            Ok(Keys {
+                triplet_key: self.secret.hash(&buf),
+                net_key,
+                net,
+                listed,
+            })
         })
+    }
+
+    /// The keyed 128-bit hash a triplet is stored under (after
+    /// normalisation), for stores outside the engine and for benchmarks.
+    /// Only meaningful with this engine's secret.
+    pub fn triplet_key(
+        &self,
+        client_ip: &str,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<u128, InputError> {
+        Ok(self
+            .keys(&Request::new(client_ip, sender, recipient))?
+            .triplet_key)
     }
 
     /// Decides one triplet at `now` (Unix seconds; pass [`unix_now()`] for
@@ -433,6 +465,11 @@ impl Engine {
 
     /// Calls the event callback, if any, with an event made only then.
     fn emit(&self, event: impl FnOnce() -> Event) {
+        // A plain flag first: most engines have no callback, and a check
+        // should not pay for looking one up.
+        if !self.has_events.load(Relaxed) {
+            return;
+        }
         if let Some(sink) = self.events.load().as_deref() {
             sink(&event());
         }
@@ -442,6 +479,7 @@ impl Engine {
     /// verdict and every expired-unretried triplet, on the calling thread,
     /// with no lock held.
     pub fn on_event(&self, sink: Option<EventSink>) {
+        self.has_events.store(sink.is_some(), Relaxed);
         self.events.store(sink.map(Arc::new));
     }
 

@@ -38,29 +38,55 @@ impl Secret {
         self.0
     }
 
-    fn hasher(&self, domain: u8) -> SipHasher13 {
+    /// The keyed 128-bit hash of `bytes` (one call: key material is built
+    /// in one buffer, so the hasher sees one write).
+    pub(crate) fn hash(&self, bytes: &[u8]) -> u128 {
         let mut h = SipHasher13::new_with_key(&self.0);
-        h.write_u8(domain);
-        h
+        h.write(bytes);
+        h.finish128().as_u128()
     }
 
     /// The key of a client network (auto-whitelist and blast records).
     pub(crate) fn net_key(&self, net: &ClientNet) -> u128 {
-        let mut h = self.hasher(b'N');
-        net.hash_into(&mut h);
-        h.finish128().as_u128()
+        let mut buf = vec![NET_TAG];
+        net.encode_into(&mut buf);
+        self.hash(&buf)
     }
 
     /// The key of a triplet, over already-normalised parts.
+    #[cfg(test)]
     pub(crate) fn triplet_key(&self, net: &ClientNet, sender: &[u8], recipient: &[u8]) -> u128 {
-        let mut h = self.hasher(b'T');
-        net.hash_into(&mut h);
+        let mut buf = vec![TRIPLET_TAG];
+        net.encode_into(&mut buf);
         for part in [sender, recipient] {
-            h.write(&(part.len() as u32).to_le_bytes());
-            h.write(part);
+            push_part(&mut buf, |b| {
+                b.extend_from_slice(part);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
         }
-        h.finish128().as_u128()
+        self.hash(&buf)
     }
+}
+
+/// First byte of a network key's material.
+pub(crate) const NET_TAG: u8 = b'N';
+/// First byte of a triplet key's material: then the network, then the
+/// sender and the recipient, each length-prefixed.
+pub(crate) const TRIPLET_TAG: u8 = b'T';
+
+/// Appends a part that `write` produces, prefixed with its length (so
+/// `a@xb` + `@y` never meets `a@x` + `b@y`), and returns where it lies.
+pub(crate) fn push_part<E>(
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<std::ops::Range<usize>, E> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    write(buf)?;
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(at + 4..buf.len())
 }
 
 impl fmt::Debug for Secret {

@@ -153,21 +153,21 @@ impl ClientNet {
         Ok(ClientNet::Domain(d.to_ascii_lowercase().into_boxed_str()))
     }
 
-    /// Feeds an unambiguous encoding of the network into a hasher.
-    pub(crate) fn hash_into(&self, h: &mut impl std::hash::Hasher) {
+    /// Appends an unambiguous encoding of the network to `out`.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             ClientNet::V4 { network, prefix } => {
-                h.write(&[4, *prefix]);
-                h.write(&network.octets());
+                out.extend_from_slice(&[4, *prefix]);
+                out.extend_from_slice(&network.octets());
             }
             ClientNet::V6 { network, prefix } => {
-                h.write(&[6, *prefix]);
-                h.write(&network.octets());
+                out.extend_from_slice(&[6, *prefix]);
+                out.extend_from_slice(&network.octets());
             }
             ClientNet::Domain(d) => {
-                h.write(b"D");
-                h.write(&(d.len() as u32).to_le_bytes());
-                h.write(d.as_bytes());
+                out.push(b'D');
+                out.extend_from_slice(&(d.len() as u32).to_le_bytes());
+                out.extend_from_slice(d.as_bytes());
             }
         }
     }
@@ -206,36 +206,6 @@ pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
     })
 }
 
-/// A fixed buffer that a normalised address is written into; the output is
-/// never longer than the (length-checked) input, so nothing allocates.
-pub(crate) struct AddrBuf {
-    bytes: [u8; MAX_ADDRESS_LEN],
-    len: usize,
-}
-
-impl AddrBuf {
-    pub(crate) fn new() -> Self {
-        AddrBuf {
-            bytes: [0; MAX_ADDRESS_LEN],
-            len: 0,
-        }
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-
-    fn push(&mut self, b: u8) {
-        self.bytes[self.len] = b;
-        self.len += 1;
-    }
-
-    fn extend(&mut self, s: &[u8]) {
-        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
-        self.len += s.len();
-    }
-}
-
 /// Strips white space and one pair of angle brackets.
 fn unbracket(s: &str) -> &str {
     let s = s.trim();
@@ -258,8 +228,10 @@ fn split_address(a: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-fn strip_prefix<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    s.strip_prefix(prefix)
+/// `s` without `prefix`, compared without regard to ASCII case.
+fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
 }
 
 /// `a=b=c=...`: the first `n - 1` fields and the rest (which may hold `=`).
@@ -285,10 +257,10 @@ fn unwrap_srs(local: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     let sep_ok = |b: u8| matches!(b, b'=' | b'+' | b'-');
     if local.len() > 5 && sep_ok(local[4]) {
-        if local.starts_with(b"srs0") {
+        if local[..4].eq_ignore_ascii_case(b"srs0") {
             return srs0_tail(&local[5..]);
         }
-        if local.starts_with(b"srs1") {
+        if local[..4].eq_ignore_ascii_case(b"srs1") {
             let tail = &local[5..];
             let double = tail.windows(2).position(|w| w == b"==")?;
             return srs0_tail(&tail[double + 2..]);
@@ -300,13 +272,15 @@ fn unwrap_srs(local: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Undoes Bounce Address Tag Validation: `prvs=TAG=local` and
 /// `btv1==TAG==local` carry the original local part.
 fn unwrap_batv(local: &[u8]) -> &[u8] {
-    if let Some(rest) = strip_prefix(local, b"prvs=").or_else(|| strip_prefix(local, b"msprvs1=")) {
+    if let Some(rest) =
+        strip_prefix_ci(local, b"prvs=").or_else(|| strip_prefix_ci(local, b"msprvs1="))
+    {
         if let Some(eq) = rest.iter().position(|&b| b == b'=') {
             if eq + 1 < rest.len() {
                 return &rest[eq + 1..];
             }
         }
-    } else if let Some(rest) = strip_prefix(local, b"btv1==") {
+    } else if let Some(rest) = strip_prefix_ci(local, b"btv1==") {
         if let Some(eq) = rest.windows(2).position(|w| w == b"==") {
             if eq + 2 < rest.len() {
                 return &rest[eq + 2..];
@@ -319,41 +293,36 @@ fn unwrap_batv(local: &[u8]) -> &[u8] {
 /// Cuts `local` at its first extension delimiter (`user+tag` → `user`),
 /// unless that would leave it empty.
 fn cut_extension<'a>(local: &'a [u8], delimiters: &[u8]) -> &'a [u8] {
-    match local.iter().position(|b| delimiters.contains(b)) {
+    match local
+        .iter()
+        .position(|b| delimiters.contains(&b.to_ascii_lowercase()))
+    {
         Some(i) if i > 0 => &local[..i],
         _ => local,
     }
 }
 
-/// Lower-cases (ASCII) into `buf` and returns the copy.
-fn lowercase_into<'b>(s: &str, buf: &'b mut AddrBuf) -> &'b [u8] {
-    buf.len = 0;
-    for &b in s.as_bytes() {
-        buf.push(b.to_ascii_lowercase());
-    }
-    buf.as_bytes()
+fn push_lower(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend(bytes.iter().map(u8::to_ascii_lowercase));
 }
 
-/// Normalises an envelope sender into `out`: lower-cased, SRS and BATV
-/// unwrapped, `+extension` removed, digit runs in the local part replaced by
-/// `#`. The null sender (`""` or `<>`) becomes the empty string.
+/// Appends the normalised envelope sender to `out`: lower-cased, SRS and
+/// BATV unwrapped, `+extension` removed, digit runs in the local part
+/// replaced by `#`. The null sender (`""` or `<>`) adds nothing.
 pub(crate) fn sender_into(
     sender: &str,
     delimiters: &[u8],
-    out: &mut AddrBuf,
+    out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
     check_len("sender", sender)?;
-    let mut lower = AddrBuf::new();
-    let lowered = lowercase_into(unbracket(sender), &mut lower);
-    let (mut local, domain) = split_address(lowered);
-    let mut srs_domain: Option<&[u8]> = None;
+    let (mut local, domain) = split_address(unbracket(sender).as_bytes());
+    let mut srs_domain = None;
     if let Some((orig_local, orig_domain)) = unwrap_srs(local) {
         local = orig_local;
         srs_domain = Some(orig_domain);
     }
-    local = unwrap_batv(local);
-    local = cut_extension(local, delimiters);
-    out.len = 0;
+    local = cut_extension(unwrap_batv(local), delimiters);
+    out.reserve(local.len() + domain.len() + 1);
     let mut in_digits = false;
     for &b in local {
         if b.is_ascii_digit() {
@@ -362,26 +331,26 @@ pub(crate) fn sender_into(
             }
             in_digits = true;
         } else {
-            out.push(b);
+            out.push(b.to_ascii_lowercase());
             in_digits = false;
         }
     }
     match srs_domain {
         Some(d) => {
             out.push(b'@');
-            out.extend(d);
+            push_lower(out, d);
         }
-        None => out.extend(domain),
+        None => push_lower(out, domain),
     }
     Ok(())
 }
 
-/// Normalises an envelope recipient into `out`: lower-cased and
+/// Appends the normalised envelope recipient to `out`: lower-cased and
 /// `+extension` removed.
 pub(crate) fn recipient_into(
     recipient: &str,
     delimiters: &[u8],
-    out: &mut AddrBuf,
+    out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
     const ARG: &str = "recipient";
     check_len(ARG, recipient)?;
@@ -389,18 +358,16 @@ pub(crate) fn recipient_into(
     if trimmed.is_empty() {
         return Err(InputError::new(ARG, "is empty"));
     }
-    let mut lower = AddrBuf::new();
-    let (local, domain) = split_address(lowercase_into(trimmed, &mut lower));
-    out.len = 0;
-    out.extend(cut_extension(local, delimiters));
-    out.extend(domain);
+    let (local, domain) = split_address(trimmed.as_bytes());
+    push_lower(out, cut_extension(local, delimiters));
+    push_lower(out, domain);
     Ok(())
 }
 
-fn to_string(buf: &AddrBuf) -> String {
+fn to_string(bytes: Vec<u8>) -> String {
     // Input was UTF-8 and only ASCII bytes were changed or cut at ASCII
     // boundaries, so this never replaces anything; lossy keeps it panic-free.
-    String::from_utf8_lossy(buf.as_bytes()).into_owned()
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The normalised form of an envelope sender, as keys are built from it.
@@ -411,16 +378,16 @@ fn to_string(buf: &AddrBuf) -> String {
 /// assert_eq!(normalize_sender("<>", "+").unwrap(), "");
 /// ```
 pub fn normalize_sender(sender: &str, delimiters: &str) -> Result<String, InputError> {
-    let mut out = AddrBuf::new();
+    let mut out = Vec::new();
     sender_into(sender, delimiters.as_bytes(), &mut out)?;
-    Ok(to_string(&out))
+    Ok(to_string(out))
 }
 
 /// The normalised form of an envelope recipient, as keys are built from it.
 pub fn normalize_recipient(recipient: &str, delimiters: &str) -> Result<String, InputError> {
-    let mut out = AddrBuf::new();
+    let mut out = Vec::new();
     recipient_into(recipient, delimiters.as_bytes(), &mut out)?;
-    Ok(to_string(&out))
+    Ok(to_string(out))
 }
 
 #[cfg(test)]

@@ -293,8 +293,11 @@ pub fn client_update(
 /// Whether a verdict changes the client network's record.
 pub fn touches_client(verdict: &Verdict, config: &Config) -> bool {
     match verdict.reason {
-        Reason::Retried => true,
-        Reason::EarlyRetry => config.blast_threshold > 0,
+        // Passes only matter to the auto-whitelist.
+        Reason::Retried => config.awl_threshold > 0,
+        // Early retries count as blast rounds, and the record they make is
+        // where lost mail is credited when the triplet expires.
+        Reason::EarlyRetry => true,
         _ => false,
     }
 }

@@ -202,10 +202,11 @@ impl Model {
                 (t.first_seen + s.delay - now) as u32,
                 0,
             );
+            // The network's record is kept (lost mail is credited to it).
+            let c = self.clients.entry(net.to_string()).or_default();
             if s.blast_threshold == 0 {
                 return answer;
             }
-            let c = self.clients.entry(net.to_string()).or_default();
             let period = now - c.round_start;
             if c.rounds == 0 || period < 0 || period >= s.delay {
                 c.round_start = now;
@@ -222,9 +223,12 @@ impl Model {
             }
             return answer;
         }
-        // Rule 5.
+        // Rule 5; passes are counted only for the auto-whitelist.
         t.passed = true;
         self.triplets.insert(key, t);
+        if s.awl_threshold == 0 {
+            return (Action::Pass, Reason::Retried, 0, waited as u32);
+        }
         let awl_ttl = s.awl_ttl;
         let c = self.clients.entry(net.to_string()).or_default();
         if c.last_pass.is_none_or(|p| now - p > awl_ttl) {

@@ -25,8 +25,10 @@ have() {
 }
 
 suite "cargo test (unit, model, concurrency, snapshot, defence, daemon, header, doc tests)"
-cargo test --all-targets -- --skip postfix_
+cargo test --lib --bins --tests -- --skip postfix_
 cargo test --doc
+# The benchmarks, once each on small tables: they must not rot.
+cargo test --benches
 ok
 
 suite "real Postfix through greylist-policyd"

@@ -1,0 +1,252 @@
+//! One command that shows where the engine stands: a short run of every
+//! comparison of `benches/engine.rs`, printed as a table with ratios
+//! (engine / baseline) and the targets.
+//!
+//!     cargo bench --bench report
+//!     GREYLIST_REPORT_ENTRIES=1000000 cargo bench --bench report   # smaller
+//!
+//! Each store is measured in a process of its own (this binary, started
+//! again), so resident memory per entry is that store's alone.
+
+mod common;
+
+use std::ffi::CString;
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use greylist::ffi::engine as c;
+
+/// Checks per second over `seconds` on `threads` threads.
+fn rate(store: &dyn Store, triplets: &[Triplet], threads: usize, seconds: f64) -> f64 {
+    // Calibrate with a short run, then run for about `seconds`.
+    let probe = 20_000;
+    let t = run_threads(store, triplets, threads, probe, T0 + 400);
+    let per_thread = ((seconds / t) * probe as f64) as usize;
+    let t = run_threads(store, triplets, threads, per_thread.max(probe), T0 + 400);
+    (per_thread.max(probe) * threads) as f64 / t
+}
+
+fn make(name: &str, entries: usize) -> Box<dyn Store> {
+    match name {
+        "engine" => Box::new(engine(entries)),
+        "mutex" => Box::new(MutexMap::new()),
+        "dashmap" => Box::new(DashMapBaseline::new()),
+        _ => panic!("unknown store {name}"),
+    }
+}
+
+/// Child mode: fill one store with `entries` triplets, then print
+/// `bytes_per_entry rate_1_thread rate_2_threads`.
+fn child(name: &str, entries: usize) {
+    let triplets = triplets(entries, 42);
+    let before = rss_bytes();
+    let store = make(name, entries);
+    fill(store.as_ref(), &triplets);
+    let bytes = rss_bytes().saturating_sub(before) as f64 / entries as f64;
+    let one = rate(store.as_ref(), &triplets, 1, 1.5);
+    let two = rate(store.as_ref(), &triplets, 2, 1.5);
+    println!("{bytes:.1} {one:.0} {two:.0}");
+}
+
+fn in_child(name: &str, entries: usize) -> (f64, f64, f64) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--child", name, &entries.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1], v[2])
+}
+
+fn ns_per(iterations: u64, f: impl FnMut(u64)) -> f64 {
+    let mut f = f;
+    let start = Instant::now();
+    for i in 0..iterations {
+        f(i);
+    }
+    start.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let [flag, name, n] = &args[..] {
+        if flag == "--child" {
+            return child(name, n.parse().unwrap());
+        }
+    }
+    // `cargo test --benches` runs this with no --bench: a quick self-check.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let big: usize = std::env::var("GREYLIST_REPORT_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 20_000 } else { 10_000_000 });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "greylist {} on {} cores ({cpu}); {} entries for the large table",
+        env!("CARGO_PKG_VERSION"),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        big
+    );
+
+    // Hot set: 1,000 known triplets over and over.
+    let hot = triplets(1000, 9);
+    let mut hot_rates = Vec::new();
+    for name in ["engine", "mutex", "dashmap"] {
+        let store = make(name, 1000);
+        fill(store.as_ref(), &hot);
+        let secs = if quick { 0.05 } else { 1.5 };
+        hot_rates.push((
+            rate(store.as_ref(), &hot, 1, secs),
+            rate(store.as_ref(), &hot, 2, secs),
+        ));
+    }
+
+    // Large table, each store in its own process.
+    let large: Vec<_> = ["engine", "mutex", "dashmap"]
+        .iter()
+        .map(|n| in_child(n, big))
+        .collect();
+
+    // New triplets, key derivation, and the C ABI's cost over the Rust API.
+    let fresh = triplets(if quick { 10_000 } else { 1_000_000 }, 77);
+    let e = engine(fresh.len());
+    let insert_ns = ns_per(fresh.len() as u64, |i| {
+        std::hint::black_box(Store::check(&e, &fresh[i as usize], T0));
+    });
+    let key_ns = ns_per(fresh.len() as u64, |i| {
+        let t = &fresh[i as usize];
+        std::hint::black_box(e.triplet_key(&t.ip, &t.sender, &t.recipient).unwrap());
+    });
+    let (rust_ns, c_ns) = c_abi_overhead(&hot, if quick { 10_000 } else { 3_000_000 });
+
+    let m = |x: f64| format!("{:.2} M/s", x / 1e6);
+    println!();
+    println!("| measurement | engine | Mutex<HashMap<String>> | DashMap<u128> | engine / mutex | engine / dashmap | target |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let row = |what: &str, e: f64, mx: f64, d: f64, target: &str| {
+        println!(
+            "| {what} | {} | {} | {} | {:.2}x | {:.2}x | {target} |",
+            m(e),
+            m(mx),
+            m(d),
+            e / mx,
+            e / d
+        );
+    };
+    row(
+        "hot set (1,000), 1 thread",
+        hot_rates[0].0,
+        hot_rates[1].0,
+        hot_rates[2].0,
+        "",
+    );
+    row(
+        "hot set (1,000), 2 threads",
+        hot_rates[0].1,
+        hot_rates[1].1,
+        hot_rates[2].1,
+        ">= 15 M/s total",
+    );
+    row(
+        &format!("{big} entries, 1 thread"),
+        large[0].1,
+        large[1].1,
+        large[2].1,
+        "",
+    );
+    row(
+        &format!("{big} entries, 2 threads"),
+        large[0].2,
+        large[1].2,
+        large[2].2,
+        ">= 4x mutex, >= 1.3x dashmap",
+    );
+    println!(
+        "| resident bytes per entry at {big} | {:.1} | {:.1} | {:.1} | | | <= 56 (engine) |",
+        large[0].0, large[1].0, large[2].0
+    );
+    println!();
+    println!("new triplet (insert), 1 thread: {insert_ns:.0} ns");
+    println!("key derivation (normalise + keyed hash): {key_ns:.0} ns");
+    println!(
+        "one check, hot set: Rust API {rust_ns:.0} ns, C ABI {c_ns:.0} ns: +{:.1}% (target <= 15%)",
+        100.0 * (c_ns - rust_ns) / rust_ns
+    );
+}
+
+/// ns per check through the Rust API and through `greylist_engine_check`,
+/// on the same hot set, interleaved in rounds so drift hits both alike.
+fn c_abi_overhead(set: &[Triplet], iterations: u64) -> (f64, f64) {
+    let rust = engine(1000);
+    fill(&rust, set);
+    let mut handle = std::ptr::null_mut();
+    // SAFETY: NULL config (defaults) and a writable out pointer.
+    assert_eq!(
+        unsafe { c::greylist_engine_new(std::ptr::null(), &mut handle) },
+        0
+    );
+    let cstrings: Vec<[CString; 3]> = set
+        .iter()
+        .map(|t| {
+            [t.ip.clone(), t.sender.clone(), t.recipient.clone()].map(|s| CString::new(s).unwrap())
+        })
+        .collect();
+    let c_check = |i: u64, now: i64| {
+        let s = &cstrings[(i as usize * 7) % cstrings.len()];
+        let mut v = c::greylist_verdict {
+            action: 0,
+            reason: 0,
+            retry_after: 0,
+            delayed: 0,
+        };
+        // SAFETY: a live engine, NUL-terminated strings, a writable verdict.
+        unsafe {
+            c::greylist_engine_check(
+                handle,
+                s[0].as_ptr(),
+                s[1].as_ptr(),
+                s[2].as_ptr(),
+                now,
+                &mut v,
+            )
+        };
+        std::hint::black_box(v);
+    };
+    for i in 0..cstrings.len() as u64 {
+        c_check(i * 7 % 1000, T0);
+        c_check(i * 7 % 1000, T0 + 300);
+    }
+    let (mut rust_ns, mut c_ns) = (0.0, 0.0);
+    for _ in 0..5 {
+        rust_ns += ns_per(iterations / 5, |i| {
+            std::hint::black_box(Store::check(
+                &rust,
+                &set[(i as usize * 7) % set.len()],
+                T0 + 400,
+            ));
+        });
+        c_ns += ns_per(iterations / 5, |i| c_check(i, T0 + 400));
+    }
+    // SAFETY: the engine is not used after this.
+    unsafe { c::greylist_engine_free(handle) };
+    (rust_ns / 5.0, c_ns / 5.0)
+}
