@@ -310,7 +310,13 @@ pub struct Engine {
     pub(crate) lists: ArcSwap<Lists>,
     events: ArcSwapOption<EventSink>,
     has_events: std::sync::atomic::AtomicBool,
+    /// One bit per (hashed) client network that may be blocked or
+    /// auto-whitelisted; see [`Engine::may_gate`].
+    pub(crate) gates: Box<[AtomicU64]>,
 }
+
+/// Gate words per client shard: 1,024 bits, 128 KiB for 1,024 shards.
+const GATE_WORDS_PER_SHARD: usize = 16;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -352,6 +358,9 @@ impl Engine {
             lists: ArcSwap::from_pointee(Lists::default()),
             events: ArcSwapOption::empty(),
             has_events: std::sync::atomic::AtomicBool::new(false),
+            gates: (0..shards * GATE_WORDS_PER_SHARD)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             config,
             secret,
         }
@@ -487,7 +496,8 @@ impl Engine {
     /// `update` under its shard lock.
     fn with_client<R>(&self, k: &Keys, update: impl FnOnce(&mut ClientState) -> R) -> R {
         let c_hash = client_hash(net_id(k.net_key));
-        let mut clients = self.clients.lock(self.clients.index(c_hash));
+        let c_idx = self.clients.index(c_hash);
+        let mut clients = self.clients.lock(c_idx);
         let entry = match clients.find_mut(c_hash, |e| e.key == k.net_key) {
             Some(e) => e,
             None => clients
@@ -504,7 +514,40 @@ impl Engine {
                 )
                 .into_mut(),
         };
-        update(&mut entry.state)
+        let result = update(&mut entry.state);
+        if self.may_gate(&entry.state) {
+            let (word, bit) = self.gate_bit(c_idx, c_hash);
+            self.gates[word].fetch_or(bit, Relaxed);
+        }
+        result
+    }
+
+    /// Whether a client record could ever decide a check on its own
+    /// (blocked, or auto-whitelisted) at some `now`: only then is its gate
+    /// bit set, and only then does a check lock its shard.
+    pub(crate) fn may_gate(&self, state: &ClientState) -> bool {
+        state.blocked_until != 0
+            || (self.config.awl_threshold > 0 && state.passes >= self.config.awl_threshold)
+    }
+
+    /// The gate bit of a client hash: each client shard owns a run of
+    /// words, changed only under that shard's lock.
+    pub(crate) fn gate_bit(&self, c_idx: usize, c_hash: u64) -> (usize, u64) {
+        let bit = (c_hash as usize) % (GATE_WORDS_PER_SHARD * 64);
+        (c_idx * GATE_WORDS_PER_SHARD + bit / 64, 1 << (bit % 64))
+    }
+
+    /// Recomputes one client shard's gate bits from its records; the caller
+    /// holds that shard's lock.
+    pub(crate) fn rebuild_gates(&self, c_idx: usize, table: &HashTable<ClientEntry>) {
+        let mut words = [0u64; GATE_WORDS_PER_SHARD];
+        for e in table.iter().filter(|e| self.may_gate(&e.state)) {
+            let (word, bit) = self.gate_bit(c_idx, client_hash(net_id(e.key)));
+            words[word - c_idx * GATE_WORDS_PER_SHARD] |= bit;
+        }
+        for (i, w) in words.into_iter().enumerate() {
+            self.gates[c_idx * GATE_WORDS_PER_SHARD + i].store(w, Relaxed);
+        }
     }
 
     fn decide(&self, k: &Keys, now: u32) -> Verdict {
@@ -526,7 +569,12 @@ impl Engine {
             }
             Listed::No => {}
         }
-        let gate = {
+        // Most networks are neither blocked nor auto-whitelisted: their
+        // gate bit is clear and the check skips the client table.
+        let (word, bit) = self.gate_bit(c_idx, c_hash);
+        let gate = if self.gates[word].load(Relaxed) & bit == 0 {
+            None
+        } else {
             let mut clients = self.clients.lock(c_idx);
             clients
                 .find_mut(c_hash, |e| e.key == k.net_key)
@@ -706,9 +754,9 @@ impl Engine {
             total += removed;
         }
         for i in 0..self.clients.shard_count() {
-            self.clients
-                .lock(i)
-                .retain(|e| !e.is_expired(now, &self.config));
+            let mut clients = self.clients.lock(i);
+            clients.retain(|e| !e.is_expired(now, &self.config));
+            self.rebuild_gates(i, &clients);
         }
         total
     }

@@ -694,6 +694,10 @@ impl Engine {
                 if table.find(hash, |c| c.key == e.key).is_some() {
                     return Err(format!("duplicate client record for {}", e.net));
                 }
+                if self.may_gate(&e.state) {
+                    let (word, bit) = self.gate_bit(shard, hash);
+                    self.gates[word].fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
+                }
                 table.insert_unique(hash, e, hasher);
             }
             Ok(())
