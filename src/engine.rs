@@ -19,7 +19,15 @@ use crate::rules::{
 };
 use crate::table::{hasher, CachePadded, Hashed, Sharded};
 
+/// Counter stripes: more than the threads that usually check at once.
+const COUNTER_STRIPES: usize = 64;
+
+static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 thread_local! {
+    /// This thread's counter stripe, handed out round robin.
+    static THREAD_STRIPE: usize = NEXT_STRIPE.fetch_add(1, Relaxed);
+
     /// Scratch space for key material, reused by every check on a thread.
     static KEY_MATERIAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
 }
@@ -315,8 +323,9 @@ pub struct Engine {
     pub(crate) gates: Box<[AtomicU64]>,
 }
 
-/// Gate words per client shard: 1,024 bits, 128 KiB for 1,024 shards.
-const GATE_WORDS_PER_SHARD: usize = 16;
+/// Gate words per client shard: 128 bits, 16 KiB for 1,024 shards, small
+/// enough to stay in cache; a bit shared by two networks only costs a lock.
+const GATE_WORDS_PER_SHARD: usize = 2;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -350,7 +359,7 @@ impl Engine {
         Engine {
             triplets: Sharded::new(shards),
             clients: Sharded::new(shards),
-            counters: (0..shards)
+            counters: (0..COUNTER_STRIPES)
                 .map(|_| CachePadded(Counters::default()))
                 .collect(),
             shard_cap: max / shards,
@@ -557,14 +566,14 @@ impl Engine {
         match k.listed {
             Listed::Whitelisted => {
                 let v = Verdict::new(Reason::Whitelisted, 0, 0);
-                self.count(c_idx, v);
+                self.count(v);
                 return v;
             }
             Listed::Trap => {
                 let until = now.saturating_add(config.block_time.max(1));
                 self.with_client(k, |c| c.blocked_until = c.blocked_until.max(until));
                 let v = Verdict::new(Reason::Trapped, until - now, 0);
-                self.count(c_idx, v);
+                self.count(v);
                 return v;
             }
             Listed::No => {}
@@ -581,7 +590,7 @@ impl Engine {
                 .and_then(|e| client_gate(&mut e.state, now, config))
         };
         if let Some(v) = gate {
-            self.count(c_idx, v);
+            self.count(v);
             return v;
         }
 
@@ -599,7 +608,7 @@ impl Engine {
                 None => {
                     let (s, v) = triplet_step(None, now, config);
                     if table.len() >= self.shard_cap {
-                        self.make_room(t_idx, &mut table, now, &mut lost);
+                        self.make_room(&mut table, now, &mut lost);
                     }
                     let entry = TripletEntry::new(k.triplet_key, k.net_key, s);
                     table.insert_unique(t_hash, entry, hasher);
@@ -614,12 +623,18 @@ impl Engine {
         } else {
             verdict
         };
-        self.count(t_idx, verdict);
+        self.count(verdict);
         verdict
     }
 
-    fn count(&self, stripe: usize, v: Verdict) {
-        self.counters[stripe].0.reasons[v.reason.index()].fetch_add(1, Relaxed);
+    fn count(&self, v: Verdict) {
+        self.stripe().reasons[v.reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// This thread's counters: each thread keeps to one stripe, so its
+    /// counter line stays in its core's cache.
+    fn stripe(&self) -> &Counters {
+        &self.counters[THREAD_STRIPE.with(|s| *s) % self.counters.len()].0
     }
 
     /// Removes expired entries from a locked shard, collecting lost mail.
@@ -648,14 +663,8 @@ impl Engine {
     /// pending ones, and passed ones only when nothing else is left. Frees
     /// a sixteenth of the shard at once, so the scan is paid once per many
     /// inserts.
-    fn make_room(
-        &self,
-        stripe: usize,
-        table: &mut HashTable<TripletEntry>,
-        now: u32,
-        lost: &mut LostList,
-    ) {
-        let counters = &self.counters[stripe].0;
+    fn make_room(&self, table: &mut HashTable<TripletEntry>, now: u32, lost: &mut LostList) {
+        let counters = self.stripe();
         let target = self.shard_cap - (self.shard_cap / 16).max(1);
         counters
             .expired
@@ -697,7 +706,7 @@ impl Engine {
                 return false;
             }
             if table.len() >= self.shard_cap {
-                self.make_room(idx, &mut table, now, &mut lost);
+                self.make_room(&mut table, now, &mut lost);
             }
             table.insert_unique(hash, entry, hasher);
         }
@@ -727,7 +736,7 @@ impl Engine {
                     e.net.clone()
                 })
             };
-            self.counters[idx].0.lost_mail.fetch_add(1, Relaxed);
+            self.stripe().lost_mail.fetch_add(1, Relaxed);
             if let Some(network) = network {
                 self.emit(|| Event {
                     kind: EventKind::ExpiredUnretried,
@@ -748,7 +757,7 @@ impl Engine {
         let mut lost = LostList::new();
         for i in 0..self.triplets.shard_count() {
             let removed = self.remove_expired(&mut self.triplets.lock(i), now, &mut lost);
-            self.counters[i].0.expired.fetch_add(removed, Relaxed);
+            self.stripe().expired.fetch_add(removed, Relaxed);
             self.credit_lost(&lost);
             lost.clear();
             total += removed;
