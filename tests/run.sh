@@ -2,7 +2,8 @@
 # The whole test suite: Rust unit, model, concurrency, header and doc tests;
 # the C ABI test under AddressSanitizer + UBSan and under valgrind; the C++
 # wrapper test; the install + pkg-config test of the README's C example; the
-# Python binding's unittest suite against a pip-installed copy.
+# Python binding's unittest suite against a pip-installed copy; the .NET
+# binding's test under Mono.
 # A suite whose tool is missing is skipped with the reason, except when
 # CI=true, where it fails.
 set -euo pipefail
@@ -92,6 +93,15 @@ if have python3 "the Python binding tests"; then
   "$venv/bin/python" -m pip install -q --no-deps --force-reinstall bindings/python
   (cd "$out" && GREYLIST_LIBRARY="$root/target/release/libgreylist.so" \
     "$venv/bin/python" -m unittest discover -v -s "$root/bindings/python/tests")
+  ok
+fi
+
+suite ".NET binding under Mono (mcs, C# 7.2 language level)"
+if have mcs "the .NET binding test (apt-get install mono-devel)"; then
+  mkdir -p "$root/target/dotnet"
+  mcs -langversion:7.2 -warnaserror -out:"$root/target/dotnet/TestGreylist.exe" \
+    bindings/dotnet/Greylist.cs bindings/dotnet/tests/TestGreylist.cs
+  LD_LIBRARY_PATH="$root/target/release" mono "$root/target/dotnet/TestGreylist.exe"
   ok
 fi
 

@@ -1,0 +1,157 @@
+// Tests of the .NET binding, compiled with Mono's mcs and run with mono
+// against the release libgreylist.so (see tests/run.sh). Prints
+// "N passed, M failed" and exits non-zero on any failure.
+
+using System;
+using System.IO;
+using System.Threading;
+using Greylist;
+
+static class TestGreylist
+{
+    static int passed, failed;
+    static readonly DateTimeOffset T0 = DateTimeOffset.FromUnixTimeSeconds(1700000000);
+
+    static void Check(bool condition, string what)
+    {
+        if (!condition) throw new Exception("check failed: " + what);
+    }
+
+    static void Run(string name, System.Action test)
+    {
+        try
+        {
+            test();
+            passed++;
+            Console.WriteLine("test " + name + " ... ok");
+        }
+        catch (Exception e)
+        {
+            failed++;
+            Console.WriteLine("test " + name + " ... FAILED: " + e);
+        }
+    }
+
+    static T Throws<T>(System.Action action) where T : Exception
+    {
+        try { action(); }
+        catch (T e) { return e; }
+        throw new Exception("expected " + typeof(T).Name);
+    }
+
+    static int Main()
+    {
+        Run("cycle", () =>
+        {
+            using (var engine = new Engine())
+            {
+                var v = engine.Check("192.0.2.1", "alice@example.org", "bob@example.net", T0);
+                Check(v.Action == Greylist.Action.Defer && v.Reason == Reason.New && v.RetryAfter == 300, "new");
+                Check(v.Reply == "450 4.2.0 Greylisted, please try again in 300 seconds", v.Reply);
+                v = engine.Check("192.0.2.1", "alice@example.org", "bob@example.net", T0.AddSeconds(100));
+                Check(v.Reason == Reason.EarlyRetry && v.RetryAfter == 200, "early retry");
+                v = engine.Check("192.0.2.9", "Alice+x@example.org", "bob@example.net", T0.AddSeconds(300));
+                Check(v.Action == Greylist.Action.Pass && v.Reason == Reason.Retried && v.Delayed == 300 && v.Reply == null, "retried");
+                Check(engine.Check("192.0.2.1", "alice@example.org", "bob@example.net", T0.AddDays(1)).Reason == Reason.Passed, "passed");
+                Check(engine.Count == 1, "count");
+                Check(engine.Sweep(T0.AddDays(400)) == 1 && engine.Count == 0, "sweep");
+                Check(engine.Check("2001:db8::1", "", "bob@example.net").Reason == Reason.New, "system clock");
+                Check(Engine.Version.Length >= 5, "version");
+            }
+        });
+
+        Run("config", () =>
+        {
+            var config = new Config { Delay = 60, RetryWindow = 3600, AwlThreshold = 0, ReplyCode = 451, ReplyEnhanced = "4.7.1", GreylistText = "wait %s s" };
+            using (var engine = new Engine(config))
+                Check(engine.Check("192.0.2.1", "a@x.org", "b@y.net", T0).Reply == "451 4.7.1 wait 60 s", "reply");
+            var e = Throws<GreylistException>(() => new Engine(new Config { Delay = 7200, RetryWindow = 3600 }));
+            Check(e.Status == Status.InvalidArgument && e.Message.StartsWith("config: delay: "), e.Message);
+            e = Throws<GreylistException>(() => new Engine(new Config { Ipv4Prefix = 40 }));
+            Check(e.Message.Contains("ipv4_prefix"), e.Message);
+        });
+
+        Run("bad_input", () =>
+        {
+            using (var engine = new Engine())
+            {
+                var e = Throws<GreylistException>(() => engine.Check("999.0.0.1", "a@x.org", "b@y.net", T0));
+                Check(e.Status == Status.InvalidArgument && e.Message.StartsWith("client_ip: not an IP address"), e.Message);
+                e = Throws<GreylistException>(() => engine.Check("192.0.2.1", null, "b@y.net", T0));
+                Check(e.Status == Status.NullArgument && e.Message == "sender: is NULL", e.Message);
+                e = Throws<GreylistException>(() => engine.Check("192.0.2.1", "a@x.org", new string('x', 65536), T0));
+                Check(e.Message.StartsWith("recipient: 65536 bytes"), e.Message);
+                e = Throws<GreylistException>(() => engine.Check("192.0.2.1", "a\0b@x.org", "b@y.net", T0));
+                Check(e.Message == "sender: contains a NUL character", e.Message);
+                e = Throws<GreylistException>(() => engine.SetList(ListKind.Clients, new[] { "10.0.0.0/8", "not a client" }));
+                Check(e.Message.StartsWith("line 2: "), e.Message);
+                Check(engine.Count == 0, "nothing recorded");
+            }
+        });
+
+        Run("dispose", () =>
+        {
+            var engine = new Engine();
+            engine.Dispose();
+            engine.Dispose();
+            Throws<ObjectDisposedException>(() => engine.Check("192.0.2.1", "a@x.org", "b@y.net", T0));
+            Throws<ObjectDisposedException>(() => { var n = engine.Count; });
+        });
+
+        Run("lists_and_snapshots", () =>
+        {
+            var dir = Path.Combine(Path.GetTempPath(), "greylist-dotnet-" + Guid.NewGuid().ToString("N"));
+            Directory.CreateDirectory(dir);
+            try
+            {
+                using (var engine = new Engine())
+                {
+                    engine.SetList(ListKind.Clients, new[] { "10.0.0.0/8", ".google.com" });
+                    Check(engine.Check("10.1.2.3", "a@x.org", "b@y.net", T0).Reason == Reason.Whitelisted, "whitelisted");
+                    File.WriteAllText(Path.Combine(dir, "traps.txt"), "# traps\ntrap@example.net\n");
+                    Check(engine.LoadList(ListKind.TrapRecipients, Path.Combine(dir, "traps.txt")) == 1, "loaded");
+                    Check(engine.Check("203.0.113.1", "s@x.org", "trap@example.net", T0).Reason == Reason.Trapped, "trapped");
+                    engine.Check("192.0.2.1", "a@x.org", "b@y.net", T0);
+                    engine.Save(Path.Combine(dir, "g.snap"));
+                }
+                using (var loaded = Engine.Load(Path.Combine(dir, "g.snap")))
+                    Check(loaded.Check("192.0.2.1", "a@x.org", "b@y.net", T0.AddSeconds(300)).Reason == Reason.Retried, "after load");
+                File.WriteAllText(Path.Combine(dir, "bad.snap"), "GREYLIST but not really");
+                var e = Throws<GreylistException>(() => Engine.Load(Path.Combine(dir, "bad.snap")));
+                Check(e.Status == Status.Corrupt, e.Message);
+            }
+            finally
+            {
+                Directory.Delete(dir, true);
+            }
+        });
+
+        Run("threads", () =>
+        {
+            using (var engine = new Engine())
+            {
+                int errors = 0;
+                var threads = new Thread[4];
+                for (int t = 0; t < threads.Length; t++)
+                {
+                    int id = t;
+                    threads[t] = new Thread(() =>
+                    {
+                        for (int i = 0; i < 5000; i++)
+                        {
+                            try { engine.Check("10.0." + (i % 50) + "." + id, "s@example.org", "r@example.net", T0.AddSeconds(i / 2500 * 300)); }
+                            catch (Exception) { Interlocked.Increment(ref errors); }
+                        }
+                    });
+                    threads[t].Start();
+                }
+                foreach (var th in threads) th.Join();
+                Check(errors == 0, "errors: " + errors);
+                Check(engine.Count == 50, "count " + engine.Count);
+            }
+        });
+
+        Console.WriteLine(passed + " passed, " + failed + " failed");
+        return failed == 0 ? 0 : 1;
+    }
+}
