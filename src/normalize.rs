@@ -206,12 +206,15 @@ pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
     })
 }
 
-/// Strips white space and one pair of angle brackets.
-fn unbracket(s: &str) -> &str {
-    let s = s.trim();
-    s.strip_prefix('<')
-        .and_then(|r| r.strip_suffix('>'))
-        .map_or(s, str::trim)
+/// Strips white space and angle brackets around an address.
+fn unbracket(mut s: &str) -> &str {
+    loop {
+        s = s.trim();
+        match s.strip_prefix('<').and_then(|r| r.strip_suffix('>')) {
+            Some(inner) => s = inner,
+            None => return s,
+        }
+    }
 }
 
 /// An address as list entries are matched: lower-case, without white space
@@ -317,11 +320,20 @@ pub(crate) fn sender_into(
     check_len("sender", sender)?;
     let (mut local, domain) = split_address(unbracket(sender).as_bytes());
     let mut srs_domain = None;
-    if let Some((orig_local, orig_domain)) = unwrap_srs(local) {
-        local = orig_local;
-        srs_domain = Some(orig_domain);
+    // Wrappers can nest (SRS around BATV, SRS of SRS); peel a few layers,
+    // so that normalising a normalised sender changes nothing.
+    for _ in 0..8 {
+        let before = local;
+        if let Some((orig_local, orig_domain)) = unwrap_srs(local) {
+            local = orig_local;
+            srs_domain = Some(orig_domain.trim_ascii());
+        }
+        local = unwrap_batv(local).trim_ascii();
+        if local == before {
+            break;
+        }
     }
-    local = cut_extension(unwrap_batv(local), delimiters);
+    local = cut_extension(local, delimiters);
     out.reserve(local.len() + domain.len() + 1);
     let mut in_digits = false;
     for &b in local {

@@ -234,9 +234,7 @@ fn postfix_defers_the_first_attempt_and_queues_the_retry() {
         retry_text.contains("<-  250 2.0.0 Ok: queued as "),
         "not queued:\n{retry_text}"
     );
-    assert!(d
-        .log_text()
-        .contains("action=pass reason=retried client=127.0.0.1"));
+    d.wait_for_log("action=pass reason=retried client=127.0.0.1");
     // Delivered (to the discard transport), with the X-Greylist header prepended.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !postfix.maillog().contains("status=sent") {

@@ -1,0 +1,41 @@
+//! Normalisation of arbitrary senders and recipients. Must hold:
+//! normalising a normalised address changes nothing (so the key is the
+//! same), ASCII case never changes the key, and neither does the text of
+//! a `+extension`.
+#![no_main]
+
+use greylist::{normalize_recipient, normalize_sender, Config, Engine};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (address, tag) = text.split_once('\u{1}').unwrap_or((text, "x"));
+    if let Ok(once) = normalize_sender(address, "+") {
+        assert_eq!(normalize_sender(&once, "+").unwrap(), once, "sender {address:?}");
+        assert_eq!(normalize_sender(&address.to_ascii_uppercase(), "+").unwrap(), once, "case of {address:?}");
+    }
+    if let Ok(once) = normalize_recipient(address, "+") {
+        assert_eq!(normalize_recipient(&once, "+").unwrap(), once, "recipient {address:?}");
+        assert_eq!(normalize_recipient(&address.to_ascii_uppercase(), "+").unwrap(), once);
+    }
+    // An extension's text never matters: user+A@d and user+B@d are one key.
+    // (Not for SRS locals, where `+` can be the SRS separator itself, nor
+    // when the tag would end the address or the local part.)
+    let engine = Engine::new(Config::builder().shards(1).build().unwrap());
+    if let Some((local, domain)) = address.rsplit_once('@') {
+        let plain_local = !local.is_empty()
+            && !local.contains(['+', '@', '<', '>'])
+            && !local.trim().is_empty()
+            && local.trim() == local
+            && !local.to_ascii_lowercase().starts_with("srs");
+        let plain_tag = !tag.contains(['@', '<', '>']) && tag.trim() == tag;
+        if plain_local && plain_tag && domain.trim() == domain && !domain.contains('>') {
+            let key = |l: &str| engine.triplet_key("192.0.2.1", l, "r@example.net");
+            let a = key(&format!("{local}+{tag}@{domain}"));
+            let b = key(&format!("{local}+other@{domain}"));
+            if let (Ok(a), Ok(b)) = (a, b) {
+                assert_eq!(a, b, "extension changed the key of {local:?}@{domain:?}");
+            }
+        }
+    }
+});
