@@ -193,7 +193,8 @@ pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
     if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         s = inner;
     }
-    if s.len() > 5 && s[..5].eq_ignore_ascii_case("ipv6:") {
+    // Compared as bytes: slicing the str at 5 could split a character.
+    if s.len() > 5 && s.as_bytes()[..5].eq_ignore_ascii_case(b"ipv6:") {
         s = &s[5..];
     }
     s.parse::<IpAddr>().map_err(|_| {
@@ -209,7 +210,9 @@ pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
 /// Strips white space and angle brackets around an address.
 fn unbracket(mut s: &str) -> &str {
     loop {
-        s = s.trim();
+        // ASCII white space only, as the byte-level trims below, so that a
+        // normalised address normalises to itself.
+        s = s.trim_matches(|c: char| c.is_ascii_whitespace());
         match s.strip_prefix('<').and_then(|r| r.strip_suffix('>')) {
             Some(inner) => s = inner,
             None => return s,
@@ -256,7 +259,8 @@ fn split_fields<const N: usize>(s: &[u8]) -> Option<[&[u8]; N]> {
 fn unwrap_srs(local: &[u8]) -> Option<(&[u8], &[u8])> {
     fn srs0_tail(tail: &[u8]) -> Option<(&[u8], &[u8])> {
         let [_hash, _timestamp, domain, orig] = split_fields::<4>(tail)?;
-        Some((orig, domain))
+        // A domain with an '@' is not one: leave such an address alone.
+        (!domain.contains(&b'@')).then_some((orig, domain))
     }
     let sep_ok = |b: u8| matches!(b, b'=' | b'+' | b'-');
     if local.len() > 5 && sep_ok(local[4]) {
@@ -318,6 +322,44 @@ pub(crate) fn sender_into(
     out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
     check_len("sender", sender)?;
+    to_fixpoint(sender, delimiters, out, sender_pass);
+    Ok(())
+}
+
+/// Runs `pass` and, if its output could normalise differently (garbage can
+/// hide a wrapper or brackets behind white space or an extension), runs it
+/// again on its own output until nothing changes, so a normalised address
+/// is its own normal form. Real addresses never need the second pass.
+fn to_fixpoint(
+    input: &str,
+    delimiters: &[u8],
+    out: &mut Vec<u8>,
+    pass: fn(&str, &[u8], &mut Vec<u8>),
+) {
+    let start = out.len();
+    pass(input, delimiters, out);
+    for _ in 0..4 {
+        let produced = &out[start..];
+        let suspicious = produced
+            .iter()
+            .any(|&b| matches!(b, b'<' | b'>') || b.is_ascii_whitespace())
+            || ["srs0", "srs1", "prvs=", "msprvs1=", "btv1=="]
+                .iter()
+                .any(|p| strip_prefix_ci(produced, p.as_bytes()).is_some());
+        if !suspicious {
+            return;
+        }
+        let again = String::from_utf8_lossy(produced).into_owned();
+        out.truncate(start);
+        pass(&again, delimiters, out);
+        if out[start..] == *again.as_bytes() {
+            return;
+        }
+    }
+}
+
+/// One pass of sender normalisation (see [`sender_into`]).
+fn sender_pass(sender: &str, delimiters: &[u8], out: &mut Vec<u8>) {
     let (mut local, domain) = split_address(unbracket(sender).as_bytes());
     let mut srs_domain = None;
     // Wrappers can nest (SRS around BATV, SRS of SRS); peel a few layers,
@@ -333,7 +375,7 @@ pub(crate) fn sender_into(
             break;
         }
     }
-    local = cut_extension(local, delimiters);
+    local = cut_extension(local, delimiters).trim_ascii();
     out.reserve(local.len() + domain.len() + 1);
     let mut in_digits = false;
     for &b in local {
@@ -354,7 +396,6 @@ pub(crate) fn sender_into(
         }
         None => push_lower(out, domain),
     }
-    Ok(())
 }
 
 /// Appends the normalised envelope recipient to `out`: lower-cased and
@@ -370,10 +411,19 @@ pub(crate) fn recipient_into(
     if trimmed.is_empty() {
         return Err(InputError::new(ARG, "is empty"));
     }
-    let (local, domain) = split_address(trimmed.as_bytes());
-    push_lower(out, cut_extension(local, delimiters));
-    push_lower(out, domain);
+    let start = out.len();
+    to_fixpoint(trimmed, delimiters, out, recipient_pass);
+    if out.len() == start {
+        return Err(InputError::new(ARG, "is empty"));
+    }
     Ok(())
+}
+
+/// One pass of recipient normalisation (see [`recipient_into`]).
+fn recipient_pass(recipient: &str, delimiters: &[u8], out: &mut Vec<u8>) {
+    let (local, domain) = split_address(unbracket(recipient).as_bytes());
+    push_lower(out, cut_extension(local, delimiters).trim_ascii());
+    push_lower(out, domain);
 }
 
 fn to_string(bytes: Vec<u8>) -> String {
@@ -518,6 +568,37 @@ mod tests {
         let edge = format!("{}@x.org", "a".repeat(MAX_ADDRESS_LEN - 6));
         assert_eq!(edge.len(), MAX_ADDRESS_LEN);
         assert!(normalize_sender(&edge, "+").is_ok());
+    }
+
+    /// Found by the c_abi_check fuzz target: a multi-byte character at byte
+    /// 4 of a client IP made `parse_ip` slice inside it and panic.
+    #[test]
+    fn fuzz_multibyte_character_in_ip_prefix() {
+        let e = parse_ip("ab\u{2ab}xyz").unwrap_err();
+        assert_eq!(e.argument(), "client_ip");
+        assert!(parse_ip("abcdʫ1").is_err());
+    }
+
+    /// Found by the normalize fuzz target: an SRS "domain" holding an '@'
+    /// gave a sender that normalised differently the second time.
+    #[test]
+    fn fuzz_normalising_twice_changes_nothing() {
+        for raw in [
+            "SRS0=HHH=TT=exam1ple.orr@forwg=user@foraax=ewmpld",
+            "User\n\n+tag@Example.COM",
+            "<<a@b>>",
+            "ms\u{b}\u{b}+\u{b}prvs1=.\0pt",
+            "<ggSGGI\t\t1.>\t\t\r\t\t+\t\t",
+            "<prvs==<><>>",
+            "SRS0=a=b=c.example=SRS0=d=e=f.example=user@x.example",
+        ] {
+            let once = s(raw);
+            assert_eq!(s(&once), once, "{raw:?}");
+        }
+        for raw in ["name.)120 +x", "<~pT\t\t>\t+0"] {
+            let once = r(raw);
+            assert_eq!(r(&once), once, "{raw:?}");
+        }
     }
 
     #[test]

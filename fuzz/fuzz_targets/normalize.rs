@@ -19,15 +19,17 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(normalize_recipient(&address.to_ascii_uppercase(), "+").unwrap(), once);
     }
     // An extension's text never matters: user+A@d and user+B@d are one key.
-    // (Not for SRS locals, where `+` can be the SRS separator itself, nor
-    // when the tag would end the address or the local part.)
+    // (Not for SRS or BATV locals, where what follows `+` can be the whole
+    // wrapped mailbox, nor when the tag would end the address.)
     let engine = Engine::new(Config::builder().shards(1).build().unwrap());
     if let Some((local, domain)) = address.rsplit_once('@') {
         let plain_local = !local.is_empty()
             && !local.contains(['+', '@', '<', '>'])
             && !local.trim().is_empty()
             && local.trim() == local
-            && !local.to_ascii_lowercase().starts_with("srs");
+            && !["srs", "prvs=", "msprvs1=", "btv1=="]
+                .iter()
+                .any(|p| local.to_ascii_lowercase().starts_with(p));
         let plain_tag = !tag.contains(['@', '<', '>']) && tag.trim() == tag;
         if plain_local && plain_tag && domain.trim() == domain && !domain.contains('>') {
             let key = |l: &str| engine.triplet_key("192.0.2.1", l, "r@example.net");
