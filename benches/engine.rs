@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::time::Duration;
 
 use common::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use greylist::ffi::engine as c;
 
 fn stores() -> Vec<(&'static str, Box<dyn Store>)> {
     vec![
@@ -108,43 +106,9 @@ fn key_derivation(c: &mut Criterion) {
 
 fn c_abi(c: &mut Criterion) {
     let set = triplets(1000, 11);
-    let mut handle = std::ptr::null_mut();
-    // SAFETY: NULL config (defaults) and a writable out pointer.
-    assert_eq!(
-        unsafe { c::greylist_engine_new(std::ptr::null(), &mut handle) },
-        0
-    );
+    let through_c = CAbiEngine::new(&set);
     let engine = engine(1000);
     fill(&engine, &set);
-    let cstrings: Vec<[CString; 3]> = set
-        .iter()
-        .map(|t| {
-            [
-                CString::new(t.ip.clone()).unwrap(),
-                CString::new(t.sender.clone()).unwrap(),
-                CString::new(t.recipient.clone()).unwrap(),
-            ]
-        })
-        .collect();
-    for s in &cstrings {
-        let mut v = c::greylist_verdict {
-            action: 0,
-            reason: 0,
-            retry_after: 0,
-            delayed: 0,
-        };
-        // SAFETY: a live engine, NUL-terminated strings, a writable verdict.
-        unsafe {
-            c::greylist_engine_check(
-                handle,
-                s[0].as_ptr(),
-                s[1].as_ptr(),
-                s[2].as_ptr(),
-                T0,
-                &mut v,
-            )
-        };
-    }
     let mut group = c.benchmark_group("one_check_hot_set");
     let mut i = 0;
     group.bench_function("rust_api", |b| {
@@ -155,31 +119,11 @@ fn c_abi(c: &mut Criterion) {
     });
     group.bench_function("c_abi", |b| {
         b.iter(|| {
-            i = (i + 7) % cstrings.len();
-            let s = &cstrings[i];
-            let mut v = c::greylist_verdict {
-                action: 0,
-                reason: 0,
-                retry_after: 0,
-                delayed: 0,
-            };
-            // SAFETY: as above.
-            unsafe {
-                c::greylist_engine_check(
-                    handle,
-                    s[0].as_ptr(),
-                    s[1].as_ptr(),
-                    s[2].as_ptr(),
-                    T0 + 400,
-                    &mut v,
-                )
-            };
-            v
+            i = (i + 7) % set.len();
+            through_c.check_index(i, T0 + 400)
         })
     });
     group.finish();
-    // SAFETY: the engine is not used after this.
-    unsafe { c::greylist_engine_free(handle) };
 }
 
 criterion_group!(

@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use greylist::ffi::engine as c;
 
 /// Checks per second over `seconds` on `threads` threads.
 fn rate(store: &dyn Store, triplets: &[Triplet], threads: usize, seconds: f64) -> f64 {
@@ -198,43 +196,7 @@ fn main() {
 fn c_abi_overhead(set: &[Triplet], iterations: u64) -> (f64, f64) {
     let rust = engine(1000);
     fill(&rust, set);
-    let mut handle = std::ptr::null_mut();
-    // SAFETY: NULL config (defaults) and a writable out pointer.
-    assert_eq!(
-        unsafe { c::greylist_engine_new(std::ptr::null(), &mut handle) },
-        0
-    );
-    let cstrings: Vec<[CString; 3]> = set
-        .iter()
-        .map(|t| {
-            [t.ip.clone(), t.sender.clone(), t.recipient.clone()].map(|s| CString::new(s).unwrap())
-        })
-        .collect();
-    let c_check = |i: u64, now: i64| {
-        let s = &cstrings[(i as usize * 7) % cstrings.len()];
-        let mut v = c::greylist_verdict {
-            action: 0,
-            reason: 0,
-            retry_after: 0,
-            delayed: 0,
-        };
-        // SAFETY: a live engine, NUL-terminated strings, a writable verdict.
-        unsafe {
-            c::greylist_engine_check(
-                handle,
-                s[0].as_ptr(),
-                s[1].as_ptr(),
-                s[2].as_ptr(),
-                now,
-                &mut v,
-            )
-        };
-        std::hint::black_box(v);
-    };
-    for i in 0..cstrings.len() as u64 {
-        c_check(i * 7 % 1000, T0);
-        c_check(i * 7 % 1000, T0 + 300);
-    }
+    let through_c = CAbiEngine::new(set);
     let (mut rust_ns, mut c_ns) = (0.0, 0.0);
     for _ in 0..5 {
         rust_ns += ns_per(iterations / 5, |i| {
@@ -244,9 +206,9 @@ fn c_abi_overhead(set: &[Triplet], iterations: u64) -> (f64, f64) {
                 T0 + 400,
             ));
         });
-        c_ns += ns_per(iterations / 5, |i| c_check(i, T0 + 400));
+        c_ns += ns_per(iterations / 5, |i| {
+            std::hint::black_box(through_c.check_index(i as usize * 7, T0 + 400));
+        });
     }
-    // SAFETY: the engine is not used after this.
-    unsafe { c::greylist_engine_free(handle) };
     (rust_ns / 5.0, c_ns / 5.0)
 }

@@ -194,3 +194,68 @@ pub fn rss_bytes() -> usize {
         .unwrap_or(0)
         * 1024
 }
+
+/// The engine through its C ABI, on triplets prepared as C strings once
+/// (as a C mail server holds them), to measure the call's own cost.
+pub struct CAbiEngine {
+    handle: *mut greylist::ffi::engine::greylist_engine,
+    strings: Vec<[std::ffi::CString; 3]>,
+}
+
+// SAFETY: the C engine is documented thread-safe; the strings are only read.
+unsafe impl Sync for CAbiEngine {}
+
+impl CAbiEngine {
+    /// A default engine, and `set` as C strings, every triplet made passed.
+    pub fn new(set: &[Triplet]) -> Self {
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: NULL config (defaults) and a writable out pointer.
+        let status =
+            unsafe { greylist::ffi::engine::greylist_engine_new(std::ptr::null(), &mut handle) };
+        assert_eq!(status, 0);
+        let strings = set
+            .iter()
+            .map(|t| {
+                [t.ip.clone(), t.sender.clone(), t.recipient.clone()]
+                    .map(|s| std::ffi::CString::new(s).unwrap())
+            })
+            .collect();
+        let e = CAbiEngine { handle, strings };
+        for i in 0..set.len() {
+            e.check_index(i, T0);
+            e.check_index(i, T0 + 300);
+        }
+        e
+    }
+
+    /// Checks prepared triplet `i`.
+    pub fn check_index(&self, i: usize, now: i64) -> greylist::ffi::engine::greylist_verdict {
+        let s = &self.strings[i % self.strings.len()];
+        let mut v = greylist::ffi::engine::greylist_verdict {
+            action: 0,
+            reason: 0,
+            retry_after: 0,
+            delayed: 0,
+        };
+        // SAFETY: a live engine, NUL-terminated strings, a writable verdict.
+        let status = unsafe {
+            greylist::ffi::engine::greylist_engine_check(
+                self.handle,
+                s[0].as_ptr(),
+                s[1].as_ptr(),
+                s[2].as_ptr(),
+                now,
+                &mut v,
+            )
+        };
+        assert_eq!(status, 0);
+        v
+    }
+}
+
+impl Drop for CAbiEngine {
+    fn drop(&mut self) {
+        // SAFETY: the engine came from greylist_engine_new and is freed once.
+        unsafe { greylist::ffi::engine::greylist_engine_free(self.handle) };
+    }
+}
