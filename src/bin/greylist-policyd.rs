@@ -327,42 +327,55 @@ impl Server {
     }
 }
 
-fn serve_tcp(server: Arc<Server>, listener: TcpListener) {
-    for stream in listener.incoming() {
-        let stream: TcpStream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                log(format_args!("accept failed: {e}"));
-                continue;
-            }
-        };
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string());
-        let _ = stream.set_read_timeout(Some(server.idle_timeout));
-        let _ = stream.set_write_timeout(Some(server.idle_timeout));
-        let _ = stream.set_nodelay(true);
-        server.spawn(peer.clone(), move |s| match stream.try_clone() {
-            Ok(reader) => s.serve(reader, stream, &peer),
-            Err(e) => log(format_args!("{peer}: {e}")),
-        });
+/// A connected client, over TCP or a unix socket.
+trait Connection: Read + Write + Send + Sized + 'static {
+    /// A name for the log, and the connection set up for serving.
+    fn prepare(&self, idle: Duration) -> String;
+    fn duplicate(&self) -> std::io::Result<Self>;
+}
+
+impl Connection for TcpStream {
+    fn prepare(&self, idle: Duration) -> String {
+        let _ = (
+            self.set_read_timeout(Some(idle)),
+            self.set_write_timeout(Some(idle)),
+        );
+        let _ = self.set_nodelay(true);
+        self.peer_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string())
+    }
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
     }
 }
 
-fn serve_unix(server: Arc<Server>, listener: UnixListener) {
-    for stream in listener.incoming() {
-        let stream: UnixStream = match stream {
+impl Connection for UnixStream {
+    fn prepare(&self, idle: Duration) -> String {
+        let _ = (
+            self.set_read_timeout(Some(idle)),
+            self.set_write_timeout(Some(idle)),
+        );
+        "unix socket".into()
+    }
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+}
+
+/// Accepts connections for ever, each served on a thread of its own.
+fn accept<C: Connection>(server: Arc<Server>, incoming: impl Iterator<Item = std::io::Result<C>>) {
+    for stream in incoming {
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 log(format_args!("accept failed: {e}"));
                 continue;
             }
         };
-        let _ = stream.set_read_timeout(Some(server.idle_timeout));
-        let _ = stream.set_write_timeout(Some(server.idle_timeout));
-        server.spawn("unix socket".into(), move |s| match stream.try_clone() {
-            Ok(reader) => s.serve(reader, stream, "unix socket"),
-            Err(e) => log(format_args!("unix socket: {e}")),
+        let peer = stream.prepare(server.idle_timeout);
+        server.spawn(peer.clone(), move |s| match stream.duplicate() {
+            Ok(reader) => s.serve(reader, stream, &peer),
+            Err(e) => log(format_args!("{peer}: {e}")),
         });
     }
 }
@@ -407,7 +420,7 @@ fn run() -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         listening.push(format!("tcp {local}"));
         let s = server.clone();
-        std::thread::spawn(move || serve_tcp(s, listener));
+        std::thread::spawn(move || accept(s, listener.incoming()));
     }
     if let Some(path) = &o.unix {
         let _ = std::fs::remove_file(path);
@@ -415,7 +428,7 @@ fn run() -> Result<(), String> {
             UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
         listening.push(format!("unix {}", path.display()));
         let s = server.clone();
-        std::thread::spawn(move || serve_unix(s, listener));
+        std::thread::spawn(move || accept(s, listener.incoming()));
     }
     log(format_args!(
         "listening on {}; snapshot {} ({}, every {} s); {} entries; delay {} s",
