@@ -13,7 +13,12 @@ secs="${1:-5}"
 work=$(mktemp -d)
 chmod 755 "$work"   # postgrey drops to its own user
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The do-nothing server runs under `cargo bench` in a subshell: find it by name.
+  pkill -f "policy_load.* dunno 127.0.0.1:20025" 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 cargo build -q --release --bin greylist-policyd
