@@ -4,7 +4,9 @@ use std::ffi::{c_char, c_void, CString};
 
 use super::engine::{greylist_engine, greylist_verdict, triplet_args};
 use super::error::{greylist_status, status_of, Failure, GREYLIST_STATUS_IO};
-use super::{arg_ref, arg_str, out_ptr, resolve_now, write_out};
+use super::{
+    arg_ref, arg_str, c_chars, copy_versioned, out_ptr, resolve_now, versioned_size, write_out,
+};
 use crate::{Event, ListError, ListKind, Request};
 
 /// A check request with what the MTA knows of the client. Append-only:
@@ -65,22 +67,14 @@ pub unsafe extern "C" fn greylist_engine_check_request(
 ) -> greylist_status {
     status_of(|| {
         // SAFETY: the caller guarantees NULL or valid pointers.
-        let (engine, head) = unsafe {
-            (
-                arg_ref(engine, "engine")?,
-                arg_ref(request.cast::<usize>(), "request")?,
-            )
-        };
+        let (engine, request) =
+            unsafe { (arg_ref(engine, "engine")?, arg_ref(request, "request")?) };
         let out = out_ptr(out, "out")?;
-        let ours = std::mem::size_of::<greylist_request>();
-        let needed = std::mem::offset_of!(greylist_request, now);
-        if *head < needed {
-            return Err(Failure::invalid(format!(
-                "request: struct_size {head} is too small; set it to sizeof(greylist_request)"
-            )));
-        }
+        let min = std::mem::offset_of!(greylist_request, now);
+        // SAFETY: `request` is a valid reference; its first field is readable.
+        let size = unsafe { versioned_size::<_, usize>(request, "request", min) }?;
         let mut r = greylist_request {
-            struct_size: ours,
+            struct_size: std::mem::size_of::<greylist_request>(),
             client_ip: std::ptr::null(),
             sender: std::ptr::null(),
             recipient: std::ptr::null(),
@@ -89,16 +83,9 @@ pub unsafe extern "C" fn greylist_engine_check_request(
             verified_domain: std::ptr::null(),
             now: super::GREYLIST_NOW,
         };
-        // SAFETY: copies min(struct_size, ours) bytes of the caller's
-        // struct, which the caller guarantees are readable, over a
-        // complete local one; both are plain `repr(C)` data.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                request.cast::<u8>(),
-                (&mut r as *mut greylist_request).cast::<u8>(),
-                (*head).min(ours),
-            )
-        };
+        // SAFETY: the caller guarantees `size` readable bytes; fields an
+        // older caller lacks keep the defaults set above.
+        unsafe { copy_versioned(request, &mut r, size) };
         // SAFETY: the caller guarantees each string is NULL or NUL-terminated.
         let req = unsafe {
             Request {
@@ -353,12 +340,11 @@ pub unsafe extern "C" fn greylist_engine_lost_mail_report(
         };
         let report = engine.engine.lost_mail_report(capacity);
         for (i, row) in report.iter().enumerate() {
-            let mut out = greylist_lost_mail {
-                network: [0; 256],
+            let out = greylist_lost_mail {
+                network: c_chars(&row.network.to_string()),
                 count: row.count,
                 last_seen: i64::from(row.last_seen),
             };
-            super::copy_truncated(&row.network.to_string(), bytes_of(&mut out.network));
             // SAFETY: `i < capacity` rows, which the caller guarantees are writable.
             unsafe { write_out(rows.add(i), out) };
         }
@@ -366,13 +352,6 @@ pub unsafe extern "C" fn greylist_engine_lost_mail_report(
         unsafe { write_out(count, report.len()) };
         Ok(())
     })
-}
-
-/// A C character array as bytes, to copy a string into.
-fn bytes_of(chars: &mut [c_char]) -> &mut [u8] {
-    // SAFETY: c_char and u8 have the same size and alignment, and every bit
-    // pattern is valid for both; the slice keeps its length and lifetime.
-    unsafe { std::slice::from_raw_parts_mut(chars.as_mut_ptr().cast::<u8>(), chars.len()) }
 }
 
 /// `greylist_client_report.flags`: on the static client whitelist.
@@ -433,14 +412,10 @@ pub unsafe extern "C" fn greylist_engine_client_report(
             )
         };
         let out = out_ptr(out, "out")?;
-        // SAFETY: non-NULL; the caller guarantees the first field is readable.
-        let size = unsafe { out.cast::<u32>().read() } as usize;
-        let ours = std::mem::size_of::<greylist_client_report>();
-        if size < std::mem::offset_of!(greylist_client_report, pending) {
-            return Err(Failure::invalid(format!(
-                "out: struct_size {size} is too small; set it to sizeof(greylist_client_report)"
-            )));
-        }
+        let min = std::mem::offset_of!(greylist_client_report, pending);
+        // SAFETY: `out` is non-NULL; the caller guarantees its first field
+        // is readable.
+        let size = unsafe { versioned_size::<_, u32>(out, "out", min) }?;
         let r = engine.engine.client_report(ip, name, resolve_now(now))?;
         let flags = [
             (r.whitelisted, GREYLIST_CLIENT_WHITELISTED),
@@ -450,10 +425,10 @@ pub unsafe extern "C" fn greylist_engine_client_report(
         .iter()
         .filter(|(on, _)| *on)
         .fold(0, |acc, (_, bit)| acc | bit);
-        let mut report = greylist_client_report {
-            struct_size: size.min(ours) as u32,
+        let report = greylist_client_report {
+            struct_size: size.min(std::mem::size_of::<greylist_client_report>()) as u32,
             flags,
-            network: [0; 64],
+            network: c_chars(&r.network.to_string()),
             pending: r.pending,
             passed: r.passed,
             lost_mail: r.lost_mail,
@@ -461,16 +436,8 @@ pub unsafe extern "C" fn greylist_engine_client_report(
             passes: r.passes,
             reserved: 0,
         };
-        super::copy_truncated(&r.network.to_string(), bytes_of(&mut report.network));
-        // SAFETY: copies min(size, ours) bytes into the caller's struct,
-        // which the caller guarantees holds `size` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&report as *const greylist_client_report).cast::<u8>(),
-                out.cast::<u8>(),
-                size.min(ours),
-            )
-        };
+        // SAFETY: the caller guarantees `out` holds `size` bytes.
+        unsafe { copy_versioned(&report, out, size) };
         Ok(())
     })
 }

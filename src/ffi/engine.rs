@@ -5,7 +5,8 @@ use std::ffi::c_char;
 use super::config::greylist_config;
 use super::error::{greylist_status, status_of, value_of, Failure};
 use super::{
-    arg_ref, arg_str, free_handle, into_handle, out_ptr, resolve_now, write_out, write_str,
+    arg_ref, arg_str, copy_versioned, free_handle, into_handle, out_ptr, resolve_now,
+    versioned_size, write_out, write_str,
 };
 use crate::{Config, Engine, Maintenance, Reason, Verdict};
 use std::sync::Arc;
@@ -397,15 +398,11 @@ pub unsafe extern "C" fn greylist_engine_stats(
         // SAFETY: the caller guarantees NULL or a live engine.
         let engine = unsafe { arg_ref(engine, "engine") }?;
         let out = out_ptr(out, "out")?;
-        // SAFETY: `out` is non-NULL and the caller guarantees its first
-        // field is readable.
-        let size = unsafe { out.cast::<u32>().read() } as usize;
+        let min = std::mem::offset_of!(greylist_stats, new_triplets);
+        // SAFETY: `out` is non-NULL; the caller guarantees its first field
+        // is readable.
+        let size = unsafe { versioned_size::<_, u32>(out, "out", min) }?;
         let ours = std::mem::size_of::<greylist_stats>();
-        if size < 16 {
-            return Err(Failure::invalid(format!(
-                "out: struct_size {size} is too small; set it to sizeof(greylist_stats)"
-            )));
-        }
         let s = engine.engine.stats();
         let stats = greylist_stats {
             struct_size: size.min(ours) as u32,
@@ -425,16 +422,8 @@ pub unsafe extern "C" fn greylist_engine_stats(
             clients: s.clients,
             trapped: s.trapped,
         };
-        // SAFETY: copies min(size, ours) bytes from our struct into the
-        // caller's, which the caller guarantees holds `size` bytes; both
-        // are plain `repr(C)` data and do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&stats as *const greylist_stats).cast::<u8>(),
-                out.cast::<u8>(),
-                size.min(ours),
-            )
-        };
+        // SAFETY: the caller guarantees `out` holds `size` bytes.
+        unsafe { copy_versioned(&stats, out, size) };
         Ok(())
     })
 }

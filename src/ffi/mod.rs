@@ -142,6 +142,53 @@ pub(crate) unsafe fn write_str(buf: *mut c_char, len: usize, text: &str) -> Resu
     Ok(())
 }
 
+/// A string as a NUL-terminated C character array, cut to fit.
+pub(crate) fn c_chars<const N: usize>(text: &str) -> [c_char; N] {
+    let mut bytes = [0u8; N];
+    copy_truncated(text, &mut bytes);
+    bytes.map(|b| b as c_char)
+}
+
+/// The `struct_size` a caller wrote at the start of a versioned struct
+/// (a `u32` or a `usize`, `S`), checked to cover at least `min` bytes: the
+/// fields every version of the struct has.
+///
+/// # Safety
+/// `ptr` must be non-NULL, with its first field (an `S`) readable.
+pub(crate) unsafe fn versioned_size<T, S: Copy + TryInto<usize>>(
+    ptr: *const T,
+    name: &str,
+    min: usize,
+) -> Result<usize, Failure> {
+    // SAFETY: the caller guarantees the first field is readable.
+    let size = unsafe { ptr.cast::<S>().read() }.try_into().unwrap_or(0);
+    if size < min {
+        let type_name = std::any::type_name::<T>().rsplit("::").next().unwrap_or("");
+        return Err(Failure::invalid(format!(
+            "{name}: struct_size {size} is too small; set it to sizeof({type_name})"
+        )));
+    }
+    Ok(size)
+}
+
+/// Copies the first `size` bytes (at most the whole struct) between the
+/// caller's version of a struct and ours: an older caller's smaller struct
+/// gets, or gives, only the fields it has.
+///
+/// # Safety
+/// `from` must be readable and `to` writable for `min(size, size_of::<T>())`
+/// bytes, and they must not overlap.
+pub(crate) unsafe fn copy_versioned<T>(from: *const T, to: *mut T, size: usize) {
+    // SAFETY: the caller's guarantees; `T` is plain `repr(C)` data.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            from.cast::<u8>(),
+            to.cast::<u8>(),
+            size.min(std::mem::size_of::<T>()),
+        )
+    }
+}
+
 /// Moves a value to the heap and hands its ownership to C.
 pub(crate) fn into_handle<T>(value: T) -> *mut T {
     Box::into_raw(Box::new(value))
