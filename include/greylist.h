@@ -349,6 +349,26 @@ typedef struct greylist_stats {
    * Verdicts with `GREYLIST_REASON_TRAPPED`.
    */
   uint64_t trapped;
+  /**
+   * Verdicts with `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+   */
+  uint64_t backend_unavailable;
+  /**
+   * Calls made to the shared store (Redis).
+   */
+  uint64_t backend_round_trips;
+  /**
+   * Shared-store calls and connects that failed.
+   */
+  uint64_t backend_errors;
+  /**
+   * Shared-store calls and connects that ran out of time.
+   */
+  uint64_t backend_timeouts;
+  /**
+   * Passes answered from the local pass cache without a round trip.
+   */
+  uint64_t cache_hits;
 } greylist_stats;
 
 
@@ -409,6 +429,13 @@ typedef struct greylist_stats {
  * The recipient is a trap address: the client network is blocked now.
  */
 #define GREYLIST_REASON_TRAPPED 8
+
+/**
+ * The shared store (Redis) did not answer in time or failed: the local
+ * table decided. The action may be any: a defer becomes a pass when the
+ * engine fails open (the default), see `greylist_config_set_redis_fail_defer()`.
+ */
+#define GREYLIST_REASON_BACKEND_UNAVAILABLE 9
 
 /**
  * Success.
@@ -743,6 +770,76 @@ greylist_status greylist_config_set_reply(struct greylist_config *config,
  */
 greylist_status greylist_config_set_key_by_verified_domain(struct greylist_config *config,
                                                            bool enable);
+
+/**
+ * Keeps triplets in Redis, shared by every MX host with the same URL,
+ * prefix and key secret (`greylist_config_set_secret_file()`, needed
+ * too): `redis://[user:password@]host:port/db`, `rediss://...` for TLS
+ * (`#insecure` at the end skips certificate checks: tests only),
+ * `redis+unix:///path/redis.sock`. Nothing is connected until the first
+ * check. NULL turns the shared store off again. Refused with
+ * `GREYLIST_STATUS_INVALID_ARGUMENT` for a URL the client cannot use, or
+ * when the library was built without its `redis` feature.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only; `url`
+ * must be NULL or a NUL-terminated string.
+ */
+greylist_status greylist_config_set_redis(struct greylist_config *config, const char *url);
+
+/**
+ * Prefix of every key the engine keeps in Redis (default `"greylist:"`),
+ * so several greylists or other programs can share a database.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only;
+ * `prefix` must be NULL or a NUL-terminated string.
+ */
+greylist_status greylist_config_set_redis_prefix(struct greylist_config *config,
+                                                 const char *prefix);
+
+/**
+ * How long, in milliseconds, a check waits for Redis before the local
+ * table answers (default 50, from 1 to 60000).
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_redis_timeout_ms(struct greylist_config *config,
+                                                     uint32_t milliseconds);
+
+/**
+ * When Redis fails: `false` (the default) fails open, so a check the
+ * local table would defer passes; `true` keeps the local table's defer.
+ * Either way the verdict's reason is `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_redis_fail_defer(struct greylist_config *config, bool defer);
+
+/**
+ * The local cache of passed triplets answered without asking Redis: at
+ * most `entries` (0 turns it off; default 100000), each for `seconds`
+ * after Redis last said it passed (default 300).
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_pass_cache(struct greylist_config *config,
+                                               uint32_t entries,
+                                               uint32_t seconds);
+
+/**
+ * Reads the key secret from a file holding 32 hex digits (`openssl rand
+ * -hex 16 > secret`), so every MX host sharing Redis derives the same
+ * keys. Read now: a missing or malformed file is refused here, naming it.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only; `path`
+ * must be NULL or a NUL-terminated string.
+ */
+greylist_status greylist_config_set_secret_file(struct greylist_config *config, const char *path);
 
 /**
  * Keeps the engine in a snapshot file: `greylist_engine_new()` loads

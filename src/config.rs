@@ -1,6 +1,10 @@
 //! Engine settings, built and validated through [`ConfigBuilder`].
 
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::key::Secret;
 
 /// A setting that was refused, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +37,56 @@ impl std::error::Error for ConfigError {}
 
 const DAY: u32 = 86_400;
 
+/// What a check answers when the shared store (Redis) fails or is slow:
+/// either way the local table decides, with
+/// [`Reason::BackendUnavailable`](crate::Reason::BackendUnavailable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// A defer becomes a pass: mail is never held up by the store (the
+    /// default, as sqlgrey and rspamd do).
+    #[default]
+    Open,
+    /// The local table's verdict stands: new triplets are deferred, and a
+    /// retry after the delay to the same host passes.
+    Defer,
+}
+
+/// A Redis URL, shown without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RedisUrl(pub(crate) String);
+
+impl RedisUrl {
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub(crate) fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let authority_end = url[scheme_end..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| scheme_end + i);
+        match url[scheme_end..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &url[scheme_end..scheme_end + at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                format!(
+                    "{}{user}{hidden}{}",
+                    &url[..scheme_end],
+                    &url[scheme_end + at..]
+                )
+            }
+            None => url.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// Validated engine settings. Durations are in seconds.
 ///
 /// Build one with [`Config::builder`]; [`Config::default`] gives the defaults
@@ -56,6 +110,14 @@ pub struct Config {
     pub(crate) greylist_text: String,
     pub(crate) block_text: String,
     pub(crate) key_by_verified_domain: bool,
+    pub(crate) redis: Option<RedisUrl>,
+    pub(crate) redis_prefix: String,
+    pub(crate) redis_timeout: Duration,
+    pub(crate) redis_retry_interval: Duration,
+    pub(crate) fail_mode: FailMode,
+    pub(crate) pass_cache_entries: usize,
+    pub(crate) pass_cache_ttl: u32,
+    pub(crate) shared_secret: Option<Secret>,
 }
 
 impl Default for Config {
@@ -82,6 +144,7 @@ impl Config {
     pub fn to_builder(&self) -> ConfigBuilder {
         ConfigBuilder {
             config: self.clone(),
+            secret_file: None,
         }
     }
 
@@ -113,6 +176,36 @@ impl Config {
         /// Whether a verified sender domain replaces the client network in
         /// the key (default off).
         key_by_verified_domain: bool,
+        /// How long a check waits for the shared store (default 50 ms).
+        redis_timeout: Duration,
+        /// After the shared store failed to connect, how long checks answer
+        /// locally before the next attempt (default 1 s).
+        redis_retry_interval: Duration,
+        /// What a check answers when the shared store fails (default open).
+        fail_mode: FailMode,
+        /// Triplets known to have passed kept by this host, answered without
+        /// asking the shared store; 0 = off (default 100,000).
+        pass_cache_entries: usize,
+        /// How long (seconds) a pass is answered from the local cache
+        /// (default 300).
+        pass_cache_ttl: u32,
+    }
+
+    /// The shared store's URL (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS, `redis+unix:///path`), if any; its password is
+    /// shown as `***`.
+    pub fn redis(&self) -> Option<String> {
+        self.redis.as_ref().map(RedisUrl::redacted)
+    }
+
+    /// Prefix of every key in the shared store (default `greylist:`).
+    pub fn redis_prefix(&self) -> &str {
+        &self.redis_prefix
+    }
+
+    /// The key secret every host sharing a store derives its keys from.
+    pub fn shared_secret(&self) -> Option<&Secret> {
+        self.shared_secret.as_ref()
     }
 
     /// Characters that start an address extension (`user+tag`); empty = off.
@@ -147,6 +240,7 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     config: Config,
+    secret_file: Option<PathBuf>,
 }
 
 macro_rules! setters {
@@ -197,7 +291,16 @@ impl ConfigBuilder {
                 greylist_text: "Greylisted, please try again in %s seconds".to_string(),
                 block_text: "Client network blocked, please try again in %s seconds".to_string(),
                 key_by_verified_domain: false,
+                redis: None,
+                redis_prefix: "greylist:".to_string(),
+                redis_timeout: Duration::from_millis(50),
+                redis_retry_interval: Duration::from_secs(1),
+                fail_mode: FailMode::Open,
+                pass_cache_entries: 100_000,
+                pass_cache_ttl: 300,
+                shared_secret: None,
             },
+            secret_file: None,
         }
     }
 
@@ -226,6 +329,52 @@ impl ConfigBuilder {
         /// triplets by that domain instead of the client network, so pools
         /// that retry from unrelated addresses pass on their first retry.
         key_by_verified_domain: bool,
+        /// How long a check waits for the shared store before the local
+        /// table answers.
+        redis_timeout: Duration,
+        /// After the shared store failed to connect, how long checks answer
+        /// locally before the next attempt.
+        redis_retry_interval: Duration,
+        /// What a check answers when the shared store fails.
+        fail_mode: FailMode,
+        /// Passed triplets remembered locally; 0 turns the cache off.
+        pass_cache_entries: usize,
+        /// Seconds a pass is answered from the local cache.
+        pass_cache_ttl: u32,
+    }
+
+    /// Keeps triplets in Redis, shared by every host with the same URL,
+    /// prefix and [`shared_secret`](Self::shared_secret). Needs the cargo
+    /// feature `redis` (on by default).
+    pub fn redis(mut self, url: &str) -> Self {
+        self.config.redis = Some(RedisUrl(url.to_string()));
+        self
+    }
+
+    /// No shared store: triplets stay in this process (the default).
+    pub fn no_redis(mut self) -> Self {
+        self.config.redis = None;
+        self
+    }
+
+    /// Prefix of every key in the shared store, so several greylists (or
+    /// other programs) can use one Redis database.
+    pub fn redis_prefix(mut self, prefix: &str) -> Self {
+        self.config.redis_prefix = prefix.to_string();
+        self
+    }
+
+    /// The key secret shared by every host of a shared store.
+    pub fn shared_secret(mut self, secret: Secret) -> Self {
+        self.config.shared_secret = Some(secret);
+        self
+    }
+
+    /// Reads the shared key secret from a file (32 hex digits, as
+    /// `openssl rand -hex 16` writes) when the configuration is built.
+    pub fn shared_secret_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.secret_file = Some(path.into());
+        self
     }
 
     /// Prefix lengths clients are grouped by: IPv4 1..=32, IPv6 1..=128
@@ -265,6 +414,39 @@ impl ConfigBuilder {
     /// setting that is wrong and why.
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut c = self.config;
+        if let Some(path) = &self.secret_file {
+            let secret = Secret::from_file(path)
+                .map_err(|reason| ConfigError::new("shared_secret_file", reason))?;
+            c.shared_secret = Some(secret);
+        }
+        if let Some(url) = &c.redis {
+            check_redis_url(url)?;
+            if c.shared_secret.is_none() {
+                return Err(ConfigError::new(
+                    "shared_secret",
+                    "a shared store needs the key secret every host shares (a secret file); \
+                     with a random one no two hosts would find each other's triplets",
+                ));
+            }
+        }
+        if c.redis_prefix.len() > 64 || c.redis_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "redis_prefix",
+                "must be at most 64 bytes without white space",
+            ));
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&c.redis_timeout) {
+            return Err(ConfigError::new(
+                "redis_timeout",
+                format!("{:?} is not from 1 ms to 60 s", c.redis_timeout),
+            ));
+        }
+        if c.redis_retry_interval > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "redis_retry_interval",
+                "must be at most an hour",
+            ));
+        }
         if c.delay >= c.retry_window {
             return Err(ConfigError::new(
                 "delay",
@@ -347,6 +529,24 @@ impl ConfigBuilder {
         }
         c.shards = c.shards.next_power_of_two();
         Ok(c)
+    }
+}
+
+/// A URL the Redis client accepts, or why not.
+fn check_redis_url(url: &RedisUrl) -> Result<(), ConfigError> {
+    #[cfg(feature = "redis")]
+    {
+        redis::Client::open(url.0.as_str())
+            .map(drop)
+            .map_err(|e| ConfigError::new("redis", format!("{}: {e}", url.redacted())))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = url;
+        Err(ConfigError::new(
+            "redis",
+            "this build has no Redis support (cargo feature `redis`)",
+        ))
     }
 }
 

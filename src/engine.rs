@@ -14,8 +14,8 @@ use crate::key::{net_id, push_part, Secret, NET_TAG, TRIPLET_TAG};
 use crate::lists::{Listed, Lists};
 use crate::normalize::{self, ClientNet, InputError};
 use crate::rules::{
-    client_gate, client_update, touches_client, triplet_step, ClientState, Reason, TripletState,
-    Verdict,
+    client_gate, client_update, touches_client, trap, triplet_step, ClientState, Reason,
+    TripletState, Verdict,
 };
 use crate::table::{hasher, CachePadded, Hashed, Sharded};
 
@@ -178,6 +178,19 @@ pub struct Stats {
     pub blocked: u64,
     /// Verdicts with [`Reason::Trapped`].
     pub trapped: u64,
+    /// Verdicts with [`Reason::BackendUnavailable`]: the shared store did
+    /// not answer and the local table decided.
+    pub backend_unavailable: u64,
+    /// Calls made to the shared store (each one round trip, or three when
+    /// a restarted Redis had to load the script again).
+    pub backend_round_trips: u64,
+    /// Shared-store calls and connects that failed (refused, dropped,
+    /// an error reply).
+    pub backend_errors: u64,
+    /// Shared-store calls and connects that ran out of time.
+    pub backend_timeouts: u64,
+    /// Passes answered from the local pass cache without a round trip.
+    pub cache_hits: u64,
     /// Triplet entries removed because they were past their lifetime.
     pub expired: u64,
     /// Triplet entries removed to stay within `max_entries`.
@@ -202,6 +215,7 @@ impl Stats {
             Reason::AutoWhitelisted => self.auto_whitelisted,
             Reason::Blocked => self.blocked,
             Reason::Trapped => self.trapped,
+            Reason::BackendUnavailable => self.backend_unavailable,
         }
     }
 }
@@ -321,6 +335,9 @@ pub struct Engine {
     /// One bit per (hashed) client network that may be blocked or
     /// auto-whitelisted; see [`Engine::may_gate`].
     pub(crate) gates: Box<[AtomicU64]>,
+    /// The shared store, when the configuration names one.
+    #[cfg(feature = "redis")]
+    store: Option<crate::redis_store::RedisStore>,
 }
 
 /// Gate words per client shard: 128 bits, 16 KiB for 1,024 shards, small
@@ -343,9 +360,11 @@ impl Default for Engine {
 }
 
 impl Engine {
-    /// An empty engine with a fresh random key secret.
+    /// An empty engine keyed by the configuration's shared secret, or by a
+    /// fresh random one.
     pub fn new(config: Config) -> Engine {
-        Engine::with_secret(config, Secret::random())
+        let secret = config.shared_secret.clone().unwrap_or_else(Secret::random);
+        Engine::with_secret(config, secret)
     }
 
     /// An empty engine keyed by `secret` (from a snapshot, or shared by
@@ -370,6 +389,8 @@ impl Engine {
             gates: (0..shards * GATE_WORDS_PER_SHARD)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            #[cfg(feature = "redis")]
+            store: crate::redis_store::RedisStore::new(&config),
             config,
             secret,
         }
@@ -560,22 +581,52 @@ impl Engine {
     }
 
     fn decide(&self, k: &Keys, now: u32) -> Verdict {
+        let v = self
+            .decide_shared(k, now)
+            .unwrap_or_else(|| self.decide_local(k, now));
+        self.count(v);
+        v
+    }
+
+    /// Decides through the shared store, if there is one (whitelisted
+    /// requests need no state, so they stay local). When the store does
+    /// not answer, the local table decides, marked as such.
+    #[cfg(feature = "redis")]
+    fn decide_shared(&self, k: &Keys, now: u32) -> Option<Verdict> {
+        let store = self.store.as_ref()?;
+        let trap = match k.listed {
+            Listed::Whitelisted => return None,
+            Listed::Trap => true,
+            Listed::No => false,
+        };
+        if !trap {
+            if let Some(v) = store.cached_pass(k.triplet_key, now) {
+                return Some(v);
+            }
+        }
+        Some(
+            match store.check(k.triplet_key, k.net_key, trap, now, &self.config) {
+                Some(v) => v,
+                None => {
+                    crate::redis_store::fallback(self.decide_local(k, now), self.config.fail_mode)
+                }
+            },
+        )
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn decide_shared(&self, _: &Keys, _: u32) -> Option<Verdict> {
+        None
+    }
+
+    /// Decides with the in-memory tables (not counted: the caller counts).
+    fn decide_local(&self, k: &Keys, now: u32) -> Verdict {
         let config = &self.config;
         let c_hash = client_hash(net_id(k.net_key));
         let c_idx = self.clients.index(c_hash);
         match k.listed {
-            Listed::Whitelisted => {
-                let v = Verdict::new(Reason::Whitelisted, 0, 0);
-                self.count(v);
-                return v;
-            }
-            Listed::Trap => {
-                let until = now.saturating_add(config.block_time.max(1));
-                self.with_client(k, |c| c.blocked_until = c.blocked_until.max(until));
-                let v = Verdict::new(Reason::Trapped, until - now, 0);
-                self.count(v);
-                return v;
-            }
+            Listed::Whitelisted => return Verdict::new(Reason::Whitelisted, 0, 0),
+            Listed::Trap => return self.with_client(k, |c| trap(c, now, config)),
             Listed::No => {}
         }
         // Most networks are neither blocked nor auto-whitelisted: their
@@ -590,7 +641,6 @@ impl Engine {
                 .and_then(|e| client_gate(&mut e.state, now, config))
         };
         if let Some(v) = gate {
-            self.count(v);
             return v;
         }
 
@@ -618,13 +668,11 @@ impl Engine {
         };
         self.credit_lost(&lost);
 
-        let verdict = if touches_client(&verdict, config) {
+        if touches_client(&verdict, config) {
             self.with_client(k, |c| client_update(c, verdict, now, config))
         } else {
             verdict
-        };
-        self.count(verdict);
-        verdict
+        }
     }
 
     fn count(&self, v: Verdict) {
@@ -812,7 +860,16 @@ impl Engine {
             s.auto_whitelisted,
             s.blocked,
             s.trapped,
+            s.backend_unavailable,
         ] = reasons;
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.store {
+            let c = &store.counters;
+            s.backend_round_trips = c.round_trips.load(Relaxed);
+            s.backend_errors = c.errors.load(Relaxed);
+            s.backend_timeouts = c.timeouts.load(Relaxed);
+            s.cache_hits = c.cache_hits.load(Relaxed);
+        }
         s.checks = reasons.iter().sum();
         s.entries = self.triplets.len() as u64;
         s.clients = self.clients.len() as u64;

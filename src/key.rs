@@ -38,6 +38,30 @@ impl Secret {
         self.0
     }
 
+    /// A secret written as 32 hex digits (white space around them is
+    /// ignored), as `openssl rand -hex 16` prints one.
+    pub fn from_hex(text: &str) -> Result<Secret, String> {
+        let text = text.trim();
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "a key secret is 32 hex digits (openssl rand -hex 16), not {} characters",
+                text.chars().count()
+            ));
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex digits");
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// Reads a secret file holding 32 hex digits; errors name the file.
+    pub fn from_file(path: &std::path::Path) -> Result<Secret, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Secret::from_hex(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// The keyed 128-bit hash of `bytes` (one call: key material is built
     /// in one buffer, so the hasher sees one write).
     pub(crate) fn hash(&self, bytes: &[u8]) -> u128 {
@@ -105,6 +129,21 @@ pub(crate) fn net_id(net_key: u128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_from_hex() {
+        let s = Secret::from_hex(" 000102030405060708090a0B0c0d0e0f\n").unwrap();
+        assert_eq!(s.to_bytes(), std::array::from_fn(|i| i as u8));
+        for bad in [
+            "",
+            "0001",
+            "zz0102030405060708090a0b0c0d0e0f",
+            "é01020304050607080",
+        ] {
+            let err = Secret::from_hex(bad).unwrap_err();
+            assert!(err.contains("32 hex digits"), "{err}");
+        }
+    }
 
     fn net(ip: &str) -> ClientNet {
         ClientNet::parse(ip, 24, 64).unwrap()

@@ -78,12 +78,14 @@ mod lists;
 mod maintenance;
 mod normalize;
 pub mod policy;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 pub mod rules;
 pub mod snapshot;
 mod table;
 
 pub use admin::ClientReport;
-pub use config::{Config, ConfigBuilder, ConfigError, MAX_SHARDS};
+pub use config::{Config, ConfigBuilder, ConfigError, FailMode, MAX_SHARDS};
 pub use engine::{unix_now, Engine, Event, EventKind, EventSink, LostMail, Request, Stats};
 pub use key::Secret;
 pub use lists::{ListError, ListKind};

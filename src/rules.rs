@@ -44,11 +44,16 @@ pub enum Reason {
     Blocked = 7,
     /// The recipient is a trap address: the client network is blocked now.
     Trapped = 8,
+    /// The shared store (Redis) did not answer in time or failed: the local
+    /// table decided, and the verdict's action is what the engine's
+    /// failure mode made of that (a defer becomes a pass when failing
+    /// open, the default).
+    BackendUnavailable = 9,
 }
 
 impl Reason {
     /// Every reason, in number order.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::New,
         Reason::EarlyRetry,
         Reason::Retried,
@@ -57,6 +62,7 @@ impl Reason {
         Reason::AutoWhitelisted,
         Reason::Blocked,
         Reason::Trapped,
+        Reason::BackendUnavailable,
     ];
 
     /// A short lower-case name for logs (`new`, `early-retry`, ...).
@@ -70,6 +76,7 @@ impl Reason {
             Reason::AutoWhitelisted => "auto-whitelisted",
             Reason::Blocked => "blocked",
             Reason::Trapped => "trapped",
+            Reason::BackendUnavailable => "backend-unavailable",
         }
     }
 
@@ -77,7 +84,9 @@ impl Reason {
         self as usize - 1
     }
 
-    /// The action that goes with this reason.
+    /// The action that goes with this reason; for
+    /// [`Reason::BackendUnavailable`], which may go with any action, the
+    /// fail-open one (pass).
     pub fn action(self) -> Action {
         match self {
             Reason::New | Reason::EarlyRetry => Action::Defer,
@@ -288,6 +297,62 @@ pub fn client_update(
         }
         _ => verdict,
     }
+}
+
+/// What one check does to a store that holds both records at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The answer.
+    pub verdict: Verdict,
+    /// The triplet's new record, if the check wrote one (a network that
+    /// decided alone leaves the triplet untouched).
+    pub triplet: Option<TripletState>,
+    /// The network's new record, if the check changed it.
+    pub client: Option<ClientState>,
+}
+
+/// The whole decision for one triplet, from its record and its network's
+/// (`None`: none stored, or past its lifetime), as a store that sees both
+/// at once applies it: rules 1 and 2 ([`client_gate`]), rules 3 to 7
+/// ([`triplet_step`]), then [`client_update`]. The in-memory engine takes
+/// the same steps under its shard locks; the Redis script
+/// (`src/redis_check.lua`) mirrors this function, and the test vectors in
+/// `tests/redis.rs` hold both to the same results.
+pub fn check(
+    triplet: Option<TripletState>,
+    client: Option<ClientState>,
+    now: u32,
+    config: &Config,
+) -> Outcome {
+    let mut c = client.unwrap_or_default();
+    if let Some(verdict) = client_gate(&mut c, now, config) {
+        let client = (verdict.reason == Reason::AutoWhitelisted).then_some(c);
+        return Outcome {
+            verdict,
+            triplet: None,
+            client,
+        };
+    }
+    let (t, verdict) = triplet_step(triplet, now, config);
+    let before = c;
+    let verdict = if touches_client(&verdict, config) {
+        client_update(&mut c, verdict, now, config)
+    } else {
+        verdict
+    };
+    Outcome {
+        verdict,
+        triplet: Some(t),
+        client: (c != before).then_some(c),
+    }
+}
+
+/// A trap recipient: the network is blocked from `now` for `block_time`
+/// (at least a second), or longer if it already was.
+pub fn trap(client: &mut ClientState, now: u32, config: &Config) -> Verdict {
+    let until = now.saturating_add(config.block_time.max(1));
+    client.blocked_until = client.blocked_until.max(until);
+    Verdict::new(Reason::Trapped, until - now, 0)
 }
 
 /// Whether a verdict changes the client network's record.

@@ -605,10 +605,17 @@ impl Engine {
         file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
         let header = Header::decode(&head, path)?;
         let wanted = KeySettings::of(&config);
-        if header.key_settings != wanted {
+        let mut differences = header.key_settings.differences(&wanted);
+        if config.shared_secret().is_some_and(|s| *s != header.secret) {
+            if !differences.is_empty() {
+                differences.push_str(", ");
+            }
+            differences.push_str("key secret (the file's is not the shared secret)");
+        }
+        if !differences.is_empty() {
             return Err(SnapshotError::KeySettingsDiffer {
                 path: path.to_path_buf(),
-                differences: header.key_settings.differences(&wanted),
+                differences,
             });
         }
         match header.file_len() {

@@ -39,6 +39,15 @@ Greylisting (postgrey's names):
   --trap-recipients FILE      recipients that block their sender's network
   --max-entries N             triplet entries kept (default 4000000)
   --block-action reject|defer what a blocked network gets (default defer)
+Several MX hosts (Redis):
+  --redis URL                 keep triplets in Redis: redis://[user:password@]host:port/db,
+                              rediss://... for TLS, redis+unix:///path/redis.sock
+  --redis-secret FILE         the key secret every MX shares: 32 hex digits
+                              (openssl rand -hex 16); required with --redis
+  --redis-prefix TEXT         key prefix (default greylist:)
+  --redis-timeout MS          answer from the local table after MS (default 50)
+  --redis-fail open|defer     when Redis fails: pass what the local table would
+                              defer (default open), or defer it
 Persistence:
   --snapshot PATH             snapshot file (default ./greylist-policyd.snap)
   --snapshot-interval SECS    save every SECS; 0: only at shutdown (default 300)
@@ -161,6 +170,20 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
                         return Err(format!("--block-action: {other:?} is not reject or defer"))
                     }
                 }
+            }
+            "--redis" => o.config = o.config.redis(&value()?),
+            "--redis-secret" => o.config = o.config.shared_secret_file(value()?),
+            "--redis-prefix" => o.config = o.config.redis_prefix(&value()?),
+            "--redis-timeout" => {
+                let ms = number(value()?)?;
+                o.config = o.config.redis_timeout(Duration::from_millis(ms));
+            }
+            "--redis-fail" => {
+                o.config = o.config.fail_mode(match value()?.as_str() {
+                    "open" => greylist::FailMode::Open,
+                    "defer" => greylist::FailMode::Defer,
+                    other => return Err(format!("--redis-fail: {other:?} is not open or defer")),
+                })
             }
             "--snapshot" => o.snapshot = value()?.into(),
             "--snapshot-interval" => o.snapshot_interval = number(value()?)?,
@@ -395,6 +418,13 @@ fn run() -> Result<(), String> {
         &o.snapshot,
         (o.snapshot_interval > 0).then(|| Duration::from_secs(o.snapshot_interval)),
     );
+    if let Some(url) = config.redis() {
+        log(format_args!(
+            "sharing triplets through {url} (prefix {}, timeout {} ms)",
+            config.redis_prefix(),
+            config.redis_timeout().as_millis()
+        ));
+    }
     let opened = Engine::open(config, &options).map_err(|e| e.to_string())?;
     let engine = Arc::new(opened.engine);
     load_lists(&engine, &o.lists)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::error::{greylist_status, status_of, value_of, Failure};
 use super::{arg_mut, arg_str, free_handle, into_handle};
-use crate::{ConfigBuilder, SnapshotOptions};
+use crate::{ConfigBuilder, FailMode, SnapshotOptions};
 
 /// Engine settings under construction. Create with `greylist_config_new()`,
 /// change with the `greylist_config_set_*()` functions, pass to
@@ -269,6 +269,132 @@ pub unsafe extern "C" fn greylist_config_set_key_by_verified_domain(
 ) -> greylist_status {
     // SAFETY: the caller's guarantee, passed on.
     unsafe { set(config, &[], |b| Ok(b.key_by_verified_domain(enable))) }
+}
+
+/// Keeps triplets in Redis, shared by every MX host with the same URL,
+/// prefix and key secret (`greylist_config_set_secret_file()`, needed
+/// too): `redis://[user:password@]host:port/db`, `rediss://...` for TLS
+/// (`#insecure` at the end skips certificate checks: tests only),
+/// `redis+unix:///path/redis.sock`. Nothing is connected until the first
+/// check. NULL turns the shared store off again. Refused with
+/// `GREYLIST_STATUS_INVALID_ARGUMENT` for a URL the client cannot use, or
+/// when the library was built without its `redis` feature.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only; `url`
+/// must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_redis(
+    config: *mut greylist_config,
+    url: *const c_char,
+) -> greylist_status {
+    // SAFETY: the caller's guarantees for `config` and `url`, passed on.
+    unsafe {
+        set(config, &["redis"], |b| {
+            if url.is_null() {
+                return Ok(b.no_redis());
+            }
+            Ok(b.redis(arg_str(url, "url")?))
+        })
+    }
+}
+
+/// Prefix of every key the engine keeps in Redis (default `"greylist:"`),
+/// so several greylists or other programs can share a database.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only;
+/// `prefix` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_redis_prefix(
+    config: *mut greylist_config,
+    prefix: *const c_char,
+) -> greylist_status {
+    // SAFETY: the caller's guarantees for `config` and `prefix`, passed on.
+    unsafe {
+        set(config, &["redis_prefix"], |b| {
+            Ok(b.redis_prefix(arg_str(prefix, "prefix")?))
+        })
+    }
+}
+
+/// How long, in milliseconds, a check waits for Redis before the local
+/// table answers (default 50, from 1 to 60000).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_redis_timeout_ms(
+    config: *mut greylist_config,
+    milliseconds: u32,
+) -> greylist_status {
+    let timeout = Duration::from_millis(milliseconds.into());
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["redis_timeout"], |b| Ok(b.redis_timeout(timeout))) }
+}
+
+/// When Redis fails: `false` (the default) fails open, so a check the
+/// local table would defer passes; `true` keeps the local table's defer.
+/// Either way the verdict's reason is `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_redis_fail_defer(
+    config: *mut greylist_config,
+    defer: bool,
+) -> greylist_status {
+    let mode = if defer {
+        FailMode::Defer
+    } else {
+        FailMode::Open
+    };
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &[], |b| Ok(b.fail_mode(mode))) }
+}
+
+/// The local cache of passed triplets answered without asking Redis: at
+/// most `entries` (0 turns it off; default 100000), each for `seconds`
+/// after Redis last said it passed (default 300).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_pass_cache(
+    config: *mut greylist_config,
+    entries: u32,
+    seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe {
+        set(config, &[], |b| {
+            Ok(b.pass_cache_entries(entries as usize)
+                .pass_cache_ttl(seconds))
+        })
+    }
+}
+
+/// Reads the key secret from a file holding 32 hex digits (`openssl rand
+/// -hex 16 > secret`), so every MX host sharing Redis derives the same
+/// keys. Read now: a missing or malformed file is refused here, naming it.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only; `path`
+/// must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_secret_file(
+    config: *mut greylist_config,
+    path: *const c_char,
+) -> greylist_status {
+    // SAFETY: the caller's guarantees for `config` and `path`, passed on.
+    unsafe {
+        set(config, &["shared_secret_file"], |b| {
+            let path = arg_str(path, "path")?;
+            let secret = crate::Secret::from_file(path.as_ref())
+                .map_err(|e| Failure::invalid(format!("shared_secret_file: {e}")))?;
+            Ok(b.shared_secret(secret))
+        })
+    }
 }
 
 /// Keeps the engine in a snapshot file: `greylist_engine_new()` loads

@@ -8,7 +8,7 @@ use super::{
     arg_ref, arg_str, copy_versioned, free_handle, into_handle, out_ptr, resolve_now,
     versioned_size, write_out, write_str,
 };
-use crate::{Config, Engine, Maintenance, Reason, Verdict};
+use crate::{Action, Config, Engine, Maintenance, Reason, Verdict};
 use std::sync::Arc;
 
 /// A greylisting engine: the triplet table and its settings.
@@ -63,6 +63,10 @@ pub const GREYLIST_REASON_AUTO_WHITELISTED: greylist_reason = 6;
 pub const GREYLIST_REASON_BLOCKED: greylist_reason = 7;
 /// The recipient is a trap address: the client network is blocked now.
 pub const GREYLIST_REASON_TRAPPED: greylist_reason = 8;
+/// The shared store (Redis) did not answer in time or failed: the local
+/// table decided. The action may be any: a defer becomes a pass when the
+/// engine fails open (the default), see `greylist_config_set_redis_fail_defer()`.
+pub const GREYLIST_REASON_BACKEND_UNAVAILABLE: greylist_reason = 9;
 
 /// The answer for one triplet.
 #[repr(C)]
@@ -99,13 +103,20 @@ impl greylist_verdict {
             .into_iter()
             .find(|r| *r as u32 == v.reason)
             .ok_or_else(|| Failure::invalid(format!("verdict: unknown reason {}", v.reason)))?;
-        if reason.action() as u32 != v.action {
+        let action = [Action::Pass, Action::Defer, Action::Block]
+            .into_iter()
+            .find(|a| *a as u32 == v.action)
+            .ok_or_else(|| Failure::invalid(format!("verdict: unknown action {}", v.action)))?;
+        if reason != Reason::BackendUnavailable && reason.action() != action {
             return Err(Failure::invalid(format!(
                 "verdict: action {} does not go with reason {}",
                 v.action, v.reason
             )));
         }
-        Ok(Verdict::new(reason, v.retry_after, v.delayed))
+        Ok(Verdict {
+            action,
+            ..Verdict::new(reason, v.retry_after, v.delayed)
+        })
     }
 }
 
@@ -148,6 +159,16 @@ pub struct greylist_stats {
     pub clients: u64,
     /// Verdicts with `GREYLIST_REASON_TRAPPED`.
     pub trapped: u64,
+    /// Verdicts with `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+    pub backend_unavailable: u64,
+    /// Calls made to the shared store (Redis).
+    pub backend_round_trips: u64,
+    /// Shared-store calls and connects that failed.
+    pub backend_errors: u64,
+    /// Shared-store calls and connects that ran out of time.
+    pub backend_timeouts: u64,
+    /// Passes answered from the local pass cache without a round trip.
+    pub cache_hits: u64,
 }
 
 /// Creates an engine from `config` (NULL for the defaults) and stores it in
@@ -421,6 +442,11 @@ pub unsafe extern "C" fn greylist_engine_stats(
             entries: s.entries,
             clients: s.clients,
             trapped: s.trapped,
+            backend_unavailable: s.backend_unavailable,
+            backend_round_trips: s.backend_round_trips,
+            backend_errors: s.backend_errors,
+            backend_timeouts: s.backend_timeouts,
+            cache_hits: s.cache_hits,
         };
         // SAFETY: the caller guarantees `out` holds `size` bytes.
         unsafe { copy_versioned(&stats, out, size) };

@@ -1,0 +1,587 @@
+//! The shared store against a real redis-server (started by each test on
+//! 127.0.0.1 with a free port): the rules in Lua against the rules in Rust
+//! (test vectors and the model test), two engines sharing triplets, the
+//! pass cache, passwords, and outages (killed, hung and restarted Redis).
+//! Without redis-server the tests say why they skipped, except under
+//! CI=true, where they fail.
+
+#![cfg(feature = "redis")]
+
+#[path = "support/model.rs"]
+mod model;
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use greylist::rules::{self, ClientState, TripletState};
+use greylist::{Action, Config, ConfigBuilder, Engine, FailMode, Reason, Secret};
+use proptest::prelude::*;
+use redis_server::RedisServer;
+
+const T0: i64 = 1_700_000_000;
+
+fn secret() -> Secret {
+    Secret::from_bytes(*b"shared-by-mx-1-2")
+}
+
+fn shared(server: &RedisServer, prefix: &str) -> ConfigBuilder {
+    Config::builder()
+        .redis(&server.url())
+        .redis_prefix(prefix)
+        .shared_secret(secret())
+        .shards(4)
+}
+
+fn engine(builder: ConfigBuilder) -> Engine {
+    Engine::new(builder.build().unwrap())
+}
+
+// ---- test vectors ----------------------------------------------------------
+
+#[derive(Debug)]
+struct Vector {
+    line: usize,
+    name: String,
+    config: Config,
+    trap: bool,
+    now: u32,
+    triplet: Option<TripletState>,
+    client: Option<ClientState>,
+    expected: (u32, u32, u32),
+    triplet_after: Option<TripletState>,
+    client_after: Option<ClientState>,
+}
+
+fn numbers(text: &str) -> Option<Vec<u32>> {
+    let text = text.trim();
+    (text != "-").then(|| {
+        text.split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    })
+}
+
+fn triplet(text: &str) -> Option<TripletState> {
+    numbers(text).map(|n| TripletState {
+        first_seen: n[0],
+        last_seen: n[1],
+        early_retries: n[2] as u8,
+        passed: n[3] == 1,
+    })
+}
+
+fn client(text: &str) -> Option<ClientState> {
+    numbers(text).map(|n| ClientState {
+        passes: n[0],
+        last_seen: n[1],
+        blocked_until: n[2],
+        round_start: n[3],
+        rounds: n[4],
+        last_round: n[5],
+    })
+}
+
+fn settings(text: &str) -> Config {
+    let mut b = Config::builder();
+    for pair in text.split_whitespace().filter(|p| *p != "-") {
+        let (name, value) = pair.split_once('=').unwrap();
+        let n: u32 = value.parse().unwrap();
+        b = match name {
+            "delay" => b.delay(n),
+            "awl" => b.awl_threshold(n),
+            "blast" => b.blast_threshold(n),
+            "block" => b.block_time(n),
+            other => panic!("unknown setting {other}"),
+        };
+    }
+    b.build().unwrap()
+}
+
+fn vectors() -> Vec<Vector> {
+    let text = include_str!("vectors/rules.txt");
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (before, after) = line.split_once("=>").unwrap();
+        let b: Vec<&str> = before.split(';').collect();
+        let a: Vec<&str> = after.split(';').collect();
+        assert_eq!((b.len(), a.len()), (6, 3), "line {}", i + 1);
+        let verdict = numbers(a[0]).unwrap();
+        out.push(Vector {
+            line: i + 1,
+            name: b[0].trim().to_string(),
+            config: settings(b[1]),
+            trap: match b[2].trim() {
+                "check" => false,
+                "trap" => true,
+                other => panic!("line {}: mode {other}", i + 1),
+            },
+            now: b[3].trim().parse().unwrap(),
+            triplet: triplet(b[4]),
+            client: client(b[5]),
+            expected: (verdict[0], verdict[1], verdict[2]),
+            triplet_after: triplet(a[1]),
+            client_after: client(a[2]),
+        });
+    }
+    assert!(out.len() >= 30, "{} vectors", out.len());
+    out
+}
+
+type Result3 = ((u32, u32, u32), Option<TripletState>, Option<ClientState>);
+
+/// A vector through the Rust rules: the records as stored afterwards.
+fn through_rust(v: &Vector) -> Result3 {
+    let (verdict, triplet, client) = if v.trap {
+        let mut c = v.client.unwrap_or_default();
+        let verdict = rules::trap(&mut c, v.now, &v.config);
+        (verdict, v.triplet, Some(c))
+    } else {
+        let o = rules::check(v.triplet, v.client, v.now, &v.config);
+        (o.verdict, o.triplet.or(v.triplet), o.client.or(v.client))
+    };
+    assert_eq!(verdict.action, verdict.reason.action());
+    (
+        (verdict.reason as u32, verdict.retry_after, verdict.delayed),
+        triplet,
+        client,
+    )
+}
+
+/// A vector through the Lua script on a real Redis.
+fn through_lua(v: &Vector, con: &mut redis::Connection, script: &redis::Script) -> Result3 {
+    let (tkey, ckey) = (format!("v{}:t", v.line), format!("v{}:c", v.line));
+    let _: () = redis::cmd("DEL").arg(&tkey).arg(&ckey).query(con).unwrap();
+    if let Some(t) = v.triplet {
+        let text = format!(
+            "{} {} {} {}",
+            t.first_seen,
+            t.last_seen,
+            t.early_retries,
+            u8::from(t.passed)
+        );
+        let _: () = redis::cmd("SET").arg(&tkey).arg(text).query(con).unwrap();
+    }
+    if let Some(c) = v.client {
+        let text = format!(
+            "{} {} {} {} {} {}",
+            c.passes, c.last_seen, c.blocked_until, c.round_start, c.rounds, c.last_round
+        );
+        let _: () = redis::cmd("SET").arg(&ckey).arg(text).query(con).unwrap();
+    }
+    let cfg = &v.config;
+    let reply: (u32, u32, u32) = script
+        .key(&tkey)
+        .key(&ckey)
+        .arg(if v.trap { "trap" } else { "check" })
+        .arg(v.now)
+        .arg(cfg.delay())
+        .arg(cfg.retry_window())
+        .arg(cfg.pass_ttl())
+        .arg(cfg.awl_threshold())
+        .arg(cfg.awl_ttl())
+        .arg(cfg.blast_threshold())
+        .arg(cfg.block_time())
+        .invoke(con)
+        .unwrap();
+    let get = |con: &mut redis::Connection, key: &str| -> Option<String> {
+        redis::cmd("GET").arg(key).query(con).unwrap()
+    };
+    let t = get(con, &tkey);
+    let c = get(con, &ckey);
+    (
+        reply,
+        t.as_deref().and_then(triplet),
+        c.as_deref().and_then(client),
+    )
+}
+
+#[test]
+fn rust_rules_give_the_vectors() {
+    for v in vectors() {
+        let got = through_rust(&v);
+        assert_eq!(
+            got,
+            (v.expected, v.triplet_after, v.client_after),
+            "line {}: {}",
+            v.line,
+            v.name
+        );
+    }
+}
+
+#[test]
+fn lua_script_gives_the_vectors() {
+    let Some(server) = RedisServer::start("vectors") else {
+        return;
+    };
+    let mut con = server.connection();
+    let script = redis::Script::new(greylist::redis_store::SCRIPT);
+    for v in vectors() {
+        let got = through_lua(&v, &mut con, &script);
+        assert_eq!(
+            got,
+            (v.expected, v.triplet_after, v.client_after),
+            "line {}: {}",
+            v.line,
+            v.name
+        );
+    }
+    // Every record the script wrote expires (Redis collects it).
+    let keys: Vec<String> = redis::cmd("KEYS").arg("v*").query(&mut con).unwrap();
+    assert!(!keys.is_empty());
+    for key in keys.iter().filter(|k| {
+        // Records the script did not write keep the test's own (no) TTL.
+        let ttl: i64 = redis::cmd("TTL").arg(k.as_str()).query(&mut con).unwrap();
+        ttl == -1
+    }) {
+        let line: usize = key[1..key.len() - 2].parse().unwrap();
+        let v = vectors().into_iter().find(|v| v.line == line).unwrap();
+        let untouched = if key.ends_with(":t") {
+            v.triplet_after == v.triplet
+        } else {
+            v.client_after == v.client
+        };
+        assert!(untouched, "{key} was written without a TTL");
+    }
+}
+
+// ---- the model test against Redis ------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redis_agrees_with_the_reference_rules(
+        settings in model::settings(),
+        ops in proptest::collection::vec(model::op(false), 1..300),
+    ) {
+        let Some(server) = shared_server() else { return Ok(()); };
+        // A fresh key space per case.
+        let prefix = format!("model{}:", next_case());
+        model::run_with(settings, ops, |b| {
+            b.redis(&server.url())
+                .redis_prefix(&prefix)
+                .shared_secret(secret())
+                .pass_cache_entries(0)
+        }, false)?;
+    }
+}
+
+fn next_case() -> u64 {
+    static CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One server for all proptest cases.
+fn shared_server() -> Option<&'static RedisServer> {
+    static SERVER: std::sync::OnceLock<Option<RedisServer>> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| RedisServer::start("model")).as_ref()
+}
+
+#[test]
+fn redis_long_run_agrees_with_the_reference_rules() {
+    let Some(server) = RedisServer::start("model-long") else {
+        return;
+    };
+    let (settings, ops) = model::long_run(false);
+    model::run_with(
+        settings,
+        ops,
+        |b| {
+            b.redis(&server.url())
+                .shared_secret(secret())
+                .pass_cache_entries(0)
+        },
+        false,
+    )
+    .unwrap();
+}
+
+// ---- two MX hosts, the cache, passwords ------------------------------------
+
+#[test]
+fn two_engines_share_triplets_and_the_auto_whitelist() {
+    let Some(server) = RedisServer::start("two-mx") else {
+        return;
+    };
+    let mx1 = engine(shared(&server, "greylist:"));
+    let mx2 = engine(shared(&server, "greylist:"));
+    let v = mx1
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+        .unwrap();
+    assert_eq!((v.action, v.reason), (Action::Defer, Reason::New));
+    // The retry goes to the other MX, after the delay: it passes there.
+    let v = mx2
+        .check(
+            "192.0.2.7",
+            "alice@example.org",
+            "bob@example.net",
+            T0 + 301,
+        )
+        .unwrap();
+    assert_eq!(
+        (v.action, v.reason, v.delayed),
+        (Action::Pass, Reason::Retried, 301)
+    );
+    // An early retry at MX 2 of a triplet MX 1 saw is an early retry.
+    mx1.check("192.0.2.1", "carol@example.org", "bob@example.net", T0)
+        .unwrap();
+    let v = mx2
+        .check("192.0.2.1", "carol@example.org", "bob@example.net", T0 + 10)
+        .unwrap();
+    assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 290));
+
+    // Five passes at MX 1 auto-whitelist the network at MX 2.
+    for i in 0..5 {
+        let rcpt = format!("user{i}@example.net");
+        mx1.check("198.51.100.1", "news@example.com", &rcpt, T0)
+            .unwrap();
+        let v = mx1
+            .check("198.51.100.1", "news@example.com", &rcpt, T0 + 400)
+            .unwrap();
+        assert_eq!(v.reason, Reason::Retried);
+    }
+    let v = mx2
+        .check(
+            "198.51.100.9",
+            "other@example.com",
+            "new@example.net",
+            T0 + 500,
+        )
+        .unwrap();
+    assert_eq!(
+        (v.action, v.reason),
+        (Action::Pass, Reason::AutoWhitelisted)
+    );
+    // Nothing was kept in the engines' own tables, and Redis holds keys,
+    // never addresses.
+    assert_eq!((mx1.len(), mx2.len()), (0, 0));
+    let mut con = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert!(keys.iter().all(|k| k.starts_with("greylist:")), "{keys:?}");
+    assert!(keys
+        .iter()
+        .all(|k| !k.contains('@') && !k.contains("198.51")));
+    let key = format!(
+        "greylist:t:{:032x}",
+        mx1.triplet_key("192.0.2.1", "alice@example.org", "bob@example.net")
+            .unwrap()
+    );
+    assert!(keys.contains(&key), "{key} not in {keys:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut con).unwrap();
+    assert!(
+        ttl > 34 * 86_400 && ttl <= 35 * 86_400 + 60,
+        "passed TTL {ttl}"
+    );
+    assert_eq!(mx2.stats().backend_errors, 0);
+}
+
+#[test]
+fn prefixes_keep_greylists_apart() {
+    let Some(server) = RedisServer::start("prefixes") else {
+        return;
+    };
+    let a = engine(shared(&server, "a:"));
+    let b = engine(shared(&server, "b:"));
+    a.check("192.0.2.1", "x@example.org", "y@example.net", T0)
+        .unwrap();
+    let v = b
+        .check("192.0.2.1", "x@example.org", "y@example.net", T0 + 400)
+        .unwrap();
+    assert_eq!(v.reason, Reason::New, "b: must not see a:'s triplet");
+}
+
+#[test]
+fn passes_are_cached_locally() {
+    let Some(server) = RedisServer::start("cache") else {
+        return;
+    };
+    let mx = engine(shared(&server, "greylist:").pass_cache_ttl(60));
+    let check = |now| {
+        mx.check("192.0.2.1", "alice@example.org", "bob@example.net", now)
+            .unwrap()
+    };
+    check(T0);
+    assert_eq!(check(T0 + 300).reason, Reason::Retried);
+    let trips = mx.stats().backend_round_trips;
+    for i in 0..10 {
+        assert_eq!(check(T0 + 301 + i).reason, Reason::Passed);
+    }
+    let s = mx.stats();
+    assert_eq!((s.backend_round_trips, s.cache_hits), (trips, 10));
+    // Past the cache's lifetime Redis is asked again.
+    assert_eq!(check(T0 + 300 + 61).reason, Reason::Passed);
+    assert_eq!(mx.stats().backend_round_trips, trips + 1);
+}
+
+#[test]
+fn password_urls_work_and_a_wrong_password_fails_open() {
+    let Some(server) = RedisServer::start_with("password", &["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let mx = engine(shared(&server, "greylist:"));
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+        .unwrap();
+    assert_eq!(v.reason, Reason::New);
+    let wrong = server.url().replace("s3cret", "wrong");
+    let mx = engine(shared(&server, "greylist:").redis(&wrong));
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+        .unwrap();
+    assert_eq!(
+        (v.action, v.reason),
+        (Action::Pass, Reason::BackendUnavailable)
+    );
+    assert_eq!(mx.stats().backend_errors, 1);
+    // The configuration never shows the password.
+    let config = shared(&server, "greylist:").build().unwrap();
+    assert!(!format!("{config:?}").contains("s3cret"));
+    assert_eq!(
+        config.redis().unwrap(),
+        format!("redis://:***@127.0.0.1:{}/0", server.port)
+    );
+}
+
+// ---- outages -----------------------------------------------------------------
+
+/// Checks one new triplet and returns the verdict and how long it took.
+fn timed_check(mx: &Engine, i: u32, now: i64) -> (greylist::Verdict, Duration) {
+    let started = Instant::now();
+    let rcpt = format!("user{i}@example.net");
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", &rcpt, now)
+        .unwrap();
+    (v, started.elapsed())
+}
+
+#[test]
+fn killed_redis_falls_back_within_the_timeout_and_comes_back() {
+    let Some(mut server) = RedisServer::start("outage") else {
+        return;
+    };
+    let timeout = Duration::from_millis(50);
+    let mx = engine(
+        shared(&server, "greylist:")
+            .redis_timeout(timeout)
+            .redis_retry_interval(Duration::from_millis(200)),
+    );
+    for i in 0..50 {
+        assert_eq!(timed_check(&mx, i, T0).0.reason, Reason::New);
+    }
+    server.kill();
+    // The checks go on: each answered locally, failing open.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 50..550 {
+        let (v, took) = timed_check(&mx, i, T0);
+        assert_eq!(
+            (v.action, v.reason),
+            (Action::Pass, Reason::BackendUnavailable),
+            "check {i}"
+        );
+        slowest = slowest.max(took);
+    }
+    // A refused connection fails at once, and within the retry interval
+    // no connect is even tried; the margin is for a loaded machine.
+    assert!(
+        slowest < timeout + Duration::from_millis(250),
+        "{slowest:?}"
+    );
+    let s = mx.stats();
+    assert_eq!(s.backend_unavailable, 500);
+    assert!(s.backend_errors >= 1, "{s:?}");
+    assert!(
+        s.backend_errors < 20,
+        "connects were retried at every check: {s:?} in {:?}",
+        started.elapsed()
+    );
+    // Redis comes back (empty): checks go to it again by themselves.
+    server.restart();
+    std::thread::sleep(Duration::from_millis(250));
+    let (v, _) = timed_check(&mx, 1000, T0);
+    assert_eq!(v.reason, Reason::New);
+    let (v, _) = timed_check(&mx, 1000, T0 + 301);
+    assert_eq!(v.reason, Reason::Retried);
+    let mut con = server.connection();
+    let n: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert!(n >= 1, "the restarted Redis holds the new triplet");
+}
+
+#[test]
+fn hung_redis_times_out_and_defer_mode_uses_the_local_table() {
+    let Some(server) = RedisServer::start("hung") else {
+        return;
+    };
+    let timeout = Duration::from_millis(50);
+    let mx = engine(
+        shared(&server, "greylist:")
+            .redis_timeout(timeout)
+            .fail_mode(FailMode::Defer),
+    );
+    assert_eq!(timed_check(&mx, 0, T0).0.reason, Reason::New);
+    // Redis hangs: connected, never answering.
+    server.pause(true);
+    let (v, took) = timed_check(&mx, 1, T0);
+    assert_eq!(
+        (v.action, v.reason, v.retry_after),
+        (Action::Defer, Reason::BackendUnavailable, 300)
+    );
+    assert!(took >= timeout, "answered before the timeout: {took:?}");
+    assert!(took < timeout + Duration::from_millis(250), "{took:?}");
+    assert!(mx.stats().backend_timeouts >= 1);
+    // In defer mode the local table greylists: its retry after the delay
+    // passes even while Redis is still hung.
+    let (v, _) = timed_check(&mx, 1, T0 + 301);
+    assert_eq!(
+        (v.action, v.reason, v.delayed),
+        (Action::Pass, Reason::BackendUnavailable, 301)
+    );
+    server.pause(false);
+    // Once Redis answers again, checks go back to it (after the retry
+    // interval, if the timed-out call was a connect).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(timed_check(&mx, 0, T0 + 301).0.reason, Reason::Retried);
+}
+
+#[test]
+fn configuration_errors_name_the_setting() {
+    let no_secret = Config::builder()
+        .redis("redis://127.0.0.1:6379/0")
+        .build()
+        .unwrap_err();
+    assert_eq!(no_secret.setting(), "shared_secret");
+    let bad_url = Config::builder()
+        .redis("http://example.com/")
+        .shared_secret(secret())
+        .build()
+        .unwrap_err();
+    assert_eq!(bad_url.setting(), "redis");
+    let missing = Config::builder()
+        .redis("redis://127.0.0.1:6379/0")
+        .shared_secret_file("/nonexistent/secret")
+        .build()
+        .unwrap_err();
+    assert_eq!(missing.setting(), "shared_secret_file");
+    assert!(missing.to_string().contains("/nonexistent/secret"));
+    let timeout = Config::builder()
+        .redis_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(timeout.setting(), "redis_timeout");
+    // TLS and unix-socket URLs are accepted.
+    for url in [
+        "rediss://:pw@redis.example.net:6380/0",
+        "redis+unix:///run/redis/redis.sock",
+    ] {
+        Config::builder()
+            .redis(url)
+            .shared_secret(secret())
+            .build()
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}

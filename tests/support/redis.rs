@@ -1,0 +1,154 @@
+//! A private redis-server for a test: loopback, a free port, its own
+//! folder, no persistence. Without redis-server the test says why it
+//! skipped, except under CI=true, where it fails.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// Whether redis-server can be run here; if not, the reason (a panic under
+/// CI=true, where every integration test must run).
+pub fn available(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let why = "redis-server is not installed (apt-get install redis-server)";
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{test} cannot run under CI=true: {why}"
+        );
+        println!("SKIPPED {test}: {why}");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Starts a server for the test `name` (None, with the reason printed,
+    /// when redis-server is missing outside CI).
+    pub fn start(name: &str) -> Option<RedisServer> {
+        RedisServer::start_with(name, &[])
+    }
+
+    /// Starts a server with extra redis-server arguments
+    /// (`--requirepass`, ...).
+    pub fn start_with(name: &str, extra: &[&str]) -> Option<RedisServer> {
+        if !available(name) {
+            return None;
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.run();
+        Some(server)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's URL, with the password it was started with, if any.
+    pub fn url(&self) -> String {
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .map_or(String::new(), |i| format!(":{}@", self.extra[i + 1]));
+        format!("redis://{password}127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a hung Redis, whose
+    /// connections stay open but never answer.
+    pub fn pause(&self, stopped: bool) {
+        let child = self.child.as_ref().expect("running");
+        let signal = if stopped { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} failed");
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    /// A plain connection for the test's own commands.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// A secret file for `greylist-policyd --redis-secret`, in the
+    /// server's folder.
+    pub fn secret_file(&self) -> PathBuf {
+        let path = self.dir.join("secret");
+        std::fs::write(&path, "00112233445566778899aabbccddeeff\n").unwrap();
+        path
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
