@@ -5,31 +5,11 @@
 mod daemon;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use daemon::{rcpt, Daemon};
+use daemon::{answers, rcpt, Daemon};
 
 const T0: i64 = 1_700_000_000;
-
-fn answers(stream: &mut TcpStream, n: usize) -> Vec<String> {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = Vec::new();
-    while out.len() < n {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "connection closed after {out:?}"
-        );
-        let line = line.trim_end();
-        if let Some(action) = line.strip_prefix("action=") {
-            out.push(action.to_string());
-        } else {
-            assert_eq!(line, "", "unexpected line");
-        }
-    }
-    out
-}
 
 #[test]
 fn several_requests_on_one_connection_split_and_crlf() {

@@ -585,3 +585,106 @@ fn configuration_errors_name_the_setting() {
             .unwrap_or_else(|e| panic!("{url}: {e}"));
     }
 }
+
+// ---- greylist-policyd on Redis ---------------------------------------------
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+fn mx_daemon(name: &str, server: &RedisServer, extra: &[&str]) -> daemon::Daemon {
+    let secret = server.secret_file();
+    let url = server.url();
+    let mut args = vec![
+        "--allow-test-time",
+        "--redis",
+        &url,
+        "--redis-secret",
+        secret.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    daemon::Daemon::start(name, &args)
+}
+
+#[test]
+fn two_policy_daemons_share_one_redis() {
+    let Some(server) = RedisServer::start("two-policyd") else {
+        return;
+    };
+    let mx1 = mx_daemon("mx1", &server, &[]);
+    let mx2 = mx_daemon("mx2", &server, &[]);
+    mx1.wait_for_log("sharing triplets through redis://127.0.0.1:");
+    let (mut c1, mut c2) = (mx1.connect(), mx2.connect());
+    let first = rcpt_at("192.0.2.1", "alice@example.org", "bob@example.net", T0);
+    assert!(
+        daemon::ask(&mut c1, &first).starts_with("DEFER_IF_PERMIT 4.2.0 "),
+        "first attempt at MX 1"
+    );
+    // The retry after the delay goes to MX 2 (another address of the same
+    // sending network): it passes there.
+    let retry = rcpt_at(
+        "192.0.2.9",
+        "alice@example.org",
+        "bob@example.net",
+        T0 + 301,
+    );
+    assert_eq!(
+        daemon::ask(&mut c2, &retry),
+        "PREPEND X-Greylist: delayed 301 seconds by greylist-policyd"
+    );
+    // An auto-whitelist earned at MX 1 counts at MX 2.
+    for i in 0..5 {
+        let rcpt = format!("user{i}@example.net");
+        daemon::ask(
+            &mut c1,
+            &rcpt_at("198.51.100.1", "news@example.com", &rcpt, T0),
+        );
+        let again = rcpt_at("198.51.100.1", "news@example.com", &rcpt, T0 + 400);
+        assert!(daemon::ask(&mut c1, &again).starts_with("PREPEND X-Greylist"));
+    }
+    let other = rcpt_at(
+        "198.51.100.7",
+        "someone@example.com",
+        "new@example.net",
+        T0 + 500,
+    );
+    assert_eq!(daemon::ask(&mut c2, &other), "DUNNO");
+    mx2.wait_for_log("reason=auto-whitelisted client=198.51.100.7");
+}
+
+fn rcpt_at(ip: &str, sender: &str, recipient: &str, now: i64) -> String {
+    daemon::rcpt(ip, sender, recipient, now)
+}
+
+#[test]
+fn policy_daemon_rides_out_a_redis_outage() {
+    let Some(mut server) = RedisServer::start("policyd-outage") else {
+        return;
+    };
+    let mx = mx_daemon("outage", &server, &["--redis-timeout", "50"]);
+    let mut c = mx.connect();
+    let ask = |c: &mut std::net::TcpStream, i: u32| {
+        let started = Instant::now();
+        let req = rcpt_at(
+            "192.0.2.1",
+            "alice@example.org",
+            &format!("u{i}@example.net"),
+            T0,
+        );
+        (daemon::ask(c, &req), started.elapsed())
+    };
+    for i in 0..20 {
+        assert!(ask(&mut c, i).0.starts_with("DEFER_IF_PERMIT"));
+    }
+    server.kill();
+    for i in 20..220 {
+        let (answer, took) = ask(&mut c, i);
+        assert_eq!(answer, "DUNNO", "check {i}: fail open");
+        assert!(took < Duration::from_millis(300), "check {i} took {took:?}");
+    }
+    mx.wait_for_log("action=pass reason=backend-unavailable client=192.0.2.1");
+    // Back without restarting the daemon.
+    server.restart();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(ask(&mut c, 1000).0.starts_with("DEFER_IF_PERMIT"));
+    mx.wait_for_log("action=defer reason=new client=192.0.2.1 from=<alice@example.org> to=<u1000@");
+}

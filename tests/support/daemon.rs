@@ -30,6 +30,33 @@ pub fn rcpt(ip: &str, sender: &str, recipient: &str, now: i64) -> String {
     )
 }
 
+/// Reads `n` answers (`action=...` lines) from the daemon.
+pub fn answers(stream: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed after {out:?}"
+        );
+        let line = line.trim_end();
+        if let Some(action) = line.strip_prefix("action=") {
+            out.push(action.to_string());
+        } else {
+            assert_eq!(line, "", "unexpected line");
+        }
+    }
+    out
+}
+
+/// Sends one request and returns its answer.
+pub fn ask(stream: &mut TcpStream, request: &str) -> String {
+    use std::io::Write;
+    stream.write_all(request.as_bytes()).unwrap();
+    answers(stream, 1).remove(0)
+}
+
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<String>>,
