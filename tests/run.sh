@@ -3,7 +3,8 @@
 # the C ABI test under AddressSanitizer + UBSan and under valgrind; the C++
 # wrapper test; the install + pkg-config test of the README's C example; the
 # Python binding's unittest suite against a pip-installed copy; the .NET
-# binding's test under Mono.
+# binding's test under Mono. The Redis tests (Rust, and each binding's
+# shared-store part) run against redis-servers started here and by the tests.
 # A suite whose tool is missing is skipped with the reason, except when
 # CI=true, where it fails.
 set -euo pipefail
@@ -13,6 +14,13 @@ out="$root/target/c-tests"
 mkdir -p "$out"
 passed=0
 skipped=0
+prefix=""
+redis_pid=""
+cleanup() {
+  [ -z "$prefix" ] || rm -rf "$prefix"
+  [ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
 
 suite() { echo; echo "== $*"; }
 ok() { passed=$((passed + 1)); }
@@ -25,7 +33,10 @@ have() {
   return 1
 }
 
-suite "cargo test (unit, model, concurrency, snapshot, defence, daemon, header, doc tests)"
+suite "cargo test (unit, model, concurrency, snapshot, defence, daemon, Redis, header, doc tests)"
+# tests/redis.rs starts its own redis-servers; without one it says why it
+# skipped (and fails under CI=true).
+have redis-server "the Redis store tests (apt-get install redis-server)" || true
 cargo test --lib --bins --tests -- --skip postfix_
 cargo test --doc
 # The benchmarks, once each on small tables: they must not rot.
@@ -41,6 +52,23 @@ cargo build --release --lib
 static_libs=$(cargo rustc -q --release --lib --crate-type staticlib -- --print native-static-libs 2>&1 \
   | sed -n 's/.*native-static-libs: //p' | head -n1)
 lib="$root/target/release/libgreylist.a"
+
+suite "a redis-server for the bindings' shared-store tests"
+if have redis-server "the bindings' shared-store tests"; then
+  redis_dir="$root/target/redis-bindings"
+  rm -rf "$redis_dir" && mkdir -p "$redis_dir"
+  redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" \
+    >"$redis_dir/log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  export GREYLIST_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+  echo "redis-server on $GREYLIST_TEST_REDIS_URL"
+  ok
+fi
 
 suite "C ABI test (gcc -std=c11 -Wall -Wextra -Werror, ASan + UBSan)"
 gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined -fno-sanitize-recover=all \
@@ -68,7 +96,6 @@ fi
 suite "install into a temporary prefix; build the README's C example with pkg-config"
 if have pkg-config "the install test"; then
   prefix=$(mktemp -d)
-  trap 'rm -rf "$prefix"' EXIT
   bash bindings/c/install.sh "$prefix" >/dev/null
   # The README's first ```c block is the example: it must build and say this.
   awk '/^```c$/{on=1; next} /^```$/{if(on) exit} on' README.md > "$out/example.c"

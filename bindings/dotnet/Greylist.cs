@@ -22,6 +22,9 @@ namespace Greylist
     {
         New = 1, EarlyRetry = 2, Retried = 3, Passed = 4,
         Whitelisted = 5, AutoWhitelisted = 6, Blocked = 7, Trapped = 8,
+        /// <summary>Redis did not answer in time or failed: the local table decided
+        /// (a defer becomes a pass unless <see cref="Config.RedisFailDefer"/>).</summary>
+        BackendUnavailable = 9,
     }
 
     /// <summary>greylist_status codes.</summary>
@@ -87,6 +90,11 @@ namespace Greylist
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_max_entries(IntPtr config, ulong entries);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_prefixes(IntPtr config, byte ipv4, byte ipv6);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_reply(IntPtr config, ushort code, byte[] enhanced, byte[] text);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis(IntPtr config, byte[] url);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis_prefix(IntPtr config, byte[] prefix);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis_timeout_ms(IntPtr config, uint milliseconds);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis_fail_defer(IntPtr config, [MarshalAs(UnmanagedType.U1)] bool defer);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_secret_file(IntPtr config, byte[] path);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_new(IntPtr config, out EngineHandle engine);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_load(IntPtr config, byte[] path, out EngineHandle engine);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern void greylist_engine_free(IntPtr engine);
@@ -149,6 +157,18 @@ namespace Greylist
         public ushort? ReplyCode { get; set; }
         public string ReplyEnhanced { get; set; }
         public string GreylistText { get; set; }
+        /// <summary>Share triplets with other MX hosts through Redis:
+        /// <c>redis://[:password@]host:6379/0</c>, <c>rediss://</c> for TLS.
+        /// Needs <see cref="RedisSecretFile"/>.</summary>
+        public string Redis { get; set; }
+        /// <summary>A file of 32 hex digits every MX host shares (<c>openssl rand -hex 16</c>).</summary>
+        public string RedisSecretFile { get; set; }
+        /// <summary>Prefix of the engine's Redis keys (default <c>greylist:</c>).</summary>
+        public string RedisPrefix { get; set; }
+        /// <summary>How long a check waits for Redis (default 50 ms).</summary>
+        public uint? RedisTimeoutMs { get; set; }
+        /// <summary>When Redis fails, keep the local table's defer instead of passing (default false).</summary>
+        public bool? RedisFailDefer { get; set; }
 
         /// <summary>Builds a native config, calls use with it, frees it.</summary>
         internal T With<T>(Func<IntPtr, T> use)
@@ -168,6 +188,11 @@ namespace Greylist
                     Native.Check(Native.greylist_config_set_reply(c, ReplyCode ?? 450,
                         Native.Utf8(ReplyEnhanced ?? "4.2.0", "ReplyEnhanced"),
                         Native.Utf8(GreylistText ?? "Greylisted, please try again in %s seconds", "GreylistText")));
+                if (RedisSecretFile != null) Native.Check(Native.greylist_config_set_secret_file(c, Native.Utf8(RedisSecretFile, "RedisSecretFile")));
+                if (Redis != null) Native.Check(Native.greylist_config_set_redis(c, Native.Utf8(Redis, "Redis")));
+                if (RedisPrefix != null) Native.Check(Native.greylist_config_set_redis_prefix(c, Native.Utf8(RedisPrefix, "RedisPrefix")));
+                if (RedisTimeoutMs.HasValue) Native.Check(Native.greylist_config_set_redis_timeout_ms(c, RedisTimeoutMs.Value));
+                if (RedisFailDefer.HasValue) Native.Check(Native.greylist_config_set_redis_fail_defer(c, RedisFailDefer.Value));
                 return use(c);
             }
             finally

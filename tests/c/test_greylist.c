@@ -3,13 +3,14 @@
  * run under AddressSanitizer + UndefinedBehaviorSanitizer, and under
  * valgrind (see tests/run.sh). Exits non-zero when any test fails.
  */
-#define _POSIX_C_SOURCE 200809L /* pthread_barrier_t */
+#define _POSIX_C_SOURCE 200809L /* pthread_barrier_t, mkdtemp */
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "greylist.h"
 
@@ -684,6 +685,98 @@ static bool test_threads(void) {
   return true;
 }
 
+/* An engine on Redis: `url`, keyed by the secret in `secret_path`. */
+static greylist_engine *redis_engine(const char *url, const char *secret_path) {
+  greylist_config *config = greylist_config_new();
+  greylist_engine *engine = NULL;
+  bool ok = greylist_config_set_redis(config, url) == GREYLIST_STATUS_OK &&
+            greylist_config_set_secret_file(config, secret_path) == GREYLIST_STATUS_OK &&
+            greylist_config_set_redis_timeout_ms(config, 50) == GREYLIST_STATUS_OK &&
+            greylist_engine_new(config, &engine) == GREYLIST_STATUS_OK;
+  greylist_config_free(config);
+  return ok ? engine : NULL;
+}
+
+/* Redis settings, the fallback when Redis is not there, and (when
+ * tests/run.sh started a redis-server: GREYLIST_TEST_REDIS_URL) two engines
+ * sharing triplets through it. */
+static bool test_redis(void) {
+  char dir[] = "/tmp/greylist-c-redis-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char secret[256], bad_secret[256];
+  snprintf(secret, sizeof secret, "%s/secret", dir);
+  snprintf(bad_secret, sizeof bad_secret, "%s/bad", dir);
+  const char *hex = "00112233445566778899aabbccddeeff\n";
+  CHECK(write_file(secret, (const unsigned char *)hex, strlen(hex)));
+  CHECK(write_file(bad_secret, (const unsigned char *)"0011", 4));
+
+  greylist_config *config = greylist_config_new();
+  CHECK_STATUS(greylist_config_set_redis(config, "http://example.com/"),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "redis") != NULL);
+  CHECK_STATUS(greylist_config_set_secret_file(config, "/nonexistent/secret"),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "/nonexistent/secret") != NULL);
+  CHECK_STATUS(greylist_config_set_secret_file(config, bad_secret),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "32 hex digits") != NULL);
+  CHECK_STATUS(greylist_config_set_redis_timeout_ms(config, 0), GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_redis(config, NULL), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_redis(NULL, "redis://127.0.0.1/"),
+               GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_redis_prefix(config, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_redis_prefix(config, "mx pool:"),
+               GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(greylist_config_set_redis_fail_defer(config, true), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_pass_cache(config, 1000, 60), GREYLIST_STATUS_OK);
+  /* Redis without a shared secret is refused when the engine is made. */
+  CHECK_STATUS(greylist_config_set_redis(config, "redis://127.0.0.1:1/0"), GREYLIST_STATUS_OK);
+  greylist_engine *engine = NULL;
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "shared_secret") != NULL && engine == NULL);
+  greylist_config_free(config);
+
+  /* Nothing listens on port 1: the local table answers, failing open. */
+  engine = redis_engine("redis://127.0.0.1:1/0", secret);
+  CHECK(engine != NULL);
+  greylist_verdict v;
+  CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@example.org", "b@example.net", T0, &v),
+               GREYLIST_STATUS_OK);
+  CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_BACKEND_UNAVAILABLE);
+  char reply[256];
+  CHECK_STATUS(greylist_verdict_reply(engine, &v, reply, sizeof reply), GREYLIST_STATUS_OK);
+  CHECK(reply[0] == '\0');
+  greylist_stats stats = {.struct_size = sizeof stats};
+  CHECK_STATUS(greylist_engine_stats(engine, &stats), GREYLIST_STATUS_OK);
+  CHECK(stats.backend_unavailable == 1 && stats.backend_errors == 1);
+  greylist_engine_free(engine);
+
+  const char *url = getenv("GREYLIST_TEST_REDIS_URL");
+  if (url == NULL) {
+    printf("  (no GREYLIST_TEST_REDIS_URL: the shared-store part is skipped)\n");
+  } else {
+    greylist_engine *mx1 = redis_engine(url, secret), *mx2 = redis_engine(url, secret);
+    CHECK(mx1 != NULL && mx2 != NULL);
+    char rcpt[64];
+    snprintf(rcpt, sizeof rcpt, "c-%ld@example.net", (long)getpid());
+    CHECK_STATUS(greylist_engine_check(mx1, "192.0.2.1", "a@example.org", rcpt, T0, &v),
+                 GREYLIST_STATUS_OK);
+    CHECK(v.action == GREYLIST_ACTION_DEFER && v.reason == GREYLIST_REASON_NEW);
+    CHECK_STATUS(greylist_engine_check(mx2, "192.0.2.1", "a@example.org", rcpt, T0 + 301, &v),
+                 GREYLIST_STATUS_OK);
+    CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_RETRIED);
+    CHECK(v.delayed == 301);
+    CHECK_STATUS(greylist_engine_stats(mx2, &stats), GREYLIST_STATUS_OK);
+    CHECK(stats.backend_round_trips == 1 && stats.backend_errors == 0);
+    greylist_engine_free(mx1);
+    greylist_engine_free(mx2);
+  }
+  remove(secret);
+  remove(bad_secret);
+  rmdir(dir);
+  return true;
+}
+
 int main(void) {
   run_test(test_version, "version");
   run_test(test_cycle, "cycle");
@@ -693,7 +786,8 @@ int main(void) {
   run_test(test_threads, "threads");
   run_test(test_snapshots, "snapshots");
   run_test(test_defences, "defences");
-  int total = 8;
+  run_test(test_redis, "redis");
+  int total = 9;
   printf("%d passed, %d failed\n", total - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

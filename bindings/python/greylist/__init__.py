@@ -74,6 +74,7 @@ class Reason(enum.IntEnum):
     AUTO_WHITELISTED = 6
     BLOCKED = 7
     TRAPPED = 8
+    BACKEND_UNAVAILABLE = 9
 
 
 class EventKind(enum.IntEnum):
@@ -192,6 +193,11 @@ _STAT_FIELDS = [
     "entries",
     "clients",
     "trapped",
+    "backend_unavailable",
+    "backend_round_trips",
+    "backend_errors",
+    "backend_timeouts",
+    "cache_hits",
 ]
 
 
@@ -262,6 +268,12 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_reply", _status, [_p, ctypes.c_uint16, _str, _str]),
     ("greylist_config_set_snapshot", _status, [_p, _str, _u32]),
     ("greylist_config_set_key_by_verified_domain", _status, [_p, ctypes.c_bool]),
+    ("greylist_config_set_redis", _status, [_p, _str]),
+    ("greylist_config_set_redis_prefix", _status, [_p, _str]),
+    ("greylist_config_set_redis_timeout_ms", _status, [_p, _u32]),
+    ("greylist_config_set_redis_fail_defer", _status, [_p, ctypes.c_bool]),
+    ("greylist_config_set_pass_cache", _status, [_p, _u32, _u32]),
+    ("greylist_config_set_secret_file", _status, [_p, _str]),
     ("greylist_engine_check_request", _status, [_p, ctypes.POINTER(_Request), ctypes.POINTER(_Verdict)]),
     ("greylist_engine_set_event_callback", _status, [_p, _EVENT_FN, ctypes.c_void_p]),
     ("greylist_engine_set_list", _status, [_p, _u32, ctypes.POINTER(_str), ctypes.c_size_t, ctypes.c_bool]),
@@ -397,6 +409,28 @@ class _Config:
                 _arg("4.2.0" if enhanced is None else enhanced, "reply_enhanced"),
                 _arg("Greylisted, please try again in %s seconds" if text is None else text, "greylist_text"),
             ))
+        self._apply_redis(s)
+
+    def _apply_redis(self, s: Dict[str, Any]) -> None:
+        c = self.ptr
+        if s.get("redis_secret") is not None:
+            _check(_lib.greylist_config_set_secret_file(c, _path(s["redis_secret"])))
+        if s.get("redis") is not None:
+            _check(_lib.greylist_config_set_redis(c, _arg(s["redis"], "redis")))
+        if s.get("redis_prefix") is not None:
+            _check(_lib.greylist_config_set_redis_prefix(c, _arg(s["redis_prefix"], "redis_prefix")))
+        if s.get("redis_timeout_ms") is not None:
+            _check(_lib.greylist_config_set_redis_timeout_ms(c, _int(s["redis_timeout_ms"], "redis_timeout_ms")))
+        if s.get("redis_fail") is not None:
+            if s["redis_fail"] not in ("open", "defer"):
+                raise InvalidInputError(Status.INVALID_ARGUMENT, f"redis_fail: {s['redis_fail']!r} is not 'open' or 'defer'")
+            _check(_lib.greylist_config_set_redis_fail_defer(c, s["redis_fail"] == "defer"))
+        if s.get("pass_cache_entries") is not None or s.get("pass_cache_ttl") is not None:
+            entries, ttl = s.get("pass_cache_entries"), s.get("pass_cache_ttl")
+            _check(_lib.greylist_config_set_pass_cache(
+                c, 100_000 if entries is None else _int(entries, "pass_cache_entries"),
+                300 if ttl is None else _int(ttl, "pass_cache_ttl"),
+            ))
 
     def __enter__(self) -> int:
         return self.ptr
@@ -408,7 +442,8 @@ class _Config:
 _SETTINGS = {
     "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
     "max_entries", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
-    "reply_enhanced", "greylist_text", "key_by_verified_domain",
+    "reply_enhanced", "greylist_text", "key_by_verified_domain", "redis", "redis_secret",
+    "redis_prefix", "redis_timeout_ms", "redis_fail", "pass_cache_entries", "pass_cache_ttl",
 }
 
 
@@ -453,7 +488,16 @@ class Engine:
         ``blast_threshold``, ``block_time``, ``extension_delimiters``,
         ``key_by_verified_domain``, ``reply_code``, ``reply_enhanced``,
         ``greylist_text``. ``trap_recipients``: addresses whose mail blocks
-        the sending network at once."""
+        the sending network at once.
+
+        Several MX hosts share triplets through Redis with
+        ``redis="redis://[:password@]host:6379/0"`` (``rediss://`` for TLS)
+        and ``redis_secret=`` a file of 32 hex digits every host shares
+        (``openssl rand -hex 16``); also ``redis_prefix`` (default
+        ``"greylist:"``), ``redis_timeout_ms`` (50), ``redis_fail``
+        (``"open"``, the default, or ``"defer"``), ``pass_cache_entries``
+        (100000) and ``pass_cache_ttl`` (300 s). When Redis fails, verdicts
+        have ``Reason.BACKEND_UNAVAILABLE``."""
         self._init(None)
         settings.update(
             delay=delay, retry_window=retry_window, pass_ttl=pass_ttl, awl_threshold=awl_threshold,

@@ -361,6 +361,58 @@ def _aiosmtpd_missing() -> str:
     return ""
 
 
+class SharedStore(unittest.TestCase):
+    """Redis settings, the fallback, and two engines sharing one Redis (the
+    redis-server tests/run.sh started: GREYLIST_TEST_REDIS_URL)."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        self.secret = Path(self.dir.name) / "secret"
+        self.secret.write_text("00112233445566778899aabbccddeeff\n")
+
+    def tearDown(self) -> None:
+        self.dir.cleanup()
+
+    def test_settings_are_checked(self) -> None:
+        with self.assertRaisesRegex(greylist.InvalidInputError, "shared_secret"):
+            greylist.Engine(redis="redis://127.0.0.1:1/0")
+        with self.assertRaisesRegex(greylist.InvalidInputError, "redis"):
+            greylist.Engine(redis="http://example.com/", redis_secret=self.secret)
+        with self.assertRaisesRegex(greylist.InvalidInputError, "32 hex digits"):
+            bad = Path(self.dir.name) / "bad"
+            bad.write_text("0011")
+            greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=bad)
+        with self.assertRaisesRegex(greylist.InvalidInputError, "redis_fail"):
+            greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret, redis_fail="maybe")
+
+    def test_unreachable_redis_fails_open_or_defers(self) -> None:
+        with greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret) as engine:
+            v = engine.check("192.0.2.1", "a@example.org", "b@example.net", now=T0)
+            self.assertEqual((v.action, v.reason), (Action.PASS, Reason.BACKEND_UNAVAILABLE))
+            self.assertEqual(engine.stats()["backend_errors"], 1)
+        with greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret, redis_fail="defer") as engine:
+            v = engine.check("192.0.2.1", "a@example.org", "b@example.net", now=T0)
+            self.assertEqual((v.action, v.reason, v.retry_after), (Action.DEFER, Reason.BACKEND_UNAVAILABLE, 300))
+
+    def test_two_engines_share_one_redis(self) -> None:
+        url = os.environ.get("GREYLIST_TEST_REDIS_URL")
+        if not url:
+            if os.environ.get("CI") == "true":
+                self.fail("GREYLIST_TEST_REDIS_URL is not set; required under CI=true")
+            self.skipTest("no GREYLIST_TEST_REDIS_URL (tests/run.sh sets it when redis-server is installed)")
+        rcpt = f"py-{os.getpid()}@example.net"
+        with greylist.Engine(redis=url, redis_secret=self.secret, redis_prefix="py:") as mx1, \
+                greylist.Engine(redis=url, redis_secret=self.secret, redis_prefix="py:") as mx2:
+            v = mx1.check("192.0.2.1", "alice@example.org", rcpt, now=T0)
+            self.assertEqual((v.action, v.reason), (Action.DEFER, Reason.NEW))
+            v = mx2.check("192.0.2.1", "alice@example.org", rcpt, now=T0 + 301)
+            self.assertEqual((v.action, v.reason, v.delayed), (Action.PASS, Reason.RETRIED, 301))
+            v = mx2.check("192.0.2.1", "alice@example.org", rcpt, now=T0 + 302)
+            self.assertEqual(v.reason, Reason.PASSED)
+            stats = mx2.stats()
+            self.assertEqual((stats["backend_round_trips"], stats["cache_hits"], stats["backend_errors"]), (1, 1, 0))
+
+
 class EndToEndSMTP(unittest.TestCase):
     """The example server on 127.0.0.1, driven by smtplib as a real client."""
 
