@@ -1,0 +1,207 @@
+//! Checks per second through one engine on Redis at 8 concurrent callers,
+//! side by side with `redis-benchmark` calling a trivial EVALSHA (`return
+//! 1`) at the same concurrency against the same private redis-server, in
+//! one run: the limit of this machine's Redis for one script call per
+//! request. Rounds alternate between the two, and the medians are compared.
+//!
+//!     cargo bench --bench redis [-- SECONDS_PER_ROUND [ROUNDS]]   (default 5, 3)
+//!
+//! Every engine check is a round trip (the pass cache is off) running the
+//! real script on random triplets, most of them new: two GETs and one or
+//! two SETs with TTLs inside the script. Run with no arguments (as
+//! `cargo test --benches` does), it checks itself briefly; without
+//! redis-server and redis-benchmark it says so (and fails under CI=true).
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greylist::{Config, Engine, Reason, Secret};
+
+const CALLERS: usize = 8;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<(Server, u16)> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("greylist-bench-redis-{port}"));
+    std::fs::create_dir_all(&dir).ok()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some((server, port))
+}
+
+/// redis-benchmark's requests per second for `EVALSHA <trivial> 0`.
+fn redis_benchmark(port: u16, requests: u64) -> f64 {
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 1")
+        .query(&mut con)
+        .unwrap();
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", &CALLERS.to_string(), "-n", &requests.to_string()])
+        .args(["-q", "EVALSHA", &sha, "0"])
+        .output()
+        .expect("run redis-benchmark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "EVALSHA ...: 81234.57 requests per second, p50=0.071 msec"
+    let line = text
+        .split(['\r', '\n'])
+        .rfind(|l| l.contains("requests per second"))
+        .unwrap_or_else(|| panic!("redis-benchmark printed: {text}"));
+    line.split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read {line:?}"))
+}
+
+/// The engine's checks per second at `CALLERS` threads for `secs`.
+fn engine_rate(engine: &Arc<Engine>, secs: f64, round: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..CALLERS as u64)
+        .map(|t| {
+            let (engine, done) = (engine.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (round << 32) ^ (t + 1);
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let ip = format!("10.{}.{}.{}", (x >> 8) & 255, (x >> 16) & 255, 1 + x % 254);
+                    let sender = format!("user{}@sender{}.example", (x >> 24) % 100_000, x % 997);
+                    let rcpt = format!("rcpt{}@example.net", (x >> 40) % 10_000);
+                    let v = engine
+                        .check(&ip, &sender, &rcpt, 1_700_000_000 + (x >> 60) as i64)
+                        .unwrap();
+                    assert_ne!(v.reason, Reason::BackendUnavailable, "Redis failed");
+                    n += 1;
+                }
+                done.fetch_add(n, Relaxed);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    done.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let numbers: Vec<f64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let secs = if full {
+        numbers.first().copied().unwrap_or(5.0)
+    } else {
+        0.2
+    };
+    let rounds = if full {
+        numbers.get(1).copied().unwrap_or(3.0) as usize
+    } else {
+        1
+    };
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have("redis-server") || !have("redis-benchmark") {
+        let why = "redis-server and redis-benchmark are needed (apt-get install redis-server)";
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{why}");
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let (_server, port) = start_redis().expect("start redis-server");
+    let config = Config::builder()
+        .redis(&format!("redis://127.0.0.1:{port}/0"))
+        .shared_secret(Secret::from_bytes(*b"bench-secret-16b"))
+        .pass_cache_entries(0)
+        .redis_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let engine = Arc::new(Engine::new(config));
+    // Warm up: connections opened, script loaded.
+    engine_rate(&engine, 0.2, 99);
+
+    let (mut bench, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // As many requests as the engine managed in a round, so both run
+        // about as long.
+        let rate = engine_rate(&engine, secs, round as u64);
+        ours.push(rate);
+        bench.push(redis_benchmark(port, ((rate * secs) as u64).max(1000)));
+    }
+    let (b, o) = (median(bench.clone()), median(ours.clone()));
+    let stats = engine.stats();
+    println!("Redis at {CALLERS} concurrent callers, {rounds} round(s) of {secs} s, medians:");
+    println!("| client | calls/s | rounds |");
+    println!("|---|---:|---|");
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "| redis-benchmark, EVALSHA of `return 1` | {b:.0} | {} |",
+        show(&bench)
+    );
+    println!(
+        "| greylist engine, one check (EVALSHA of the check script) | {o:.0} | {} |",
+        show(&ours)
+    );
+    println!(
+        "engine / redis-benchmark: {:.0}% (target >= 70%); {} round trips, {} errors, {} timeouts",
+        100.0 * o / b,
+        stats.backend_round_trips,
+        stats.backend_errors,
+        stats.backend_timeouts
+    );
+    assert_eq!(stats.backend_errors + stats.backend_timeouts, 0);
+}
