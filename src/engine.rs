@@ -864,7 +864,7 @@ impl Engine {
         ] = reasons;
         #[cfg(feature = "redis")]
         if let Some(store) = &self.store {
-            let c = &store.counters;
+            let c = store.counters();
             s.backend_round_trips = c.round_trips.load(Relaxed);
             s.backend_errors = c.errors.load(Relaxed);
             s.backend_timeouts = c.timeouts.load(Relaxed);

@@ -1,7 +1,7 @@
 //! The shared store: triplet and client-network records kept in Redis, so
 //! that several MX hosts greylist as one.
 //!
-//! One check is one round trip: `src/redis_check.lua`, loaded once and
+//! One check is one script call: `src/redis_check.lua`, loaded once and
 //! called by its SHA (EVALSHA), reads both records, applies the rules of
 //! [`crate::rules::check`] and writes what changed, atomically. Keys are
 //! the engine's keyed hashes in hex under a prefix
@@ -10,18 +10,34 @@
 //! and Redis never sees an address. Redis TTLs collect records the rules no
 //! longer need.
 //!
-//! When Redis fails, is slow, or is known to be down, [`RedisStore::check`]
-//! says so within the configured timeout and the engine answers from its
-//! local table. Connections are pooled; a failed one is dropped (with the
-//! whole pool, after an I/O error: a restarted server closed them all),
-//! and after a failed connect no check tries again for
-//! `redis_retry_interval`, so an outage costs each check nothing.
+//! Calls share one pipelined connection, with no thread of their own: a
+//! checking thread queues its call, and if nobody is using the connection
+//! it becomes the leader. The leader writes
+//! every queued call in one go, reads answers in order and hands them out,
+//! writing calls that arrive meanwhile behind the ones in flight, until its
+//! own answer is in; then it hands the connection, with the calls still in
+//! flight, to a waiting caller. Under load Redis reads many calls per
+//! system call, which is where most of its time goes with small scripts (at
+//! 8 callers one pipelined connection gave 85,000 checks/s here, one
+//! connection per caller 54,000); a lone check costs one round trip, as on
+//! a plain connection.
+//!
+//! When Redis fails, is slow, or is known to be down, a check gets no
+//! answer within the timeout and the engine answers from its local table.
+//! A failed connection is dropped, failing the calls in flight on it, and
+//! made anew for the next calls; after a failed connect no call is tried
+//! for `redis_retry_interval`, so an outage costs each check nothing. A
+//! Redis that lost the script (restarted, `SCRIPT FLUSH`) is sent it again
+//! on the first NOSCRIPT answer, and those calls are sent again.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+use redis::Value;
 
 use crate::config::{Config, FailMode};
 use crate::rules::{Action, Reason, Verdict};
@@ -29,10 +45,6 @@ use crate::table::{hasher, Hashed, Sharded};
 
 /// The check script, whose SHA-1 the store calls it by.
 pub const SCRIPT: &str = include_str!("redis_check.lua");
-
-/// Idle connections kept for reuse; more callers at once open more, and
-/// the extra ones are closed when returned.
-const MAX_IDLE: usize = 64;
 
 /// Counters of the store, read by [`crate::Engine::stats`].
 #[derive(Default)]
@@ -43,56 +55,164 @@ pub(crate) struct BackendCounters {
     pub(crate) cache_hits: AtomicU64,
 }
 
-/// A connection, and whether its read timeout is shorter than the store's
-/// (set so for the first call after a slow connect).
-struct Conn {
-    con: redis::Connection,
-    shortened: bool,
+/// The script's answer: reason number, retry_after, delayed.
+type Answer = (u32, u32, u32);
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Refused, dropped, or an error answer: counted as an error.
+    Error,
+    /// No answer in time: counted as a timeout.
+    Timeout,
+    /// Not tried: a connect failed less than the retry interval ago.
+    Down,
+}
+
+type Outcome = Result<Answer, Failure>;
+
+/// How a packed `SCRIPT LOAD` begins.
+const LOAD_PREFIX: &[u8] = b"*3\r\n$6\r\nSCRIPT\r\n";
+
+/// Where a call stands.
+enum Slot {
+    Waiting,
+    /// Its caller is to lead the connection next.
+    Lead,
+    /// Answered, or failed.
+    Done(Outcome),
+}
+
+/// One call on a connection.
+struct Call {
+    command: Vec<u8>,
+    /// When its caller stops waiting.
+    deadline: Instant,
+    /// Its caller stopped waiting: never handed the lead.
+    abandoned: AtomicBool,
+    slot: Mutex<Slot>,
+    ready: Condvar,
+}
+
+impl Call {
+    fn new(command: Vec<u8>, deadline: Instant) -> Arc<Call> {
+        Arc::new(Call {
+            command,
+            deadline,
+            abandoned: AtomicBool::new(false),
+            slot: Mutex::new(Slot::Waiting),
+            ready: Condvar::new(),
+        })
+    }
+
+    /// `SCRIPT LOAD`, as a call nobody waits for (its answer, the SHA, is
+    /// not a verdict and goes nowhere).
+    fn load_script() -> Arc<Call> {
+        let call = Call::new(
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(SCRIPT)
+                .get_packed_command(),
+            Instant::now(),
+        );
+        call.abandoned.store(true, Relaxed);
+        call
+    }
+
+    fn set(&self, slot: Slot) {
+        *self.slot.lock() = slot;
+        self.ready.notify_one();
+    }
+}
+
+/// The connection and its calls. Lock order: the lane, then a call's slot.
+#[derive(Default)]
+struct Lane {
+    /// Calls not written yet.
+    queue: Vec<Arc<Call>>,
+    /// Calls written, in order, whose answers are still to be read.
+    in_flight: VecDeque<Arc<Call>>,
+    /// A leader has the connection (it is out of `con`).
+    busy: bool,
+    con: Option<redis::Connection>,
+}
+
+impl Lane {
+    /// Hands the connection to the first caller still waiting (for an
+    /// answer in flight, then for a queued call), or frees it.
+    fn pass_lead(&mut self) {
+        let next = self
+            .in_flight
+            .iter()
+            .chain(&self.queue)
+            .find(|c| !c.abandoned.load(Relaxed));
+        match next {
+            Some(next) => next.set(Slot::Lead),
+            None => self.busy = false,
+        }
+    }
+
+    /// Fails every call in flight (the connection is gone).
+    fn fail_in_flight(&mut self, failure: Failure) {
+        for call in self.in_flight.drain(..) {
+            call.set(Slot::Done(Err(failure)));
+        }
+    }
+}
+
+/// What one read from the connection gave.
+enum Read {
+    Answer(Outcome),
+    /// Redis does not have the script: the call must be sent again.
+    NoScript,
+}
+
+/// Talking to Redis: the client, timeouts and counters.
+struct Link {
+    client: redis::Client,
+    timeout: Duration,
+    retry_interval: Duration,
+    started: Instant,
+    /// Milliseconds after `started` before which no connect is tried.
+    retry_at: AtomicU64,
+    counters: BackendCounters,
 }
 
 /// The Redis store of one engine.
 pub(crate) struct RedisStore {
-    client: redis::Client,
-    script: redis::Script,
+    link: Link,
+    lane: Mutex<Lane>,
+    sha: String,
     prefix: String,
-    timeout: Duration,
-    retry_interval: Duration,
-    idle: Mutex<Vec<Conn>>,
-    started: Instant,
-    /// Milliseconds after `started` before which no connect is tried.
-    retry_at: AtomicU64,
-    pub(crate) counters: BackendCounters,
     cache: PassCache,
-}
-
-/// Why a check got no answer from Redis.
-enum Failure {
-    /// Within the retry interval after a failed connect: not tried.
-    Down,
-    /// Tried and failed; the error was counted.
-    Failed,
 }
 
 impl RedisStore {
     /// The store of an engine with these settings (whose URL
     /// [`crate::ConfigBuilder::build`] has already checked). Nothing is
-    /// connected yet: the first check connects.
+    /// connected until the first check.
     pub(crate) fn new(config: &Config) -> Option<RedisStore> {
         let url = config.redis.as_ref()?;
         let client = redis::Client::open(url.0.as_str())
             .expect("the Redis URL was checked when the configuration was built");
         Some(RedisStore {
-            client,
-            script: redis::Script::new(SCRIPT),
+            link: Link {
+                client,
+                timeout: config.redis_timeout,
+                retry_interval: config.redis_retry_interval,
+                started: Instant::now(),
+                retry_at: AtomicU64::new(0),
+                counters: BackendCounters::default(),
+            },
+            lane: Mutex::default(),
+            sha: redis::Script::new(SCRIPT).get_hash().to_string(),
             prefix: config.redis_prefix.clone(),
-            timeout: config.redis_timeout,
-            retry_interval: config.redis_retry_interval,
-            idle: Mutex::new(Vec::new()),
-            started: Instant::now(),
-            retry_at: AtomicU64::new(0),
-            counters: BackendCounters::default(),
             cache: PassCache::new(config.pass_cache_entries, config.pass_cache_ttl),
         })
+    }
+
+    pub(crate) fn counters(&self) -> &BackendCounters {
+        &self.link.counters
     }
 
     /// The Redis key of a record: prefix, kind (`t` triplet, `c` client
@@ -111,7 +231,7 @@ impl RedisStore {
         if !self.cache.contains(triplet_key, now) {
             return None;
         }
-        self.counters.cache_hits.fetch_add(1, Relaxed);
+        self.counters().cache_hits.fetch_add(1, Relaxed);
         Some(Verdict::new(Reason::Passed, 0, 0))
     }
 
@@ -125,11 +245,11 @@ impl RedisStore {
         now: u32,
         config: &Config,
     ) -> Option<Verdict> {
-        let started = Instant::now();
-        let mut conn = self.connection(started).ok()?;
-        let mut call = self.script.prepare_invoke();
-        call.key(self.key('t', triplet_key))
-            .key(self.key('c', net_key))
+        let command = redis::cmd("EVALSHA")
+            .arg(&self.sha)
+            .arg(2)
+            .arg(self.key('t', triplet_key))
+            .arg(self.key('c', net_key))
             .arg(if trap { "trap" } else { "check" })
             .arg(now)
             .arg(config.delay)
@@ -138,90 +258,204 @@ impl RedisStore {
             .arg(config.awl_threshold)
             .arg(config.awl_ttl)
             .arg(config.blast_threshold)
-            .arg(config.block_time);
-        self.counters.round_trips.fetch_add(1, Relaxed);
-        let reply: Result<(u32, u32, u32), _> = call.invoke(&mut conn.con);
-        let verdict = match reply {
-            Ok((reason, retry_after, delayed)) => {
-                match Reason::ALL.into_iter().find(|r| *r as u32 == reason) {
-                    Some(reason) => Verdict::new(reason, retry_after, delayed),
-                    None => {
-                        // A script from another version under our SHA can
-                        // not happen; count it as an error all the same.
-                        self.counters.errors.fetch_add(1, Relaxed);
-                        return None;
-                    }
-                }
-            }
-            Err(e) => {
-                self.failed(&e);
+            .arg(config.block_time)
+            .get_packed_command();
+        let call = Call::new(command, Instant::now() + self.link.timeout);
+        let lane = &self.lane;
+        let lead = {
+            let mut lane = lane.lock();
+            lane.queue.push(call.clone());
+            !std::mem::replace(&mut lane.busy, true)
+        };
+        if lead {
+            self.lead(lane, &call);
+        }
+        let (reason, retry_after, delayed) = match self.wait(lane, &call) {
+            Ok(answer) => answer,
+            Err(failure) => {
+                let counter = match failure {
+                    Failure::Error => &self.counters().errors,
+                    Failure::Timeout => &self.counters().timeouts,
+                    Failure::Down => return None,
+                };
+                counter.fetch_add(1, Relaxed);
                 return None;
             }
         };
-        self.put_back(conn);
+        let Some(reason) = Reason::ALL.into_iter().find(|r| *r as u32 == reason) else {
+            // Another script under our SHA cannot happen; count it anyway.
+            self.counters().errors.fetch_add(1, Relaxed);
+            return None;
+        };
+        let verdict = Verdict::new(reason, retry_after, delayed);
         if verdict.action == Action::Pass {
             self.cache.insert(triplet_key, now);
         }
         Some(verdict)
     }
 
-    /// An idle connection, or a new one (unless Redis is known to be down).
-    fn connection(&self, started: Instant) -> Result<Conn, Failure> {
-        if let Some(conn) = self.idle.lock().pop() {
-            return Ok(conn);
+    /// Waits for a call's answer, leading the connection when asked to,
+    /// until the call's deadline.
+    fn wait(&self, lane: &Mutex<Lane>, call: &Arc<Call>) -> Outcome {
+        let mut slot = call.slot.lock();
+        loop {
+            match std::mem::replace(&mut *slot, Slot::Waiting) {
+                Slot::Done(outcome) => return outcome,
+                Slot::Lead => {
+                    drop(slot);
+                    self.lead(lane, call);
+                    slot = call.slot.lock();
+                    continue;
+                }
+                Slot::Waiting => {}
+            }
+            if call.ready.wait_until(&mut slot, call.deadline).timed_out()
+                && matches!(*slot, Slot::Waiting)
+            {
+                drop(slot);
+                return Self::give_up(lane, call);
+            }
         }
-        let since_start = |t: Instant| t.duration_since(self.started).as_millis() as u64;
-        if since_start(started) < self.retry_at.load(Relaxed) {
-            return Err(Failure::Down);
+    }
+
+    /// The caller stops waiting: its call leaves the queue if it was not
+    /// written yet, and a lead it was just handed goes to the next caller.
+    fn give_up(lane: &Mutex<Lane>, call: &Arc<Call>) -> Outcome {
+        let mut lane = lane.lock();
+        let promoted = match std::mem::replace(&mut *call.slot.lock(), Slot::Waiting) {
+            Slot::Done(outcome) => return outcome,
+            Slot::Lead => true,
+            Slot::Waiting => false,
+        };
+        call.abandoned.store(true, Relaxed);
+        lane.queue.retain(|c| !Arc::ptr_eq(c, call));
+        if promoted {
+            lane.pass_lead();
         }
-        let connected = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .and_then(|con| {
-                // What is left of this check's time is the first call's.
-                let left = self
-                    .timeout
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1));
-                con.set_write_timeout(Some(self.timeout))?;
-                con.set_read_timeout(Some(left))?;
-                Ok(Conn {
-                    con,
-                    shortened: left < self.timeout,
-                })
-            });
-        connected.map_err(|e| {
-            self.failed(&e);
-            let retry = Instant::now() + self.retry_interval;
-            self.retry_at.store(since_start(retry), Relaxed);
-            Failure::Failed
+        Err(Failure::Timeout)
+    }
+
+    /// Leads the connection until `own` is answered: writes what is
+    /// queued, reads answers in order and hands them out.
+    fn lead(&self, lane: &Mutex<Lane>, own: &Arc<Call>) {
+        let mut con = lane.lock().con.take();
+        // Every read in this turn waits at most what is left of the
+        // leader's own time.
+        let left = own
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let mut timeout_set = false;
+        loop {
+            let wire = {
+                let mut lane = lane.lock();
+                let calls: Vec<Arc<Call>> = lane.queue.drain(..).collect();
+                let wire: Vec<u8> = calls
+                    .iter()
+                    .flat_map(|c| c.command.iter().copied())
+                    .collect();
+                lane.in_flight.extend(calls);
+                if lane.in_flight.is_empty() {
+                    break;
+                }
+                wire
+            };
+            let step = self
+                .link
+                .connection(&mut con, left, &mut timeout_set)
+                .and_then(|c| {
+                    if !wire.is_empty() {
+                        c.send_packed_command(&wire)
+                            .map_err(|e| Link::failure(&e))?;
+                    }
+                    Link::read(c)
+                });
+            let mut lane = lane.lock();
+            match step {
+                Ok(read) => {
+                    let call = lane.in_flight.pop_front().expect("a call was in flight");
+                    match read {
+                        Read::Answer(outcome) => {
+                            self.counters().round_trips.fetch_add(1, Relaxed);
+                            call.set(Slot::Done(outcome));
+                        }
+                        Read::NoScript => {
+                            // The script goes first (unless a load is already
+                            // on its way), then this call again.
+                            let is_load = |c: &Arc<Call>| c.command.starts_with(LOAD_PREFIX);
+                            if !lane.in_flight.iter().chain(&lane.queue).any(is_load) {
+                                lane.queue.insert(0, Call::load_script());
+                            }
+                            lane.queue.push(call.clone());
+                        }
+                    }
+                    if Arc::ptr_eq(&call, own) && !matches!(read, Read::NoScript) {
+                        break;
+                    }
+                }
+                Err(failure) => {
+                    con = None;
+                    lane.fail_in_flight(failure);
+                    break;
+                }
+            }
+        }
+        let mut lane = lane.lock();
+        lane.con = con;
+        lane.pass_lead();
+    }
+}
+
+impl Link {
+    /// The open connection (with this turn's read timeout), or a new one
+    /// connected within `left`, unless Redis is known to be down.
+    fn connection<'c>(
+        &self,
+        con: &'c mut Option<redis::Connection>,
+        left: Duration,
+        timeout_set: &mut bool,
+    ) -> Result<&'c mut redis::Connection, Failure> {
+        if con.is_none() {
+            let since_start = |t: Instant| t.duration_since(self.started).as_millis() as u64;
+            if since_start(Instant::now()) < self.retry_at.load(Relaxed) {
+                return Err(Failure::Down);
+            }
+            match self.client.get_connection_with_timeout(left) {
+                Ok(c) => *con = Some(c),
+                Err(e) => {
+                    let retry = Instant::now() + self.retry_interval;
+                    self.retry_at.store(since_start(retry), Relaxed);
+                    return Err(Self::failure(&e));
+                }
+            }
+        }
+        let c = con.as_mut().ok_or(Failure::Error)?;
+        if !*timeout_set {
+            c.set_read_timeout(Some(left))
+                .and_then(|()| c.set_write_timeout(Some(left)))
+                .map_err(|e| Self::failure(&e))?;
+            *timeout_set = true;
+        }
+        Ok(c)
+    }
+
+    /// Reads one answer.
+    fn read(con: &mut redis::Connection) -> Result<Read, Failure> {
+        Ok(match con.recv_response().map_err(|e| Self::failure(&e))? {
+            Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+                Read::NoScript
+            }
+            // An error answer (out of memory, a read-only replica) fails
+            // this call only.
+            value => Read::Answer(redis::from_redis_value(value).map_err(|_| Failure::Error)),
         })
     }
 
-    /// Returns a connection that answered to the pool.
-    fn put_back(&self, mut conn: Conn) {
-        if conn.shortened {
-            if conn.con.set_read_timeout(Some(self.timeout)).is_err() {
-                return;
-            }
-            conn.shortened = false;
-        }
-        let mut idle = self.idle.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
-    }
-
-    /// Counts a failure; after an I/O error the idle connections are
-    /// dropped too (a restarted or unreachable server broke them all).
-    fn failed(&self, e: &redis::RedisError) {
+    fn failure(e: &redis::RedisError) -> Failure {
         if e.is_timeout() {
-            self.counters.timeouts.fetch_add(1, Relaxed);
+            Failure::Timeout
         } else {
-            self.counters.errors.fetch_add(1, Relaxed);
-        }
-        if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
-            self.idle.lock().clear();
+            Failure::Error
         }
     }
 }
@@ -353,6 +587,11 @@ mod tests {
         let off = PassCache::new(1000, 0);
         off.insert(1, T0);
         assert!(!off.contains(1, T0));
+    }
+
+    #[test]
+    fn the_script_load_is_recognised() {
+        assert!(Call::load_script().command.starts_with(LOAD_PREFIX));
     }
 
     #[test]

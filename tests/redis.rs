@@ -688,3 +688,76 @@ fn policy_daemon_rides_out_a_redis_outage() {
     assert!(ask(&mut c, 1000).0.starts_with("DEFER_IF_PERMIT"));
     mx.wait_for_log("action=defer reason=new client=192.0.2.1 from=<alice@example.org> to=<u1000@");
 }
+
+#[test]
+fn concurrent_checks_through_one_pipelined_connection() {
+    let Some(server) = RedisServer::start("concurrent") else {
+        return;
+    };
+    // No auto-whitelist: every pass below must be the triplet's own.
+    let mx = std::sync::Arc::new(engine(
+        shared(&server, "greylist:")
+            .pass_cache_entries(0)
+            .awl_threshold(0),
+    ));
+    const THREADS: u32 = 8;
+    const TRIPLETS: u32 = 300;
+    let phase = |now: i64| -> Vec<u64> {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(THREADS as usize));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (mx, barrier) = (mx.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut counts = vec![0u64; 10];
+                    // Every thread checks every triplet, in its own order.
+                    for i in 0..TRIPLETS {
+                        let i = (i + t * 37) % TRIPLETS;
+                        let rcpt = format!("user{i}@example.net");
+                        let v = mx
+                            .check("192.0.2.1", "alice@example.org", &rcpt, now)
+                            .unwrap();
+                        counts[v.reason as usize] += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut total = vec![0u64; 10];
+        for t in threads {
+            for (sum, n) in total.iter_mut().zip(t.join().unwrap()) {
+                *sum += n;
+            }
+        }
+        total
+    };
+    // All at once, within the delay: each triplet exactly one New, the
+    // rest early retries; every answer came from Redis.
+    let first = phase(T0);
+    assert_eq!(first[Reason::New as usize], u64::from(TRIPLETS));
+    assert_eq!(
+        first[Reason::EarlyRetry as usize],
+        u64::from(TRIPLETS * (THREADS - 1))
+    );
+    // Redis loses the script (as after a restart): the calls that meet
+    // NOSCRIPT, several in flight at once, are sent again after a load.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.connection())
+        .unwrap();
+    // After the delay: exactly one Retried per triplet, the rest Passed.
+    let second = phase(T0 + 301);
+    assert_eq!(second[Reason::Retried as usize], u64::from(TRIPLETS));
+    assert_eq!(
+        second[Reason::Passed as usize],
+        u64::from(TRIPLETS * (THREADS - 1))
+    );
+    let s = mx.stats();
+    assert_eq!(s.backend_unavailable, 0, "{s:?}");
+    // One call per check, plus loading the script into the fresh Redis and
+    // after the flush (once per NOSCRIPT answer that found no load on its
+    // way, so a few times at most).
+    let loads = s.backend_round_trips - u64::from(2 * THREADS * TRIPLETS);
+    assert!((2..=u64::from(2 * THREADS)).contains(&loads), "{s:?}");
+    assert_eq!((s.backend_errors, s.backend_timeouts), (0, 0));
+}
