@@ -59,8 +59,9 @@ fn start_redis() -> Option<(Server, u16)> {
     Some((server, port))
 }
 
-/// redis-benchmark's requests per second for `EVALSHA <trivial> 0`.
-fn redis_benchmark(port: u16, requests: u64) -> f64 {
+/// redis-benchmark's requests per second for `EVALSHA` of `script` with
+/// `args` (`__rand_int__` in them is replaced by random numbers).
+fn redis_benchmark(port: u16, requests: u64, script: &str, args: &[&str]) -> f64 {
     let url = format!("redis://127.0.0.1:{port}/0");
     let mut con = redis::Client::open(url.as_str())
         .unwrap()
@@ -68,13 +69,14 @@ fn redis_benchmark(port: u16, requests: u64) -> f64 {
         .unwrap();
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg("return 1")
+        .arg(script)
         .query(&mut con)
         .unwrap();
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-c", &CALLERS.to_string(), "-n", &requests.to_string()])
-        .args(["-q", "EVALSHA", &sha, "0"])
+        .args(["-r", "1000000", "-q", "EVALSHA", &sha])
+        .args(args)
         .output()
         .expect("run redis-benchmark");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -169,13 +171,36 @@ fn main() {
     // Warm up: connections opened, script loaded.
     engine_rate(&engine, 0.2, 99);
 
-    let (mut bench, mut ours) = (Vec::new(), Vec::new());
+    // The check script as redis-benchmark can call it: random keys, the
+    // default settings, one call per request on each of its connections.
+    let check_args = [
+        "2",
+        "t:__rand_int__",
+        "c:__rand_int__",
+        "check",
+        "1700000000",
+        "300",
+        "172800",
+        "3024000",
+        "5",
+        "3024000",
+        "20",
+        "3600",
+    ];
+    let (mut bench, mut ours, mut script) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        // As many requests as the engine managed in a round, so both run
+        // As many requests as the engine managed in a round, so all run
         // about as long.
         let rate = engine_rate(&engine, secs, round as u64);
         ours.push(rate);
-        bench.push(redis_benchmark(port, ((rate * secs) as u64).max(1000)));
+        let n = ((rate * secs) as u64).max(1000);
+        bench.push(redis_benchmark(port, n, "return 1", &["0"]));
+        script.push(redis_benchmark(
+            port,
+            n,
+            greylist::redis_store::SCRIPT,
+            &check_args,
+        ));
     }
     let (b, o) = (median(bench.clone()), median(ours.clone()));
     let stats = engine.stats();
@@ -193,7 +218,12 @@ fn main() {
         show(&bench)
     );
     println!(
-        "| greylist engine, one check (EVALSHA of the check script) | {o:.0} | {} |",
+        "| redis-benchmark, EVALSHA of the check script (random keys) | {:.0} | {} |",
+        median(script.clone()),
+        show(&script)
+    );
+    println!(
+        "| greylist engine, one check (EVALSHA of the check script, pipelined) | {o:.0} | {} |",
         show(&ours)
     );
     println!(
