@@ -761,3 +761,75 @@ fn concurrent_checks_through_one_pipelined_connection() {
     assert!((2..=u64::from(2 * THREADS)).contains(&loads), "{s:?}");
     assert_eq!((s.backend_errors, s.backend_timeouts), (0, 0));
 }
+
+#[test]
+fn tls_urls_connect_and_certificates_are_checked() {
+    if !redis_server::available("tls") {
+        return;
+    }
+    // A self-signed certificate for 127.0.0.1, made with openssl.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("redis-tls-cert");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        let why = "openssl is needed to make a test certificate";
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{why}");
+        println!("SKIPPED tls: {why}");
+        return;
+    }
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let Some(server) = RedisServer::start_with(
+        "tls",
+        &[
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+        ],
+    ) else {
+        return;
+    };
+    let port = server.port;
+    let check = |url: &str| {
+        let mx = engine(
+            Config::builder()
+                .redis(url)
+                .shared_secret(secret())
+                .redis_timeout(Duration::from_secs(2)),
+        );
+        let v = mx
+            .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+            .unwrap();
+        (v.reason, mx.stats())
+    };
+    // Certificates are checked against the system's roots: a self-signed
+    // one is refused, and the check is answered locally.
+    let (reason, stats) = check(&format!("rediss://127.0.0.1:{port}/0"));
+    assert_eq!(reason, Reason::BackendUnavailable);
+    assert_eq!(stats.backend_errors, 1);
+    // `#insecure` (tests only) skips the check: the check runs over TLS.
+    let (reason, stats) = check(&format!("rediss://127.0.0.1:{port}/0#insecure"));
+    assert_eq!(reason, Reason::New, "{stats:?}");
+    assert_eq!(stats.backend_round_trips, 2, "script load + the call");
+}

@@ -72,8 +72,17 @@ impl RedisServer {
     }
 
     fn run(&mut self) {
+        // With a certificate, the port is the TLS port and plain TCP is off.
+        let tls = self.extra.iter().any(|a| a == "--tls-cert-file");
+        let port = self.port.to_string();
+        let ports = if tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tls-port", "0"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
