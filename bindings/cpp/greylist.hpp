@@ -79,6 +79,7 @@ enum class Reason : uint32_t {
   AutoWhitelisted = GREYLIST_REASON_AUTO_WHITELISTED,
   Blocked = GREYLIST_REASON_BLOCKED,
   Trapped = GREYLIST_REASON_TRAPPED,
+  BackendUnavailable = GREYLIST_REASON_BACKEND_UNAVAILABLE,
 };
 
 enum class List : uint32_t {
@@ -157,6 +158,29 @@ class Config {
   /// only) and when the engine is destroyed.
   Config &snapshot(const std::string &path, uint32_t interval_seconds) {
     return set(greylist_config_set_snapshot(config_, detail::c_str(path, "path"), interval_seconds));
+  }
+  /// Share triplets with other MX hosts through Redis (`redis://...`,
+  /// `rediss://...`); needs `secret_file()`.
+  Config &redis(const std::string &url) {
+    return set(greylist_config_set_redis(config_, detail::c_str(url, "url")));
+  }
+  /// The key secret every MX host shares: a file of 32 hex digits.
+  Config &secret_file(const std::string &path) {
+    return set(greylist_config_set_secret_file(config_, detail::c_str(path, "path")));
+  }
+  Config &redis_prefix(const std::string &prefix) {
+    return set(greylist_config_set_redis_prefix(config_, detail::c_str(prefix, "prefix")));
+  }
+  Config &redis_timeout_ms(uint32_t milliseconds) {
+    return set(greylist_config_set_redis_timeout_ms(config_, milliseconds));
+  }
+  /// When Redis fails: pass what the local table would defer (false, the
+  /// default) or defer it (true).
+  Config &redis_fail_defer(bool defer) {
+    return set(greylist_config_set_redis_fail_defer(config_, defer));
+  }
+  Config &pass_cache(uint32_t entries, uint32_t seconds) {
+    return set(greylist_config_set_pass_cache(config_, entries, seconds));
   }
   Config &reply(uint16_t code, const std::string &enhanced, const std::string &text) {
     return set(greylist_config_set_reply(config_, code, detail::c_str(enhanced, "enhanced"),
