@@ -62,6 +62,16 @@
 //! | max entries | 4 million | this project |
 //! | reply | `450 4.2.0` | postgrey (Exchange mishandled 4.7.1, KB 950757) |
 //!
+//! ## Several MX hosts
+//! With the cargo feature `redis` (on by default) and
+//! [`ConfigBuilder::redis`] plus a shared secret
+//! ([`ConfigBuilder::shared_secret_file`]), triplets live in Redis, shared
+//! by every MX host with the same URL, prefix and secret: one Lua script
+//! call per check (see `redis_store`), the same rules as in memory. When
+//! Redis does not answer within `redis_timeout` (50 ms), the local table
+//! decides with [`Reason::BackendUnavailable`]; [`FailMode`] says whether a
+//! defer then becomes a pass (the default) or stays.
+//!
 //! ## Threads
 //! [`Engine`] is `Send + Sync`; share it with an `Arc`. A check locks one
 //! shard of the client-network table and one of the triplet table, never
