@@ -199,12 +199,11 @@ fn through_lua(v: &Vector, con: &mut redis::Connection, script: &redis::Script) 
     )
 }
 
-#[test]
-fn rust_rules_give_the_vectors() {
+/// Runs every vector through `implementation` and checks what it gives.
+fn check_vectors(mut implementation: impl FnMut(&Vector) -> Result3) {
     for v in vectors() {
-        let got = through_rust(&v);
         assert_eq!(
-            got,
+            implementation(&v),
             (v.expected, v.triplet_after, v.client_after),
             "line {}: {}",
             v.line,
@@ -214,22 +213,18 @@ fn rust_rules_give_the_vectors() {
 }
 
 #[test]
+fn rust_rules_give_the_vectors() {
+    check_vectors(through_rust);
+}
+
+#[test]
 fn lua_script_gives_the_vectors() {
     let Some(server) = RedisServer::start("vectors") else {
         return;
     };
     let mut con = server.connection();
     let script = redis::Script::new(greylist::redis_store::SCRIPT);
-    for v in vectors() {
-        let got = through_lua(&v, &mut con, &script);
-        assert_eq!(
-            got,
-            (v.expected, v.triplet_after, v.client_after),
-            "line {}: {}",
-            v.line,
-            v.name
-        );
-    }
+    check_vectors(|v| through_lua(v, &mut con, &script));
     // Every record the script wrote expires (Redis collects it).
     let keys: Vec<String> = redis::cmd("KEYS").arg("v*").query(&mut con).unwrap();
     assert!(!keys.is_empty());
@@ -303,13 +298,19 @@ fn redis_long_run_agrees_with_the_reference_rules() {
 
 // ---- two MX hosts, the cache, passwords ------------------------------------
 
+/// A server for the test `name` and two engines on it, with these prefixes.
+fn two_engines(name: &str, prefixes: [&str; 2]) -> Option<(RedisServer, Engine, Engine)> {
+    let server = RedisServer::start(name)?;
+    let a = engine(shared(&server, prefixes[0]));
+    let b = engine(shared(&server, prefixes[1]));
+    Some((server, a, b))
+}
+
 #[test]
 fn two_engines_share_triplets_and_the_auto_whitelist() {
-    let Some(server) = RedisServer::start("two-mx") else {
+    let Some((server, mx1, mx2)) = two_engines("two-mx", ["greylist:", "greylist:"]) else {
         return;
     };
-    let mx1 = engine(shared(&server, "greylist:"));
-    let mx2 = engine(shared(&server, "greylist:"));
     let v = mx1
         .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
         .unwrap();
@@ -382,11 +383,9 @@ fn two_engines_share_triplets_and_the_auto_whitelist() {
 
 #[test]
 fn prefixes_keep_greylists_apart() {
-    let Some(server) = RedisServer::start("prefixes") else {
+    let Some((_server, a, b)) = two_engines("prefixes", ["a:", "b:"]) else {
         return;
     };
-    let a = engine(shared(&server, "a:"));
-    let b = engine(shared(&server, "b:"));
     a.check("192.0.2.1", "x@example.org", "y@example.net", T0)
         .unwrap();
     let v = b
