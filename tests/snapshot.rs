@@ -260,6 +260,23 @@ fn foreign_newer_and_rekeyed_files_get_their_own_errors() {
     ));
     // Settings that do not change keys are fine.
     assert!(Engine::load(&path, Config::builder().delay(60).build().unwrap()).is_ok());
+    // A shared secret (several MX hosts) must be the file's own.
+    let engine = Engine::load(&path, config()).unwrap();
+    let same = Config::builder()
+        .shared_secret(engine.secret().clone())
+        .build()
+        .unwrap();
+    assert!(Engine::load(&path, same).is_ok());
+    let other = Config::builder()
+        .shared_secret(greylist::Secret::from_bytes([7; 16]))
+        .build()
+        .unwrap();
+    match Engine::load(&path, other) {
+        Err(e @ SnapshotError::KeySettingsDiffer { .. }) => {
+            assert!(e.to_string().contains("key secret"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
 
     // A newer format: version 2 with a valid preamble checksum.
     let mut bytes = fs::read(&path).unwrap();
