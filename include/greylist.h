@@ -831,6 +831,18 @@ greylist_status greylist_config_set_pass_cache(struct greylist_config *config,
                                                uint32_t seconds);
 
 /**
+ * For a `rediss://` URL: trust the CA certificates (PEM) in `path`
+ * instead of the system's roots (a private CA). Read when the engine is
+ * made; a missing file, or one without a certificate, is refused then,
+ * naming the file. NULL goes back to the system's roots.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only; `path`
+ * must be NULL or a NUL-terminated string.
+ */
+greylist_status greylist_config_set_redis_ca_file(struct greylist_config *config, const char *path);
+
+/**
  * Reads the key secret from a file holding 32 hex digits (`openssl rand
  * -hex 16 > secret`), so every MX host sharing Redis derives the same
  * keys. Read now: a missing or malformed file is refused here, naming it.

@@ -81,6 +81,32 @@ impl RedisUrl {
     }
 }
 
+/// PEM certificates (a private CA for `rediss://`), shown by size only.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Pem(pub(crate) Vec<u8>);
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes of PEM>", self.0.len())
+    }
+}
+
+/// The Redis client for a URL (and, for `rediss://`, the CA to trust
+/// instead of the system's roots).
+#[cfg(feature = "redis")]
+pub(crate) fn redis_client(url: &RedisUrl, ca: Option<&Pem>) -> redis::RedisResult<redis::Client> {
+    match ca {
+        None => redis::Client::open(url.0.as_str()),
+        Some(pem) => redis::Client::build_with_tls(
+            url.0.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.0.clone()),
+            },
+        ),
+    }
+}
+
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
@@ -111,6 +137,7 @@ pub struct Config {
     pub(crate) block_text: String,
     pub(crate) key_by_verified_domain: bool,
     pub(crate) redis: Option<RedisUrl>,
+    pub(crate) redis_ca: Option<Pem>,
     pub(crate) redis_prefix: String,
     pub(crate) redis_timeout: Duration,
     pub(crate) redis_retry_interval: Duration,
@@ -145,6 +172,7 @@ impl Config {
         ConfigBuilder {
             config: self.clone(),
             secret_file: None,
+            ca_file: None,
         }
     }
 
@@ -241,6 +269,7 @@ impl Config {
 pub struct ConfigBuilder {
     config: Config,
     secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 macro_rules! setters {
@@ -292,6 +321,7 @@ impl ConfigBuilder {
                 block_text: "Client network blocked, please try again in %s seconds".to_string(),
                 key_by_verified_domain: false,
                 redis: None,
+                redis_ca: None,
                 redis_prefix: "greylist:".to_string(),
                 redis_timeout: Duration::from_millis(50),
                 redis_retry_interval: Duration::from_secs(1),
@@ -301,6 +331,7 @@ impl ConfigBuilder {
                 shared_secret: None,
             },
             secret_file: None,
+            ca_file: None,
         }
     }
 
@@ -370,6 +401,20 @@ impl ConfigBuilder {
         self
     }
 
+    /// For a `rediss://` URL: trust the CA certificates (PEM) in this file
+    /// instead of the system's roots, read when the configuration is built.
+    pub fn redis_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Back to the system's roots for `rediss://` (the default).
+    pub fn no_redis_ca(mut self) -> Self {
+        self.ca_file = None;
+        self.config.redis_ca = None;
+        self
+    }
+
     /// Reads the shared key secret from a file (32 hex digits, as
     /// `openssl rand -hex 16` writes) when the configuration is built.
     pub fn shared_secret_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -419,8 +464,31 @@ impl ConfigBuilder {
                 .map_err(|reason| ConfigError::new("shared_secret_file", reason))?;
             c.shared_secret = Some(secret);
         }
+        if let Some(path) = &self.ca_file {
+            let fail = |why: String| ConfigError::new("redis_ca_file", why);
+            let pem = std::fs::read(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(fail(format!(
+                    "{}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            c.redis_ca = Some(Pem(pem));
+        }
+        if c.redis_ca.is_some()
+            && !c
+                .redis
+                .as_ref()
+                .is_some_and(|u| u.0.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "redis_ca_file",
+                "a CA file goes with a rediss:// (TLS) URL",
+            ));
+        }
         if let Some(url) = &c.redis {
-            check_redis_url(url)?;
+            check_redis_url(url, c.redis_ca.as_ref())?;
             if c.shared_secret.is_none() {
                 return Err(ConfigError::new(
                     "shared_secret",
@@ -533,16 +601,19 @@ impl ConfigBuilder {
 }
 
 /// A URL the Redis client accepts, or why not.
-fn check_redis_url(url: &RedisUrl) -> Result<(), ConfigError> {
+fn check_redis_url(url: &RedisUrl, ca: Option<&Pem>) -> Result<(), ConfigError> {
     #[cfg(feature = "redis")]
     {
+        let redacted = url.redacted();
         redis::Client::open(url.0.as_str())
+            .map_err(|e| ConfigError::new("redis", format!("{redacted}: {e}")))?;
+        redis_client(url, ca)
             .map(drop)
-            .map_err(|e| ConfigError::new("redis", format!("{}: {e}", url.redacted())))
+            .map_err(|e| ConfigError::new("redis_ca_file", e.to_string()))
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ = url;
+        let _ = (url, ca);
         Err(ConfigError::new(
             "redis",
             "this build has no Redis support (cargo feature `redis`)",

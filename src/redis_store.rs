@@ -193,7 +193,7 @@ impl RedisStore {
     /// connected until the first check.
     pub(crate) fn new(config: &Config) -> Option<RedisStore> {
         let url = config.redis.as_ref()?;
-        let client = redis::Client::open(url.0.as_str())
+        let client = crate::config::redis_client(url, config.redis_ca.as_ref())
             .expect("the Redis URL was checked when the configuration was built");
         Some(RedisStore {
             link: Link {

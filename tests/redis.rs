@@ -766,25 +766,27 @@ fn tls_urls_connect_and_certificates_are_checked() {
     if !redis_server::available("tls") {
         return;
     }
-    // A self-signed certificate for 127.0.0.1, made with openssl.
+    // A test CA and a certificate it signed for 127.0.0.1, made with openssl.
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("redis-tls-cert");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=greylist-test-ca \
+               -keyout ca.key -out ca.pem && \
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem \
+               -out server.csr && \
+             printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+               -days 2 -extfile ext.cnf -out cert.pem",
+        )
+        .current_dir(&dir)
         .stderr(std::process::Stdio::null())
         .status();
     if !made.is_ok_and(|s| s.success()) {
@@ -793,7 +795,11 @@ fn tls_urls_connect_and_certificates_are_checked() {
         println!("SKIPPED tls: {why}");
         return;
     }
-    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
     let Some(server) = RedisServer::start_with(
         "tls",
         &[
@@ -802,7 +808,7 @@ fn tls_urls_connect_and_certificates_are_checked() {
             "--tls-key-file",
             key,
             "--tls-ca-cert-file",
-            cert,
+            ca,
             "--tls-auth-clients",
             "no",
         ],
@@ -822,8 +828,8 @@ fn tls_urls_connect_and_certificates_are_checked() {
             .unwrap();
         (v.reason, mx.stats())
     };
-    // Certificates are checked against the system's roots: a self-signed
-    // one is refused, and the check is answered locally.
+    // Certificates are checked against the system's roots: one from an
+    // unknown CA is refused, and the check is answered locally.
     let (reason, stats) = check(&format!("rediss://127.0.0.1:{port}/0"));
     assert_eq!(reason, Reason::BackendUnavailable);
     assert_eq!(stats.backend_errors, 1);
@@ -831,4 +837,34 @@ fn tls_urls_connect_and_certificates_are_checked() {
     let (reason, stats) = check(&format!("rediss://127.0.0.1:{port}/0#insecure"));
     assert_eq!(reason, Reason::New, "{stats:?}");
     assert_eq!(stats.backend_round_trips, 2, "script load + the call");
+    // With the test CA trusted, the certificate is verified and accepted.
+    let mx = engine(
+        Config::builder()
+            .redis(&format!("rediss://127.0.0.1:{port}/0"))
+            .redis_ca_file(ca)
+            .shared_secret(secret())
+            .redis_timeout(Duration::from_secs(2)),
+    );
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0 + 10)
+        .unwrap();
+    assert_eq!(v.reason, Reason::EarlyRetry, "{:?}", mx.stats());
+    // A CA file goes with TLS only, and must hold a certificate.
+    let plain = Config::builder()
+        .redis("redis://127.0.0.1:6379/0")
+        .redis_ca_file(ca)
+        .shared_secret(secret())
+        .build()
+        .unwrap_err();
+    assert_eq!(plain.setting(), "redis_ca_file");
+    let not_pem = Config::builder()
+        .redis(&format!("rediss://127.0.0.1:{port}/0"))
+        .redis_ca_file(key)
+        .shared_secret(secret())
+        .build()
+        .unwrap_err();
+    assert!(
+        not_pem.to_string().contains("no PEM certificate"),
+        "{not_pem}"
+    );
 }

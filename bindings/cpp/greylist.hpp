@@ -168,6 +168,10 @@ class Config {
   Config &secret_file(const std::string &path) {
     return set(greylist_config_set_secret_file(config_, detail::c_str(path, "path")));
   }
+  /// For `rediss://`: trust the CA (PEM) in `path` instead of the system's roots.
+  Config &redis_ca_file(const std::string &path) {
+    return set(greylist_config_set_redis_ca_file(config_, detail::c_str(path, "path")));
+  }
   Config &redis_prefix(const std::string &prefix) {
     return set(greylist_config_set_redis_prefix(config_, detail::c_str(prefix, "prefix")));
   }

@@ -95,6 +95,7 @@ namespace Greylist
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis_timeout_ms(IntPtr config, uint milliseconds);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis_fail_defer(IntPtr config, [MarshalAs(UnmanagedType.U1)] bool defer);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_secret_file(IntPtr config, byte[] path);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis_ca_file(IntPtr config, byte[] path);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_new(IntPtr config, out EngineHandle engine);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_load(IntPtr config, byte[] path, out EngineHandle engine);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern void greylist_engine_free(IntPtr engine);
@@ -163,6 +164,8 @@ namespace Greylist
         public string Redis { get; set; }
         /// <summary>A file of 32 hex digits every MX host shares (<c>openssl rand -hex 16</c>).</summary>
         public string RedisSecretFile { get; set; }
+        /// <summary>For <c>rediss://</c>: a PEM file with the CA to trust instead of the system's roots.</summary>
+        public string RedisCaFile { get; set; }
         /// <summary>Prefix of the engine's Redis keys (default <c>greylist:</c>).</summary>
         public string RedisPrefix { get; set; }
         /// <summary>How long a check waits for Redis (default 50 ms).</summary>
@@ -190,6 +193,7 @@ namespace Greylist
                         Native.Utf8(GreylistText ?? "Greylisted, please try again in %s seconds", "GreylistText")));
                 if (RedisSecretFile != null) Native.Check(Native.greylist_config_set_secret_file(c, Native.Utf8(RedisSecretFile, "RedisSecretFile")));
                 if (Redis != null) Native.Check(Native.greylist_config_set_redis(c, Native.Utf8(Redis, "Redis")));
+                if (RedisCaFile != null) Native.Check(Native.greylist_config_set_redis_ca_file(c, Native.Utf8(RedisCaFile, "RedisCaFile")));
                 if (RedisPrefix != null) Native.Check(Native.greylist_config_set_redis_prefix(c, Native.Utf8(RedisPrefix, "RedisPrefix")));
                 if (RedisTimeoutMs.HasValue) Native.Check(Native.greylist_config_set_redis_timeout_ms(c, RedisTimeoutMs.Value));
                 if (RedisFailDefer.HasValue) Native.Check(Native.greylist_config_set_redis_fail_defer(c, RedisFailDefer.Value));

@@ -44,6 +44,7 @@ Several MX hosts (Redis):
                               rediss://... for TLS, redis+unix:///path/redis.sock
   --redis-secret FILE         the key secret every MX shares: 32 hex digits
                               (openssl rand -hex 16); required with --redis
+  --redis-ca FILE             for rediss://: trust this CA (PEM), not the system's
   --redis-prefix TEXT         key prefix (default greylist:)
   --redis-timeout MS          answer from the local table after MS (default 50)
   --redis-fail open|defer     when Redis fails: pass what the local table would
@@ -173,6 +174,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--redis" => o.config = o.config.redis(&value()?),
             "--redis-secret" => o.config = o.config.shared_secret_file(value()?),
+            "--redis-ca" => o.config = o.config.redis_ca_file(value()?),
             "--redis-prefix" => o.config = o.config.redis_prefix(&value()?),
             "--redis-timeout" => {
                 let ms = number(value()?)?;

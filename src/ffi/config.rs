@@ -374,6 +374,30 @@ pub unsafe extern "C" fn greylist_config_set_pass_cache(
     }
 }
 
+/// For a `rediss://` URL: trust the CA certificates (PEM) in `path`
+/// instead of the system's roots (a private CA). Read when the engine is
+/// made; a missing file, or one without a certificate, is refused then,
+/// naming the file. NULL goes back to the system's roots.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only; `path`
+/// must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_redis_ca_file(
+    config: *mut greylist_config,
+    path: *const c_char,
+) -> greylist_status {
+    // SAFETY: the caller's guarantees for `config` and `path`, passed on.
+    unsafe {
+        set(config, &[], |b| {
+            if path.is_null() {
+                return Ok(b.no_redis_ca());
+            }
+            Ok(b.redis_ca_file(arg_str(path, "path")?))
+        })
+    }
+}
+
 /// Reads the key secret from a file holding 32 hex digits (`openssl rand
 /// -hex 16 > secret`), so every MX host sharing Redis derives the same
 /// keys. Read now: a missing or malformed file is refused here, naming it.

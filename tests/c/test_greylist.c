@@ -734,6 +734,16 @@ static bool test_redis(void) {
   greylist_engine *engine = NULL;
   CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
   CHECK(strstr(last_error(), "shared_secret") != NULL && engine == NULL);
+  /* A CA file is read when the engine is made; NULL goes back to the
+   * system's roots. */
+  CHECK_STATUS(greylist_config_set_redis(config, "rediss://127.0.0.1:1/0"), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_secret_file(config, secret), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_config_set_redis_ca_file(config, "/nonexistent/ca.pem"), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(last_error(), "redis_ca_file: cannot read /nonexistent/ca.pem") != NULL);
+  CHECK_STATUS(greylist_config_set_redis_ca_file(config, NULL), GREYLIST_STATUS_OK);
+  CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
+  greylist_engine_free(engine);
   greylist_config_free(config);
 
   /* Nothing listens on port 1: the local table answers, failing open. */

@@ -274,6 +274,7 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_redis_fail_defer", _status, [_p, ctypes.c_bool]),
     ("greylist_config_set_pass_cache", _status, [_p, _u32, _u32]),
     ("greylist_config_set_secret_file", _status, [_p, _str]),
+    ("greylist_config_set_redis_ca_file", _status, [_p, _str]),
     ("greylist_engine_check_request", _status, [_p, ctypes.POINTER(_Request), ctypes.POINTER(_Verdict)]),
     ("greylist_engine_set_event_callback", _status, [_p, _EVENT_FN, ctypes.c_void_p]),
     ("greylist_engine_set_list", _status, [_p, _u32, ctypes.POINTER(_str), ctypes.c_size_t, ctypes.c_bool]),
@@ -417,6 +418,8 @@ class _Config:
             _check(_lib.greylist_config_set_secret_file(c, _path(s["redis_secret"])))
         if s.get("redis") is not None:
             _check(_lib.greylist_config_set_redis(c, _arg(s["redis"], "redis")))
+        if s.get("redis_ca") is not None:
+            _check(_lib.greylist_config_set_redis_ca_file(c, _path(s["redis_ca"])))
         if s.get("redis_prefix") is not None:
             _check(_lib.greylist_config_set_redis_prefix(c, _arg(s["redis_prefix"], "redis_prefix")))
         if s.get("redis_timeout_ms") is not None:
@@ -442,7 +445,7 @@ class _Config:
 _SETTINGS = {
     "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
     "max_entries", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
-    "reply_enhanced", "greylist_text", "key_by_verified_domain", "redis", "redis_secret",
+    "reply_enhanced", "greylist_text", "key_by_verified_domain", "redis", "redis_secret", "redis_ca",
     "redis_prefix", "redis_timeout_ms", "redis_fail", "pass_cache_entries", "pass_cache_ttl",
 }
 
@@ -493,7 +496,8 @@ class Engine:
         Several MX hosts share triplets through Redis with
         ``redis="redis://[:password@]host:6379/0"`` (``rediss://`` for TLS)
         and ``redis_secret=`` a file of 32 hex digits every host shares
-        (``openssl rand -hex 16``); also ``redis_prefix`` (default
+        (``openssl rand -hex 16``); also ``redis_ca`` (a PEM file: the CA
+        to trust for ``rediss://`` instead of the system's), ``redis_prefix`` (default
         ``"greylist:"``), ``redis_timeout_ms`` (50), ``redis_fail``
         (``"open"``, the default, or ``"defer"``), ``pass_cache_entries``
         (100000) and ``pass_cache_ttl`` (300 s). When Redis fails, verdicts

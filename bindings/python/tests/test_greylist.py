@@ -382,6 +382,8 @@ class SharedStore(unittest.TestCase):
             bad = Path(self.dir.name) / "bad"
             bad.write_text("0011")
             greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=bad)
+        with self.assertRaisesRegex(greylist.InvalidInputError, "redis_ca_file: cannot read /nonexistent/ca.pem"):
+            greylist.Engine(redis="rediss://127.0.0.1:1/0", redis_secret=self.secret, redis_ca="/nonexistent/ca.pem")
         with self.assertRaisesRegex(greylist.InvalidInputError, "redis_fail"):
             greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret, redis_fail="maybe")
 
