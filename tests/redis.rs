@@ -868,3 +868,38 @@ fn tls_urls_connect_and_certificates_are_checked() {
         "{not_pem}"
     );
 }
+
+#[test]
+fn error_answers_fall_back_without_dropping_the_connection() {
+    // A read-only replica refuses the script's writes: every check gets an
+    // error answer (not a timeout), and is answered locally at once.
+    let Some(primary) = RedisServer::start("primary") else {
+        return;
+    };
+    let port = primary.port.to_string();
+    let Some(replica) = RedisServer::start_with("replica", &["--replicaof", "127.0.0.1", &port])
+    else {
+        return;
+    };
+    let mx = engine(shared(&replica, "greylist:").redis_timeout(Duration::from_secs(1)));
+    for i in 0..5 {
+        let (v, took) = timed_check(&mx, i, T0);
+        assert_eq!(
+            (v.action, v.reason),
+            (Action::Pass, Reason::BackendUnavailable)
+        );
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    let s = mx.stats();
+    assert_eq!((s.backend_errors, s.backend_timeouts), (5, 0), "{s:?}");
+    // One script load, then the five calls, all on one connection.
+    assert_eq!(s.backend_round_trips, 6, "{s:?}");
+    let mut con = replica.connection();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut con).unwrap();
+    let connections = info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .unwrap();
+    // The test's start-up probe, the engine's one connection, and this one.
+    assert_eq!(connections.trim(), "3", "{info}");
+}
