@@ -369,6 +369,10 @@ typedef struct greylist_stats {
    * Passes answered from the local pass cache without a round trip.
    */
   uint64_t cache_hits;
+  /**
+   * Client-network records removed to stay within the maximum.
+   */
+  uint64_t clients_evicted;
 } greylist_stats;
 
 
@@ -718,6 +722,17 @@ greylist_status greylist_config_set_blast(struct greylist_config *config,
  * `config` must be NULL or a live config used by this thread only.
  */
 greylist_status greylist_config_set_max_entries(struct greylist_config *config, uint64_t entries);
+
+/**
+ * Most client-network records kept (default 1000000): auto-whitelist,
+ * blast and lost-mail records. When full, expired records and then the
+ * least recently active ones that neither block nor auto-whitelist make
+ * room.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_max_clients(struct greylist_config *config, uint64_t clients);
 
 /**
  * Prefix lengths client addresses are grouped by: IPv4 1 to 32 (default

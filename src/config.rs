@@ -130,6 +130,7 @@ pub struct Config {
     pub(crate) blast_threshold: u32,
     pub(crate) block_time: u32,
     pub(crate) max_entries: u64,
+    pub(crate) max_clients: u64,
     pub(crate) shards: usize,
     pub(crate) reply_code: u16,
     pub(crate) reply_enhanced: String,
@@ -197,6 +198,10 @@ impl Config {
         block_time: u32,
         /// Most triplet entries kept; the oldest pending go first when full (default 4 million).
         max_entries: u64,
+        /// Most client-network records kept (auto-whitelist, blast and
+        /// lost-mail records); blocked and auto-whitelisted networks go
+        /// last (default 1 million).
+        max_clients: u64,
         /// Number of lock shards, a power of two.
         shards: usize,
         /// SMTP reply code of the suggested reply (default 450).
@@ -314,6 +319,7 @@ impl ConfigBuilder {
                 blast_threshold: 20,
                 block_time: 3600,
                 max_entries: 4_000_000,
+                max_clients: 1_000_000,
                 shards: default_shards(),
                 reply_code: 450,
                 reply_enhanced: "4.2.0".to_string(),
@@ -352,6 +358,8 @@ impl ConfigBuilder {
         block_time: u32,
         /// Most triplet entries kept.
         max_entries: u64,
+        /// Most client-network records kept.
+        max_clients: u64,
         /// Number of lock shards; rounded up to a power of two.
         shards: usize,
         /// SMTP reply code of the suggested reply (4xx).
@@ -562,6 +570,9 @@ impl ConfigBuilder {
         }
         if c.max_entries == 0 {
             return Err(ConfigError::new("max_entries", "must be at least 1"));
+        }
+        if c.max_clients == 0 {
+            return Err(ConfigError::new("max_clients", "must be at least 1"));
         }
         if c.shards == 0 || c.shards > MAX_SHARDS {
             return Err(ConfigError::new(

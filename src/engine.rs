@@ -154,6 +154,7 @@ struct Counters {
     reasons: [AtomicU64; Reason::ALL.len()],
     expired: AtomicU64,
     evicted: AtomicU64,
+    clients_evicted: AtomicU64,
     lost_mail: AtomicU64,
 }
 
@@ -195,6 +196,9 @@ pub struct Stats {
     pub expired: u64,
     /// Triplet entries removed to stay within `max_entries`.
     pub evicted: u64,
+    /// Client-network records removed to stay within `max_clients`
+    /// (expired ones included when a full shard made room).
+    pub clients_evicted: u64,
     /// Expired triplets that had seen only early retries (likely lost mail).
     pub lost_mail: u64,
     /// Triplet entries now in the table.
@@ -326,6 +330,8 @@ pub struct Engine {
     pub(crate) clients: Sharded<ClientEntry>,
     counters: Box<[CachePadded<Counters>]>,
     shard_cap: usize,
+    /// Most client-network records per client shard.
+    client_cap: usize,
     /// Held for a whole save: one save at a time per engine.
     pub(crate) save_lock: parking_lot::Mutex<()>,
     /// The static lists, replaced whole; read without a lock.
@@ -382,6 +388,7 @@ impl Engine {
                 .map(|_| CachePadded(Counters::default()))
                 .collect(),
             shard_cap: max / shards,
+            client_cap: (usize::try_from(config.max_clients).unwrap_or(usize::MAX) / shards).max(1),
             save_lock: parking_lot::Mutex::new(()),
             lists: ArcSwap::from_pointee(Lists::default()),
             events: ArcSwapOption::empty(),
@@ -522,12 +529,18 @@ impl Engine {
         self.events.store(sink.map(Arc::new));
     }
 
-    /// The client network's record, created empty if missing, updated by
-    /// `update` under its shard lock.
-    fn with_client<R>(&self, k: &Keys, update: impl FnOnce(&mut ClientState) -> R) -> R {
+    /// The client network's record, created empty if missing (making room
+    /// in a full shard), updated by `update` under its shard lock. When the
+    /// shard is full of networks that are blocked or auto-whitelisted, a
+    /// new network's record is updated but not kept.
+    fn with_client<R>(&self, k: &Keys, now: u32, update: impl FnOnce(&mut ClientState) -> R) -> R {
         let c_hash = client_hash(net_id(k.net_key));
         let c_idx = self.clients.index(c_hash);
         let mut clients = self.clients.lock(c_idx);
+        let known = clients.find(c_hash, |e| e.key == k.net_key).is_some();
+        if !known && !self.client_room(&mut clients, c_idx, now) {
+            return update(&mut ClientState::default());
+        }
         let entry = match clients.find_mut(c_hash, |e| e.key == k.net_key) {
             Some(e) => e,
             None => clients
@@ -550,6 +563,58 @@ impl Engine {
             self.gates[word].fetch_or(bit, Relaxed);
         }
         result
+    }
+
+    /// Whether a client shard has room for one more record, after making
+    /// room if it is full.
+    pub(crate) fn client_room(
+        &self,
+        table: &mut HashTable<ClientEntry>,
+        c_idx: usize,
+        now: u32,
+    ) -> bool {
+        if table.len() >= self.client_cap {
+            self.make_client_room(table, c_idx, now);
+        }
+        table.len() < self.client_cap
+    }
+
+    /// Makes room in a full client shard: expired records first, then
+    /// records that neither block nor auto-whitelist (those without lost
+    /// mail first, least recently active first). Blocked and
+    /// auto-whitelisted networks are kept. Frees a sixteenth of the shard
+    /// at once, so the scan is paid once per many inserts.
+    fn make_client_room(&self, table: &mut HashTable<ClientEntry>, c_idx: usize, now: u32) {
+        let config = &self.config;
+        let before = table.len();
+        table.retain(|e| !e.is_expired(now, config));
+        let target = self.client_cap - (self.client_cap / 16).max(1);
+        let keep = |e: &ClientEntry| {
+            now < e.state.blocked_until || e.state.is_auto_whitelisted(now, config)
+        };
+        // Least valuable first: no lost mail before lost mail, then the
+        // oldest activity.
+        let rank = |e: &ClientEntry| {
+            let s = &e.state;
+            let active = s.last_seen.max(s.last_round).max(e.lost_last_seen);
+            (u64::from(e.lost_count > 0) << 32) | u64::from(active)
+        };
+        if table.len() > target {
+            let mut ranks: Vec<u64> = table.iter().filter(|e| !keep(e)).map(rank).collect();
+            let n = (table.len() - target).min(ranks.len());
+            if n > 0 {
+                let cutoff = *ranks.select_nth_unstable(n - 1).1;
+                let mut budget = n;
+                table.retain(|e| {
+                    let evict = budget > 0 && !keep(e) && rank(e) <= cutoff;
+                    budget -= usize::from(evict);
+                    !evict
+                });
+            }
+        }
+        let removed = (before - table.len()) as u64;
+        self.stripe().clients_evicted.fetch_add(removed, Relaxed);
+        self.rebuild_gates(c_idx, table);
     }
 
     /// Whether a client record could ever decide a check on its own
@@ -626,7 +691,7 @@ impl Engine {
         let c_idx = self.clients.index(c_hash);
         match k.listed {
             Listed::Whitelisted => return Verdict::new(Reason::Whitelisted, 0, 0),
-            Listed::Trap => return self.with_client(k, |c| trap(c, now, config)),
+            Listed::Trap => return self.with_client(k, now, |c| trap(c, now, config)),
             Listed::No => {}
         }
         // Most networks are neither blocked nor auto-whitelisted: their
@@ -669,7 +734,7 @@ impl Engine {
         self.credit_lost(&lost);
 
         if touches_client(&verdict, config) {
-            self.with_client(k, |c| client_update(c, verdict, now, config))
+            self.with_client(k, now, |c| client_update(c, verdict, now, config))
         } else {
             verdict
         }
@@ -849,6 +914,7 @@ impl Engine {
             }
             s.expired += c.expired.load(Relaxed);
             s.evicted += c.evicted.load(Relaxed);
+            s.clients_evicted += c.clients_evicted.load(Relaxed);
             s.lost_mail += c.lost_mail.load(Relaxed);
         }
         [

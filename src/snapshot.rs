@@ -652,7 +652,7 @@ impl Engine {
                 let result = if section == 0 {
                     engine.restore_triplets(&chunk, now)
                 } else {
-                    engine.restore_clients(&chunk, &strings, &header.secret)
+                    engine.restore_clients(&chunk, &strings, &header.secret, now)
                 };
                 result.map_err(corrupt)?;
                 left -= n;
@@ -686,7 +686,13 @@ impl Engine {
     }
 
     /// Restores a chunk of client records, checking each against its key.
-    fn restore_clients(&self, chunk: &[u8], strings: &[u8], secret: &Secret) -> Result<(), String> {
+    fn restore_clients(
+        &self,
+        chunk: &[u8],
+        strings: &[u8],
+        secret: &Secret,
+        now: u32,
+    ) -> Result<(), String> {
         let workers = restore_workers();
         let work = |w: usize| -> Result<(), String> {
             for record in chunk.chunks_exact(CLIENT_RECORD) {
@@ -700,6 +706,11 @@ impl Engine {
                 let mut table = self.clients.lock(shard);
                 if table.find(hash, |c| c.key == e.key).is_some() {
                     return Err(format!("duplicate client record for {}", e.net));
+                }
+                // A snapshot from an engine allowed more networks: keep
+                // what a full shard keeps.
+                if !self.client_room(&mut table, shard, now) {
+                    continue;
                 }
                 if self.may_gate(&e.state) {
                     let (word, bit) = self.gate_bit(shard, hash);

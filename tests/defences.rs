@@ -352,3 +352,107 @@ fn an_operator_can_inspect_release_and_forget() {
     );
     assert!(!e.client_report("192.0.2.1", None, T0).unwrap().whitelisted);
 }
+
+#[test]
+fn early_retries_from_many_networks_stay_within_max_clients() {
+    const CAP: u64 = 2_000;
+    const NETWORKS: u64 = 100_000;
+    // The system clock: a snapshot loaded below makes room as of the time
+    // it was saved.
+    let t0 = greylist::unix_now();
+    let e = Engine::new(
+        Config::builder()
+            .max_clients(CAP)
+            .shards(16)
+            .build()
+            .unwrap(),
+    );
+    // First, a network earns the auto-whitelist and another one gets
+    // blocked for blasting.
+    for i in 0..5 {
+        let rcpt = format!("user{i}@example.net");
+        reason(&e, "198.51.100.1", "news@example.com", &rcpt, t0);
+        let r = reason(&e, "198.51.100.1", "news@example.com", &rcpt, t0 + 400);
+        assert_eq!(r, Reason::Retried);
+    }
+    reason(
+        &e,
+        "203.0.113.5",
+        "spam@example.biz",
+        "victim@example.net",
+        t0,
+    );
+    let blocked = (1..=21)
+        .map(|s| {
+            reason(
+                &e,
+                "203.0.113.5",
+                "spam@example.biz",
+                "victim@example.net",
+                t0 + s,
+            )
+        })
+        .last();
+    assert_eq!(blocked, Some(Reason::Blocked));
+
+    // Then a flood: 100,000 IPv6 /64 networks, each a first attempt and an
+    // early retry, which is what makes a network's record.
+    for i in 0..NETWORKS {
+        let ip = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
+        let now = t0 + 30 + (i / 100) as i64;
+        assert_eq!(
+            reason(&e, &ip, "x@example.org", "y@example.net", now),
+            Reason::New
+        );
+        let r = reason(&e, &ip, "x@example.org", "y@example.net", now + 5);
+        assert_eq!(r, Reason::EarlyRetry, "network {i}");
+    }
+    let s = e.stats();
+    assert!(s.clients <= CAP, "{} client records", s.clients);
+    assert!(s.clients_evicted >= NETWORKS - CAP, "{s:?}");
+    // The defences survived the flood.
+    let end = t0 + 30 + (NETWORKS / 100) as i64 + 10;
+    assert_eq!(
+        reason(&e, "203.0.113.9", "other@example.biz", "x@example.net", end),
+        Reason::Blocked
+    );
+    assert_eq!(
+        reason(&e, "198.51.100.7", "new@example.com", "x@example.net", end),
+        Reason::AutoWhitelisted
+    );
+
+    // A snapshot loaded by an engine allowed fewer networks keeps what a
+    // full table keeps.
+    let dir = std::env::temp_dir().join(format!("greylist-clients-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("g.snap");
+    e.save(&path).unwrap();
+    let smaller = Config::builder()
+        .max_clients(CAP / 4)
+        .shards(16)
+        .build()
+        .unwrap();
+    let loaded = Engine::load(&path, smaller).unwrap();
+    assert!(loaded.stats().clients <= CAP / 4);
+    assert_eq!(
+        reason(
+            &loaded,
+            "203.0.113.9",
+            "other@example.biz",
+            "x@example.net",
+            end
+        ),
+        Reason::Blocked
+    );
+    assert_eq!(
+        reason(
+            &loaded,
+            "198.51.100.7",
+            "new@example.com",
+            "x@example.net",
+            end
+        ),
+        Reason::AutoWhitelisted
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,6 +38,7 @@ Greylisting (postgrey's names):
   --whitelist-recipients FILE recipients that opt out (repeatable)
   --trap-recipients FILE      recipients that block their sender's network
   --max-entries N             triplet entries kept (default 4000000)
+  --max-clients N             client-network records kept (default 1000000)
   --block-action reject|defer what a blocked network gets (default defer)
 Several MX hosts (Redis):
   --redis URL                 keep triplets in Redis: redis://[user:password@]host:port/db,
@@ -163,6 +164,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--whitelist-recipients" => list(ListKind::Recipients, value()?),
             "--trap-recipients" => list(ListKind::TrapRecipients, value()?),
             "--max-entries" => o.config = o.config.max_entries(number(value()?)?),
+            "--max-clients" => o.config = o.config.max_clients(number(value()?)?),
             "--block-action" => {
                 o.policy.block_action = match value()?.as_str() {
                     "reject" => BlockAction::Reject,

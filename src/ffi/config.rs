@@ -182,6 +182,22 @@ pub unsafe extern "C" fn greylist_config_set_max_entries(
     unsafe { set(config, &["max_entries"], |b| Ok(b.max_entries(entries))) }
 }
 
+/// Most client-network records kept (default 1000000): auto-whitelist,
+/// blast and lost-mail records. When full, expired records and then the
+/// least recently active ones that neither block nor auto-whitelist make
+/// room.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_max_clients(
+    config: *mut greylist_config,
+    clients: u64,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["max_clients"], |b| Ok(b.max_clients(clients))) }
+}
+
 /// Prefix lengths client addresses are grouped by: IPv4 1 to 32 (default
 /// 24), IPv6 1 to 128 (default 64); 32 and 128 mean the exact address.
 ///
@@ -509,6 +525,11 @@ mod tests {
                 greylist_config_set_max_entries(c, 0),
                 GREYLIST_STATUS_INVALID_ARGUMENT
             );
+            assert_eq!(
+                greylist_config_set_max_clients(c, 0),
+                GREYLIST_STATUS_INVALID_ARGUMENT
+            );
+            assert_eq!(greylist_config_set_max_clients(c, 5000), GREYLIST_STATUS_OK);
             // Out of range against the current retry window only: accepted
             // here, checked when the engine is made.
             assert_eq!(greylist_config_set_delay(c, 3 * 86_400), GREYLIST_STATUS_OK);

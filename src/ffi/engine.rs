@@ -169,6 +169,8 @@ pub struct greylist_stats {
     pub backend_timeouts: u64,
     /// Passes answered from the local pass cache without a round trip.
     pub cache_hits: u64,
+    /// Client-network records removed to stay within the maximum.
+    pub clients_evicted: u64,
 }
 
 /// Creates an engine from `config` (NULL for the defaults) and stores it in
@@ -447,6 +449,7 @@ pub unsafe extern "C" fn greylist_engine_stats(
             backend_errors: s.backend_errors,
             backend_timeouts: s.backend_timeouts,
             cache_hits: s.cache_hits,
+            clients_evicted: s.clients_evicted,
         };
         // SAFETY: the caller guarantees `out` holds `size` bytes.
         unsafe { copy_versioned(&stats, out, size) };

@@ -198,6 +198,7 @@ _STAT_FIELDS = [
     "backend_errors",
     "backend_timeouts",
     "cache_hits",
+    "clients_evicted",
 ]
 
 
@@ -263,6 +264,7 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_awl_ttl", _status, [_p, _u32]),
     ("greylist_config_set_blast", _status, [_p, _u32, _u32]),
     ("greylist_config_set_max_entries", _status, [_p, _u64]),
+    ("greylist_config_set_max_clients", _status, [_p, _u64]),
     ("greylist_config_set_prefixes", _status, [_p, ctypes.c_uint8, ctypes.c_uint8]),
     ("greylist_config_set_extension_delimiters", _status, [_p, _str]),
     ("greylist_config_set_reply", _status, [_p, ctypes.c_uint16, _str, _str]),
@@ -383,10 +385,10 @@ class _Config:
 
     def _apply(self, s: Dict[str, Any]) -> None:
         c = self.ptr
-        for name in ("delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "max_entries"):
+        for name in ("delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "max_entries", "max_clients"):
             if s.get(name) is not None:
                 setter = getattr(_lib, f"greylist_config_set_{name}")
-                _check(setter(c, _int(s[name], name, 2**64 - 1 if name == "max_entries" else 2**32 - 1)))
+                _check(setter(c, _int(s[name], name, 2**64 - 1 if name.startswith("max_") else 2**32 - 1)))
         if s.get("ipv4_prefix") is not None or s.get("ipv6_prefix") is not None:
             v4, v6 = s.get("ipv4_prefix"), s.get("ipv6_prefix")
             _check(_lib.greylist_config_set_prefixes(
@@ -444,7 +446,7 @@ class _Config:
 
 _SETTINGS = {
     "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
-    "max_entries", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
+    "max_entries", "max_clients", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
     "reply_enhanced", "greylist_text", "key_by_verified_domain", "redis", "redis_secret", "redis_ca",
     "redis_prefix", "redis_timeout_ms", "redis_fail", "pass_cache_entries", "pass_cache_ttl",
 }
