@@ -144,6 +144,9 @@ class Config {
   Config &max_entries(uint64_t entries) {
     return set(greylist_config_set_max_entries(config_, entries));
   }
+  Config &max_clients(uint64_t clients) {
+    return set(greylist_config_set_max_clients(config_, clients));
+  }
   Config &prefixes(uint8_t ipv4, uint8_t ipv6) {
     return set(greylist_config_set_prefixes(config_, ipv4, ipv6));
   }

@@ -88,6 +88,7 @@ namespace Greylist
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_pass_ttl(IntPtr config, uint seconds);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_awl_threshold(IntPtr config, uint passes);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_max_entries(IntPtr config, ulong entries);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_max_clients(IntPtr config, ulong clients);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_prefixes(IntPtr config, byte ipv4, byte ipv6);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_reply(IntPtr config, ushort code, byte[] enhanced, byte[] text);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis(IntPtr config, byte[] url);
@@ -153,6 +154,7 @@ namespace Greylist
         public uint? PassTtl { get; set; }
         public uint? AwlThreshold { get; set; }
         public ulong? MaxEntries { get; set; }
+        public ulong? MaxClients { get; set; }
         public byte? Ipv4Prefix { get; set; }
         public byte? Ipv6Prefix { get; set; }
         public ushort? ReplyCode { get; set; }
@@ -185,6 +187,7 @@ namespace Greylist
                 if (PassTtl.HasValue) Native.Check(Native.greylist_config_set_pass_ttl(c, PassTtl.Value));
                 if (AwlThreshold.HasValue) Native.Check(Native.greylist_config_set_awl_threshold(c, AwlThreshold.Value));
                 if (MaxEntries.HasValue) Native.Check(Native.greylist_config_set_max_entries(c, MaxEntries.Value));
+                if (MaxClients.HasValue) Native.Check(Native.greylist_config_set_max_clients(c, MaxClients.Value));
                 if (Ipv4Prefix.HasValue || Ipv6Prefix.HasValue)
                     Native.Check(Native.greylist_config_set_prefixes(c, Ipv4Prefix ?? 24, Ipv6Prefix ?? 64));
                 if (ReplyCode.HasValue || ReplyEnhanced != null || GreylistText != null)

@@ -80,6 +80,13 @@ static bool test_config_and_errors() {
   } catch (const greylist::Error &e) {
     CHECK(std::string(e.what()) == "sender: contains a NUL byte");
   }
+  try {
+    greylist::Config none;
+    none.max_clients(0);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(std::string(e.what()).find("max_clients") != std::string::npos);
+  }
   greylist::Config bad;
   bad.delay(7200).retry_window(3600);
   try {

@@ -69,6 +69,8 @@ static class TestGreylist
             Check(e.Status == Status.InvalidArgument && e.Message.StartsWith("config: delay: "), e.Message);
             e = Throws<GreylistException>(() => new Engine(new Config { Ipv4Prefix = 40 }));
             Check(e.Message.Contains("ipv4_prefix"), e.Message);
+            e = Throws<GreylistException>(() => new Engine(new Config { MaxClients = 0 }));
+            Check(e.Message.Contains("max_clients"), e.Message);
         });
 
         Run("redis", () =>
