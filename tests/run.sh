@@ -37,15 +37,15 @@ suite "cargo test (unit, model, concurrency, snapshot, defence, daemon, Redis, h
 # tests/redis.rs starts its own redis-servers; without one it says why it
 # skipped (and fails under CI=true).
 have redis-server "the Redis store tests (apt-get install redis-server)" || true
-cargo test --lib --bins --tests -- --skip postfix_
+cargo test --lib --bins --tests -- --skip postfix_ --skip exim_
 cargo test --doc
 # The benchmarks, once each on small tables: they must not rot.
 cargo test --benches
 ok
 
-suite "real Postfix through greylist-policyd"
-# Its own run, so a skip's reason (no postfix or swaks here) is shown.
-cargo test --test postfix -- --show-output
+suite "real Postfix and real Exim through greylist-policyd"
+# Their own run, so a skip's reason (no postfix, swaks or exim here) is shown.
+cargo test --test postfix --test exim -- --show-output
 ok
 
 cargo build --release --lib
