@@ -12,52 +12,22 @@
 //! `cargo test --benches` does), it checks itself briefly; without
 //! redis-server and redis-benchmark it says so (and fails under CI=true).
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greylist::{Config, Engine, Reason, Secret};
 
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
+#[path = "../tests/support/rng.rs"]
+mod rng;
+
+use redis_server::{real, RedisServer};
+use rng::Rng;
+
 const CALLERS: usize = 8;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<(Server, u16)> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let dir = std::env::temp_dir().join(format!("greylist-bench-redis-{port}"));
-    std::fs::create_dir_all(&dir).ok()?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Some((server, port))
-}
 
 /// redis-benchmark's requests per second for `EVALSHA` of `script` with
 /// `args` (`__rand_int__` in them is replaced by random numbers).
@@ -101,12 +71,10 @@ fn engine_rate(engine: &Arc<Engine>, secs: f64, round: u64) -> f64 {
         .map(|t| {
             let (engine, done) = (engine.clone(), done.clone());
             std::thread::spawn(move || {
-                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (round << 32) ^ (t + 1);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15u64 ^ (round << 32) ^ (t + 1));
                 let mut n = 0u64;
                 while Instant::now() < until {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let x = rng.next();
                     let ip = format!("10.{}.{}.{}", (x >> 8) & 255, (x >> 16) & 255, 1 + x % 254);
                     let sender = format!("user{}@sender{}.example", (x >> 24) % 100_000, x % 997);
                     let rcpt = format!("rcpt{}@example.net", (x >> 40) % 10_000);
@@ -145,23 +113,19 @@ fn main() {
     } else {
         1
     };
-    let have = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !have("redis-server") || !have("redis-benchmark") {
-        let why = "redis-server and redis-benchmark are needed (apt-get install redis-server)";
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{why}");
-        println!("SKIPPED: {why}");
+    if !real::runs("redis-benchmark", "--version") {
+        real::skip(
+            "the Redis bench",
+            "redis-benchmark is not installed (apt-get install redis-server)",
+        );
         return;
     }
-    let (_server, port) = start_redis().expect("start redis-server");
+    let Some(server) = RedisServer::start("bench") else {
+        return;
+    };
+    let port = server.port;
     let config = Config::builder()
-        .redis(&format!("redis://127.0.0.1:{port}/0"))
+        .redis(&server.url())
         .shared_secret(Secret::from_bytes(*b"bench-secret-16b"))
         .pass_cache_entries(0)
         .redis_timeout(Duration::from_secs(1))

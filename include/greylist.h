@@ -354,15 +354,15 @@ typedef struct greylist_stats {
    */
   uint64_t backend_unavailable;
   /**
-   * Calls made to the shared store (Redis).
+   * Calls the shared store (Redis) answered, script loads included.
    */
   uint64_t backend_round_trips;
   /**
-   * Shared-store calls and connects that failed.
+   * Checks whose call to the shared store failed.
    */
   uint64_t backend_errors;
   /**
-   * Shared-store calls and connects that ran out of time.
+   * Checks whose call to the shared store got no answer in time.
    */
   uint64_t backend_timeouts;
   /**

@@ -156,10 +156,70 @@ impl Default for Config {
     }
 }
 
-macro_rules! getters {
+/// Settings that are one plain value: a getter on [`Config`] and a setter
+/// on [`ConfigBuilder`] each, from one list.
+macro_rules! settings {
     ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
-        $( $(#[$doc])* pub fn $name(&self) -> $ty { self.$name } )*
+        impl Config {
+            $( $(#[$doc])* pub fn $name(&self) -> $ty { self.$name } )*
+        }
+        impl ConfigBuilder {
+            $( $(#[$doc])* pub fn $name(mut self, value: $ty) -> Self { self.config.$name = value; self } )*
+        }
     };
+}
+
+settings! {
+    /// Minimum wait, in seconds, before a retry is accepted (default 300).
+    delay: u32,
+    /// How long, in seconds, a first retry may take before the triplet
+    /// starts over (default 2 days).
+    retry_window: u32,
+    /// Lifetime, in seconds, of a passed triplet, refreshed on each use
+    /// (default 35 days).
+    pass_ttl: u32,
+    /// Passed triplets that auto-whitelist a client network; 0 turns it off
+    /// (default 5).
+    awl_threshold: u32,
+    /// Lifetime, in seconds, of an auto-whitelist record, refreshed on each
+    /// use (default 35 days).
+    awl_ttl: u32,
+    /// Early-retry rounds within one delay period that block a network; 0
+    /// turns it off (default 20).
+    blast_threshold: u32,
+    /// How long, in seconds, a blocked network stays blocked (default 3600).
+    block_time: u32,
+    /// Most triplet entries kept; the oldest pending go first when full
+    /// (default 4 million).
+    max_entries: u64,
+    /// Most client-network records kept (auto-whitelist, blast and
+    /// lost-mail records); blocked and auto-whitelisted networks go last
+    /// (default 1 million).
+    max_clients: u64,
+    /// Number of lock shards, rounded up to a power of two (default: 8 per
+    /// core, at least 1024).
+    shards: usize,
+    /// SMTP reply code (4xx) of the suggested reply (default 450).
+    reply_code: u16,
+    /// When the MTA passes a verified sender domain (SPF or DKIM), key
+    /// triplets by that domain instead of the client network, so pools
+    /// that retry from unrelated addresses pass on their first retry
+    /// (default off).
+    key_by_verified_domain: bool,
+    /// How long a check waits for the shared store before the local table
+    /// answers (default 50 ms).
+    redis_timeout: Duration,
+    /// After the shared store failed to connect, how long checks answer
+    /// locally before the next attempt (default 1 s).
+    redis_retry_interval: Duration,
+    /// What a check answers when the shared store fails (default open).
+    fail_mode: FailMode,
+    /// Passed triplets this host remembers and answers without asking the
+    /// shared store; 0 turns the cache off (default 100,000).
+    pass_cache_entries: usize,
+    /// How long, in seconds, a pass is answered from the local cache
+    /// (default 300).
+    pass_cache_ttl: u32,
 }
 
 impl Config {
@@ -177,51 +237,14 @@ impl Config {
         }
     }
 
-    getters! {
-        /// Minimum wait before a retry is accepted (default 300 s).
-        delay: u32,
-        /// How long a first retry may take before the triplet starts over (default 2 days).
-        retry_window: u32,
-        /// Lifetime of a passed triplet, refreshed on each use (default 35 days).
-        pass_ttl: u32,
-        /// Passed triplets that auto-whitelist a client network; 0 = off (default 5).
-        awl_threshold: u32,
-        /// Lifetime of an auto-whitelist record, refreshed on each use (default 35 days).
-        awl_ttl: u32,
-        /// IPv4 prefix length a client is grouped by (default 24).
-        ipv4_prefix: u8,
-        /// IPv6 prefix length a client is grouped by (default 64).
-        ipv6_prefix: u8,
-        /// Early-retry rounds within one delay period that block a network; 0 = off (default 20).
-        blast_threshold: u32,
-        /// How long a blocked network stays blocked (default 3600 s).
-        block_time: u32,
-        /// Most triplet entries kept; the oldest pending go first when full (default 4 million).
-        max_entries: u64,
-        /// Most client-network records kept (auto-whitelist, blast and
-        /// lost-mail records); blocked and auto-whitelisted networks go
-        /// last (default 1 million).
-        max_clients: u64,
-        /// Number of lock shards, a power of two.
-        shards: usize,
-        /// SMTP reply code of the suggested reply (default 450).
-        reply_code: u16,
-        /// Whether a verified sender domain replaces the client network in
-        /// the key (default off).
-        key_by_verified_domain: bool,
-        /// How long a check waits for the shared store (default 50 ms).
-        redis_timeout: Duration,
-        /// After the shared store failed to connect, how long checks answer
-        /// locally before the next attempt (default 1 s).
-        redis_retry_interval: Duration,
-        /// What a check answers when the shared store fails (default open).
-        fail_mode: FailMode,
-        /// Triplets known to have passed kept by this host, answered without
-        /// asking the shared store; 0 = off (default 100,000).
-        pass_cache_entries: usize,
-        /// How long (seconds) a pass is answered from the local cache
-        /// (default 300).
-        pass_cache_ttl: u32,
+    /// IPv4 prefix length a client is grouped by (default 24).
+    pub fn ipv4_prefix(&self) -> u8 {
+        self.ipv4_prefix
+    }
+
+    /// IPv6 prefix length a client is grouped by (default 64).
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix
     }
 
     /// The shared store's URL (`redis://[user:password@]host:port/db`,
@@ -275,12 +298,6 @@ pub struct ConfigBuilder {
     config: Config,
     secret_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
-        $( $(#[$doc])* pub fn $name(mut self, value: $ty) -> Self { self.config.$name = value; self } )*
-    };
 }
 
 /// The default number of shards: at least 8 per core, so two threads
@@ -339,47 +356,6 @@ impl ConfigBuilder {
             secret_file: None,
             ca_file: None,
         }
-    }
-
-    setters! {
-        /// Minimum wait before a retry is accepted, in seconds.
-        delay: u32,
-        /// How long a first retry may take, in seconds.
-        retry_window: u32,
-        /// Lifetime of a passed triplet, in seconds, refreshed on each use.
-        pass_ttl: u32,
-        /// Passed triplets that auto-whitelist a client network; 0 turns it off.
-        awl_threshold: u32,
-        /// Lifetime of an auto-whitelist record, in seconds, refreshed on use.
-        awl_ttl: u32,
-        /// Early-retry rounds within one delay period that block a network; 0 turns it off.
-        blast_threshold: u32,
-        /// How long a blocked network stays blocked, in seconds.
-        block_time: u32,
-        /// Most triplet entries kept.
-        max_entries: u64,
-        /// Most client-network records kept.
-        max_clients: u64,
-        /// Number of lock shards; rounded up to a power of two.
-        shards: usize,
-        /// SMTP reply code of the suggested reply (4xx).
-        reply_code: u16,
-        /// When the MTA passes a verified sender domain (SPF or DKIM), key
-        /// triplets by that domain instead of the client network, so pools
-        /// that retry from unrelated addresses pass on their first retry.
-        key_by_verified_domain: bool,
-        /// How long a check waits for the shared store before the local
-        /// table answers.
-        redis_timeout: Duration,
-        /// After the shared store failed to connect, how long checks answer
-        /// locally before the next attempt.
-        redis_retry_interval: Duration,
-        /// What a check answers when the shared store fails.
-        fail_mode: FailMode,
-        /// Passed triplets remembered locally; 0 turns the cache off.
-        pass_cache_entries: usize,
-        /// Seconds a pass is answered from the local cache.
-        pass_cache_ttl: u32,
     }
 
     /// Keeps triplets in Redis, shared by every host with the same URL,

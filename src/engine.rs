@@ -182,13 +182,12 @@ pub struct Stats {
     /// Verdicts with [`Reason::BackendUnavailable`]: the shared store did
     /// not answer and the local table decided.
     pub backend_unavailable: u64,
-    /// Calls made to the shared store (each one round trip, or three when
-    /// a restarted Redis had to load the script again).
+    /// Calls the shared store answered (script loads after a restart
+    /// included); pipelined, many calls may share one round trip.
     pub backend_round_trips: u64,
-    /// Shared-store calls and connects that failed (refused, dropped,
-    /// an error reply).
+    /// Checks whose call failed (refused, dropped, an error answer).
     pub backend_errors: u64,
-    /// Shared-store calls and connects that ran out of time.
+    /// Checks whose call got no answer within `redis_timeout`.
     pub backend_timeouts: u64,
     /// Passes answered from the local pass cache without a round trip.
     pub cache_hits: u64,
@@ -537,25 +536,26 @@ impl Engine {
         let c_hash = client_hash(net_id(k.net_key));
         let c_idx = self.clients.index(c_hash);
         let mut clients = self.clients.lock(c_idx);
-        let known = clients.find(c_hash, |e| e.key == k.net_key).is_some();
-        if !known && !self.client_room(&mut clients, c_idx, now) {
-            return update(&mut ClientState::default());
-        }
         let entry = match clients.find_mut(c_hash, |e| e.key == k.net_key) {
             Some(e) => e,
-            None => clients
-                .insert_unique(
-                    c_hash,
-                    ClientEntry {
-                        key: k.net_key,
-                        net: k.net.clone(),
-                        state: ClientState::default(),
-                        lost_count: 0,
-                        lost_last_seen: 0,
-                    },
-                    hasher,
-                )
-                .into_mut(),
+            None => {
+                if !self.client_room(&mut clients, c_idx, now) {
+                    return update(&mut ClientState::default());
+                }
+                clients
+                    .insert_unique(
+                        c_hash,
+                        ClientEntry {
+                            key: k.net_key,
+                            net: k.net.clone(),
+                            state: ClientState::default(),
+                            lost_count: 0,
+                            lost_last_seen: 0,
+                        },
+                        hasher,
+                    )
+                    .into_mut()
+            }
         };
         let result = update(&mut entry.state);
         if self.may_gate(&entry.state) {

@@ -261,16 +261,15 @@ impl RedisStore {
             .arg(config.block_time)
             .get_packed_command();
         let call = Call::new(command, Instant::now() + self.link.timeout);
-        let lane = &self.lane;
         let lead = {
-            let mut lane = lane.lock();
+            let mut lane = self.lane.lock();
             lane.queue.push(call.clone());
             !std::mem::replace(&mut lane.busy, true)
         };
         if lead {
-            self.lead(lane, &call);
+            self.lead(&call);
         }
-        let (reason, retry_after, delayed) = match self.wait(lane, &call) {
+        let (reason, retry_after, delayed) = match self.wait(&call) {
             Ok(answer) => answer,
             Err(failure) => {
                 let counter = match failure {
@@ -282,7 +281,7 @@ impl RedisStore {
                 return None;
             }
         };
-        let Some(reason) = Reason::ALL.into_iter().find(|r| *r as u32 == reason) else {
+        let Some(reason) = Reason::from_number(reason) else {
             // Another script under our SHA cannot happen; count it anyway.
             self.counters().errors.fetch_add(1, Relaxed);
             return None;
@@ -296,14 +295,14 @@ impl RedisStore {
 
     /// Waits for a call's answer, leading the connection when asked to,
     /// until the call's deadline.
-    fn wait(&self, lane: &Mutex<Lane>, call: &Arc<Call>) -> Outcome {
+    fn wait(&self, call: &Arc<Call>) -> Outcome {
         let mut slot = call.slot.lock();
         loop {
             match std::mem::replace(&mut *slot, Slot::Waiting) {
                 Slot::Done(outcome) => return outcome,
                 Slot::Lead => {
                     drop(slot);
-                    self.lead(lane, call);
+                    self.lead(call);
                     slot = call.slot.lock();
                     continue;
                 }
@@ -313,15 +312,15 @@ impl RedisStore {
                 && matches!(*slot, Slot::Waiting)
             {
                 drop(slot);
-                return Self::give_up(lane, call);
+                return self.give_up(call);
             }
         }
     }
 
     /// The caller stops waiting: its call leaves the queue if it was not
     /// written yet, and a lead it was just handed goes to the next caller.
-    fn give_up(lane: &Mutex<Lane>, call: &Arc<Call>) -> Outcome {
-        let mut lane = lane.lock();
+    fn give_up(&self, call: &Arc<Call>) -> Outcome {
+        let mut lane = self.lane.lock();
         let promoted = match std::mem::replace(&mut *call.slot.lock(), Slot::Waiting) {
             Slot::Done(outcome) => return outcome,
             Slot::Lead => true,
@@ -337,8 +336,8 @@ impl RedisStore {
 
     /// Leads the connection until `own` is answered: writes what is
     /// queued, reads answers in order and hands them out.
-    fn lead(&self, lane: &Mutex<Lane>, own: &Arc<Call>) {
-        let mut con = lane.lock().con.take();
+    fn lead(&self, own: &Arc<Call>) {
+        let mut con = self.lane.lock().con.take();
         // Every read in this turn waits at most what is left of the
         // leader's own time.
         let left = own
@@ -347,19 +346,18 @@ impl RedisStore {
             .max(Duration::from_millis(1));
         let mut timeout_set = false;
         loop {
-            let wire = {
-                let mut lane = lane.lock();
-                let calls: Vec<Arc<Call>> = lane.queue.drain(..).collect();
-                let wire: Vec<u8> = calls
-                    .iter()
-                    .flat_map(|c| c.command.iter().copied())
-                    .collect();
-                lane.in_flight.extend(calls);
+            let mut wire = Vec::new();
+            {
+                let mut guard = self.lane.lock();
+                let lane = &mut *guard;
+                for call in lane.queue.drain(..) {
+                    wire.extend_from_slice(&call.command);
+                    lane.in_flight.push_back(call);
+                }
                 if lane.in_flight.is_empty() {
                     break;
                 }
-                wire
-            };
+            }
             let step = self
                 .link
                 .connection(&mut con, left, &mut timeout_set)
@@ -370,7 +368,7 @@ impl RedisStore {
                     }
                     Link::read(c)
                 });
-            let mut lane = lane.lock();
+            let mut lane = self.lane.lock();
             match step {
                 Ok(read) => {
                     let call = lane.in_flight.pop_front().expect("a call was in flight");
@@ -400,7 +398,7 @@ impl RedisStore {
                 }
             }
         }
-        let mut lane = lane.lock();
+        let mut lane = self.lane.lock();
         lane.con = con;
         lane.pass_lead();
     }

@@ -21,6 +21,15 @@ pub enum Action {
     Block = 2,
 }
 
+impl Action {
+    /// The action with this number (as it crosses the C ABI), if any.
+    pub fn from_number(n: u32) -> Option<Action> {
+        [Action::Pass, Action::Defer, Action::Block]
+            .into_iter()
+            .find(|a| *a as u32 == n)
+    }
+}
+
 /// Why the engine decided what it did. Numbers are stable (they cross the C
 /// ABI) and never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +73,12 @@ impl Reason {
         Reason::Trapped,
         Reason::BackendUnavailable,
     ];
+
+    /// The reason with this number (as it crosses the C ABI and comes back
+    /// from the Redis script), if any.
+    pub fn from_number(n: u32) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| *r as u32 == n)
+    }
 
     /// A short lower-case name for logs (`new`, `early-retry`, ...).
     pub fn as_str(self) -> &'static str {

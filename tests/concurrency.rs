@@ -6,6 +6,10 @@ use std::thread;
 
 use greylist::{Config, Engine, Reason};
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 const T0: i64 = 1_700_000_000;
 const THREADS: usize = 4;
 const TRIPLETS: usize = 500;
@@ -112,12 +116,10 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
         .map(|t| {
             let engine = engine.clone();
             thread::spawn(move || {
-                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1));
                 let mut reasons = [0u64; 16];
                 for k in 0..CHECKS {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let x = rng.next();
                     // Clients on three /24s; time moves forward with
                     // jitter of up to 20 s back and forth between threads.
                     let i = (x % POOL as u64) as usize;

@@ -11,6 +11,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/real.rs"]
+mod real;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,13 +44,7 @@ fn find_exim() -> Result<PathBuf, String> {
         return Ok(unpacked);
     }
     for name in ["exim4", "exim"] {
-        let found = Command::new(name)
-            .arg("-bV")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if found {
+        if real::runs(name, "-bV") {
             return Ok(name.into());
         }
     }
@@ -96,12 +92,7 @@ fn exim_greylists_through_readsocket() {
     let exim = match find_exim() {
         Ok(path) => path,
         Err(why) => {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "the Exim test cannot run under CI=true: {why}"
-            );
-            println!("SKIPPED: {why}");
+            real::skip("the Exim test", &why);
             return;
         }
     };

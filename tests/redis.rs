@@ -790,9 +790,7 @@ fn tls_urls_connect_and_certificates_are_checked() {
         .stderr(std::process::Stdio::null())
         .status();
     if !made.is_ok_and(|s| s.success()) {
-        let why = "openssl is needed to make a test certificate";
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{why}");
-        println!("SKIPPED tls: {why}");
+        redis_server::real::skip("tls", "openssl is needed to make a test certificate");
         return;
     }
     let (ca, cert, key) = (

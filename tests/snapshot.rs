@@ -2,6 +2,9 @@
 //! of foreign, newer and differently-keyed files, saving while checking,
 //! opening and the maintenance thread.
 
+#[path = "support/rng.rs"]
+mod rng;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greylist::{Config, Engine, Maintenance, Reason, SnapshotError, SnapshotOptions, Verdict};
+use rng::Rng;
 
 const T0: i64 = 1_700_000_000;
 /// Entries `populated` adds beside its `n` triplets: 5 passed ones of the
@@ -27,17 +31,6 @@ fn scratch(name: &str) -> PathBuf {
 
 fn config() -> Config {
     Config::builder().shards(8).build().unwrap()
-}
-
-/// A small deterministic generator, so failures can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// Triplet `i`, on a /24 of its own (so auto-whitelisting stays where the

@@ -8,8 +8,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use dashmap::DashMap;
+
+#[path = "../../tests/support/rng.rs"]
+mod rng;
 use greylist::rules::{triplet_step, TripletState};
 use greylist::{Config, Engine, Verdict};
+use rng::Rng;
 
 pub const T0: i64 = 1_700_000_000;
 
@@ -24,12 +28,10 @@ pub struct Triplet {
 /// `n` distinct triplets, each on a /24 of its own, with realistic
 /// addresses (some with tags and upper case, as real envelopes have).
 pub fn triplets(n: usize, seed: u64) -> Vec<Triplet> {
-    let mut x = seed | 1;
+    let mut rng = Rng(seed | 1);
     (0..n)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next();
             let net = i as u64;
             Triplet {
                 ip: format!(

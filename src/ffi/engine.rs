@@ -99,13 +99,9 @@ impl greylist_verdict {
     /// Reads a verdict the caller passed back, which may hold any numbers.
     fn to_verdict(self) -> Result<Verdict, Failure> {
         let v = self;
-        let reason = Reason::ALL
-            .into_iter()
-            .find(|r| *r as u32 == v.reason)
+        let reason = Reason::from_number(v.reason)
             .ok_or_else(|| Failure::invalid(format!("verdict: unknown reason {}", v.reason)))?;
-        let action = [Action::Pass, Action::Defer, Action::Block]
-            .into_iter()
-            .find(|a| *a as u32 == v.action)
+        let action = Action::from_number(v.action)
             .ok_or_else(|| Failure::invalid(format!("verdict: unknown action {}", v.action)))?;
         if reason != Reason::BackendUnavailable && reason.action() != action {
             return Err(Failure::invalid(format!(
@@ -161,11 +157,11 @@ pub struct greylist_stats {
     pub trapped: u64,
     /// Verdicts with `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
     pub backend_unavailable: u64,
-    /// Calls made to the shared store (Redis).
+    /// Calls the shared store (Redis) answered, script loads included.
     pub backend_round_trips: u64,
-    /// Shared-store calls and connects that failed.
+    /// Checks whose call to the shared store failed.
     pub backend_errors: u64,
-    /// Shared-store calls and connects that ran out of time.
+    /// Checks whose call to the shared store got no answer in time.
     pub backend_timeouts: u64,
     /// Passes answered from the local pass cache without a round trip.
     pub cache_hits: u64,

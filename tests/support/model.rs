@@ -11,6 +11,10 @@ use std::collections::HashMap;
 use greylist::{Action, ConfigBuilder, Engine, Reason};
 use proptest::prelude::*;
 
+#[path = "rng.rs"]
+mod rng;
+use rng::Rng;
+
 /// Client IPs with the network each belongs to (/24, /64).
 const CLIENTS: &[(&str, &str)] = &[
     ("192.0.2.1", "192.0.2.0/24"),
@@ -347,11 +351,9 @@ pub fn long_run(sweeps: bool) -> (Settings, Vec<Op>) {
         block_time: 3600,
     };
     let mut ops = Vec::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     for _ in 0..20_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         ops.push(match x % 20 {
             0..=13 => Op::Check(
                 (x >> 8) as usize % CLIENTS.len(),
