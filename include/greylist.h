@@ -19,6 +19,11 @@
 #include <stdint.h>
 
 /**
+ * Longest value a log line shows of one field, in bytes before escaping.
+ */
+#define MAX_LOG_VALUE 256
+
+/**
  * The version of the C ABI. It changes only when a released function,
  * type or constant changes incompatibly; additions keep it. The shared
  * library's SONAME carries it (`libgreylist.so.1`).
@@ -963,13 +968,15 @@ void greylist_engine_free(struct greylist_engine *engine);
  * `client_ip` is the connecting client's address (`192.0.2.1`,
  * `2001:db8::1`, `::ffff:192.0.2.1`); `sender` the envelope sender (`""`
  * or `"<>"` for the null sender); `recipient` the envelope recipient. All
- * are NUL-terminated UTF-8, at most 1024 bytes. `now` is the time in Unix
- * seconds, or `GREYLIST_NOW` for the system clock.
+ * are NUL-terminated. Sender and recipient are bytes as SMTP carries them:
+ * one that is not UTF-8, or longer than 1024 bytes, is keyed by its bytes
+ * and greylisted like any other. `now` is the time in Unix seconds, or
+ * `GREYLIST_NOW` for the system clock.
  *
  * Returns `GREYLIST_STATUS_NULL_ARGUMENT` for a NULL pointer and
- * `GREYLIST_STATUS_INVALID_ARGUMENT` for a malformed IP, an empty
- * recipient, an over-long or non-UTF-8 string (the message names the
- * argument); then nothing is recorded and `*out` is untouched.
+ * `GREYLIST_STATUS_INVALID_ARGUMENT` for a malformed IP (or one that is
+ * not UTF-8) or an empty recipient (the message names the argument); then
+ * nothing is recorded and `*out` is untouched.
  *
  * Thread-safe.
  *

@@ -153,9 +153,10 @@ impl Engine {
     }
 
     fn client_keys(&self, client_ip: &str, client_name: Option<&str>) -> Result<Keys, InputError> {
-        self.keys(&Request {
-            client_name,
-            ..Request::new(client_ip, "", "-")
+        let req = Request::new(client_ip, "", "-");
+        self.keys(&match client_name {
+            Some(name) => req.client_name(name),
+            None => req,
         })
     }
 
@@ -164,8 +165,8 @@ impl Engine {
     pub fn release(
         &self,
         client_ip: &str,
-        sender: &str,
-        recipient: &str,
+        sender: &(impl AsRef<[u8]> + ?Sized),
+        recipient: &(impl AsRef<[u8]> + ?Sized),
         now: i64,
     ) -> Result<(), InputError> {
         let k = self.keys(&Request::new(client_ip, sender, recipient))?;
@@ -236,8 +237,8 @@ impl Engine {
     pub fn forget(
         &self,
         client_ip: &str,
-        sender: &str,
-        recipient: &str,
+        sender: &(impl AsRef<[u8]> + ?Sized),
+        recipient: &(impl AsRef<[u8]> + ?Sized),
     ) -> Result<bool, InputError> {
         let k = self.keys(&Request::new(client_ip, sender, recipient))?;
         let hash = k.triplet_key as u64;

@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use hashbrown::HashTable;
 
 use crate::config::Config;
-use crate::key::{net_id, push_part, Secret, NET_TAG, TRIPLET_TAG};
+use crate::key::{net_id, push_part_or_hash, Secret, NET_TAG, TRIPLET_TAG};
 use crate::lists::{Listed, Lists};
 use crate::normalize::{self, ClientNet, InputError};
 use crate::rules::{
@@ -240,41 +240,74 @@ impl Keys {
 
 /// A check request: the triplet, plus what the MTA knows of the client.
 ///
+/// Addresses and names are bytes, as SMTP carries them: an address that is
+/// not UTF-8 (Latin-1 from an old client, or Postfix with
+/// `smtputf8_enable=no`) or longer than [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN)
+/// is keyed and greylisted like any other (see [`Engine::check_request`]).
+///
 /// ```
-/// let req = greylist::Request {
-///     client_name: Some("mail-a1.google.com"),
-///     verified_domain: Some("gmail.com"),
-///     ..greylist::Request::new("209.85.220.41", "alice@gmail.com", "bob@example.net")
-/// };
+/// let req = greylist::Request::new("209.85.220.41", "alice@gmail.com", "bob@example.net")
+///     .client_name("mail-a1.google.com")
+///     .verified_domain("gmail.com");
 /// # let _ = req;
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Request<'a> {
     /// The connecting client's IP address.
     pub client_ip: &'a str,
-    /// The envelope sender; `""` or `"<>"` for the null sender.
-    pub sender: &'a str,
+    /// The envelope sender; empty or `<>` for the null sender.
+    pub sender: &'a [u8],
     /// The envelope recipient.
-    pub recipient: &'a str,
+    pub recipient: &'a [u8],
     /// The client's host name, as the MTA verified it (forward-confirmed
-    /// reverse DNS); matched against host-name whitelist entries.
-    pub client_name: Option<&'a str>,
-    /// The HELO/EHLO name. Checked for length only: it is unverified, so
-    /// it never decides anything.
-    pub helo: Option<&'a str>,
+    /// reverse DNS); matched against host-name whitelist entries. Ignored
+    /// when it is not UTF-8 or longer than 1 KiB.
+    pub client_name: Option<&'a [u8]>,
+    /// The HELO/EHLO name. It is unverified, so it never decides anything,
+    /// and any value is accepted.
+    pub helo: Option<&'a [u8]>,
     /// A sender domain the MTA verified (SPF pass or DKIM signature); with
-    /// `key_by_verified_domain` on, it replaces the client network.
-    pub verified_domain: Option<&'a str>,
+    /// `key_by_verified_domain` on, it replaces the client network. Ignored
+    /// (the network keys the request) when it is not a domain name.
+    pub verified_domain: Option<&'a [u8]>,
 }
 
 impl<'a> Request<'a> {
     /// A request with just the triplet.
-    pub fn new(client_ip: &'a str, sender: &'a str, recipient: &'a str) -> Self {
+    pub fn new(
+        client_ip: &'a str,
+        sender: &'a (impl AsRef<[u8]> + ?Sized),
+        recipient: &'a (impl AsRef<[u8]> + ?Sized),
+    ) -> Self {
         Request {
             client_ip,
-            sender,
-            recipient,
+            sender: sender.as_ref(),
+            recipient: recipient.as_ref(),
             ..Request::default()
+        }
+    }
+
+    /// With the client's verified host name.
+    pub fn client_name(self, name: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Request {
+            client_name: Some(name.as_ref()),
+            ..self
+        }
+    }
+
+    /// With the HELO/EHLO name.
+    pub fn helo(self, helo: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Request {
+            helo: Some(helo.as_ref()),
+            ..self
+        }
+    }
+
+    /// With a sender domain the MTA verified.
+    pub fn verified_domain(self, domain: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Request {
+            verified_domain: Some(domain.as_ref()),
+            ..self
         }
     }
 }
@@ -413,18 +446,26 @@ impl Engine {
     }
 
     /// Parses and keys a request, and looks it up in the static lists.
+    ///
+    /// Only a client IP that is not one, and an empty recipient, are
+    /// errors. Sender and recipient are normalised as bytes; one over
+    /// [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN) is keyed by a hash of its
+    /// exact bytes (and matches no list). An unusable optional attribute
+    /// (client name, verified domain) is ignored.
     pub(crate) fn keys(&self, req: &Request<'_>) -> Result<Keys, InputError> {
         let c = &self.config;
         let ip = normalize::parse_ip(req.client_ip)?;
-        for (arg, value) in [("client_name", req.client_name), ("helo", req.helo)] {
-            normalize::check_len(arg, value.unwrap_or(""))?;
+        fn text(v: Option<&[u8]>) -> Option<&str> {
+            v.filter(|v| v.len() <= normalize::MAX_ADDRESS_LEN)
+                .and_then(|v| std::str::from_utf8(v).ok())
         }
-        let net = match req.verified_domain {
-            Some(d) if c.key_by_verified_domain => ClientNet::domain(d)?,
-            _ => ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix),
-        };
+        let client_name = text(req.client_name);
+        let domain = text(req.verified_domain.filter(|_| c.key_by_verified_domain))
+            .and_then(|d| ClientNet::domain(d).ok());
+        let net = domain.unwrap_or_else(|| ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix));
         let delimiters = c.extension_delimiters.as_bytes();
         let lists = self.lists.load();
+        let secret = &self.secret;
         // Key material is built in a per-thread buffer: no allocation and
         // one hasher call per key.
         KEY_MATERIAL.with(|cell| {
@@ -432,23 +473,28 @@ impl Engine {
             buf.clear();
             buf.push(NET_TAG);
             net.encode_into(&mut buf);
-            let net_key = self.secret.hash(&buf);
+            let net_key = secret.hash(&buf);
             buf[0] = TRIPLET_TAG;
-            push_part(&mut buf, |b| {
-                normalize::sender_into(req.sender, delimiters, b)
+            let sender = push_part_or_hash(&mut buf, secret, req.sender, |b| {
+                normalize::sender_into(req.sender, delimiters, b);
+                Ok(())
             })?;
-            let rcpt = push_part(&mut buf, |b| {
+            let rcpt = push_part_or_hash(&mut buf, secret, req.recipient, |b| {
                 normalize::recipient_into(req.recipient, delimiters, b)
             })?;
             let listed = if lists.is_empty() {
                 Listed::No
             } else {
-                let sender = normalize::lower_address(req.sender);
-                let recipient = String::from_utf8_lossy(&buf[rcpt]);
-                lists.lookup(ip, req.client_name, &sender, &recipient)
+                // An over-long address matches no list entry.
+                let sender =
+                    sender.map_or_else(String::new, |_| normalize::lower_address(req.sender));
+                let recipient = rcpt.map_or_else(String::new, |r| {
+                    String::from_utf8_lossy(&buf[r]).into_owned()
+                });
+                lists.lookup(ip, client_name, &sender, &recipient)
             };
             Ok(Keys {
-                triplet_key: self.secret.hash(&buf),
+                triplet_key: secret.hash(&buf),
                 net_key,
                 net,
                 listed,
@@ -462,8 +508,8 @@ impl Engine {
     pub fn triplet_key(
         &self,
         client_ip: &str,
-        sender: &str,
-        recipient: &str,
+        sender: &(impl AsRef<[u8]> + ?Sized),
+        recipient: &(impl AsRef<[u8]> + ?Sized),
     ) -> Result<u128, InputError> {
         Ok(self
             .keys(&Request::new(client_ip, sender, recipient))?
@@ -479,8 +525,8 @@ impl Engine {
     pub fn check(
         &self,
         client_ip: &str,
-        sender: &str,
-        recipient: &str,
+        sender: &(impl AsRef<[u8]> + ?Sized),
+        recipient: &(impl AsRef<[u8]> + ?Sized),
         now: i64,
     ) -> Result<Verdict, InputError> {
         self.check_request(&Request::new(client_ip, sender, recipient), now)
@@ -947,8 +993,8 @@ impl Engine {
     pub fn triplet_state(
         &self,
         client_ip: &str,
-        sender: &str,
-        recipient: &str,
+        sender: &(impl AsRef<[u8]> + ?Sized),
+        recipient: &(impl AsRef<[u8]> + ?Sized),
     ) -> Result<Option<TripletState>, InputError> {
         let k = self.keys(&Request::new(client_ip, sender, recipient))?;
         let hash = k.triplet_key as u64;
@@ -1108,12 +1154,83 @@ mod tests {
         assert_eq!(err.argument(), "client_ip");
         let err = e.check("192.0.2.1", "a@b", "", T0).unwrap_err();
         assert_eq!(err.argument(), "recipient");
-        let err = e
-            .check("192.0.2.1", &"x".repeat(65_536), "c@d", T0)
-            .unwrap_err();
-        assert_eq!(err.argument(), "sender");
+        let err = e.check("192.0.2.1", "a@b", "<>", T0).unwrap_err();
+        assert_eq!(err.argument(), "recipient");
         assert_eq!(e.len(), 0);
         assert_eq!(e.stats().checks, 0);
+    }
+
+    /// Issue 15, item 1: an address too long to normalise, or not UTF-8,
+    /// used to be refused, and the daemon waved refused requests through.
+    /// Such a request is keyed by its bytes and greylisted like any other.
+    #[test]
+    fn over_long_and_non_utf8_addresses_are_greylisted() {
+        let e = engine();
+        let long = format!("{}@spam.example", "x".repeat(70_000));
+        let other = format!("{}@spam.example", "y".repeat(70_000));
+        for (sender, recipient) in [
+            (long.as_bytes(), &b"bob@example.net"[..]),
+            (b"alice@example.org", long.as_bytes()),
+            (b"J\xfcrgen@b\xfccher.example", b"bob@example.net"),
+            (b"alice@example.org", b"b\xf6b@example.net"),
+        ] {
+            let at = |now| {
+                e.check_request(&Request::new("192.0.2.1", sender, recipient), now)
+                    .unwrap()
+            };
+            let v = at(T0);
+            assert_eq!(
+                (v.action, v.reason, v.retry_after),
+                (Action::Defer, Reason::New, 300)
+            );
+            assert_eq!(at(T0 + 100).reason, Reason::EarlyRetry);
+            assert_eq!(at(T0 + 300).reason, Reason::Retried);
+        }
+        // Distinct over-long senders are distinct triplets.
+        let v = e
+            .check("192.0.2.1", &other, "bob@example.net", T0 + 300)
+            .unwrap();
+        assert_eq!(v.reason, Reason::New);
+        // Bytes that are not UTF-8 are normalised as the ASCII around them.
+        let v = e
+            .check_request(
+                &Request::new(
+                    "192.0.2.9",
+                    b"J\xfcrgen+tag@B\xfcCHER.example",
+                    "bob@example.net",
+                ),
+                T0 + 300,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::Passed, "the sender passed above");
+    }
+
+    /// Issue 15, item 1: an over-long or non-UTF-8 HELO or client name
+    /// made the whole request an error; now it is ignored.
+    #[test]
+    fn unusable_optional_attributes_are_ignored() {
+        let e = engine();
+        let long = "h".repeat(5000);
+        let base = Request::new("192.0.2.1", "a@example.org", "b@example.net");
+        for req in [
+            base.helo(&long),
+            base.helo(b"\xff\xfe"),
+            base.client_name(&long),
+            base.client_name(b"mail.\xff.example"),
+            base.verified_domain(b"not a domain"),
+            base.verified_domain(&long),
+        ] {
+            assert_eq!(e.check_request(&req, T0).unwrap().action, Action::Defer);
+        }
+        assert_eq!(
+            e.len(),
+            1,
+            "one triplet: the optional attributes changed nothing"
+        );
+        assert_eq!(
+            e.check_request(&base, T0 + 300).unwrap().reason,
+            Reason::Retried
+        );
     }
 
     #[test]

@@ -113,6 +113,36 @@ pub(crate) fn push_part<E>(
     Ok(at + 4..buf.len())
 }
 
+/// The length field that marks a part keyed by a hash of its raw bytes
+/// (see [`push_part_or_hash`]): no normalised part is ever that long.
+const HASHED_PART: u32 = u32::MAX;
+
+/// Appends a triplet part: normalised by `write` when `raw` is at most
+/// [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN) bytes, else as the keyed
+/// hash of its exact bytes behind a length field no normalised part has.
+/// Input the engine cannot normalise is thus still keyed (and greylisted),
+/// in bounded space. Returns where a normalised part lies (`None` for a
+/// hashed one).
+pub(crate) fn push_part_or_hash<E>(
+    buf: &mut Vec<u8>,
+    secret: &Secret,
+    raw: &[u8],
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Option<std::ops::Range<usize>>, E> {
+    if raw.len() <= crate::normalize::MAX_ADDRESS_LEN {
+        return push_part(buf, write).map(Some);
+    }
+    let mut h = SipHasher13::new_with_key(&secret.0);
+    h.write(&[RAW_TAG]);
+    h.write(raw);
+    buf.extend_from_slice(&HASHED_PART.to_le_bytes());
+    buf.extend_from_slice(&h.finish128().as_u128().to_le_bytes());
+    Ok(None)
+}
+
+/// First byte hashed with an over-long part's raw bytes.
+const RAW_TAG: u8 = b'R';
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(..)")

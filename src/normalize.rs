@@ -208,12 +208,12 @@ pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
 }
 
 /// Strips white space and angle brackets around an address.
-fn unbracket(mut s: &str) -> &str {
+fn unbracket(mut s: &[u8]) -> &[u8] {
     loop {
         // ASCII white space only, as the byte-level trims below, so that a
         // normalised address normalises to itself.
-        s = s.trim_matches(|c: char| c.is_ascii_whitespace());
-        match s.strip_prefix('<').and_then(|r| r.strip_suffix('>')) {
+        s = s.trim_ascii();
+        match s.strip_prefix(b"<").and_then(|r| r.strip_suffix(b">")) {
             Some(inner) => s = inner,
             None => return s,
         }
@@ -221,9 +221,10 @@ fn unbracket(mut s: &str) -> &str {
 }
 
 /// An address as list entries are matched: lower-case, without white space
-/// or angle brackets.
-pub(crate) fn lower_address(address: &str) -> String {
-    unbracket(address).to_ascii_lowercase()
+/// or angle brackets (bytes that are not UTF-8 shown as U+FFFD, which no
+/// list entry holds).
+pub(crate) fn lower_address(address: &[u8]) -> String {
+    String::from_utf8_lossy(unbracket(address)).to_ascii_lowercase()
 }
 
 /// Splits at the last `@`: (local part, domain with its `@`, or empty).
@@ -315,15 +316,11 @@ fn push_lower(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Appends the normalised envelope sender to `out`: lower-cased, SRS and
 /// BATV unwrapped, `+extension` removed, digit runs in the local part
-/// replaced by `#`. The null sender (`""` or `<>`) adds nothing.
-pub(crate) fn sender_into(
-    sender: &str,
-    delimiters: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), InputError> {
-    check_len("sender", sender)?;
+/// replaced by `#`. The null sender (`""` or `<>`) adds nothing. Works on
+/// bytes: an address that is not UTF-8 (Latin-1 from an old client) is
+/// normalised the same way, only its ASCII bytes being changed.
+pub(crate) fn sender_into(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
     to_fixpoint(sender, delimiters, out, sender_pass);
-    Ok(())
 }
 
 /// Runs `pass` and, if its output could normalise differently (garbage can
@@ -331,10 +328,10 @@ pub(crate) fn sender_into(
 /// again on its own output until nothing changes, so a normalised address
 /// is its own normal form. Real addresses never need the second pass.
 fn to_fixpoint(
-    input: &str,
+    input: &[u8],
     delimiters: &[u8],
     out: &mut Vec<u8>,
-    pass: fn(&str, &[u8], &mut Vec<u8>),
+    pass: fn(&[u8], &[u8], &mut Vec<u8>),
 ) {
     let start = out.len();
     pass(input, delimiters, out);
@@ -349,18 +346,18 @@ fn to_fixpoint(
         if !suspicious {
             return;
         }
-        let again = String::from_utf8_lossy(produced).into_owned();
+        let again = produced.to_vec();
         out.truncate(start);
         pass(&again, delimiters, out);
-        if out[start..] == *again.as_bytes() {
+        if out[start..] == *again {
             return;
         }
     }
 }
 
 /// One pass of sender normalisation (see [`sender_into`]).
-fn sender_pass(sender: &str, delimiters: &[u8], out: &mut Vec<u8>) {
-    let (mut local, domain) = split_address(unbracket(sender).as_bytes());
+fn sender_pass(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
+    let (mut local, domain) = split_address(unbracket(sender));
     let mut srs_domain = None;
     // Wrappers can nest (SRS around BATV, SRS of SRS); peel a few layers,
     // so that normalising a normalised sender changes nothing.
@@ -399,29 +396,23 @@ fn sender_pass(sender: &str, delimiters: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends the normalised envelope recipient to `out`: lower-cased and
-/// `+extension` removed.
+/// `+extension` removed (on bytes, as [`sender_into`]).
 pub(crate) fn recipient_into(
-    recipient: &str,
+    recipient: &[u8],
     delimiters: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
-    const ARG: &str = "recipient";
-    check_len(ARG, recipient)?;
-    let trimmed = unbracket(recipient);
-    if trimmed.is_empty() {
-        return Err(InputError::new(ARG, "is empty"));
-    }
     let start = out.len();
-    to_fixpoint(trimmed, delimiters, out, recipient_pass);
+    to_fixpoint(unbracket(recipient), delimiters, out, recipient_pass);
     if out.len() == start {
-        return Err(InputError::new(ARG, "is empty"));
+        return Err(InputError::new("recipient", "is empty"));
     }
     Ok(())
 }
 
 /// One pass of recipient normalisation (see [`recipient_into`]).
-fn recipient_pass(recipient: &str, delimiters: &[u8], out: &mut Vec<u8>) {
-    let (local, domain) = split_address(unbracket(recipient).as_bytes());
+fn recipient_pass(recipient: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
+    let (local, domain) = split_address(unbracket(recipient));
     push_lower(out, cut_extension(local, delimiters).trim_ascii());
     push_lower(out, domain);
 }
@@ -433,6 +424,8 @@ fn to_string(bytes: Vec<u8>) -> String {
 }
 
 /// The normalised form of an envelope sender, as keys are built from it.
+/// An address over [`MAX_ADDRESS_LEN`] bytes has none (the engine keys it
+/// by a hash of its exact bytes) and is an error here.
 ///
 /// ```
 /// use greylist::normalize_sender;
@@ -440,15 +433,18 @@ fn to_string(bytes: Vec<u8>) -> String {
 /// assert_eq!(normalize_sender("<>", "+").unwrap(), "");
 /// ```
 pub fn normalize_sender(sender: &str, delimiters: &str) -> Result<String, InputError> {
+    check_len("sender", sender)?;
     let mut out = Vec::new();
-    sender_into(sender, delimiters.as_bytes(), &mut out)?;
+    sender_into(sender.as_bytes(), delimiters.as_bytes(), &mut out);
     Ok(to_string(out))
 }
 
-/// The normalised form of an envelope recipient, as keys are built from it.
+/// The normalised form of an envelope recipient, as keys are built from
+/// it (over-long: an error, as for [`normalize_sender`]).
 pub fn normalize_recipient(recipient: &str, delimiters: &str) -> Result<String, InputError> {
+    check_len("recipient", recipient)?;
     let mut out = Vec::new();
-    recipient_into(recipient, delimiters.as_bytes(), &mut out)?;
+    recipient_into(recipient.as_bytes(), delimiters.as_bytes(), &mut out)?;
     Ok(to_string(out))
 }
 

@@ -4,9 +4,13 @@
 //! sites reach it through `readsocket`.
 //!
 //! Reading is bounded: a line longer than [`MAX_LINE`] or a request longer
-//! than [`MAX_REQUEST`] is an error that ends the connection. A request the
-//! engine cannot judge (not at `protocol_state=RCPT`, a missing or
-//! malformed attribute) is answered `DUNNO`, never an error.
+//! than [`MAX_REQUEST`] is an error that ends the connection. A request
+//! that is not at `protocol_state=RCPT` is answered `DUNNO`. At RCPT, what
+//! the engine cannot judge (a missing recipient, a client address that is
+//! not one) is greylisted: fail closed for the request, never for the
+//! daemon. Values are bytes: a sender or recipient that is not UTF-8, or
+//! longer than the engine's 1 KiB, is keyed by its bytes and greylisted
+//! like any other, and a line that is not `name=value` is ignored.
 
 use std::fmt;
 use std::io::{self, BufRead};
@@ -42,51 +46,56 @@ impl fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
-/// One policy request: its attributes, and whether any line was malformed.
-/// The attributes live in one buffer (a request is read and answered with
-/// two allocations, not two per attribute).
+/// One policy request: its attributes, and the first line that was not
+/// `name=value` (ignored, but worth a log line). Values are bytes, as
+/// Postfix passes them: an address need not be UTF-8. The attributes live
+/// in one buffer (a request is read and answered with two allocations, not
+/// two per attribute).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRequest {
-    text: String,
+    text: Vec<u8>,
     /// Byte ranges of each attribute's name and value in `text`.
     attributes: Vec<(Range<usize>, Range<usize>)>,
     malformed: Option<String>,
 }
 
 impl PolicyRequest {
-    /// An attribute's value (the last one, if it was sent twice).
+    /// An attribute's value (the last one, if it was sent twice), if it is
+    /// UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.get_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// An attribute's value as bytes (the last one, if it was sent twice).
+    pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
         self.attributes
             .iter()
             .rev()
-            .find(|(n, _)| &self.text[n.clone()] == name)
+            .find(|(n, _)| self.text[n.clone()] == *name.as_bytes())
             .map(|(_, v)| &self.text[v.clone()])
     }
 
-    /// Why the request cannot be judged, if a line was malformed.
+    /// The first line that was not `name=value`, if any (it was ignored).
     pub fn malformed(&self) -> Option<&str> {
         self.malformed.as_deref()
     }
 
     fn add_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Ok(text) = std::str::from_utf8(line) else {
-            self.malformed
-                .get_or_insert_with(|| "a line is not UTF-8".into());
-            return;
-        };
-        match text.split_once('=') {
-            Some((name, value)) if !name.is_empty() => {
+        match line.iter().position(|&b| b == b'=') {
+            Some(eq) if eq > 0 => {
                 let start = self.text.len();
-                self.text.push_str(name);
-                self.text.push_str(value);
-                let mid = start + name.len();
-                self.attributes.push((start..mid, mid..self.text.len()));
+                self.text.extend_from_slice(line);
+                let mid = start + eq;
+                self.attributes.push((start..mid, mid + 1..self.text.len()));
             }
             _ => {
-                let shown: String = text.chars().take(40).collect();
-                self.malformed
-                    .get_or_insert_with(|| format!("not a name=value line: {shown:?}"));
+                if self.malformed.is_none() {
+                    let mut shown = String::from("not a name=value line: ");
+                    quote_into(&mut shown, line, 40);
+                    self.malformed = Some(shown);
+                }
             }
         }
     }
@@ -202,43 +211,145 @@ impl Answer {
     }
 }
 
-fn dunno(why: impl fmt::Display) -> Answer {
+/// Longest value a log line shows of one field, in bytes before escaping.
+pub const MAX_LOG_VALUE: usize = 256;
+
+/// Appends `value` to a log line so that it stays one field whatever it
+/// holds: as it is when every byte is printable ASCII other than `"` and
+/// `\`, else in double quotes, with `"` and `\` escaped by a backslash and
+/// every byte outside printable ASCII but the space written `\xHH`. At most `max`
+/// bytes are shown; a longer value is cut and says how long it was. A log
+/// parser (fail2ban, a SIEM) thus reads one decision as one line of
+/// `key=value` fields, whatever a sender put in its address.
+pub fn quote_into(out: &mut String, value: &[u8], max: usize) {
+    use std::fmt::Write as _;
+    let plain = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+    let shown = &value[..value.len().min(max)];
+    if shown.len() == value.len() && !value.is_empty() && value.iter().all(|&b| plain(b)) {
+        out.push_str(std::str::from_utf8(value).expect("ASCII"));
+        return;
+    }
+    out.push('"');
+    for &b in shown {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b' ' => out.push(' '),
+            b if plain(b) => out.push(char::from(b)),
+            b => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    if shown.len() < value.len() {
+        let _ = write!(out, "...({} bytes)", value.len());
+    }
+    out.push('"');
+}
+
+/// Appends ` key=value` to a log line, the value quoted as [`quote_into`]
+/// does.
+fn field(out: &mut String, key: &str, value: &[u8]) {
+    out.push(' ');
+    out.push_str(key);
+    out.push('=');
+    quote_into(out, value, MAX_LOG_VALUE);
+}
+
+/// Appends ` key=<address>`, the brackets inside any quotes.
+fn address_field(out: &mut String, key: &str, address: &[u8]) {
+    let bare = address
+        .strip_prefix(b"<")
+        .and_then(|a| a.strip_suffix(b">"))
+        .unwrap_or(address);
+    let mut bracketed = Vec::with_capacity(bare.len() + 2);
+    bracketed.push(b'<');
+    bracketed.extend_from_slice(bare);
+    bracketed.push(b'>');
+    field(out, key, &bracketed);
+}
+
+fn dunno(why: &str) -> Answer {
+    let mut log = String::from("action=dunno");
+    field(&mut log, "why", why.as_bytes());
     Answer {
         action: "DUNNO".into(),
-        log: format!("action=dunno why=\"{why}\""),
+        log,
     }
 }
 
-fn domain_of(address: &str) -> &str {
-    address
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d.trim_end_matches('>'))
+/// The answer for an RCPT-stage request the engine cannot judge: greylist
+/// it (fail closed), never wave it through.
+fn cannot_judge(why: &str, request: &PolicyRequest) -> Answer {
+    let mut log = String::from("action=defer reason=cannot-judge");
+    for (key, name) in [
+        ("client", "client_address"),
+        ("from", "sender"),
+        ("to", "recipient"),
+    ] {
+        let value = request.get_bytes(name).unwrap_or_default();
+        if key == "client" {
+            field(&mut log, key, value);
+        } else {
+            address_field(&mut log, key, value);
+        }
+    }
+    field(&mut log, "why", why.as_bytes());
+    Answer {
+        action:
+            "DEFER_IF_PERMIT 4.3.0 Greylisting cannot judge this request, please try again later"
+                .into(),
+        log,
+    }
 }
 
-/// Answers one request at `now` (Unix seconds): `DUNNO` unless it is an
-/// RCPT-stage request the engine can judge.
+fn domain_of(address: &[u8]) -> String {
+    let domain = address
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(&[][..], |at| &address[at + 1..]);
+    let domain = domain.strip_suffix(b">").unwrap_or(domain);
+    // The domain goes into the SMTP reply: only what a domain name may hold.
+    domain
+        .iter()
+        .take(255)
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        .map(|&b| char::from(b))
+        .collect()
+}
+
+/// Answers one request at `now` (Unix seconds). Requests that are not an
+/// RCPT-stage `smtpd_access_policy` get `DUNNO`; every RCPT-stage request
+/// is greylisted unless the engine passes it, including one it cannot
+/// judge (fail closed).
 pub fn answer(
     engine: &Engine,
     request: &PolicyRequest,
     options: &PolicyOptions,
     now: i64,
 ) -> Answer {
-    if let Some(why) = request.malformed() {
-        return dunno(format_args!("malformed request: {why}"));
-    }
-    if request.get("request") != Some("smtpd_access_policy") {
+    if request.get_bytes("request") != Some(b"smtpd_access_policy") {
         return dunno("not a smtpd_access_policy request");
     }
-    let state = request.get("protocol_state").unwrap_or("");
-    if !state.eq_ignore_ascii_case("RCPT") {
-        return dunno(format_args!("protocol_state={state} is not RCPT"));
+    let state = request.get_bytes("protocol_state").unwrap_or_default();
+    if !state.eq_ignore_ascii_case(b"RCPT") {
+        let mut why = String::from("protocol_state=");
+        quote_into(&mut why, state, 32);
+        why.push_str(" is not RCPT");
+        return dunno(&why);
     }
-    let (Some(ip), Some(recipient)) = (request.get("client_address"), request.get("recipient"))
-    else {
-        return dunno("client_address or recipient missing");
+    let (Some(ip), Some(recipient)) = (
+        request.get("client_address"),
+        request.get_bytes("recipient"),
+    ) else {
+        return cannot_judge("client_address or recipient missing", request);
     };
-    let sender = request.get("sender").unwrap_or("");
-    let named = |k| request.get(k).filter(|v| !v.is_empty() && *v != "unknown");
+    let sender = request.get_bytes("sender").unwrap_or_default();
+    let named = |k| {
+        request
+            .get_bytes(k)
+            .filter(|v| !v.is_empty() && *v != b"unknown")
+    };
     let req = Request {
         client_name: named("client_name"),
         helo: named("helo_name"),
@@ -250,7 +361,7 @@ pub fn answer(
     };
     let verdict = match engine.check_request(&req, now) {
         Ok(v) => v,
-        Err(e) => return dunno(e),
+        Err(e) => return cannot_judge(&e.to_string(), request),
     };
     let action = match (verdict.action, verdict.reason) {
         (Action::Pass, Reason::Retried) => {
@@ -264,7 +375,7 @@ pub fn answer(
             let text = options
                 .greylist_text
                 .replace("%s", &verdict.retry_after.to_string())
-                .replace("%r", domain_of(recipient));
+                .replace("%r", &domain_of(recipient));
             format!(
                 "DEFER_IF_PERMIT {} {text}",
                 engine.config().reply_enhanced()
@@ -278,18 +389,27 @@ pub fn answer(
             ),
         },
     };
-    let log = format!(
-        "action={} reason={} client={ip} from=<{}> to=<{recipient}> retry_after={} delayed={}",
+    let mut log = format!(
+        "action={} reason={}",
         match verdict.action {
             Action::Pass => "pass",
             Action::Defer => "defer",
             Action::Block => "block",
         },
         verdict.reason.as_str(),
-        sender.trim_matches(['<', '>']),
-        verdict.retry_after,
-        verdict.delayed
     );
+    field(&mut log, "client", ip.as_bytes());
+    address_field(&mut log, "from", sender);
+    address_field(&mut log, "to", recipient);
+    use std::fmt::Write as _;
+    let _ = write!(
+        log,
+        " retry_after={} delayed={}",
+        verdict.retry_after, verdict.delayed
+    );
+    if let Some(why) = request.malformed() {
+        field(&mut log, "ignored", why.as_bytes());
+    }
     Answer { action, log }
 }
 
@@ -379,21 +499,151 @@ mod tests {
         );
         let data = rcpt("192.0.2.1", "a@x.org", "b@y.net").replace("RCPT", "DATA");
         assert_eq!(ask(&data, T0).action, "DUNNO");
-        assert_eq!(
-            ask("request=smtpd_access_policy\nprotocol_state=RCPT\n\n", T0).action,
-            "DUNNO"
-        );
-        assert_eq!(
-            ask("junk without equals\nrequest=smtpd_access_policy\n\n", T0).action,
-            "DUNNO"
+        assert_eq!(ask("request=other\n\n", T0).action, "DUNNO");
+        // At RCPT, what cannot be judged is greylisted (fail closed).
+        let cannot =
+            "DEFER_IF_PERMIT 4.3.0 Greylisting cannot judge this request, please try again later";
+        let missing = ask("request=smtpd_access_policy\nprotocol_state=RCPT\n\n", T0);
+        assert_eq!(missing.action, cannot);
+        assert!(
+            missing.log.starts_with("action=defer reason=cannot-judge"),
+            "{}",
+            missing.log
         );
         let bad_ip = ask(&rcpt("999.1.1.1", "a@x.org", "b@y.net"), T0);
-        assert_eq!(bad_ip.action, "DUNNO");
+        assert_eq!(bad_ip.action, cannot);
         assert!(
             bad_ip.log.contains("client_ip: not an IP address"),
             "{}",
             bad_ip.log
         );
+        // A line that is not name=value is ignored, and said so in the log.
+        let junk = ask(
+            &format!(
+                "junk without equals\n{}",
+                rcpt("198.51.100.7", "a@x.org", "b@y.net")
+            ),
+            T0,
+        );
+        assert!(
+            junk.action.starts_with("DEFER_IF_PERMIT 4.2.0 Greylisted"),
+            "{}",
+            junk.action
+        );
+        assert!(
+            junk.log.contains(" ignored=\"not a name=value line: "),
+            "{}",
+            junk.log
+        );
+    }
+
+    /// Issue 15, item 1: over-long or non-UTF-8 senders, recipients and
+    /// HELO names were answered DUNNO (accepted, never greylisted).
+    #[test]
+    fn first_attempts_are_greylisted_whatever_their_content() {
+        let e = Engine::new(Config::default());
+        let o = PolicyOptions::default();
+        let long = "x".repeat(3000);
+        let cases: Vec<Vec<u8>> = vec![
+            rcpt("10.0.1.1", &format!("{long}@spam.example"), "b@y.net").into_bytes(),
+            rcpt("10.0.2.1", "a@x.org", &format!("{long}@y.net")).into_bytes(),
+            rcpt("10.0.3.1", "a@x.org", "b@y.net")
+                .replace("helo_name=mx.example", &format!("helo_name={long}"))
+                .into_bytes(),
+            rcpt("10.0.4.1", "a@x.org", "b@y.net")
+                .replace("client_name=unknown", &format!("client_name={long}"))
+                .into_bytes(),
+            // Latin-1, as Postfix passes it with smtputf8_enable=no.
+            rcpt("10.0.5.1", "J#rgen@x.org", "b@y.net")
+                .replace('#', "\u{1}")
+                .bytes()
+                .map(|b| if b == 1 { 0xFC } else { b })
+                .collect(),
+            b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=10.0.6.1\n\
+              sender=a@x.org\nrecipient=b\xf6b@y.net\nhelo_name=\xff\xfe\n\n"
+                .to_vec(),
+        ];
+        for wire in cases {
+            let req = &read_all(&wire)[0];
+            let first = answer(&e, req, &o, T0);
+            assert!(
+                first
+                    .action
+                    .starts_with("DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300"),
+                "{:?}: {}",
+                String::from_utf8_lossy(&wire),
+                first.action
+            );
+            assert_eq!(
+                answer(&e, req, &o, T0 + 100).log.split(' ').nth(1),
+                Some("reason=early-retry")
+            );
+            assert!(answer(&e, req, &o, T0 + 300)
+                .action
+                .starts_with("PREPEND X-Greylist"));
+        }
+    }
+
+    /// Issue 15, item 2: a quoted local part could write a second
+    /// `action=` into the decision line.
+    #[test]
+    fn log_fields_cannot_be_forged() {
+        let e = Engine::new(Config::default());
+        let o = PolicyOptions::default();
+        let forged = "\"x> action=pass reason=whitelisted client=10.0.0.1 from=<y\"@spam.example";
+        let wire = rcpt("192.0.2.1", forged, "b@y.net");
+        let log = answer(&e, &read_all(wire.as_bytes())[0], &o, T0).log;
+        assert_eq!(
+            log,
+            "action=defer reason=new client=192.0.2.1 \
+             from=\"<\\\"x> action=pass reason=whitelisted client=10.0.0.1 from=<y\\\"@spam.example>\" \
+             to=<b@y.net> retry_after=300 delayed=0"
+        );
+        // Parsed as key=value fields with quoted strings: one action, one from.
+        let fields = parse_fields(&log);
+        assert_eq!(fields.iter().filter(|(k, _)| k == "action").count(), 1);
+        assert_eq!(fields.iter().filter(|(k, _)| k == "from").count(), 1);
+        // Control bytes, non-UTF-8 bytes and backslashes are escaped; long
+        // values are cut, saying how long they were.
+        let wire = format!(
+            "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.2\n\
+             sender=a\\b\tc\r@x\nrecipient={}@y.net\n\n",
+            "r".repeat(1000)
+        );
+        let log = answer(&e, &read_all(wire.as_bytes())[0], &o, T0).log;
+        assert!(log.contains(r#" from="<a\\b\x09c\x0d@x>" "#), "{log}");
+        assert!(log.contains(r#"...(1008 bytes)" retry_after=300"#), "{log}");
+        assert!(!log.contains('\n') && !log.contains('\t') && !log.contains('\r'));
+        let wire = b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.3\n\
+              sender=\xe9t\xe9@x.org\nrecipient=b@y.net\n\n";
+        let log = answer(&e, &read_all(wire)[0], &o, T0).log;
+        assert!(log.contains(r#" from="<\xe9t\xe9@x.org>" "#), "{log}");
+    }
+
+    /// Splits a log line into key=value fields, values optionally in double
+    /// quotes with backslash escapes (as fail2ban or a SIEM would).
+    fn parse_fields(line: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut chars = line.chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            let mut value = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next()),
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                chars.next(); // the space after the closing quote
+            } else {
+                value = chars.by_ref().take_while(|&c| c != ' ').collect();
+            }
+            out.push((key, value));
+        }
+        out
     }
 
     #[test]

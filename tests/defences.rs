@@ -32,10 +32,7 @@ fn each_list_kind_matches_and_does_not_over_match() {
     assert_eq!(reason(&e, "2001:db8:1::1", "a@x.net", "b@y.net", T0), w);
     assert_ne!(reason(&e, "2001:db9::1", "a@x.net", "b@y.net", T0), w);
     let named = |name: &str| {
-        let req = Request {
-            client_name: Some(name),
-            ..Request::new("203.0.113.7", "a@x.net", "b@y.net")
-        };
+        let req = Request::new("203.0.113.7", "a@x.net", "b@y.net").client_name(name);
         e.check_request(&req, T0).unwrap().reason
     };
     assert_eq!(named("mail-a1.google.com"), w);
@@ -121,10 +118,8 @@ fn a_pool_retrying_from_another_address_passes_with_verified_domains() {
             .unwrap();
         let e = Engine::new(config);
         let at = |ip, now| {
-            let req = Request {
-                verified_domain: Some("example.com"),
-                ..Request::new(ip, "alice@example.com", "bob@example.net")
-            };
+            let req = Request::new(ip, "alice@example.com", "bob@example.net")
+                .verified_domain("example.com");
             e.check_request(&req, now).unwrap().reason
         };
         assert_eq!(at("203.0.113.5", T0), Reason::New);

@@ -161,25 +161,72 @@ fn text(out: &Output) -> String {
 }
 
 fn swaks(port: u16) -> Output {
-    run(
-        "swaks",
-        &[
+    swaks_as(port, "client.example", "alice@sender.example".as_ref())
+}
+
+/// One SMTP session with this HELO name and envelope sender (bytes, so a
+/// Latin-1 sender goes out as it is).
+fn swaks_as(port: u16, helo: &str, from: &std::ffi::OsStr) -> Output {
+    use std::os::unix::ffi::OsStrExt;
+    Command::new("swaks")
+        .args([
             "--server",
             "127.0.0.1",
             "--port",
             &port.to_string(),
             "--helo",
-            "client.example",
-            "--from",
-            "alice@sender.example",
+            helo,
+        ])
+        .arg("--from")
+        .arg(from)
+        .args([
             "--to",
             "bob@example.net",
             "--timeout",
             "30",
             "--header",
             "Subject: greylist test",
-        ],
-    )
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("swaks ({:?}): {e}", from.as_bytes()))
+}
+
+/// Issue 15, item 1: a first attempt with a HELO or sender the engine could
+/// not normalise (over 1 KiB, or not UTF-8, which Postfix passes with
+/// `smtputf8_enable=no`) was answered DUNNO and accepted.
+#[test]
+fn postfix_greylists_long_and_latin1_first_attempts() {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(why) = missing_tools() {
+        real::skip("the real Postfix test", &why);
+        return;
+    }
+    let dir = daemon::scratch("postfix-hostile");
+    let d = Daemon::start_in(&dir, &["--allow-test-time", "--delay", "300"]);
+    let smtp_port = free_port();
+    let _postfix = Postfix::start(&dir, smtp_port, d.addr.as_deref().unwrap());
+    let long_helo = format!("{}.example", "h".repeat(1100));
+    let long_from = format!("{}@sender.example", "s".repeat(1100));
+    let sessions: [(&str, &[u8]); 3] = [
+        (&long_helo, b"helo@sender.example"),
+        ("client.example", long_from.as_bytes()),
+        ("client.example", b"j\xfcrgen@sender.example"),
+    ];
+    for (helo, from) in sessions {
+        let out = swaks_as(smtp_port, helo, std::ffi::OsStr::from_bytes(from));
+        let out_text = text(&out);
+        assert!(
+            !out.status.success()
+                && out_text.contains(
+                    "<** 450 4.2.0 <bob@example.net>: Recipient address rejected: Greylisted"
+                ),
+            "HELO of {} bytes, sender {:?}: not greylisted:\n{out_text}\n{}",
+            helo.len(),
+            String::from_utf8_lossy(from),
+            d.log_text()
+        );
+    }
+    d.wait_for_log(r#"from="<j\xfcrgen@sender.example>""#);
 }
 
 #[test]

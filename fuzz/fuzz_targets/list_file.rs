@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let engine = Engine::new(Config::builder().shards(1).build().unwrap());
     match engine.load_list(kind, &path) {
         Ok(_) => {
-            let req = Request { client_name: Some("mail.example.com"), ..Request::new("192.0.2.1", "a@example.org", "b@example.net") };
+            let req = Request::new("192.0.2.1", "a@example.org", "b@example.net").client_name("mail.example.com");
             engine.check_request(&req, 1_700_000_000).unwrap();
         }
         Err(e) => {

@@ -5,7 +5,8 @@ use std::ffi::{c_char, c_void, CString};
 use super::engine::{greylist_engine, greylist_verdict, triplet_args};
 use super::error::{greylist_status, status_of, Failure, GREYLIST_STATUS_IO};
 use super::{
-    arg_ref, arg_str, c_chars, copy_versioned, out_ptr, resolve_now, versioned_size, write_out,
+    arg_bytes, arg_ref, arg_str, c_chars, copy_versioned, opt_bytes, out_ptr, resolve_now,
+    versioned_size, write_out,
 };
 use crate::{Event, ListError, ListKind, Request};
 
@@ -90,11 +91,11 @@ pub unsafe extern "C" fn greylist_engine_check_request(
         let req = unsafe {
             Request {
                 client_ip: arg_str(r.client_ip, "client_ip")?,
-                sender: arg_str(r.sender, "sender")?,
-                recipient: arg_str(r.recipient, "recipient")?,
-                client_name: opt_str(r.client_name, "client_name")?,
-                helo: opt_str(r.helo, "helo")?,
-                verified_domain: opt_str(r.verified_domain, "verified_domain")?,
+                sender: arg_bytes(r.sender, "sender")?,
+                recipient: arg_bytes(r.recipient, "recipient")?,
+                client_name: opt_bytes(r.client_name),
+                helo: opt_bytes(r.helo),
+                verified_domain: opt_bytes(r.verified_domain),
             }
         };
         let verdict = engine.engine.check_request(&req, resolve_now(r.now))?;

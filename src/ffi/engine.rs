@@ -5,7 +5,7 @@ use std::ffi::c_char;
 use super::config::greylist_config;
 use super::error::{greylist_status, status_of, value_of, Failure};
 use super::{
-    arg_ref, arg_str, copy_versioned, free_handle, into_handle, out_ptr, resolve_now,
+    arg_bytes, arg_ref, arg_str, copy_versioned, free_handle, into_handle, out_ptr, resolve_now,
     versioned_size, write_out, write_str,
 };
 use crate::{Action, Config, Engine, Maintenance, Reason, Verdict};
@@ -296,6 +296,9 @@ pub unsafe extern "C" fn greylist_engine_free(engine: *mut greylist_engine) {
     })
 }
 
+/// An engine, a client IP and a sender and recipient as bytes.
+pub(crate) type TripletArgs<'a> = (&'a greylist_engine, &'a str, &'a [u8], &'a [u8]);
+
 /// The engine and the three strings of a triplet.
 ///
 /// # Safety
@@ -306,14 +309,14 @@ pub(crate) unsafe fn triplet_args<'a>(
     client_ip: *const c_char,
     sender: *const c_char,
     recipient: *const c_char,
-) -> Result<(&'a greylist_engine, &'a str, &'a str, &'a str), Failure> {
+) -> Result<TripletArgs<'a>, Failure> {
     // SAFETY: the caller's guarantees, passed on.
     unsafe {
         Ok((
             arg_ref(engine, "engine")?,
             arg_str(client_ip, "client_ip")?,
-            arg_str(sender, "sender")?,
-            arg_str(recipient, "recipient")?,
+            arg_bytes(sender, "sender")?,
+            arg_bytes(recipient, "recipient")?,
         ))
     }
 }
@@ -324,13 +327,15 @@ pub(crate) unsafe fn triplet_args<'a>(
 /// `client_ip` is the connecting client's address (`192.0.2.1`,
 /// `2001:db8::1`, `::ffff:192.0.2.1`); `sender` the envelope sender (`""`
 /// or `"<>"` for the null sender); `recipient` the envelope recipient. All
-/// are NUL-terminated UTF-8, at most 1024 bytes. `now` is the time in Unix
-/// seconds, or `GREYLIST_NOW` for the system clock.
+/// are NUL-terminated. Sender and recipient are bytes as SMTP carries them:
+/// one that is not UTF-8, or longer than 1024 bytes, is keyed by its bytes
+/// and greylisted like any other. `now` is the time in Unix seconds, or
+/// `GREYLIST_NOW` for the system clock.
 ///
 /// Returns `GREYLIST_STATUS_NULL_ARGUMENT` for a NULL pointer and
-/// `GREYLIST_STATUS_INVALID_ARGUMENT` for a malformed IP, an empty
-/// recipient, an over-long or non-UTF-8 string (the message names the
-/// argument); then nothing is recorded and `*out` is untouched.
+/// `GREYLIST_STATUS_INVALID_ARGUMENT` for a malformed IP (or one that is
+/// not UTF-8) or an empty recipient (the message names the argument); then
+/// nothing is recorded and `*out` is untouched.
 ///
 /// Thread-safe.
 ///

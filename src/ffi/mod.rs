@@ -91,6 +91,29 @@ pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a s
     })
 }
 
+/// Reads a NUL-terminated string argument as bytes (an address from SMTP,
+/// which need not be UTF-8).
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string that lives for `'a`.
+pub(crate) unsafe fn arg_bytes<'a>(ptr: *const c_char, name: &str) -> Result<&'a [u8], Failure> {
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: not NULL, and the caller guarantees NUL termination.
+    Ok(unsafe { CStr::from_ptr(ptr) }.to_bytes())
+}
+
+/// Reads an optional NUL-terminated string argument as bytes: NULL is
+/// `None`.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string that lives for `'a`.
+pub(crate) unsafe fn opt_bytes<'a>(ptr: *const c_char) -> Option<&'a [u8]> {
+    // SAFETY: the caller's guarantee, passed on.
+    (!ptr.is_null()).then(|| unsafe { CStr::from_ptr(ptr) }.to_bytes())
+}
+
 /// Checks an output pointer before any work is done, so that a NULL output
 /// fails without side effects.
 pub(crate) fn out_ptr<T>(ptr: *mut T, name: &str) -> Result<*mut T, Failure> {

@@ -354,6 +354,24 @@ def _arg(value: Optional[str], name: str) -> Optional[bytes]:
     return value.encode("utf-8", "surrogatepass")
 
 
+def _address(value: Union[str, bytes, None], name: str) -> Optional[bytes]:
+    """An address or name from SMTP as bytes: ``bytes`` as they are, ``str``
+    as UTF-8, with the surrogates of ``surrogateescape`` (how aiosmtpd and
+    the email package keep bytes that are not UTF-8) turned back into those
+    bytes. Any bytes are greylisted; only NUL is refused."""
+    if isinstance(value, (bytes, bytearray)):
+        if b"\0" in value:
+            raise InvalidInputError(Status.INVALID_ARGUMENT, f"{name}: contains a NUL character")
+        return bytes(value)
+    arg = _arg(value, name)
+    if arg is None or not isinstance(value, str):
+        return arg
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return arg
+
+
 def _now(now: Optional[float]) -> int:
     return _NOW if now is None else int(now)
 
@@ -591,25 +609,30 @@ class Engine:
     def check(
         self,
         client_ip: str,
-        sender: str,
-        recipient: str,
+        sender: Union[str, bytes],
+        recipient: Union[str, bytes],
         now: Optional[float] = None,
-        client_name: Optional[str] = None,
-        helo: Optional[str] = None,
-        verified_domain: Optional[str] = None,
+        client_name: Union[str, bytes, None] = None,
+        helo: Union[str, bytes, None] = None,
+        verified_domain: Union[str, bytes, None] = None,
     ) -> Verdict:
         """Decides one triplet and records the attempt. ``sender`` is ``""``
         or ``"<>"`` for the null sender; ``now`` is Unix seconds (``None``:
-        the system clock). ``client_name`` is the host name the MTA verified
-        (matched against host-name whitelist entries); ``helo`` is checked
-        but never decides (it is unverified); ``verified_domain`` is a sender
-        domain the MTA verified (SPF/DKIM), which replaces the client network
-        in the key when ``key_by_verified_domain`` is on."""
-        args = (_arg(client_ip, "client_ip"), _arg(sender, "sender"), _arg(recipient, "recipient"))
+        the system clock). Addresses may be ``str`` or ``bytes``: one that is
+        not UTF-8 (a ``surrogateescape`` str, or raw bytes) or longer than
+        1 KiB is keyed by its bytes and greylisted like any other.
+        ``client_name`` is the host name the MTA verified (matched against
+        host-name whitelist entries); ``helo`` never decides (it is
+        unverified); ``verified_domain`` is a sender domain the MTA verified
+        (SPF/DKIM), which replaces the client network in the key when
+        ``key_by_verified_domain`` is on. An unusable optional attribute is
+        ignored."""
+        args = (_arg(client_ip, "client_ip"), _address(sender, "sender"), _address(recipient, "recipient"))
         extended = (client_name, helo, verified_domain) != (None, None, None)
         if extended:
-            request = _Request(ctypes.sizeof(_Request), *args, _arg(client_name, "client_name"),
-                               _arg(helo, "helo"), _arg(verified_domain, "verified_domain"), _now(now))
+            request = _Request(ctypes.sizeof(_Request), *args, _address(client_name, "client_name"),
+                               _address(helo, "helo"), _address(verified_domain, "verified_domain"),
+                               _now(now))
         raw = _Verdict()
         handle = self._enter()
         try:
@@ -701,10 +724,11 @@ class Engine:
             "lost_mail": int(r.lost_mail),
         }
 
-    def release(self, client_ip: str, sender: str, recipient: str, now: Optional[float] = None) -> None:
+    def release(self, client_ip: str, sender: Union[str, bytes], recipient: Union[str, bytes],
+                now: Optional[float] = None) -> None:
         """Lets a triplet pass from now on."""
-        self._call(_lib.greylist_engine_release, _arg(client_ip, "client_ip"), _arg(sender, "sender"),
-                   _arg(recipient, "recipient"), _now(now))
+        self._call(_lib.greylist_engine_release, _arg(client_ip, "client_ip"), _address(sender, "sender"),
+                   _address(recipient, "recipient"), _now(now))
 
     def release_client(self, client_ip: str, now: Optional[float] = None) -> int:
         """Lifts a block on ``client_ip``'s network and lets its waiting
@@ -713,11 +737,11 @@ class Engine:
         self._call(_lib.greylist_engine_release_client, _arg(client_ip, "client_ip"), _now(now), ctypes.byref(released))
         return int(released.value)
 
-    def forget(self, client_ip: str, sender: str, recipient: str) -> bool:
+    def forget(self, client_ip: str, sender: Union[str, bytes], recipient: Union[str, bytes]) -> bool:
         """Forgets a triplet (its next attempt is new); returns whether it was known."""
         found = ctypes.c_bool()
-        self._call(_lib.greylist_engine_forget, _arg(client_ip, "client_ip"), _arg(sender, "sender"),
-                   _arg(recipient, "recipient"), ctypes.byref(found))
+        self._call(_lib.greylist_engine_forget, _arg(client_ip, "client_ip"), _address(sender, "sender"),
+                   _address(recipient, "recipient"), ctypes.byref(found))
         return bool(found.value)
 
     def on_event(self, callback: Optional[Callable[[Event], None]]) -> None:
