@@ -83,6 +83,7 @@
 mod admin;
 mod config;
 mod engine;
+mod files;
 mod key;
 mod lists;
 mod maintenance;
@@ -99,7 +100,7 @@ pub use config::{Config, ConfigBuilder, ConfigError, FailMode, MAX_SHARDS};
 pub use engine::{unix_now, Engine, Event, EventKind, EventSink, LostMail, Request, Stats};
 pub use key::Secret;
 pub use lists::{ListError, ListKind};
-pub use maintenance::{Clock, Maintenance, Opened, SnapshotOptions};
+pub use maintenance::{Clock, Maintenance, Opened, SaveEvent, SaveObserver, SnapshotOptions};
 pub use normalize::{
     normalize_recipient, normalize_sender, parse_ip, ClientNet, InputError, MAX_ADDRESS_LEN,
 };

@@ -63,6 +63,9 @@ fn aside_name(path: &Path) -> PathBuf {
 impl Engine {
     /// Opens the engine kept at `options.path`: loads the snapshot if the
     /// file exists, starts empty (with a fresh secret) if it does not.
+    /// First checks that a snapshot can be saved there (the folder can be
+    /// written), so that this fails now rather than at the first save; a
+    /// link or a non-regular file at the path is refused.
     /// A snapshot that cannot be used is an error, except that with
     /// `start_empty_if_corrupt` a [`SnapshotError::Corrupt`] file is renamed
     /// aside and the engine starts empty. I/O errors, newer formats and
@@ -70,7 +73,13 @@ impl Engine {
     /// would lose good data.
     pub fn open(config: Config, options: &SnapshotOptions) -> Result<Opened, SnapshotError> {
         let path = &options.path;
-        if !path.exists() {
+        let io = |source| SnapshotError::Io {
+            path: path.clone(),
+            source,
+        };
+        // What a save will need, checked now rather than at the first save.
+        crate::snapshot::check_writable(path)?;
+        if !crate::files::exists(path).map_err(io)? {
             return Ok(Opened {
                 engine: Engine::new(config),
                 set_aside: None,
@@ -83,10 +92,7 @@ impl Engine {
             }),
             Err(e @ SnapshotError::Corrupt { .. }) if options.start_empty_if_corrupt => {
                 let aside = aside_name(path);
-                fs::rename(path, &aside).map_err(|source| SnapshotError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                fs::rename(path, &aside).map_err(io)?;
                 Ok(Opened {
                     engine: Engine::new(config),
                     set_aside: Some((aside, e)),
@@ -100,12 +106,36 @@ impl Engine {
 /// A clock for the maintenance thread's sweeps (Unix seconds).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// What a save told the observer of [`Maintenance::start_observed`].
+#[derive(Debug)]
+pub enum SaveEvent<'a> {
+    /// A save failed; `in_a_row` counts this one and the failures before it
+    /// since the last good save.
+    Failed {
+        /// What went wrong, naming the file.
+        error: &'a SnapshotError,
+        /// Failed saves in a row, this one included.
+        in_a_row: u64,
+    },
+    /// A save worked after `failed` saves in a row had not.
+    Recovered {
+        /// The failures it ends.
+        failed: u64,
+    },
+}
+
+/// Called on the maintenance thread after every failed save, and after the
+/// first good save that follows failures (so a host can log each at once).
+pub type SaveObserver = Arc<dyn Fn(&SaveEvent<'_>) + Send + Sync>;
+
 struct Shared {
     stop: Mutex<bool>,
     wake: Condvar,
     saves: AtomicU64,
     failures: AtomicU64,
+    failures_in_a_row: AtomicU64,
     last_error: Mutex<Option<String>>,
+    observer: Option<SaveObserver>,
 }
 
 /// Keeps an engine's snapshot: every `interval` it sweeps expired entries
@@ -145,13 +175,28 @@ impl Maintenance {
         interval: Option<Duration>,
         clock: Clock,
     ) -> Self {
+        Self::start_observed(engine, path, interval, clock, None)
+    }
+
+    /// As [`Maintenance::start_with_clock`], telling `observer` of every
+    /// failed save at once and of the save that ends a run of failures
+    /// (the final save's result is returned by [`Maintenance::stop`]).
+    pub fn start_observed(
+        engine: Arc<Engine>,
+        path: impl Into<PathBuf>,
+        interval: Option<Duration>,
+        clock: Clock,
+        observer: Option<SaveObserver>,
+    ) -> Self {
         let path = path.into();
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             saves: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            failures_in_a_row: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            observer,
         });
         let thread = interval.map(|every| {
             let (engine, path, shared) = (engine.clone(), path.clone(), shared.clone());
@@ -168,7 +213,9 @@ impl Maintenance {
                         }
                     }
                     engine.sweep(clock());
-                    record(&shared, engine.save(&path));
+                    let result = engine.save(&path);
+                    record(&shared, result.as_ref().map(|_| ()));
+                    shared.tell(&result);
                 })
                 .expect("spawning the maintenance thread")
         });
@@ -227,6 +274,25 @@ fn record<E: ToString>(shared: &Shared, result: Result<(), E>) {
         Err(e) => {
             shared.failures.fetch_add(1, Relaxed);
             *shared.last_error.lock() = Some(e.to_string());
+        }
+    }
+}
+
+impl Shared {
+    /// Tells the observer, if any, of a failure or of a recovery.
+    fn tell(&self, result: &Result<(), SnapshotError>) {
+        let event = match result {
+            Err(error) => SaveEvent::Failed {
+                error,
+                in_a_row: self.failures_in_a_row.fetch_add(1, Relaxed) + 1,
+            },
+            Ok(()) => match self.failures_in_a_row.swap(0, Relaxed) {
+                0 => return,
+                failed => SaveEvent::Recovered { failed },
+            },
+        };
+        if let Some(observer) = &self.observer {
+            observer(&event);
         }
     }
 }

@@ -44,9 +44,18 @@
 //! new file; a temporary file left by a killed save is reused the same
 //! way. Loading checks every checksum and every record, and builds a new
 //! engine that is returned only when all of the file was good.
+//!
+//! # Files a root daemon touches
+//! The snapshot holds the key secret and the client networks, so the
+//! snapshot and its temporary file are `0600` whatever the umask. No
+//! symbolic link is followed at either path; the kept generation is
+//! rewritten in place only when it is a regular file owned by this
+//! process's user with no other name, and anything else found there is
+//! unlinked and made anew (see `files.rs`). Loading refuses a link, a FIFO
+//! or any other non-regular file at once.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::FileExt;
@@ -54,6 +63,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::engine::{clamp_time, client_hash, unix_now, ClientEntry, Engine, TripletEntry, PASSED};
+use crate::files;
 use crate::key::{net_id, Secret};
 use crate::normalize::{ClientNet, NORMALISATION_VERSION};
 use crate::rules::ClientState;
@@ -496,6 +506,21 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<(), SnapshotError> {
     }
 }
 
+/// Opens (or makes) the temporary file a save writes, private and locked:
+/// see [`files::open_private_for_write`] for what is refused.
+fn open_temp(tmp: &Path) -> Result<File, SnapshotError> {
+    let (file, _) = files::open_private_for_write(tmp).map_err(io_err(tmp))?;
+    lock_exclusive(&file, tmp)?;
+    Ok(file)
+}
+
+/// Checks that a snapshot can be saved at `path`: its temporary file can
+/// be opened for writing in its folder. For start-up, so that a folder
+/// that cannot be written is an error at once, not at the first save.
+pub fn check_writable(path: impl AsRef<Path>) -> Result<(), SnapshotError> {
+    open_temp(&sibling(path.as_ref(), ".tmp")).map(drop)
+}
+
 impl Engine {
     /// Writes a snapshot of the engine to `path`, crash-safely (see the
     /// [module docs](crate::snapshot)). Checks keep running: each shard is
@@ -509,20 +534,14 @@ impl Engine {
         let _one_at_a_time = self.save_lock.lock();
         let (tmp, old) = (sibling(path, ".tmp"), sibling(path, ".old"));
         // A save killed between its renames leaves `.old`: recycle it.
-        if old.exists() {
-            if tmp.exists() {
+        if files::exists(&old).map_err(io_err(&old))? {
+            if files::exists(&tmp).map_err(io_err(&tmp))? {
                 fs::remove_file(&old).map_err(io_err(&old))?;
             } else {
                 fs::rename(&old, &tmp).map_err(io_err(&old))?;
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        lock_exclusive(&file, &tmp)?;
+        let file = open_temp(&tmp)?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         out.write_all(&[0; HEADER_SIZE]).map_err(io_err(&tmp))?;
         let mut crc = crc32fast::Hasher::new();
@@ -578,7 +597,7 @@ impl Engine {
             Err(e) => return Err(io_err(&old)(e)),
         }
         fs::rename(&tmp, path).map_err(io_err(path))?;
-        if old.exists() {
+        if files::exists(&old).map_err(io_err(&old))? {
             fs::rename(&old, &tmp).map_err(io_err(&old))?;
         }
         let dir = parent_dir(path);
@@ -599,7 +618,7 @@ impl Engine {
             path: path.to_path_buf(),
             reason,
         };
-        let file = File::open(path).map_err(io_err(path))?;
+        let file = files::open_regular(path).map_err(io_err(path))?;
         let len = file.metadata().map_err(io_err(path))?.len();
         let mut head = vec![0u8; HEADER_SIZE.min(len as usize)];
         file.read_exact_at(&mut head, 0).map_err(io_err(path))?;

@@ -453,6 +453,161 @@ fn maintenance_sweeps_saves_and_writes_a_final_snapshot() {
     assert_eq!(Engine::load(dir.join("h.snap"), config()).unwrap().len(), 1);
 }
 
+// --- files a root daemon touches (issue 15, items 3 to 5) -------------------
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A symbolic link planted at the temporary or the final path used to be
+/// written through: a copy of /etc/passwd became a snapshot.
+#[test]
+fn links_at_the_temporary_or_final_path_are_never_followed() {
+    let dir = scratch("links");
+    let path = dir.join("g.snap");
+    let victim = dir.join("passwd");
+    let original = "root:x:0:0:root:/root:/bin/bash\n";
+    fs::write(&victim, original).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("g.snap.tmp")).unwrap();
+    let e = populated(50);
+    e.save(&path).unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), original);
+    assert_eq!(Engine::load(&path, config()).unwrap().len(), e.len());
+    // A link at the final path is replaced by the snapshot, not followed,
+    // and is then what the next save would rewrite: it is removed instead.
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let err = Engine::load(&path, config()).unwrap_err().to_string();
+    assert!(err.contains("symbolic link"), "{err}");
+    e.save(&path).unwrap();
+    e.save(&path).unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), original);
+    assert!(!fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!fs::symlink_metadata(dir.join("g.snap.tmp"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(Engine::load(&path, config()).unwrap().len(), e.len());
+    // The kept generation is rewritten in place only when it is ours
+    // alone: a second hard link to it is replaced, not written through.
+    fs::remove_file(dir.join("g.snap.tmp")).unwrap();
+    fs::hard_link(&victim, dir.join("g.snap.tmp")).unwrap();
+    e.save(&path).unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), original);
+}
+
+/// The snapshot holds the key secret and the client networks: it was
+/// created 0644, and so was its temporary file.
+#[test]
+fn the_snapshot_and_its_temporary_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("modes");
+    let path = dir.join("g.snap");
+    let e = populated(10);
+    e.save(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    e.save(&path).unwrap();
+    assert_eq!((mode(&path), mode(&dir.join("g.snap.tmp"))), (0o600, 0o600));
+    // A kept generation made public by hand is private again after a save.
+    fs::set_permissions(dir.join("g.snap.tmp"), fs::Permissions::from_mode(0o644)).unwrap();
+    e.save(&path).unwrap();
+    assert_eq!((mode(&path), mode(&dir.join("g.snap.tmp"))), (0o600, 0o600));
+}
+
+/// A FIFO at the snapshot path made start-up hang for ever; a folder that
+/// cannot be written was found only at the first save, hours later.
+#[test]
+fn open_refuses_a_fifo_and_an_unwritable_folder_at_once() {
+    let dir = scratch("fifo");
+    let path = dir.join("g.snap");
+    let made = Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Engine::open(config(), &SnapshotOptions::new(&p, None)).map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("Engine::open hung on a FIFO");
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("g.snap") && err.contains("a FIFO"), "{err}");
+
+    let missing = dir.join("no-such-folder").join("g.snap");
+    let err = Engine::open(config(), &SnapshotOptions::new(&missing, None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-folder/g.snap.tmp"), "{err}");
+}
+
+/// Issue 15, item 6: with a full disk, saves failed at every interval and
+/// nothing was said until shutdown. Each failure reaches the observer at
+/// once, and so does the save that ends them.
+#[test]
+fn maintenance_tells_of_every_failed_save_and_of_the_recovery() {
+    let dir = scratch("save-failures");
+    let path = dir.join("state").join("g.snap");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let engine = Arc::new(populated(10));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let observer: greylist::SaveObserver = {
+        let seen = seen.clone();
+        Arc::new(move |event: &greylist::SaveEvent<'_>| {
+            seen.lock().unwrap().push(match event {
+                greylist::SaveEvent::Failed { error, in_a_row } => {
+                    format!("failed {in_a_row}: {error}")
+                }
+                greylist::SaveEvent::Recovered { failed } => format!("recovered after {failed}"),
+            })
+        })
+    };
+    let m = Maintenance::start_observed(
+        engine,
+        &path,
+        Some(Duration::from_millis(20)),
+        Arc::new(|| T0),
+        Some(observer),
+    );
+    let wait_for = |what: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what(&seen.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    while m.saves() < 1 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The folder goes away (as good as a full disk, even for root).
+    fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    wait_for(&|s| s.iter().any(|e| e.starts_with("failed 3: ")));
+    assert!(
+        seen.lock().unwrap()[0].starts_with("failed 1: "),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert!(
+        seen.lock().unwrap()[0].contains("state/g.snap.tmp"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    wait_for(&|s| s.iter().any(|e| e.starts_with("recovered after ")));
+    let recoveries = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.starts_with("recovered"))
+        .count();
+    m.stop().unwrap();
+    assert_eq!(recoveries, 1, "one recovery line, not one per save");
+    assert_eq!(Engine::load(&path, config()).unwrap().len(), 10 + EXTRA);
+}
+
 // --- crash safety -----------------------------------------------------------
 
 const CHILD_ENV: &str = "GREYLIST_SNAPSHOT_CHILD";

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,9 +61,66 @@ pub fn ask(stream: &mut TcpStream, request: &str) -> String {
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// While set, the daemon's stderr is not read (a log that cannot keep up).
+    log_paused: Arc<AtomicBool>,
     pub addr: Option<String>,
     dir: PathBuf,
     args: Vec<String>,
+    shell: String,
+}
+
+/// The arguments every test daemon gets: a free TCP port and a snapshot in
+/// its folder, then the test's own.
+fn default_args(dir: &Path, args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = vec!["--inet".into(), "127.0.0.1:0".into()];
+    all.push("--snapshot".into());
+    all.push(dir.join("g.snap").to_string_lossy().into_owned());
+    all.extend(args.iter().map(|a| a.to_string()));
+    all
+}
+
+/// The daemon's command, run through `sh -c` when `shell` sets something
+/// up first (`ulimit -n 64;`, `umask 000;`).
+fn command(shell: &str, args: &[String]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_greylist-policyd");
+    if shell.is_empty() {
+        let mut c = Command::new(bin);
+        c.args(args);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("{shell} exec \"$0\" \"$@\""))
+            .arg(bin)
+            .args(args);
+        c
+    }
+}
+
+/// Runs the daemon in `dir` until it exits by itself (within 20 s): its
+/// exit code and its log. For start-up errors.
+pub fn run_to_exit(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = command("", &default_args(dir, args))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut log = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+            return (status.code(), log);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Daemon {
@@ -71,16 +129,16 @@ impl Daemon {
     }
 
     pub fn start_in(dir: &Path, args: &[&str]) -> Daemon {
-        let mut all: Vec<String> = vec!["--inet".into(), "127.0.0.1:0".into()];
-        all.push("--snapshot".into());
-        all.push(dir.join("g.snap").to_string_lossy().into_owned());
-        all.extend(args.iter().map(|a| a.to_string()));
-        Daemon::spawn(dir.to_path_buf(), all)
+        Daemon::spawn(dir.to_path_buf(), default_args(dir, args), String::new())
     }
 
-    fn spawn(dir: PathBuf, args: Vec<String>) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_greylist-policyd"))
-            .args(&args)
+    /// Starts it through `sh -c "<shell> exec greylist-policyd ..."`.
+    pub fn start_with_shell(dir: &Path, shell: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn(dir.to_path_buf(), default_args(dir, args), shell.into())
+    }
+
+    fn spawn(dir: PathBuf, args: Vec<String>, shell: String) -> Daemon {
+        let mut child = command(&shell, &args)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -88,21 +146,30 @@ impl Daemon {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        let log_paused = Arc::new(AtomicBool::new(false));
         let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
+        let (sink, paused) = (log.clone(), log_paused.clone());
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
+            let mut lines = BufReader::with_capacity(256, stderr);
+            loop {
+                while paused.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let mut line = String::new();
+                match lines.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => sink.lock().unwrap().push_str(&line),
+                }
             }
         });
         let mut d = Daemon {
             child,
             log,
+            log_paused,
             addr: None,
             dir,
             args,
+            shell,
         };
         d.wait_for_log("listening on");
         d.addr = d.log_text().lines().find_map(|l| {
@@ -110,6 +177,22 @@ impl Daemon {
             Some(rest.split([';', ' ']).next()?.to_string())
         });
         d
+    }
+
+    /// Stops (or resumes) reading the daemon's stderr.
+    pub fn pause_log(&self, paused: bool) {
+        self.log_paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// The daemon's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
     }
 
     pub fn log_text(&self) -> String {
@@ -154,9 +237,9 @@ impl Daemon {
 
     /// Starts again with the same folder and arguments.
     pub fn restart(self) -> Daemon {
-        let (dir, args) = (self.dir.clone(), self.args.clone());
+        let (dir, args, shell) = (self.dir.clone(), self.args.clone(), self.shell.clone());
         drop(self);
-        Daemon::spawn(dir, args)
+        Daemon::spawn(dir, args, shell)
     }
 }
 

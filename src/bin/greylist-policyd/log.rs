@@ -1,0 +1,241 @@
+//! The daemon's log: lines on stderr with a UTC timestamp, written by a
+//! thread of their own so that no check waits on a slow log.
+//!
+//! The queue is bounded. Decision lines (one per request, and other lines
+//! a client can cause) are dropped once [`MAX_QUEUED_BYTES`] are waiting,
+//! and the log then says how many went; lifecycle lines (start, signals,
+//! saves, faults) are never dropped, and [`flush`] writes everything before
+//! the daemon exits. A flood of requests therefore costs at most a few MiB
+//! of memory however slow stderr is.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// Most bytes of decision lines waiting to be written.
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+/// How often the writer looks for new lines: waiting for them costs the
+/// checking threads nothing (no wake-up call per line).
+const POLL: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
+struct Queue {
+    lines: VecDeque<String>,
+    /// Bytes of decision lines in `lines`.
+    decision_bytes: usize,
+    /// Decision lines dropped since the writer last said so.
+    dropped: u64,
+    /// Lines taken by the writer and not yet written.
+    writing: bool,
+}
+
+struct Logger {
+    queue: Mutex<Queue>,
+    /// Signalled when the writer has written everything it took.
+    written: Condvar,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// Starts the writer thread. Lines logged before it starts go straight to
+/// stderr.
+pub fn start() {
+    let logger = LOGGER.get_or_init(|| Logger {
+        queue: Mutex::new(Queue::default()),
+        written: Condvar::new(),
+    });
+    std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || loop {
+            std::thread::sleep(POLL);
+            logger.write_waiting();
+        })
+        .expect("starting the log thread");
+}
+
+impl Logger {
+    fn push(&self, text: String, decision: bool) {
+        let mut q = self.queue.lock();
+        if decision {
+            if q.decision_bytes + text.len() > MAX_QUEUED_BYTES {
+                q.dropped += 1;
+                return;
+            }
+            q.decision_bytes += text.len();
+        }
+        q.lines.push_back(text);
+    }
+
+    /// Writes every waiting line in one go (only the writer thread calls
+    /// this, so lines keep their order).
+    fn write_waiting(&self) {
+        let (lines, dropped) = {
+            let mut q = self.queue.lock();
+            if q.lines.is_empty() && q.dropped == 0 {
+                return;
+            }
+            q.decision_bytes = 0;
+            q.writing = true;
+            (std::mem::take(&mut q.lines), std::mem::take(&mut q.dropped))
+        };
+        let mut batch = String::with_capacity(lines.iter().map(String::len).sum::<usize>() + 128);
+        for line in &lines {
+            batch.push_str(line);
+        }
+        if dropped > 0 {
+            batch.push_str(&stamp(format_args!(
+                "log: dropped {dropped} decision lines: the log could not keep up (at most {} MiB wait)",
+                MAX_QUEUED_BYTES >> 20
+            )));
+        }
+        let _ = std::io::stderr().lock().write_all(batch.as_bytes());
+        self.queue.lock().writing = false;
+        self.written.notify_all();
+    }
+}
+
+/// A lifecycle line: never dropped.
+pub fn log(line: impl std::fmt::Display) {
+    send(stamp(line), false);
+}
+
+/// A decision line (or another line a client can cause): dropped, and
+/// counted, when the queue is full.
+pub fn decision(line: impl std::fmt::Display) {
+    send(stamp(line), true);
+}
+
+fn send(text: String, decision: bool) {
+    match LOGGER.get() {
+        Some(logger) => logger.push(text, decision),
+        None => eprint!("{text}"),
+    }
+}
+
+/// Waits until the writer has written every line logged so far, for at
+/// most `limit` (a stderr nobody reads must not keep the daemon from
+/// exiting).
+pub fn flush(limit: Duration) {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let deadline = Instant::now() + limit;
+    let mut q = logger.queue.lock();
+    while !q.lines.is_empty() || q.dropped > 0 || q.writing {
+        let wake = deadline.min(Instant::now() + POLL);
+        logger.written.wait_until(&mut q, wake);
+        if Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// `line` with a UTC timestamp and the program's name, ended by a newline.
+fn stamp(line: impl std::fmt::Display) -> String {
+    let now = greylist::unix_now();
+    let (days, secs) = (now.div_euclid(86_400), now.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z greylist-policyd: {line}\n",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// A fault that can happen many times a second (descriptors exhausted,
+/// connections refused): one line when it starts, then at most one a
+/// minute with a count, and one when it ends. The caller logs the lines.
+pub struct Episode {
+    what: &'static str,
+    since: Option<Instant>,
+    count: u64,
+    reported: u64,
+    last_report: Instant,
+}
+
+/// How often an ongoing episode is summarised.
+const EPISODE_SUMMARY: Duration = Duration::from_secs(60);
+
+impl Episode {
+    pub fn new(what: &'static str) -> Episode {
+        Episode {
+            what,
+            since: None,
+            count: 0,
+            reported: 0,
+            last_report: Instant::now(),
+        }
+    }
+
+    /// One more occurrence at `now`; `detail` says what happened. Returns
+    /// the line to log, if one is due.
+    pub fn happened(&mut self, now: Instant, detail: impl std::fmt::Display) -> Option<String> {
+        self.count += 1;
+        if self.since.is_none() {
+            self.since = Some(now);
+        } else if now.saturating_duration_since(self.last_report) < EPISODE_SUMMARY {
+            return None;
+        }
+        let line = if self.reported == 0 {
+            format!("{}: {detail}", self.what)
+        } else {
+            format!(
+                "{}: {} more times ({detail})",
+                self.what,
+                self.count - self.reported
+            )
+        };
+        self.reported = self.count;
+        self.last_report = now;
+        Some(line)
+    }
+
+    /// The fault is over, if it was happening: the line to log.
+    pub fn ended(&mut self, now: Instant) -> Option<String> {
+        let since = self.since.take()?;
+        let line = format!(
+            "{}: over after {:.1} s, {} times in all",
+            self.what,
+            now.saturating_duration_since(since).as_secs_f64(),
+            self.count
+        );
+        (self.count, self.reported) = (0, 0);
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_episode_is_logged_when_it_starts_each_minute_and_when_it_ends() {
+        let t0 = Instant::now();
+        let mut e = Episode::new("accept");
+        let lines: Vec<String> = (0..10_000u64)
+            .filter_map(|i| e.happened(t0 + Duration::from_millis(i * 10), "EMFILE"))
+            .collect();
+        assert_eq!(
+            lines,
+            ["accept: EMFILE", "accept: 6000 more times (EMFILE)"]
+        );
+        let end = e.ended(t0 + Duration::from_secs(100)).unwrap();
+        assert_eq!(end, "accept: over after 100.0 s, 10000 times in all");
+        assert_eq!(e.ended(t0 + Duration::from_secs(101)), None);
+        assert_eq!(e.happened(t0, "again").as_deref(), Some("accept: again"));
+    }
+}
