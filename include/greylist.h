@@ -532,10 +532,16 @@ greylist_status greylist_engine_check_request(struct greylist_engine *engine,
  * (deferred, passed, blocked) and every expired-unretried triplet found
  * by a sweep, with the client network and reason. Thread-safe.
  *
+ * When this returns, the previous callback has returned from every call
+ * in flight on any thread and is never called again: its `user_data` may
+ * be freed at once. To keep that promise it waits for those calls, so it
+ * must not be called from inside a callback: from there it returns
+ * `GREYLIST_STATUS_INVALID_ARGUMENT` and changes nothing.
+ *
  * # Safety
  * `engine` must be NULL or a live engine; `callback` NULL or a function
- * that is safe to call from any thread with `user_data`, for as long as
- * it is set.
+ * that is safe to call from any thread with `user_data`, until this
+ * function returns for the next callback.
  */
 greylist_status greylist_engine_set_event_callback(struct greylist_engine *engine,
                                                    greylist_event_fn callback,

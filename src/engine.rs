@@ -4,12 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::sync::Arc;
-
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
 use crate::config::Config;
+use crate::events::{CallbackError, Event, EventKind, EventSink, Events};
 use crate::key::{net_id, push_part_or_hash, Secret, NET_TAG, TRIPLET_TAG};
 use crate::lists::{Listed, Lists};
 use crate::normalize::{self, ClientNet, InputError};
@@ -312,38 +311,6 @@ impl<'a> Request<'a> {
     }
 }
 
-/// What happened, for an event callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum EventKind {
-    /// A check was deferred.
-    Deferred = 1,
-    /// A check passed.
-    Passed = 2,
-    /// A check was blocked (blasting, a trap, or a blocked network).
-    Blocked = 3,
-    /// A sweep found a pending triplet that saw only early retries: the
-    /// sender most likely gave up and the mail is lost.
-    ExpiredUnretried = 4,
-}
-
-/// One event: what happened, to which client network, why, and when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// What happened.
-    pub kind: EventKind,
-    /// The client network (or verified domain).
-    pub network: ClientNet,
-    /// The verdict's reason; for `ExpiredUnretried`, `EarlyRetry`.
-    pub reason: Reason,
-    /// When (Unix seconds): the check's `now`, or the triplet's last attempt.
-    pub at: u32,
-}
-
-/// An event callback. It runs on the thread that made the check or sweep,
-/// with no lock held, so it may call back into the engine.
-pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
-
 /// Expired pending triplets that saw only early retries, found while a
 /// shard was locked and credited to their networks after it is unlocked.
 type LostList = Vec<(u64, u32)>;
@@ -368,8 +335,7 @@ pub struct Engine {
     pub(crate) save_lock: parking_lot::Mutex<()>,
     /// The static lists, replaced whole; read without a lock.
     pub(crate) lists: ArcSwap<Lists>,
-    events: ArcSwapOption<EventSink>,
-    has_events: std::sync::atomic::AtomicBool,
+    events: Events,
     /// One bit per (hashed) client network that may be blocked or
     /// auto-whitelisted; see [`Engine::may_gate`].
     pub(crate) gates: Box<[AtomicU64]>,
@@ -423,8 +389,7 @@ impl Engine {
             client_cap: (usize::try_from(config.max_clients).unwrap_or(usize::MAX) / shards).max(1),
             save_lock: parking_lot::Mutex::new(()),
             lists: ArcSwap::from_pointee(Lists::default()),
-            events: ArcSwapOption::empty(),
-            has_events: std::sync::atomic::AtomicBool::new(false),
+            events: Events::new(COUNTER_STRIPES),
             gates: (0..shards * GATE_WORDS_PER_SHARD)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -556,22 +521,21 @@ impl Engine {
 
     /// Calls the event callback, if any, with an event made only then.
     fn emit(&self, event: impl FnOnce() -> Event) {
-        // A plain flag first: most engines have no callback, and a check
-        // should not pay for looking one up.
-        if !self.has_events.load(Relaxed) {
-            return;
-        }
-        if let Some(sink) = self.events.load().as_deref() {
-            sink(&event());
-        }
+        self.events.emit(THREAD_STRIPE.with(|s| *s), event);
     }
 
     /// Sets (or with `None` removes) the event callback. It receives every
     /// verdict and every expired-unretried triplet, on the calling thread,
     /// with no lock held.
-    pub fn on_event(&self, sink: Option<EventSink>) {
-        self.has_events.store(sink.is_some(), Relaxed);
-        self.events.store(sink.map(Arc::new));
+    ///
+    /// When this returns, the previous callback has returned from every
+    /// call and is never called again (it is dropped then), so whatever it
+    /// points to may be freed. It waits for calls in flight on other
+    /// threads to end, which is why a callback must not call it: from
+    /// inside a callback of this engine it returns
+    /// [`CallbackError::InsideCallback`] and changes nothing.
+    pub fn on_event(&self, sink: Option<EventSink>) -> Result<(), CallbackError> {
+        self.events.replace(sink)
     }
 
     /// The client network's record, created empty if missing (making room

@@ -83,6 +83,7 @@
 mod admin;
 mod config;
 mod engine;
+mod events;
 mod files;
 mod key;
 mod lists;
@@ -97,7 +98,8 @@ mod table;
 
 pub use admin::ClientReport;
 pub use config::{Config, ConfigBuilder, ConfigError, FailMode, MAX_SHARDS};
-pub use engine::{unix_now, Engine, Event, EventKind, EventSink, LostMail, Request, Stats};
+pub use engine::{unix_now, Engine, LostMail, Request, Stats};
+pub use events::{CallbackError, Event, EventKind, EventSink};
 pub use key::Secret;
 pub use lists::{ListError, ListKind};
 pub use maintenance::{Clock, Maintenance, Opened, SaveEvent, SaveObserver, SnapshotOptions};

@@ -169,3 +169,78 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
         }
     }
 }
+
+/// Issue 15, item 10: after the callback was replaced, checks in flight on
+/// other threads still called the old one (a use-after-free of a C host's
+/// `user_data`). Each callback here owns a flag its replacer sets as soon
+/// as `on_event` returns; a call that finds its flag set is counted.
+#[test]
+fn a_replaced_callback_is_never_called_after_on_event_returns() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let e = Arc::new(Engine::new(Config::default()));
+    let late_calls = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (e, stop) = (e.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (c, s, r) = triplet((t * 100_000 + i as usize) % 50_000);
+                    e.check(&c, &s, &r, T0 + i as i64).unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..2_000 {
+        let retired = Arc::new(AtomicBool::new(false));
+        let (flag, late, n) = (retired.clone(), late_calls.clone(), calls.clone());
+        e.on_event(Some(Box::new(move |_| {
+            n.fetch_add(1, Ordering::Relaxed);
+            // Stay a moment, so replacements meet calls in flight.
+            std::hint::black_box((0..200).sum::<u64>());
+            if flag.load(Ordering::SeqCst) {
+                late.fetch_add(1, Ordering::Relaxed);
+            }
+        })))
+        .unwrap();
+        std::thread::yield_now();
+        e.on_event(None).unwrap();
+        // From here on, that callback must never run again.
+        retired.store(true, Ordering::SeqCst);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in checkers {
+        c.join().unwrap();
+    }
+    assert!(calls.load(Ordering::Relaxed) > 1000, "the callbacks ran");
+    assert_eq!(
+        late_calls.load(Ordering::Relaxed),
+        0,
+        "calls after replacement"
+    );
+}
+
+#[test]
+fn a_callback_cannot_replace_itself() {
+    use std::sync::Mutex;
+    let e = Arc::new(Engine::new(Config::default()));
+    let seen = Arc::new(Mutex::new(None));
+    let (inner, out) = (Arc::downgrade(&e), seen.clone());
+    e.on_event(Some(Box::new(move |_| {
+        if let Some(e) = inner.upgrade() {
+            *out.lock().unwrap() = Some(e.on_event(None));
+        }
+    })))
+    .unwrap();
+    e.check("192.0.2.1", "a@x.org", "b@y.net", T0).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(Err(greylist::CallbackError::InsideCallback))
+    );
+    // It may check again from inside (events nest), and is still set.
+    e.check("192.0.2.1", "a@x.org", "b@y.net", T0 + 1).unwrap();
+    e.on_event(None).unwrap();
+}

@@ -230,7 +230,8 @@ fn the_exchange_2003_pattern_tops_the_lost_mail_report() {
     let sink = events.clone();
     e.on_event(Some(Box::new(move |ev: &Event| {
         sink.lock().unwrap().push(ev.clone())
-    })));
+    })))
+    .unwrap();
     // Exchange 2003 SP2: the first attempt and two retries within 10 s, for
     // two messages, then silence.
     for rcpt in ["a@example.net", "b@example.net"] {

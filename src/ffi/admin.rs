@@ -168,10 +168,16 @@ impl CallbackSink {
 /// (deferred, passed, blocked) and every expired-unretried triplet found
 /// by a sweep, with the client network and reason. Thread-safe.
 ///
+/// When this returns, the previous callback has returned from every call
+/// in flight on any thread and is never called again: its `user_data` may
+/// be freed at once. To keep that promise it waits for those calls, so it
+/// must not be called from inside a callback: from there it returns
+/// `GREYLIST_STATUS_INVALID_ARGUMENT` and changes nothing.
+///
 /// # Safety
 /// `engine` must be NULL or a live engine; `callback` NULL or a function
-/// that is safe to call from any thread with `user_data`, for as long as
-/// it is set.
+/// that is safe to call from any thread with `user_data`, until this
+/// function returns for the next callback.
 #[no_mangle]
 pub unsafe extern "C" fn greylist_engine_set_event_callback(
     engine: *mut greylist_engine,
@@ -188,8 +194,10 @@ pub unsafe extern "C" fn greylist_engine_set_event_callback(
             };
             Box::new(move |e: &Event| c.deliver(e)) as crate::EventSink
         });
-        engine.engine.on_event(sink);
-        Ok(())
+        engine
+            .engine
+            .on_event(sink)
+            .map_err(|e| Failure::invalid(format!("callback: {e}")))
     })
 }
 

@@ -5,11 +5,13 @@
  */
 #define _POSIX_C_SOURCE 200809L /* pthread_barrier_t, mkdtemp */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "greylist.h"
@@ -17,6 +19,7 @@
 #define T0 1700000000
 
 static int failures = 0;
+static int runs = 0;
 
 #define CHECK(cond)                                                            \
   do {                                                                         \
@@ -41,6 +44,7 @@ static int failures = 0;
   } while (0)
 
 static void run_test(bool (*test)(void), const char *name) {
+  runs++;
   bool ok = test();
   printf("test %s ... %s\n", name, ok ? "ok" : "FAILED");
   if (!ok) {
@@ -710,6 +714,76 @@ static bool test_threads(void) {
   return true;
 }
 
+/* Issue 15, item 10: after set_event_callback(NULL) returned, checks in
+   flight on other threads still called the old callback with the old
+   user_data, which the host had freed (heap-use-after-free under ASan). */
+struct callback_data {
+  uint64_t magic;
+  atomic_ulong calls;
+};
+
+static void touch_user_data(void *user_data, const greylist_event *event) {
+  struct callback_data *d = user_data;
+  (void)event;
+  if (d->magic != 0x5EEDull) abort();
+  for (int i = 0; i < 50; i++) atomic_fetch_add(&d->calls, 1);
+}
+
+struct checker {
+  greylist_engine *engine;
+  int id;
+  atomic_bool *stop;
+  int failures;
+};
+
+static void *checker_main(void *arg) {
+  struct checker *c = arg;
+  char ip[32], rcpt[64];
+  for (unsigned i = 0; !atomic_load(c->stop); i++) {
+    snprintf(ip, sizeof ip, "10.%d.%u.1", c->id, (i / 256) % 256);
+    snprintf(rcpt, sizeof rcpt, "r%u@example.net", i % 1000);
+    greylist_verdict v;
+    if (greylist_engine_check(c->engine, ip, "a@x.org", rcpt, T0 + i, &v) != GREYLIST_STATUS_OK)
+      c->failures++;
+  }
+  return NULL;
+}
+
+static bool test_replaced_callback_user_data_can_be_freed(void) {
+  greylist_engine *engine = new_engine();
+  CHECK(engine != NULL);
+  atomic_bool stop = false;
+  pthread_t threads[THREADS];
+  struct checker checkers[THREADS];
+  for (int i = 0; i < THREADS; i++) {
+    checkers[i] = (struct checker){engine, i, &stop, 0};
+    CHECK(pthread_create(&threads[i], NULL, checker_main, &checkers[i]) == 0);
+  }
+  uint64_t calls = 0;
+  for (int round = 0; round < 300; round++) {
+    struct callback_data *d = malloc(sizeof *d);
+    CHECK(d != NULL);
+    d->magic = 0x5EEDull;
+    atomic_init(&d->calls, 0);
+    CHECK_STATUS(greylist_engine_set_event_callback(engine, touch_user_data, d),
+                 GREYLIST_STATUS_OK);
+    nanosleep(&(struct timespec){0, 100000}, NULL);
+    CHECK_STATUS(greylist_engine_set_event_callback(engine, NULL, NULL), GREYLIST_STATUS_OK);
+    /* The header's promise: the old callback is done, its data may go. */
+    calls += atomic_load(&d->calls);
+    d->magic = 0;
+    free(d);
+  }
+  atomic_store(&stop, true);
+  for (int i = 0; i < THREADS; i++) {
+    CHECK(pthread_join(threads[i], NULL) == 0);
+    CHECK(checkers[i].failures == 0);
+  }
+  CHECK(calls > 0);
+  greylist_engine_free(engine);
+  return true;
+}
+
 /* An engine on Redis: `url`, keyed by the secret in `secret_path`. */
 static greylist_engine *redis_engine(const char *url, const char *secret_path) {
   greylist_config *config = greylist_config_new();
@@ -820,10 +894,10 @@ int main(void) {
   run_test(test_bad_input, "bad_input");
   run_test(test_long_and_latin1_addresses_are_greylisted, "long_and_latin1_addresses_are_greylisted");
   run_test(test_threads, "threads");
+  run_test(test_replaced_callback_user_data_can_be_freed, "replaced_callback_user_data_can_be_freed");
   run_test(test_snapshots, "snapshots");
   run_test(test_defences, "defences");
   run_test(test_redis, "redis");
-  int total = 9;
-  printf("%d passed, %d failed\n", total - failures, failures);
+  printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

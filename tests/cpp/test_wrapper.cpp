@@ -12,6 +12,7 @@
 #include "greylist.hpp"
 
 static int failures = 0;
+static int runs = 0;
 
 #define CHECK(cond)                                                                 \
   do {                                                                              \
@@ -30,6 +31,7 @@ static void run_test(const std::function<bool()> &test, const char *name) {
   }
   std::printf("test %s ... %s\n", name, ok ? "ok" : "FAILED");
   failures += ok ? 0 : 1;
+  runs++;
 }
 
 constexpr int64_t T0 = 1700000000;
@@ -211,6 +213,6 @@ int main() {
   run_test(test_move_and_threads, "move_and_threads");
   run_test(test_lists_snapshots_and_reports, "lists_snapshots_and_reports");
   run_test(test_redis, "redis");
-  std::printf("%d passed, %d failed\n", 5 - failures, failures);
+  std::printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

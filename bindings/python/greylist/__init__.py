@@ -748,19 +748,24 @@ class Engine:
         """Calls ``callback(Event)`` for every verdict and every expired
         unretried triplet, on the thread that made the check or sweep (the
         GIL is taken for the call only; the engine holds no lock). ``None``
-        removes it. Exceptions in the callback are printed and ignored."""
-        if callback is None:
-            self._call(_lib.greylist_engine_set_event_callback, _EVENT_FN(), None)
-            self._callback = None
-            return
+        removes it. Exceptions in the callback are printed and ignored.
 
-        def deliver(_user: Any, event: Any) -> None:
-            e = event.contents
-            callback(Event(EventKind(e.kind), e.network.decode(), Reason(e.reason), int(e.at)))
+        When this returns, the previous callback has finished every call on
+        every thread and is never called again. It waits for those calls
+        (with the GIL released), so a callback must not call it: from
+        inside a callback it raises ``InvalidInputError``."""
+        trampoline = _EVENT_FN()
+        if callback is not None:
 
-        trampoline = _EVENT_FN(deliver)
+            def deliver(_user: Any, event: Any) -> None:
+                e = event.contents
+                callback(Event(EventKind(e.kind), e.network.decode(), Reason(e.reason), int(e.at)))
+
+            trampoline = _EVENT_FN(deliver)
+        # The old trampoline stays referenced until the library has waited
+        # for its calls in flight; only then may it be freed.
         self._call(_lib.greylist_engine_set_event_callback, trampoline, None)
-        self._callback = trampoline  # keep it alive as long as it is set
+        self._callback = trampoline if callback is not None else None
 
     def sweep(self, now: Optional[float] = None) -> int:
         """Removes expired entries; returns how many triplet entries went."""

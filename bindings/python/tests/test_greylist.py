@@ -7,6 +7,7 @@ import random
 import re
 import smtplib
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -371,6 +372,49 @@ class Threads(unittest.TestCase):
         for w in workers:
             w.join()
         self.assertEqual(failures, [])
+
+
+    def test_replacing_the_callback_while_threads_check(self) -> None:
+        # Issue 15, item 10: this segfaulted 4 runs out of 4 (the old
+        # trampoline was freed while checks in flight still called it). In a
+        # child process, so that a crash is a failure, not the end of the run.
+        script = """
+import sys, threading
+import greylist
+engine = greylist.Engine()
+stop = threading.Event()
+calls = [0]
+def hammer(t):
+    i = 0
+    while not stop.is_set():
+        engine.check(f"10.{t}.{i % 250}.1", "a@x.org", f"r{i % 1000}@y.net", now=1_700_000_000 + i)
+        i += 1
+workers = [threading.Thread(target=hammer, args=(t,)) for t in range(4)]
+for w in workers:
+    w.start()
+for round in range(300):
+    engine.on_event(lambda e, n=round: calls.__setitem__(0, calls[0] + 1))
+    engine.on_event(None)
+stop.set()
+for w in workers:
+    w.join()
+# From inside a callback it is refused, not a deadlock.
+refused = []
+def inner(e):
+    try:
+        engine.on_event(None)
+    except greylist.InvalidInputError as err:
+        refused.append(str(err))
+engine.on_event(inner)
+engine.check("192.0.2.1", "a@x.org", "b@y.net", now=1_700_000_000)
+engine.on_event(None)
+assert refused and "inside an event callback" in refused[0], refused
+print("calls", calls[0])
+"""
+        for run in range(4):
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+            self.assertEqual(done.returncode, 0, f"run {run}: {done.stdout}{done.stderr}")
+            self.assertIn("calls ", done.stdout)
 
 
 def _aiosmtpd_missing() -> str:

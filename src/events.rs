@@ -1,0 +1,209 @@
+//! Events for a host to log, and the callback slot that delivers them.
+//!
+//! A check calls the callback on its own thread, with no lock held. The
+//! slot's promise to embedders is that once [`Events::replace`] returns,
+//! the previous callback is never called again: a C host may then free
+//! its `user_data`, a Python host its ctypes trampoline. A replacement
+//! therefore waits for calls already in flight, by counting them.
+//!
+//! Each caller counts itself in a per-stripe counter (threads keep to
+//! their stripe, so the counters' cache lines stay with their cores) of
+//! the current *parity*, before it loads the callback. A replacement
+//! stores the new callback, flips the parity, and waits until no call
+//! counted under the old parity is left. A call that loaded the old
+//! callback counted itself before that load, so under the old parity and
+//! before the replacement read the counters (sequentially consistent
+//! order): the wait covers it. A call that counts itself after the flip
+//! loads the callback after the store, and gets the new one. Calls are
+//! never blocked; only a replacement waits (one at a time).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use crate::normalize::ClientNet;
+use crate::rules::Reason;
+use crate::table::CachePadded;
+
+/// What happened, for an event callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum EventKind {
+    /// A check was deferred.
+    Deferred = 1,
+    /// A check passed.
+    Passed = 2,
+    /// A check was blocked (blasting, a trap, or a blocked network).
+    Blocked = 3,
+    /// A sweep found a pending triplet that saw only early retries: the
+    /// sender most likely gave up and the mail is lost.
+    ExpiredUnretried = 4,
+}
+
+/// One event: what happened, to which client network, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The client network (or verified domain).
+    pub network: ClientNet,
+    /// The verdict's reason; for `ExpiredUnretried`, `EarlyRetry`.
+    pub reason: Reason,
+    /// When (Unix seconds): the check's `now`, or the triplet's last attempt.
+    pub at: u32,
+}
+
+/// An event callback. It runs on the thread that made the check or sweep,
+/// with no lock held, so it may call back into the engine.
+pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// Why a callback could not be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackError {
+    /// Called from inside a callback of the same engine: waiting for the
+    /// calls in flight would wait for itself.
+    InsideCallback,
+}
+
+impl fmt::Display for CallbackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the event callback cannot be replaced from inside an event callback")
+    }
+}
+
+impl std::error::Error for CallbackError {}
+
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The calls this thread is making, per slot and parity (a callback
+    /// may check, and so emit, again).
+    static OWN_CALLS: RefCell<Vec<(u64, [usize; 2])>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The callback slot of one engine.
+pub(crate) struct Events {
+    id: u64,
+    sink: ArcSwapOption<EventSink>,
+    /// Whether a callback is set: a plain flag, so that engines without
+    /// one pay nothing per check.
+    on: AtomicBool,
+    parity: AtomicUsize,
+    /// Calls in flight, per stripe and parity.
+    in_flight: Box<[CachePadded<[AtomicUsize; 2]>]>,
+    /// One replacement at a time.
+    replacing: parking_lot::Mutex<()>,
+}
+
+/// Counts a call out again, also when the callback panics.
+struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+    slot: u64,
+    parity: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        own_calls(self.slot, self.parity, false);
+        self.counter.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Adds (or removes) one of this thread's calls; returns the count after.
+fn own_calls(slot: u64, parity: usize, add: bool) -> usize {
+    OWN_CALLS.with(|own| {
+        let mut own = own.borrow_mut();
+        let at = match own.iter().position(|(s, _)| *s == slot) {
+            Some(at) => at,
+            None => {
+                own.push((slot, [0, 0]));
+                own.len() - 1
+            }
+        };
+        let count = &mut own[at].1[parity];
+        if add {
+            *count += 1;
+        } else {
+            *count -= 1;
+        }
+        let after = *count;
+        if own[at].1 == [0, 0] {
+            own.swap_remove(at);
+        }
+        after
+    })
+}
+
+fn own_count(slot: u64, parity: usize) -> usize {
+    OWN_CALLS.with(|own| {
+        own.borrow()
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map_or(0, |(_, c)| c[parity])
+    })
+}
+
+impl Events {
+    pub(crate) fn new(stripes: usize) -> Events {
+        Events {
+            id: NEXT_SLOT.fetch_add(1, Relaxed),
+            sink: ArcSwapOption::empty(),
+            on: AtomicBool::new(false),
+            parity: AtomicUsize::new(0),
+            in_flight: (0..stripes.max(1))
+                .map(|_| CachePadded([AtomicUsize::new(0), AtomicUsize::new(0)]))
+                .collect(),
+            replacing: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// Calls the callback, if one is set, with the event `make` builds.
+    pub(crate) fn emit(&self, stripe: usize, make: impl FnOnce() -> Event) {
+        if !self.on.load(Relaxed) {
+            return;
+        }
+        let parity = self.parity.load(SeqCst) & 1;
+        let counter = &self.in_flight[stripe % self.in_flight.len()].0[parity];
+        counter.fetch_add(1, SeqCst);
+        own_calls(self.id, parity, true);
+        let _counted = InFlight {
+            counter,
+            slot: self.id,
+            parity,
+        };
+        if let Some(sink) = self.sink.load_full() {
+            sink(&make());
+        }
+    }
+
+    /// Replaces the callback and waits until no call of the previous one
+    /// is left (see the module docs).
+    pub(crate) fn replace(&self, sink: Option<EventSink>) -> Result<(), CallbackError> {
+        if (0..2).any(|p| own_count(self.id, p) > 0) {
+            return Err(CallbackError::InsideCallback);
+        }
+        let _one_at_a_time = self.replacing.lock();
+        let on = sink.is_some();
+        if on {
+            self.sink.store(sink.map(Arc::new));
+            self.on.store(true, SeqCst);
+        } else {
+            self.on.store(false, SeqCst);
+            self.sink.store(None);
+        }
+        let old = self.parity.fetch_add(1, SeqCst) & 1;
+        let mut pause = Duration::from_micros(1);
+        while self.in_flight.iter().any(|c| c.0[old].load(SeqCst) > 0) {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
