@@ -378,6 +378,11 @@ typedef struct greylist_stats {
    * Client-network records removed to stay within the maximum.
    */
   uint64_t clients_evicted;
+  /**
+   * Records in the shared store that were malformed and treated as
+   * absent.
+   */
+  uint64_t backend_malformed;
 } greylist_stats;
 
 

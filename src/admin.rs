@@ -147,7 +147,9 @@ impl Engine {
             passed,
             passes: state.passes,
             auto_whitelisted: state.is_auto_whitelisted(now, self.config()),
-            blocked_until: (state.blocked_until > now).then_some(state.blocked_until),
+            blocked_until: state
+                .blocks(now, self.config())
+                .then_some(state.blocked_until),
             lost_mail: record.map_or(0, |r| r.lost_count),
         })
     }

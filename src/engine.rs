@@ -141,8 +141,10 @@ impl Hashed for ClientEntry {
 
 impl ClientEntry {
     fn is_expired(&self, now: u32, config: &Config) -> bool {
+        let lost = self.lost_last_seen;
         self.state.is_expired(now, config)
-            && i64::from(now) - i64::from(self.lost_last_seen) > i64::from(config.awl_ttl)
+            && (i64::from(now) - i64::from(lost) > i64::from(config.awl_ttl)
+                || crate::rules::too_far_ahead(lost, now, config.awl_ttl))
     }
 }
 
@@ -190,6 +192,9 @@ pub struct Stats {
     pub backend_timeouts: u64,
     /// Passes answered from the local pass cache without a round trip.
     pub cache_hits: u64,
+    /// Records in the shared store that were not in the script's format
+    /// (damaged, or written by another program) and were treated as absent.
+    pub backend_malformed: u64,
     /// Triplet entries removed because they were past their lifetime.
     pub expired: u64,
     /// Triplet entries removed to stay within `max_entries`.
@@ -600,7 +605,7 @@ impl Engine {
         table.retain(|e| !e.is_expired(now, config));
         let target = self.client_cap - (self.client_cap / 16).max(1);
         let keep = |e: &ClientEntry| {
-            now < e.state.blocked_until || e.state.is_auto_whitelisted(now, config)
+            e.state.blocks(now, config) || e.state.is_auto_whitelisted(now, config)
         };
         // Least valuable first: no lost mail before lost mail, then the
         // oldest activity.
@@ -945,11 +950,39 @@ impl Engine {
             s.backend_errors = c.errors.load(Relaxed);
             s.backend_timeouts = c.timeouts.load(Relaxed);
             s.cache_hits = c.cache_hits.load(Relaxed);
+            s.backend_malformed = c.malformed.load(Relaxed);
         }
         s.checks = reasons.iter().sum();
         s.entries = self.triplets.len() as u64;
         s.clients = self.clients.len() as u64;
         s
+    }
+
+    /// For a host's start-up log: connects to the shared store, if there
+    /// is one, on a connection of its own within `timeout`. `Ok` carries
+    /// warnings (a `maxmemory-policy` that can evict the engine's
+    /// records); `Err` says why the store cannot be reached. `None`
+    /// without a shared store.
+    pub fn probe_backend(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<Result<Vec<String>, String>> {
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.store {
+            return Some(store.probe(timeout));
+        }
+        let _ = timeout;
+        None
+    }
+
+    /// The latest failure talking to the shared store (for a host's log
+    /// when checks start to be answered locally), if any.
+    pub fn backend_error(&self) -> Option<String> {
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.store {
+            return store.last_error();
+        }
+        None
     }
 
     /// The stored state of one triplet, if any (expired entries included

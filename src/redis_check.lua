@@ -9,7 +9,8 @@
 -- KEYS[2]  network record   "passes last_seen blocked_until round_start rounds last_round"
 -- ARGV     mode ("check" or "trap"), now, delay, retry_window, pass_ttl,
 --          awl_threshold, awl_ttl, blast_threshold, block_time
--- Returns  {reason, retry_after, delayed}, reason numbers as in rules.rs.
+-- Returns  {reason, retry_after, delayed, malformed}: reason numbers as in
+--          rules.rs, and how many records were malformed (treated as absent).
 --
 -- Times are Unix seconds from the caller (the engine's injected clock), so
 -- a record's expiry is decided here by the rules, as in memory. Redis TTLs
@@ -27,14 +28,33 @@ local awl_threshold, awl_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local blast_threshold, block_time = tonumber(ARGV[8]), tonumber(ARGV[9])
 
 local records = redis.call('MGET', KEYS[1], KEYS[2])
+-- Records that are not in the script's format (damaged, or written by
+-- another program) count as absent; the answer says how many there were.
+local malformed = 0
+
+-- A field of a record: a whole number within u32, else nil.
+local function field(text)
+  local n = tonumber(text)
+  if n and n <= U32_MAX then return n end
+  return nil
+end
 
 -- The network's record; all zeros when there is none.
 local passes, c_last, blocked_until, round_start, rounds, last_round = 0, 0, 0, 0, 0, 0
 if records[2] then
   local a, b, c, d, e, f = string.match(records[2], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-  passes, c_last, blocked_until = tonumber(a), tonumber(b), tonumber(c)
-  round_start, rounds, last_round = tonumber(d), tonumber(e), tonumber(f)
+  a, b, c, d, e, f = field(a), field(b), field(c), field(d), field(e), field(f)
+  if a and b and c and d and e and f then
+    passes, c_last, blocked_until, round_start, rounds, last_round = a, b, c, d, e, f
+  else
+    malformed = malformed + 1
+  end
 end
+-- Corrupt times (further ahead than the setting they serve, as after a
+-- clock that jumped ahead) count as unset, as rules.rs's repaired() does.
+if blocked_until - now > max(block_time, 1) then blocked_until = 0 end
+if c_last - now > awl_ttl then passes, c_last = 0, 0 end
+if round_start - now > delay then round_start, rounds, last_round = 0, 0, 0 end
 
 -- Stores the network's record until GRACE seconds after the rules stop
 -- needing it (blocked, auto-whitelist alive, or blast period running).
@@ -49,28 +69,31 @@ if ARGV[1] == 'trap' then
   local untl = min(now + max(block_time, 1), U32_MAX)
   blocked_until = max(blocked_until, untl)
   save_client()
-  return {TRAPPED, untl - now, 0}
+  return {TRAPPED, untl - now, 0, malformed}
 end
 
 -- Rules 1 and 2: a blocked or auto-whitelisted network decides alone.
 if now < blocked_until then
-  return {BLOCKED, min(blocked_until - now, U32_MAX), 0}
+  return {BLOCKED, min(blocked_until - now, U32_MAX), 0, malformed}
 end
 local awl_alive = now - c_last <= awl_ttl
 if awl_threshold > 0 and passes >= awl_threshold and awl_alive then
   c_last = max(c_last, now)
   save_client()
-  return {AUTO_WHITELISTED, 0, 0}
+  return {AUTO_WHITELISTED, 0, 0, malformed}
 end
 
 -- Rules 3 to 7 for the triplet; an expired record counts as unknown.
 local first, last, early, passed
 if records[1] then
-  local a, b, c, d = string.match(records[1], '^(%d+) (%d+) (%d+) (%d)$')
-  first, last, early, passed = tonumber(a), tonumber(b), tonumber(c), d == '1'
-  if passed then
-    if now - last > pass_ttl then first = nil end
-  elseif now - first > retry_window then
+  local a, b, c, d = string.match(records[1], '^(%d+) (%d+) (%d+) ([01])$')
+  first, last, early, passed = field(a), field(b), field(c), d == '1'
+  if not (first and last and early and early <= 255) then
+    first = nil
+    malformed = malformed + 1
+  elseif passed then
+    if now - last > pass_ttl or last - now > pass_ttl then first = nil end
+  elseif now - first > retry_window or first - now > delay then
     first = nil
   end
 end
@@ -116,4 +139,4 @@ elseif reason == EARLY_RETRY and blast_threshold > 0 then
   end
   save_client()
 end
-return {reason, retry_after, delayed}
+return {reason, retry_after, delayed, malformed}

@@ -53,10 +53,12 @@ pub(crate) struct BackendCounters {
     pub(crate) errors: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
+    pub(crate) malformed: AtomicU64,
 }
 
-/// The script's answer: reason number, retry_after, delayed.
-type Answer = (u32, u32, u32);
+/// The script's answer: reason number, retry_after, delayed, and how many
+/// of the two records were malformed (and treated as absent).
+type Answer = (u32, u32, u32, u32);
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +178,8 @@ struct Link {
     /// Milliseconds after `started` before which no connect is tried.
     retry_at: AtomicU64,
     counters: BackendCounters,
+    /// The latest failure, for the host's log.
+    last_error: Mutex<Option<String>>,
 }
 
 /// The Redis store of one engine.
@@ -203,6 +207,7 @@ impl RedisStore {
                 started: Instant::now(),
                 retry_at: AtomicU64::new(0),
                 counters: BackendCounters::default(),
+                last_error: Mutex::new(None),
             },
             lane: Mutex::default(),
             sha: redis::Script::new(SCRIPT).get_hash().to_string(),
@@ -213,6 +218,41 @@ impl RedisStore {
 
     pub(crate) fn counters(&self) -> &BackendCounters {
         &self.link.counters
+    }
+
+    /// The latest failure talking to Redis, if any.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.link.last_error.lock().clone()
+    }
+
+    /// Connects on a connection of its own (within `timeout`) and reads
+    /// what would make the store lose records: warnings for the host's
+    /// log, or why Redis cannot be reached.
+    pub(crate) fn probe(&self, timeout: Duration) -> Result<Vec<String>, String> {
+        let mut con = self
+            .link
+            .client
+            .get_connection_with_timeout(timeout)
+            .map_err(|e| e.to_string())?;
+        con.set_read_timeout(Some(timeout))
+            .and_then(|()| con.set_write_timeout(Some(timeout)))
+            .map_err(|e| e.to_string())?;
+        redis::cmd("PING")
+            .query::<String>(&mut con)
+            .map_err(|e| e.to_string())?;
+        let mut config = |name: &str| -> Result<String, String> {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query(&mut con)
+                .map_err(|e| e.to_string())?;
+            pair.get(1)
+                .cloned()
+                .ok_or_else(|| format!("{name} not reported"))
+        };
+        let policy = config("maxmemory-policy");
+        let maxmemory = config("maxmemory");
+        Ok(eviction_warning(policy, maxmemory).into_iter().collect())
     }
 
     /// The Redis key of a record: prefix, kind (`t` triplet, `c` client
@@ -269,7 +309,7 @@ impl RedisStore {
         if lead {
             self.lead(&call);
         }
-        let (reason, retry_after, delayed) = match self.wait(&call) {
+        let (reason, retry_after, delayed, malformed) = match self.wait(&call) {
             Ok(answer) => answer,
             Err(failure) => {
                 let counter = match failure {
@@ -281,6 +321,11 @@ impl RedisStore {
                 return None;
             }
         };
+        if malformed > 0 {
+            self.counters()
+                .malformed
+                .fetch_add(u64::from(malformed), Relaxed);
+        }
         let Some(reason) = Reason::from_number(reason) else {
             // Another script under our SHA cannot happen; count it anyway.
             self.counters().errors.fetch_add(1, Relaxed);
@@ -338,13 +383,6 @@ impl RedisStore {
     /// queued, reads answers in order and hands them out.
     fn lead(&self, own: &Arc<Call>) {
         let mut con = self.lane.lock().con.take();
-        // Every read in this turn waits at most what is left of the
-        // leader's own time.
-        let left = own
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let mut timeout_set = false;
         loop {
             let mut wire = Vec::new();
             {
@@ -358,16 +396,18 @@ impl RedisStore {
                     break;
                 }
             }
-            let step = self
-                .link
-                .connection(&mut con, left, &mut timeout_set)
-                .and_then(|c| {
-                    if !wire.is_empty() {
-                        c.send_packed_command(&wire)
-                            .map_err(|e| Link::failure(&e))?;
-                    }
-                    Link::read(c)
-                });
+            // Every step (connect, write, read) gets what is left of the
+            // leader's own time, so its whole check stays within the
+            // timeout.
+            let fresh = con.is_none();
+            let step = self.link.connection(&mut con, own.deadline).and_then(|c| {
+                if !wire.is_empty() {
+                    c.send_packed_command(&wire)
+                        .map_err(|e| self.link.failure(&e))?;
+                }
+                self.link.set_deadline(c, own.deadline)?;
+                self.link.read(c)
+            });
             let mut lane = self.lane.lock();
             match step {
                 Ok(read) => {
@@ -394,6 +434,12 @@ impl RedisStore {
                 Err(failure) => {
                     con = None;
                     lane.fail_in_flight(failure);
+                    if fresh && failure == Failure::Timeout {
+                        // A server that accepts but never answers (hung,
+                        // stopped): down like one that refuses, so the
+                        // next checks do not each wait the timeout.
+                        self.link.down_for_a_while();
+                    }
                     break;
                 }
             }
@@ -405,56 +451,120 @@ impl RedisStore {
 }
 
 impl Link {
-    /// The open connection (with this turn's read timeout), or a new one
-    /// connected within `left`, unless Redis is known to be down.
+    /// The open connection, or a new one connected before `deadline`,
+    /// unless Redis is known to be down.
     fn connection<'c>(
         &self,
         con: &'c mut Option<redis::Connection>,
-        left: Duration,
-        timeout_set: &mut bool,
+        deadline: Instant,
     ) -> Result<&'c mut redis::Connection, Failure> {
         if con.is_none() {
             let since_start = |t: Instant| t.duration_since(self.started).as_millis() as u64;
             if since_start(Instant::now()) < self.retry_at.load(Relaxed) {
                 return Err(Failure::Down);
             }
+            let left = self.left(deadline)?;
             match self.client.get_connection_with_timeout(left) {
                 Ok(c) => *con = Some(c),
                 Err(e) => {
-                    let retry = Instant::now() + self.retry_interval;
-                    self.retry_at.store(since_start(retry), Relaxed);
-                    return Err(Self::failure(&e));
+                    self.down_for_a_while();
+                    return Err(self.failure(&e));
                 }
             }
         }
         let c = con.as_mut().ok_or(Failure::Error)?;
-        if !*timeout_set {
-            c.set_read_timeout(Some(left))
-                .and_then(|()| c.set_write_timeout(Some(left)))
-                .map_err(|e| Self::failure(&e))?;
-            *timeout_set = true;
-        }
+        self.set_deadline(c, deadline)?;
         Ok(c)
     }
 
+    /// No connect is tried for `retry_interval`: checks are answered
+    /// locally at once.
+    fn down_for_a_while(&self) {
+        let retry = Instant::now() + self.retry_interval;
+        let since_start = retry.duration_since(self.started).as_millis() as u64;
+        self.retry_at.store(since_start, Relaxed);
+    }
+
+    /// What is left until `deadline`; a timeout when nothing is.
+    fn left(&self, deadline: Instant) -> Result<Duration, Failure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.note(format_args!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ));
+            Err(Failure::Timeout)
+        } else {
+            Ok(left)
+        }
+    }
+
+    /// Makes the connection's reads and writes give up at `deadline`.
+    fn set_deadline(&self, c: &mut redis::Connection, deadline: Instant) -> Result<(), Failure> {
+        let left = self.left(deadline)?;
+        c.set_read_timeout(Some(left))
+            .and_then(|()| c.set_write_timeout(Some(left)))
+            .map_err(|e| self.failure(&e))
+    }
+
     /// Reads one answer.
-    fn read(con: &mut redis::Connection) -> Result<Read, Failure> {
-        Ok(match con.recv_response().map_err(|e| Self::failure(&e))? {
+    fn read(&self, con: &mut redis::Connection) -> Result<Read, Failure> {
+        Ok(match con.recv_response().map_err(|e| self.failure(&e))? {
             Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
                 Read::NoScript
             }
             // An error answer (out of memory, a read-only replica) fails
             // this call only.
-            value => Read::Answer(redis::from_redis_value(value).map_err(|_| Failure::Error)),
+            Value::ServerError(e) => {
+                self.note(format_args!("error answer: {e}"));
+                Read::Answer(Err(Failure::Error))
+            }
+            value => Read::Answer(redis::from_redis_value(value).map_err(|e| {
+                self.note(format_args!("unexpected answer: {e}"));
+                Failure::Error
+            })),
         })
     }
 
-    fn failure(e: &redis::RedisError) -> Failure {
+    /// The failure a client error stands for, noted as the latest.
+    fn failure(&self, e: &redis::RedisError) -> Failure {
         if e.is_timeout() {
+            self.note(format_args!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ));
             Failure::Timeout
         } else {
+            self.note(e);
             Failure::Error
         }
+    }
+
+    /// Keeps `what` as the latest failure, for the host's log.
+    fn note(&self, what: impl std::fmt::Display) {
+        *self.last_error.lock() = Some(what.to_string());
+    }
+}
+
+/// A warning when Redis may evict the engine's records: every record has a
+/// TTL, so every policy but `noeviction` can drop passed triplets and
+/// blocks once `maxmemory` is reached.
+fn eviction_warning(
+    policy: Result<String, String>,
+    maxmemory: Result<String, String>,
+) -> Option<String> {
+    let advice = "set maxmemory-policy noeviction (when Redis is full the engine then answers \
+                  from its local table), or give the greylist a Redis of its own with room";
+    match (policy, maxmemory) {
+        (Ok(policy), Ok(max)) if policy == "noeviction" || max == "0" => None,
+        (Ok(policy), Ok(max)) => Some(format!(
+            "Redis has maxmemory {max} with maxmemory-policy {policy}: when it is full it evicts \
+             greylist records (passed triplets, blocks, auto-whitelists); {advice}"
+        )),
+        (Err(e), _) | (_, Err(e)) => Some(format!(
+            "cannot read Redis's maxmemory-policy ({e}); if it can evict keys, greylist records \
+             go when it is full: {advice}"
+        )),
     }
 }
 
@@ -609,6 +719,24 @@ mod tests {
         assert_eq!((retried.action, retried.delayed), (Action::Pass, 301));
         let trapped = fallback(Verdict::new(Reason::Trapped, 3600, 0), FailMode::Open);
         assert_eq!(trapped.action, Action::Block);
+    }
+
+    #[test]
+    fn eviction_policies_that_drop_records_are_warned_of() {
+        let ok = |s: &str| Ok(s.to_string());
+        assert_eq!(eviction_warning(ok("noeviction"), ok("100mb")), None);
+        assert_eq!(eviction_warning(ok("allkeys-lru"), ok("0")), None);
+        for policy in [
+            "allkeys-lru",
+            "allkeys-random",
+            "volatile-ttl",
+            "volatile-lfu",
+        ] {
+            let w = eviction_warning(ok(policy), ok("1048576")).unwrap();
+            assert!(w.contains(policy) && w.contains("noeviction"), "{w}");
+        }
+        let w = eviction_warning(Err("unknown command 'CONFIG'".into()), ok("0")).unwrap();
+        assert!(w.contains("cannot read"), "{w}");
     }
 
     #[test]

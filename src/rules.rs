@@ -175,14 +175,38 @@ fn remaining(until: i64, now: u32) -> u32 {
     (until - i64::from(now)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// Whether a stored time lies further ahead of `now` than the setting it
+/// serves allows: no rule ever stores such a time, so it is corrupt (a
+/// clock that jumped ahead for a moment, or milliseconds given as
+/// seconds), and the rules treat it as never set. Without this, a triplet
+/// first seen ten years ahead would stay deferred, and a network blocked
+/// then stay blocked, for ten years after the clock was right.
+pub fn too_far_ahead(then: u32, now: u32, setting: u32) -> bool {
+    -age(now, then) > i64::from(setting)
+}
+
 impl TripletState {
     /// Whether the entry is past its lifetime at `now`: a pending triplet
-    /// after its retry window, a passed one after its pass lifetime.
+    /// after its retry window, a passed one after its pass lifetime. An
+    /// entry whose time is corrupt ([`TripletState::is_corrupt`]) is past
+    /// it too, so the triplet starts over and sweeps remove it.
     pub fn is_expired(&self, now: u32, config: &Config) -> bool {
-        if self.passed {
+        let past = if self.passed {
             age(now, self.last_seen) > i64::from(config.pass_ttl)
         } else {
             age(now, self.first_seen) > i64::from(config.retry_window)
+        };
+        past || self.is_corrupt(now, config)
+    }
+
+    /// Whether the entry's time lies further ahead of `now` than the rules
+    /// ever store it: a pending triplet first seen more than the delay
+    /// ahead, a passed one used more than its lifetime ahead.
+    pub fn is_corrupt(&self, now: u32, config: &Config) -> bool {
+        if self.passed {
+            too_far_ahead(self.last_seen, now, config.pass_ttl)
+        } else {
+            too_far_ahead(self.first_seen, now, config.delay)
         }
     }
 
@@ -194,6 +218,23 @@ impl TripletState {
 }
 
 impl ClientState {
+    /// The record with its corrupt times cleared (see [`too_far_ahead`]):
+    /// a block ending more than `block_time` ahead is lifted; an
+    /// auto-whitelist last used more than `awl_ttl` ahead starts over; a
+    /// blast period starting more than a delay ahead is dropped.
+    pub fn repaired(mut self, now: u32, config: &Config) -> ClientState {
+        if too_far_ahead(self.blocked_until, now, config.block_time.max(1)) {
+            self.blocked_until = 0;
+        }
+        if too_far_ahead(self.last_seen, now, config.awl_ttl) {
+            (self.passes, self.last_seen) = (0, 0);
+        }
+        if too_far_ahead(self.round_start, now, config.delay) {
+            (self.round_start, self.rounds, self.last_round) = (0, 0, 0);
+        }
+        self
+    }
+
     fn is_blocked(&self, now: u32) -> bool {
         now < self.blocked_until
     }
@@ -202,18 +243,24 @@ impl ClientState {
         age(now, self.last_seen) <= i64::from(config.awl_ttl)
     }
 
-    /// Whether the record holds nothing worth keeping at `now`.
+    /// Whether the record holds nothing worth keeping at `now` (corrupt
+    /// times count as unset).
     pub fn is_expired(&self, now: u32, config: &Config) -> bool {
-        !self.is_blocked(now)
-            && !self.awl_alive(now, config)
-            && age(now, self.round_start) > i64::from(config.delay)
+        let s = self.repaired(now, config);
+        !s.is_blocked(now)
+            && !s.awl_alive(now, config)
+            && age(now, s.round_start) > i64::from(config.delay)
+    }
+
+    /// Whether the network is blocked at `now`.
+    pub fn blocks(&self, now: u32, config: &Config) -> bool {
+        self.repaired(now, config).is_blocked(now)
     }
 
     /// Whether the network is auto-whitelisted at `now`.
     pub fn is_auto_whitelisted(&self, now: u32, config: &Config) -> bool {
-        config.awl_threshold > 0
-            && self.passes >= config.awl_threshold
-            && self.awl_alive(now, config)
+        let s = self.repaired(now, config);
+        config.awl_threshold > 0 && s.passes >= config.awl_threshold && s.awl_alive(now, config)
     }
 }
 
@@ -221,11 +268,15 @@ impl ClientState {
 /// decides (blocked, or auto-whitelisted, whose lifetime is then refreshed),
 /// else `None` and the triplet decides.
 pub fn client_gate(client: &mut ClientState, now: u32, config: &Config) -> Option<Verdict> {
-    if client.is_blocked(now) {
-        let left = remaining(i64::from(client.blocked_until), now);
+    // Corrupt times count as unset; the record is rewritten (repaired)
+    // only when this writes it.
+    let seen = client.repaired(now, config);
+    if seen.is_blocked(now) {
+        let left = remaining(i64::from(seen.blocked_until), now);
         return Some(Verdict::new(Reason::Blocked, left, 0));
     }
-    if client.is_auto_whitelisted(now, config) {
+    if seen.is_auto_whitelisted(now, config) {
+        *client = seen;
         client.last_seen = client.last_seen.max(now);
         return Some(Verdict::new(Reason::AutoWhitelisted, 0, 0));
     }
@@ -240,7 +291,8 @@ pub fn triplet_step(
 ) -> (TripletState, Verdict) {
     let delay = i64::from(config.delay);
     match state.filter(|s| !s.is_expired(now, config)) {
-        // Rules 3 and 6: unknown, or its window ran out: start a cycle.
+        // Rules 3 and 6: unknown, or its window ran out (or its time is
+        // corrupt): start a cycle.
         None => (
             TripletState {
                 first_seen: now,
@@ -285,6 +337,7 @@ pub fn client_update(
 ) -> Verdict {
     match verdict.reason {
         Reason::Retried => {
+            *client = client.repaired(now, config);
             if !client.awl_alive(now, config) {
                 client.passes = 0;
             }
@@ -293,6 +346,7 @@ pub fn client_update(
             verdict
         }
         Reason::EarlyRetry if config.blast_threshold > 0 => {
+            *client = client.repaired(now, config);
             let period = age(now, client.round_start);
             if client.rounds == 0 || !(0..i64::from(config.delay)).contains(&period) {
                 client.round_start = now;
@@ -365,6 +419,7 @@ pub fn check(
 /// A trap recipient: the network is blocked from `now` for `block_time`
 /// (at least a second), or longer if it already was.
 pub fn trap(client: &mut ClientState, now: u32, config: &Config) -> Verdict {
+    *client = client.repaired(now, config);
     let until = now.saturating_add(config.block_time.max(1));
     client.blocked_until = client.blocked_until.max(until);
     Verdict::new(Reason::Trapped, until - now, 0)
@@ -459,25 +514,62 @@ mod tests {
     #[test]
     fn clock_going_back_never_passes_early() {
         let (s, _) = run(None, T0);
-        let (s, v) = run(Some(s), T0 - 1000);
-        assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 1300));
+        let (s, v) = run(Some(s), T0 - 100);
+        assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 400));
         assert_eq!(s.last_seen, T0, "last_seen never moves back");
-        let (_, v) = run(Some(s), 0);
-        assert_eq!(v.reason, Reason::EarlyRetry);
         let (s, v) = run(Some(s), T0 + 300);
         assert_eq!(v.reason, Reason::Retried);
-        // A passed triplet stays passed when the clock steps back.
+        // A passed triplet stays passed when the clock steps back within
+        // its lifetime.
         let (_, v) = run(Some(s), T0 - 5);
         assert_eq!(v.reason, Reason::Passed);
+    }
+
+    /// Issue 15, item 11: a time stored further ahead than the setting it
+    /// serves is corrupt, and the triplet starts over (never passing
+    /// early: a full delay from the restart).
+    #[test]
+    fn times_too_far_ahead_start_over() {
+        let (s, _) = run(None, T0);
+        let (s, v) = run(Some(s), T0 - 301);
+        assert_eq!((v.reason, v.retry_after), (Reason::New, 300));
+        assert_eq!(s.first_seen, T0 - 301);
+        let (s, v) = run(Some(s), T0 - 2);
+        assert_eq!(v.reason, Reason::EarlyRetry);
+        let (s, v) = run(Some(s), T0 - 1);
+        assert_eq!(v.reason, Reason::Retried);
+        // Passed, used a lifetime and more ahead: starts over too.
+        let (_, v) = run(Some(s), T0 - 1 - 35 * 86_400 - 1);
+        assert_eq!(v.reason, Reason::New);
+        // A network blocked further ahead than block_time is not blocked;
+        // one auto-whitelisted from the future is not auto-whitelisted.
+        let c = cfg();
+        let mut blocked = ClientState {
+            blocked_until: T0 + 3601,
+            ..ClientState::default()
+        };
+        assert!(client_gate(&mut blocked, T0, &c).is_none());
+        assert!(!blocked.blocks(T0, &c));
+        assert!(
+            blocked.blocks(T0 + 1, &c),
+            "within block_time of now it is a block"
+        );
+        let mut awl = ClientState {
+            passes: 9,
+            last_seen: T0 + 35 * 86_400 + 1,
+            ..ClientState::default()
+        };
+        assert!(client_gate(&mut awl, T0, &c).is_none());
+        assert!(awl.is_expired(T0, &c), "swept");
     }
 
     #[test]
     fn extremes_do_not_overflow() {
         let (s, v) = run(None, u32::MAX);
         assert_eq!(v.reason, Reason::New);
+        // The far future seen from 0 is corrupt: a new cycle.
         let (_, v) = run(Some(s), 0);
-        assert_eq!(v.reason, Reason::EarlyRetry);
-        assert_eq!(v.retry_after, u32::MAX);
+        assert_eq!((v.reason, v.retry_after), (Reason::New, 300));
         let (s, _) = run(None, 0);
         let (_, v) = run(Some(s), u32::MAX);
         assert_eq!(v.reason, Reason::New);

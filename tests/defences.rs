@@ -452,3 +452,54 @@ fn early_retries_from_many_networks_stay_within_max_clients() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 15, item 11: a triplet first seen with `now` ten years ahead (a
+/// bad clock for a moment, or milliseconds passed as seconds) stayed
+/// deferred for ten years after the clock was right and was never swept;
+/// a network blocked during the jump stayed blocked for ten years.
+#[test]
+fn a_clock_jump_ahead_does_not_poison_state_for_years() {
+    const TEN_YEARS: i64 = 10 * 365 * 86_400;
+    let e = Engine::new(Config::default());
+    e.set_list(ListKind::TrapRecipients, &["trap@example.net"])
+        .unwrap();
+    let ahead = T0 + TEN_YEARS;
+    e.check("192.0.2.1", "a@x.org", "b@y.net", ahead).unwrap();
+    // During the jump a trap blocks 203.0.113.0/24 until ten years ahead.
+    e.check("203.0.113.5", "s@spam.example", "trap@example.net", ahead)
+        .unwrap();
+    // The clock is right again: the triplet starts over at now, and never
+    // passes early.
+    let v = e.check("192.0.2.1", "a@x.org", "b@y.net", T0).unwrap();
+    assert_eq!((v.reason, v.retry_after), (Reason::New, 300));
+    assert_eq!(
+        e.check("192.0.2.1", "a@x.org", "b@y.net", T0 + 299)
+            .unwrap()
+            .reason,
+        Reason::EarlyRetry
+    );
+    assert_eq!(
+        e.check("192.0.2.1", "a@x.org", "b@y.net", T0 + 300)
+            .unwrap()
+            .reason,
+        Reason::Retried
+    );
+    // The block is lifted.
+    let v = e
+        .check("203.0.113.5", "s@spam.example", "b@y.net", T0)
+        .unwrap();
+    assert_eq!(v.reason, Reason::New, "not blocked for ten years");
+    // A sweep removes entries stored that far ahead.
+    e.check("198.51.100.1", "c@x.org", "d@y.net", ahead)
+        .unwrap();
+    assert_eq!(e.len(), 3);
+    assert_eq!(e.sweep(T0 + 301), 1, "the entry from the future went");
+    assert_eq!(e.len(), 2);
+    // A small step back (inside the delay) is judged as before.
+    e.check("198.51.100.2", "c@x.org", "d@y.net", T0 + 1000)
+        .unwrap();
+    let v = e
+        .check("198.51.100.2", "c@x.org", "d@y.net", T0 + 900)
+        .unwrap();
+    assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 400));
+}

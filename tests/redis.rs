@@ -173,7 +173,7 @@ fn through_lua(v: &Vector, con: &mut redis::Connection, script: &redis::Script) 
         let _: () = redis::cmd("SET").arg(&ckey).arg(text).query(con).unwrap();
     }
     let cfg = &v.config;
-    let reply: (u32, u32, u32) = script
+    let (reason, retry_after, delayed, malformed): (u32, u32, u32, u32) = script
         .key(&tkey)
         .key(&ckey)
         .arg(if v.trap { "trap" } else { "check" })
@@ -190,10 +190,15 @@ fn through_lua(v: &Vector, con: &mut redis::Connection, script: &redis::Script) 
     let get = |con: &mut redis::Connection, key: &str| -> Option<String> {
         redis::cmd("GET").arg(key).query(con).unwrap()
     };
+    assert_eq!(
+        malformed, 0,
+        "line {}: the vector's records are well-formed",
+        v.line
+    );
     let t = get(con, &tkey);
     let c = get(con, &ckey);
     (
-        reply,
+        (reason, retry_after, delayed),
         t.as_deref().and_then(triplet),
         c.as_deref().and_then(client),
     )
@@ -682,10 +687,173 @@ fn policy_daemon_rides_out_a_redis_outage() {
     }
     mx.wait_for_log("action=pass reason=backend-unavailable client=192.0.2.1");
     // Back without restarting the daemon.
+    // Issue 15, item 15: the outage used to be silent (greylisting off,
+    // not one log line). Now one line when it begins...
+    mx.wait_for_log("Redis is unreachable (");
+    mx.wait_for_log("passing what it would defer (--redis-fail open)");
     server.restart();
     std::thread::sleep(Duration::from_millis(1200));
     assert!(ask(&mut c, 1000).0.starts_with("DEFER_IF_PERMIT"));
     mx.wait_for_log("action=defer reason=new client=192.0.2.1 from=<alice@example.org> to=<u1000@");
+    // ... and one when it ends, with the count answered locally.
+    mx.wait_for_log("checks were answered from the local table");
+    let log = mx.log_text();
+    assert_eq!(log.matches("Redis is unreachable").count(), 1, "{log}");
+    let count: u64 = log
+        .split("Redis answers again after ")
+        .nth(1)
+        .and_then(|rest| rest.split("; ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(count, 200, "every check between the kill and the restart");
+}
+
+/// Issue 15, item 15: a wrong URL at start gave no warning at all.
+#[test]
+fn policy_daemon_warns_at_start_when_redis_cannot_be_reached() {
+    let Some(server) = RedisServer::start("policyd-unreachable") else {
+        return;
+    };
+    let secret = server.secret_file();
+    let port = redis_server::real::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mx = daemon::Daemon::start(
+        "unreachable",
+        &["--redis", &url, "--redis-secret", secret.to_str().unwrap()],
+    );
+    mx.wait_for_log("warning: Redis cannot be reached at start (");
+}
+
+/// Issue 15, item 14: with maxmemory and an evicting policy Redis drops
+/// passed triplets first; the daemon warns at connect, and the README says
+/// which policy to use.
+#[test]
+fn an_evicting_maxmemory_policy_is_warned_of() {
+    let Some(lru) = RedisServer::start_with(
+        "evicting",
+        &["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
+    ) else {
+        return;
+    };
+    let mx = mx_daemon("evicting", &lru, &[]);
+    mx.wait_for_log("warning: Redis has maxmemory 67108864 with maxmemory-policy allkeys-lru");
+    let Some(safe) = RedisServer::start_with(
+        "noeviction",
+        &["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"],
+    ) else {
+        return;
+    };
+    let mx = mx_daemon("noeviction", &safe, &[]);
+    defer_first(&mx);
+    assert!(!mx.log_text().contains("warning"), "{}", mx.log_text());
+}
+
+fn defer_first(mx: &daemon::Daemon) {
+    let mut c = mx.connect();
+    let req = rcpt_at("192.0.2.1", "alice@example.org", "bob@example.net", T0);
+    assert!(daemon::ask(&mut c, &req).starts_with("DEFER_IF_PERMIT"));
+}
+
+/// Issue 15, item 12: a record not in the script's format made the script
+/// raise, and the engine failed open for that triplet, or for the whole
+/// /24 if it was the network record, for up to two days.
+#[test]
+fn malformed_records_count_as_absent_and_are_counted() {
+    let Some(server) = RedisServer::start("malformed") else {
+        return;
+    };
+    let mx = engine(shared(&server, "greylist:"));
+    let mut con = server.connection();
+    let garbage = [
+        "garbage",
+        "1 2 3",
+        "",
+        "99999999999999999999 1 1 1",
+        "-5 1 0 0",
+        "1700000000 1700000000 999 0",
+        "1700000000 1700000000 0 7",
+    ];
+    for (i, junk) in garbage.iter().enumerate() {
+        let rcpt = format!("r{i}@example.net");
+        let tkey = format!(
+            "greylist:t:{:032x}",
+            mx.triplet_key("192.0.2.1", "a@x.org", &rcpt).unwrap()
+        );
+        let _: () = redis::cmd("SET")
+            .arg(&tkey)
+            .arg(junk)
+            .query(&mut con)
+            .unwrap();
+        let v = mx.check("192.0.2.1", "a@x.org", &rcpt, T0).unwrap();
+        assert_eq!(
+            (v.action, v.reason),
+            (Action::Defer, Reason::New),
+            "triplet record {junk:?}: greylisted, not failed open"
+        );
+    }
+    assert_eq!(mx.stats().backend_malformed, garbage.len() as u64);
+    assert_eq!(mx.stats().backend_unavailable, 0);
+    // A malformed network record: every triplet of the /24 is still judged.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("greylist:c:*")
+        .query(&mut con)
+        .unwrap();
+    let before: Vec<String> = redis::cmd("KEYS")
+        .arg("greylist:t:*")
+        .query(&mut con)
+        .unwrap();
+    assert!(keys.is_empty() && before.len() == garbage.len());
+    mx.check("198.51.100.1", "a@x.org", "b@y.net", T0).unwrap();
+    // The early retry writes the network record; then it is damaged.
+    mx.check("198.51.100.1", "a@x.org", "b@y.net", T0 + 10)
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("greylist:c:*")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    for junk in ["0 0 notanumber 0 0 0", "1 2 3", "0 0 99999999999 0 0 0"] {
+        let _: () = redis::cmd("SET")
+            .arg(&keys[0])
+            .arg(junk)
+            .query(&mut con)
+            .unwrap();
+        for i in 0..3 {
+            let v = mx
+                .check("198.51.100.7", "c@x.org", &format!("n{i}@y.net"), T0 + 20)
+                .unwrap();
+            assert_eq!(v.action, Action::Defer, "network record {junk:?}");
+            assert_ne!(v.reason, Reason::BackendUnavailable);
+        }
+    }
+}
+
+/// Issue 15, item 13: a hung Redis was answered after 108-113 ms against
+/// a 50 ms timeout (a connect and a read each got the whole timeout).
+#[test]
+fn the_redis_timeout_bounds_the_whole_check() {
+    let Some(server) = RedisServer::start("deadline") else {
+        return;
+    };
+    let timeout = Duration::from_millis(200);
+    let mx = engine(shared(&server, "greylist:").redis_timeout(timeout));
+    assert_eq!(timed_check(&mx, 0, T0).0.reason, Reason::New);
+    server.pause(true);
+    // The first on the open connection, the next ones connecting anew (a
+    // stopped server still accepts at the TCP level).
+    let mut worst = Duration::ZERO;
+    for i in 1..6 {
+        let (v, took) = timed_check(&mx, i, T0);
+        assert_eq!(v.reason, Reason::BackendUnavailable);
+        worst = worst.max(took);
+    }
+    server.pause(false);
+    eprintln!("hung Redis, {timeout:?} timeout: the slowest check took {worst:?}");
+    assert!(
+        worst < timeout + Duration::from_millis(60),
+        "a check took {worst:?} against a {timeout:?} timeout"
+    );
 }
 
 #[test]

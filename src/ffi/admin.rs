@@ -626,8 +626,15 @@ mod tests {
                 passes: 0,
                 reserved: 0,
             };
-            let status =
-                greylist_engine_client_report(e, c"192.0.2.9".as_ptr(), null(), T0, &mut report);
+            // The first check ran at the system clock (its request had no
+            // `now`): report at it too.
+            let status = greylist_engine_client_report(
+                e,
+                c"192.0.2.9".as_ptr(),
+                null(),
+                crate::ffi::GREYLIST_NOW,
+                &mut report,
+            );
             assert_eq!(status, GREYLIST_STATUS_OK);
             assert_eq!(
                 (report.flags, report.pending),

@@ -167,6 +167,9 @@ pub struct greylist_stats {
     pub cache_hits: u64,
     /// Client-network records removed to stay within the maximum.
     pub clients_evicted: u64,
+    /// Records in the shared store that were malformed and treated as
+    /// absent.
+    pub backend_malformed: u64,
 }
 
 /// Creates an engine from `config` (NULL for the defaults) and stores it in
@@ -451,6 +454,7 @@ pub unsafe extern "C" fn greylist_engine_stats(
             backend_timeouts: s.backend_timeouts,
             cache_hits: s.cache_hits,
             clients_evicted: s.clients_evicted,
+            backend_malformed: s.backend_malformed,
         };
         // SAFETY: the caller guarantees `out` holds `size` bytes.
         unsafe { copy_versioned(&stats, out, size) };

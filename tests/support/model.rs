@@ -147,11 +147,13 @@ struct Model {
 type Answer = (Action, Reason, u32, u32);
 
 impl Model {
+    /// Past its lifetime, or stored further ahead than the rules ever
+    /// store it (a clock that jumped: treated as corrupt).
     fn triplet_expired(&self, t: &RefTriplet, now: i64) -> bool {
         if t.passed {
-            now - t.last_seen > self.s.pass_ttl
+            now - t.last_seen > self.s.pass_ttl || t.last_seen - now > self.s.pass_ttl
         } else {
-            now - t.first_seen > self.s.retry_window
+            now - t.first_seen > self.s.retry_window || t.first_seen - now > self.s.delay
         }
     }
 
@@ -159,10 +161,37 @@ impl Model {
         c.last_pass.is_some_and(|t| now - t <= self.s.awl_ttl)
     }
 
+    /// The network's record as the rules see it at `now`: times further
+    /// ahead than the setting they serve are corrupt, and count as unset.
+    /// Stored that way only when a check writes the record.
+    fn repaired(&self, c: &RefClient, now: i64) -> RefClient {
+        let s = self.s;
+        let mut c = c.clone();
+        if c.blocked_until - now > s.block_time.max(1) {
+            c.blocked_until = 0;
+        }
+        if c.last_pass.is_some_and(|t| t - now > s.awl_ttl) {
+            (c.passes, c.last_pass) = (0, None);
+        }
+        if c.round_start - now > s.delay {
+            (c.round_start, c.rounds, c.last_round) = (0, 0, 0);
+        }
+        c
+    }
+
+    /// The network's record, repaired, to be written.
+    fn client_to_write(&mut self, net: &str, now: i64) -> &mut RefClient {
+        let c = self.clients.entry(net.to_string()).or_default().clone();
+        let repaired = self.repaired(&c, now);
+        let stored = self.clients.get_mut(net).unwrap();
+        *stored = repaired;
+        stored
+    }
+
     fn check(&mut self, net: &str, sender: &str, rcpt: &str, now: i64) -> Answer {
         let s = self.s;
         // Rules 1 and 2.
-        if let Some(c) = self.clients.get(net).cloned() {
+        if let Some(c) = self.clients.get(net).map(|c| self.repaired(c, now)) {
             if now < c.blocked_until {
                 return (
                     Action::Block,
@@ -172,7 +201,7 @@ impl Model {
                 );
             }
             if s.awl_threshold > 0 && c.passes >= s.awl_threshold && self.awl_alive(&c, now) {
-                let c = self.clients.get_mut(net).unwrap();
+                let c = self.client_to_write(net, now);
                 c.last_pass = Some(c.last_pass.unwrap().max(now));
                 return (Action::Pass, Reason::AutoWhitelisted, 0, 0);
             }
@@ -212,10 +241,11 @@ impl Model {
                 0,
             );
             // The network's record is kept (lost mail is credited to it).
-            let c = self.clients.entry(net.to_string()).or_default();
             if s.blast_threshold == 0 {
+                self.clients.entry(net.to_string()).or_default();
                 return answer;
             }
+            let c = self.client_to_write(net, now);
             let period = now - c.round_start;
             if c.rounds == 0 || period < 0 || period >= s.delay {
                 c.round_start = now;
@@ -239,7 +269,7 @@ impl Model {
             return (Action::Pass, Reason::Retried, 0, waited as u32);
         }
         let awl_ttl = s.awl_ttl;
-        let c = self.clients.entry(net.to_string()).or_default();
+        let c = self.client_to_write(net, now);
         if c.last_pass.is_none_or(|p| now - p > awl_ttl) {
             c.passes = 0;
         }
@@ -264,11 +294,18 @@ impl Model {
             }
         }
         let s = self.s;
-        self.clients.retain(|_, c| {
+        let seen: HashMap<String, RefClient> = self
+            .clients
+            .iter()
+            .map(|(net, c)| (net.clone(), self.repaired(c, now)))
+            .collect();
+        self.clients.retain(|net, c| {
+            let lost_at = c.last_lost;
+            let c = &seen[net];
             let blocked = now < c.blocked_until;
             let awl = c.last_pass.is_some_and(|t| now - t <= s.awl_ttl);
             let rounds = now - c.round_start <= s.delay;
-            let lost = c.last_lost.is_some_and(|t| now - t <= s.awl_ttl);
+            let lost = lost_at.is_some_and(|t| (now - t).abs() <= s.awl_ttl);
             blocked || awl || rounds || lost
         });
         expired.len() as u64

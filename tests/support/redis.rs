@@ -137,10 +137,12 @@ impl RedisServer {
     }
 
     /// A secret file for `greylist-policyd --redis-secret`, in the
-    /// server's folder.
+    /// server's folder, private as it should be.
     pub fn secret_file(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let path = self.dir.join("secret");
         std::fs::write(&path, "00112233445566778899aabbccddeeff\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     }
 }

@@ -199,6 +199,7 @@ _STAT_FIELDS = [
     "backend_timeouts",
     "cache_hits",
     "clients_evicted",
+    "backend_malformed",
 ]
 
 

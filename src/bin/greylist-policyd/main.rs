@@ -2,12 +2,14 @@
 //! on the greylist engine. See `greylist-policyd --help`.
 //!
 //! Modules: `cli` (the command line), `log` (the bounded log), `server`
-//! (accepting and serving connections under deadlines); this file starts
-//! it all, checking at start what would fail later.
+//! (accepting and serving connections under deadlines), `watch` (Redis
+//! outages in the log); this file starts it all, checking at start what
+//! would fail later.
 
 mod cli;
 mod log;
 mod server;
+mod watch;
 
 use std::net::TcpListener;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -123,8 +125,12 @@ fn run() -> Result<(), String> {
     if let Some(path) = &o.unix {
         clear_socket_path(path)?;
     }
+    let shared = config.redis().is_some();
     let opened = Engine::open(config, &options).map_err(|e| e.to_string())?;
     let engine = Arc::new(opened.engine);
+    if shared {
+        watch::start(engine.clone());
+    }
     load_lists(&engine, &o.lists)?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
