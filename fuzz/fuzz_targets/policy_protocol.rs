@@ -1,7 +1,9 @@
 //! The policy protocol reader on arbitrary byte streams, split at arbitrary
 //! points. Must hold: the same requests (and the same error, if any)
 //! whatever the split, and never a panic; answering each request never
-//! panics either.
+//! panics either, stays on one line, and a first attempt at the RCPT
+//! stage is never waved through (`DUNNO`) because of what it holds: an
+//! engine that has never seen it greylists it (issue 15, item 1).
 #![no_main]
 
 use std::io::{BufReader, Read};
@@ -51,5 +53,20 @@ fuzz_target!(|data: &[u8]| {
     for request in &whole.0 {
         let a = answer(&engine, request, &options, 1_700_000_000);
         assert!(!a.action.contains('\n'), "an answer must stay on one line: {:?}", a.action);
+        assert!(!a.log.contains('\n'), "a log line must stay one line: {:?}", a.log);
+        let rcpt_stage = request.get_bytes("request") == Some(b"smtpd_access_policy")
+            && request
+                .get_bytes("protocol_state")
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"RCPT"));
+        if rcpt_stage {
+            let fresh = Engine::new(Config::builder().shards(1).build().unwrap());
+            let first = answer(&fresh, request, &options, 1_700_000_000);
+            assert!(
+                first.action.starts_with("DEFER_IF_PERMIT "),
+                "a first attempt was not greylisted: {:?} for {:?}",
+                first.action,
+                request
+            );
+        }
     }
 });
