@@ -20,6 +20,8 @@
 local NEW, EARLY_RETRY, RETRIED, PASSED = 1, 2, 3, 4
 local AUTO_WHITELISTED, BLOCKED, TRAPPED = 6, 7, 8
 local U32_MAX, GRACE = 4294967295, 60
+-- rules::CLOCK_GRACE: how far the clock may step back before a time is corrupt.
+local GRACE_BACK = 3600
 local max, min, tonumber = math.max, math.min, tonumber
 
 local now = tonumber(ARGV[2])
@@ -50,11 +52,12 @@ if records[2] then
     malformed = malformed + 1
   end
 end
--- Corrupt times (further ahead than the setting they serve, as after a
--- clock that jumped ahead) count as unset, as rules.rs's repaired() does.
-if blocked_until - now > max(block_time, 1) then blocked_until = 0 end
-if c_last - now > awl_ttl then passes, c_last = 0, 0 end
-if round_start - now > delay then round_start, rounds, last_round = 0, 0, 0 end
+-- Corrupt times (further ahead than the setting they serve and GRACE_BACK,
+-- as after a clock that jumped ahead) count as unset, as rules.rs's
+-- repaired() does.
+if blocked_until - now > max(block_time, 1) + GRACE_BACK then blocked_until = 0 end
+if c_last - now > awl_ttl + GRACE_BACK then passes, c_last = 0, 0 end
+if round_start - now > delay + GRACE_BACK then round_start, rounds, last_round = 0, 0, 0 end
 
 -- Stores the network's record until GRACE seconds after the rules stop
 -- needing it (blocked, auto-whitelist alive, or blast period running).
@@ -92,8 +95,8 @@ if records[1] then
     first = nil
     malformed = malformed + 1
   elseif passed then
-    if now - last > pass_ttl or last - now > pass_ttl then first = nil end
-  elseif now - first > retry_window or first - now > delay then
+    if now - last > pass_ttl or last - now > pass_ttl + GRACE_BACK then first = nil end
+  elseif now - first > retry_window or first - now > delay + GRACE_BACK then
     first = nil
   end
 end

@@ -175,14 +175,20 @@ fn remaining(until: i64, now: u32) -> u32 {
     (until - i64::from(now)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// How far a clock may step back, beyond the setting a stored time
+/// serves, before that time counts as corrupt. Checks on several threads
+/// read the clock a moment apart, and an NTP correction can step it back:
+/// a block set one second "ahead" of another thread's `now` is a block.
+pub const CLOCK_GRACE: u32 = 3600;
+
 /// Whether a stored time lies further ahead of `now` than the setting it
-/// serves allows: no rule ever stores such a time, so it is corrupt (a
-/// clock that jumped ahead for a moment, or milliseconds given as
-/// seconds), and the rules treat it as never set. Without this, a triplet
-/// first seen ten years ahead would stay deferred, and a network blocked
-/// then stay blocked, for ten years after the clock was right.
+/// serves (plus [`CLOCK_GRACE`]): no rule ever stores such a time, so it is
+/// corrupt (a clock that jumped ahead for a moment, or milliseconds given
+/// as seconds), and the rules treat it as never set. Without this, a
+/// triplet first seen ten years ahead would stay deferred, and a network
+/// blocked then stay blocked, for ten years after the clock was right.
 pub fn too_far_ahead(then: u32, now: u32, setting: u32) -> bool {
-    -age(now, then) > i64::from(setting)
+    -age(now, then) > i64::from(setting) + i64::from(CLOCK_GRACE)
 }
 
 impl TripletState {
@@ -219,9 +225,9 @@ impl TripletState {
 
 impl ClientState {
     /// The record with its corrupt times cleared (see [`too_far_ahead`]):
-    /// a block ending more than `block_time` ahead is lifted; an
-    /// auto-whitelist last used more than `awl_ttl` ahead starts over; a
-    /// blast period starting more than a delay ahead is dropped.
+    /// a block ending more than `block_time` (and the grace) ahead is
+    /// lifted; an auto-whitelist last used more than `awl_ttl` ahead starts
+    /// over; a blast period starting more than a delay ahead is dropped.
     pub fn repaired(mut self, now: u32, config: &Config) -> ClientState {
         if too_far_ahead(self.blocked_until, now, config.block_time.max(1)) {
             self.blocked_until = 0;
@@ -530,33 +536,41 @@ mod tests {
     /// early: a full delay from the restart).
     #[test]
     fn times_too_far_ahead_start_over() {
+        let g = CLOCK_GRACE;
         let (s, _) = run(None, T0);
-        let (s, v) = run(Some(s), T0 - 301);
+        // Back by the delay and the grace: still this triplet's cycle.
+        let (s, v) = run(Some(s), T0 - 300 - g);
+        assert_eq!(
+            (v.reason, v.retry_after),
+            (Reason::EarlyRetry, 300 + g + 300)
+        );
+        // One second more: corrupt, a new cycle.
+        let (s, v) = run(Some(s), T0 - 301 - g);
         assert_eq!((v.reason, v.retry_after), (Reason::New, 300));
-        assert_eq!(s.first_seen, T0 - 301);
-        let (s, v) = run(Some(s), T0 - 2);
+        assert_eq!(s.first_seen, T0 - 301 - g);
+        let (s, v) = run(Some(s), T0 - 2 - g);
         assert_eq!(v.reason, Reason::EarlyRetry);
-        let (s, v) = run(Some(s), T0 - 1);
+        let (s, v) = run(Some(s), T0 - 1 - g);
         assert_eq!(v.reason, Reason::Retried);
-        // Passed, used a lifetime and more ahead: starts over too.
-        let (_, v) = run(Some(s), T0 - 1 - 35 * 86_400 - 1);
+        // Passed, used a lifetime and the grace and more ahead: starts over.
+        let (_, v) = run(Some(s), T0 - 1 - g - 35 * 86_400 - g - 1);
         assert_eq!(v.reason, Reason::New);
         // A network blocked further ahead than block_time is not blocked;
         // one auto-whitelisted from the future is not auto-whitelisted.
         let c = cfg();
         let mut blocked = ClientState {
-            blocked_until: T0 + 3601,
+            blocked_until: T0 + 3601 + g,
             ..ClientState::default()
         };
         assert!(client_gate(&mut blocked, T0, &c).is_none());
         assert!(!blocked.blocks(T0, &c));
         assert!(
             blocked.blocks(T0 + 1, &c),
-            "within block_time of now it is a block"
+            "within block_time and the grace it is a block"
         );
         let mut awl = ClientState {
             passes: 9,
-            last_seen: T0 + 35 * 86_400 + 1,
+            last_seen: T0 + 35 * 86_400 + g + 1,
             ..ClientState::default()
         };
         assert!(client_gate(&mut awl, T0, &c).is_none());

@@ -495,6 +495,27 @@ fn a_clock_jump_ahead_does_not_poison_state_for_years() {
     assert_eq!(e.len(), 3);
     assert_eq!(e.sweep(T0 + 301), 1, "the entry from the future went");
     assert_eq!(e.len(), 2);
+    // A block seen by a check whose clock is a little behind (another
+    // thread read it a moment earlier, or NTP stepped it back) is a block:
+    // only times beyond the setting and CLOCK_GRACE are corrupt.
+    e.check(
+        "203.0.113.5",
+        "s@spam.example",
+        "trap@example.net",
+        T0 + 400,
+    )
+    .unwrap();
+    for behind in [1, 60, 3599] {
+        let v = e
+            .check(
+                "203.0.113.5",
+                "s@spam.example",
+                "b@y.net",
+                T0 + 400 - behind,
+            )
+            .unwrap();
+        assert_eq!(v.reason, Reason::Blocked, "{behind} s behind");
+    }
     // A small step back (inside the delay) is judged as before.
     e.check("198.51.100.2", "c@x.org", "d@y.net", T0 + 1000)
         .unwrap();

@@ -6,28 +6,15 @@
 
 use greylist::{Config, Engine, Reason};
 
-const T0: i64 = 1_700_000_000;
+#[path = "support/names.rs"]
+mod names;
+use names::letters_into as letters;
 
 fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
+    names::rss_bytes("self")
 }
 
-/// Digit-free names: digit runs are folded by normalisation.
-fn letters(mut n: u64, out: &mut String) {
-    loop {
-        out.push(char::from(b'a' + (n % 26) as u8));
-        n /= 26;
-        if n == 0 {
-            return;
-        }
-    }
-}
+const T0: i64 = 1_700_000_000;
 
 #[test]
 fn five_million_unique_triplets_into_a_one_million_cap() {

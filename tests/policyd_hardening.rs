@@ -6,6 +6,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/names.rs"]
+mod names;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -147,7 +149,11 @@ fn a_flood_with_a_stuck_log_stays_small_and_shutdown_lines_survive() {
                 let mut batch = String::new();
                 let mut line = String::new();
                 for i in 0..50_000u32 {
-                    let sender = format!("{}{}@flood.example", "x".repeat(100), letters(i));
+                    let sender = format!(
+                        "{}{}@flood.example",
+                        "x".repeat(100),
+                        names::letters(u64::from(i))
+                    );
                     batch.push_str(&rcpt(&format!("10.{t}.0.1"), &sender, "b@y.net", T0));
                     if i % 100 == 99 {
                         s.write_all(batch.as_bytes()).unwrap();
@@ -194,18 +200,6 @@ fn a_flood_with_a_stuck_log_stays_small_and_shutdown_lines_survive() {
         "{}",
         &log[log.len().saturating_sub(2000)..]
     );
-}
-
-/// Digit-free names (digit runs are folded by normalisation).
-fn letters(mut n: u32) -> String {
-    let mut s = String::new();
-    loop {
-        s.push(char::from(b'a' + (n % 26) as u8));
-        n /= 26;
-        if n == 0 {
-            return s;
-        }
-    }
 }
 
 /// Item 5: `--unix PATH` deleted whatever was at PATH; a folder that

@@ -2,6 +2,8 @@
 //! of foreign, newer and differently-keyed files, saving while checking,
 //! opening and the maintenance thread.
 
+#[path = "support/names.rs"]
+mod names;
 #[path = "support/rng.rs"]
 mod rng;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greylist::{Config, Engine, Maintenance, Reason, SnapshotError, SnapshotOptions, Verdict};
+use names::letters;
 use rng::Rng;
 
 const T0: i64 = 1_700_000_000;
@@ -41,18 +44,6 @@ fn triplet(i: u64) -> (String, String, String) {
         format!("s{}@example.org", letters(i)),
         format!("r{}@example.net", letters(i / 7)),
     )
-}
-
-/// Digit-free names (digit runs are folded by normalisation).
-fn letters(mut n: u64) -> String {
-    let mut s = String::new();
-    loop {
-        s.push(char::from(b'a' + (n % 26) as u8));
-        n /= 26;
-        if n == 0 {
-            return s;
-        }
-    }
 }
 
 fn check(e: &Engine, i: u64, now: i64) -> Verdict {

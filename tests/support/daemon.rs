@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+#[path = "names.rs"]
+mod names;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -186,13 +189,7 @@ impl Daemon {
 
     /// The daemon's resident memory, from /proc.
     pub fn rss_bytes(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: usize = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kb * 1024
+        names::rss_bytes(&self.child.id().to_string())
     }
 
     pub fn log_text(&self) -> String {

@@ -53,6 +53,9 @@ const RECIPIENTS: &[(&str, &str)] = &[
 
 const T0: i64 = 1_700_000_000;
 
+/// How far the clock may step back before a stored time counts as corrupt.
+const GRACE: i64 = greylist::rules::CLOCK_GRACE as i64;
+
 #[derive(Debug, Clone)]
 pub enum Op {
     Check(usize, usize, usize),
@@ -151,9 +154,9 @@ impl Model {
     /// store it (a clock that jumped: treated as corrupt).
     fn triplet_expired(&self, t: &RefTriplet, now: i64) -> bool {
         if t.passed {
-            now - t.last_seen > self.s.pass_ttl || t.last_seen - now > self.s.pass_ttl
+            now - t.last_seen > self.s.pass_ttl || t.last_seen - now > self.s.pass_ttl + GRACE
         } else {
-            now - t.first_seen > self.s.retry_window || t.first_seen - now > self.s.delay
+            now - t.first_seen > self.s.retry_window || t.first_seen - now > self.s.delay + GRACE
         }
     }
 
@@ -167,13 +170,13 @@ impl Model {
     fn repaired(&self, c: &RefClient, now: i64) -> RefClient {
         let s = self.s;
         let mut c = c.clone();
-        if c.blocked_until - now > s.block_time.max(1) {
+        if c.blocked_until - now > s.block_time.max(1) + GRACE {
             c.blocked_until = 0;
         }
-        if c.last_pass.is_some_and(|t| t - now > s.awl_ttl) {
+        if c.last_pass.is_some_and(|t| t - now > s.awl_ttl + GRACE) {
             (c.passes, c.last_pass) = (0, None);
         }
-        if c.round_start - now > s.delay {
+        if c.round_start - now > s.delay + GRACE {
             (c.round_start, c.rounds, c.last_round) = (0, 0, 0);
         }
         c
@@ -305,7 +308,8 @@ impl Model {
             let blocked = now < c.blocked_until;
             let awl = c.last_pass.is_some_and(|t| now - t <= s.awl_ttl);
             let rounds = now - c.round_start <= s.delay;
-            let lost = lost_at.is_some_and(|t| (now - t).abs() <= s.awl_ttl);
+            let lost =
+                lost_at.is_some_and(|t| now - t <= s.awl_ttl && t - now <= s.awl_ttl + GRACE);
             blocked || awl || rounds || lost
         });
         expired.len() as u64
