@@ -6,8 +6,6 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
-#[path = "support/names.rs"]
-mod names;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[path = "names.rs"]
-mod names;
+pub mod names;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
