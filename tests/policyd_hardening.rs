@@ -150,7 +150,7 @@ fn a_flood_with_a_stuck_log_stays_small_and_shutdown_lines_survive() {
                     let sender = format!(
                         "{}{}@flood.example",
                         "x".repeat(100),
-                        names::letters(u64::from(i))
+                        daemon::names::letters(u64::from(i))
                     );
                     batch.push_str(&rcpt(&format!("10.{t}.0.1"), &sender, "b@y.net", T0));
                     if i % 100 == 99 {
