@@ -19,11 +19,6 @@
 #include <stdint.h>
 
 /**
- * Longest value a log line shows of one field, in bytes before escaping.
- */
-#define MAX_LOG_VALUE 256
-
-/**
  * The version of the C ABI. It changes only when a released function,
  * type or constant changes incompatibly; additions keep it. The shared
  * library's SONAME carries it (`libgreylist.so.1`).
