@@ -137,20 +137,16 @@ fn main() {
 
     // The check script as redis-benchmark can call it: random keys, the
     // default settings, one call per request on each of its connections.
-    let check_args = [
+    let settings =
+        greylist::redis_store::script_settings(&Config::default()).map(|v| v.to_string());
+    let mut check_args = vec![
         "2",
         "t:__rand_int__",
         "c:__rand_int__",
         "check",
         "1700000000",
-        "300",
-        "172800",
-        "3024000",
-        "5",
-        "3024000",
-        "20",
-        "3600",
     ];
+    check_args.extend(settings.iter().map(String::as_str));
     let (mut bench, mut ours, mut script) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // As many requests as the engine managed in a round, so all run

@@ -46,10 +46,34 @@
 #define GREYLIST_EVENT_BLOCKED 3
 
 /**
- * `greylist_event.kind`: a sweep found a pending triplet that saw only
- * early retries: its mail was most likely lost.
+ * `greylist_event.kind`: a sweep judged a pending triplet lost mail
+ * (early retries, then no attempt for `lost_after` after its delay);
+ * `count` is its early retries, `at` its last attempt.
  */
-#define GREYLIST_EVENT_EXPIRED_UNRETRIED 4
+#define GREYLIST_EVENT_LOST_MAIL 4
+
+/**
+ * The name `GREYLIST_EVENT_LOST_MAIL` had before lost mail was found
+ * within `lost_after` rather than at expiry; same value.
+ */
+#define GREYLIST_EVENT_EXPIRED_UNRETRIED GREYLIST_EVENT_LOST_MAIL
+
+/**
+ * `greylist_event.kind`: a triplet judged lost passed on a late retry.
+ */
+#define GREYLIST_EVENT_RECOVERED 5
+
+/**
+ * `greylist_event.kind`: a network became blocked; `reason` is
+ * `GREYLIST_REASON_BLOCKED` (blasting; `count` is the early retries of
+ * the triplet that set it off) or `GREYLIST_REASON_TRAPPED`.
+ */
+#define GREYLIST_EVENT_BLOCK_STARTED 6
+
+/**
+ * `greylist_event.kind`: a sweep found a network's block ended (`at`).
+ */
+#define GREYLIST_EVENT_BLOCK_ENDED 7
 
 /**
  * `greylist_engine_set_list()` kind: client IPs, CIDRs and host names.
@@ -204,9 +228,15 @@ typedef struct greylist_event {
    */
   const char *network;
   /**
-   * Unix seconds: the check's time, or the lost triplet's last attempt.
+   * Unix seconds: the check's time, the lost triplet's last attempt, or
+   * the end of a block.
    */
   int64_t at;
+  /**
+   * For `GREYLIST_EVENT_LOST_MAIL` and a blasting
+   * `GREYLIST_EVENT_BLOCK_STARTED`: the triplet's early retries; else 0.
+   */
+  uint32_t count;
 } greylist_event;
 
 /**
@@ -334,7 +364,8 @@ typedef struct greylist_stats {
    */
   uint64_t evicted;
   /**
-   * Expired triplets that saw only early retries (likely lost mail).
+   * Pending triplets judged lost mail (see
+   * `greylist_engine_lost_mail_report()`).
    */
   uint64_t lost_mail;
   /**
@@ -378,6 +409,10 @@ typedef struct greylist_stats {
    * absent.
    */
   uint64_t backend_malformed;
+  /**
+   * Lost triplets whose late retry passed after all.
+   */
+  uint64_t lost_recovered;
 } greylist_stats;
 
 
@@ -529,8 +564,9 @@ greylist_status greylist_engine_check_request(struct greylist_engine *engine,
 
 /**
  * Sets the event callback (NULL removes it). It receives every verdict
- * (deferred, passed, blocked) and every expired-unretried triplet found
- * by a sweep, with the client network and reason. Thread-safe.
+ * (deferred, passed, blocked), every lost and recovered triplet, and
+ * every block's start and end (`GREYLIST_EVENT_*`; losses and block ends
+ * are found by sweeps), with the client network and reason. Thread-safe.
  *
  * When this returns, the previous callback has returned from every call
  * in flight on any thread and is never called again: its `user_data` may
@@ -724,6 +760,28 @@ greylist_status greylist_config_set_awl_ttl(struct greylist_config *config, uint
 greylist_status greylist_config_set_blast(struct greylist_config *config,
                                           uint32_t rounds,
                                           uint32_t block_seconds);
+
+/**
+ * Early retries of one triplet (copies of one message sent again before
+ * its delay is over) that, when exceeded, block its client network for
+ * the block time, however many arrive in one second; 0 turns it off
+ * (default 5: Exchange 2000/2003 makes 3 quick retries).
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_blast_copies(struct greylist_config *config, uint32_t copies);
+
+/**
+ * Seconds after its delay ended that a pending triplet with only early
+ * retries (at most `blast_copies`) and no attempt since counts as lost
+ * mail (default 3600; at least 1). See
+ * `greylist_engine_lost_mail_report()`.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_lost_after(struct greylist_config *config, uint32_t seconds);
 
 /**
  * Most triplet entries kept (default 4000000); when full, expired entries

@@ -134,7 +134,9 @@ pub struct Config {
     pub(crate) ipv6_prefix: u8,
     pub(crate) extension_delimiters: String,
     pub(crate) blast_threshold: u32,
+    pub(crate) blast_copies: u32,
     pub(crate) block_time: u32,
+    pub(crate) lost_after: u32,
     pub(crate) max_entries: u64,
     pub(crate) max_clients: u64,
     pub(crate) shards: usize,
@@ -193,8 +195,18 @@ settings! {
     /// Early-retry rounds within one delay period that block a network; 0
     /// turns it off (default 20).
     blast_threshold: u32,
+    /// Early retries of one triplet (copies of one message blasted before
+    /// its delay is over) that, when exceeded, block its network; 0 turns
+    /// it off (default 5: Exchange 2000/2003 makes 3 quick retries).
+    blast_copies: u32,
     /// How long, in seconds, a blocked network stays blocked (default 3600).
     block_time: u32,
+    /// How long, in seconds, after its delay ended a pending triplet that
+    /// saw only early retries (at most `blast_copies`) and no attempt since
+    /// counts as lost mail (default 3600: a queueing MTA retries well
+    /// within an hour of a 5-minute delay). When that is past the retry
+    /// window, the triplet is lost when its window runs out.
+    lost_after: u32,
     /// Most triplet entries kept; the oldest pending go first when full
     /// (default 4 million).
     max_entries: u64,
@@ -340,7 +352,9 @@ impl ConfigBuilder {
                 ipv6_prefix: 64,
                 extension_delimiters: "+".to_string(),
                 blast_threshold: 20,
+                blast_copies: 5,
                 block_time: 3600,
+                lost_after: 3600,
                 max_entries: 4_000_000,
                 max_clients: 1_000_000,
                 shards: default_shards(),
@@ -523,10 +537,16 @@ impl ConfigBuilder {
                 "must be at least 1 second while auto-whitelisting is on",
             ));
         }
-        if c.blast_threshold > 0 && c.block_time == 0 {
+        if (c.blast_threshold > 0 || c.blast_copies > 0) && c.block_time == 0 {
             return Err(ConfigError::new(
                 "block_time",
                 "must be at least 1 second while blast blocking is on",
+            ));
+        }
+        if c.lost_after == 0 {
+            return Err(ConfigError::new(
+                "lost_after",
+                "must be at least 1 second: a sender gets the delay and then this long to retry",
             ));
         }
         if !(1..=32).contains(&c.ipv4_prefix) {
@@ -638,7 +658,9 @@ mod tests {
         assert_eq!(c.awl_ttl(), 35 * 86_400);
         assert_eq!((c.ipv4_prefix(), c.ipv6_prefix()), (24, 64));
         assert_eq!(c.blast_threshold(), 20);
+        assert_eq!(c.blast_copies(), 5);
         assert_eq!(c.block_time(), 3600);
+        assert_eq!(c.lost_after(), 3600);
         assert_eq!(c.max_entries(), 4_000_000);
         assert_eq!((c.reply_code(), c.reply_enhanced()), (450, "4.2.0"));
         assert!(c.shards().is_power_of_two());
@@ -651,6 +673,7 @@ mod tests {
             (Config::builder().pass_ttl(0), "pass_ttl"),
             (Config::builder().awl_ttl(0), "awl_ttl"),
             (Config::builder().block_time(0), "block_time"),
+            (Config::builder().lost_after(0), "lost_after"),
             (Config::builder().prefixes(0, 64), "ipv4_prefix"),
             (Config::builder().prefixes(33, 64), "ipv4_prefix"),
             (Config::builder().prefixes(24, 129), "ipv6_prefix"),
@@ -678,9 +701,17 @@ mod tests {
             .is_ok());
         assert!(Config::builder()
             .blast_threshold(0)
+            .blast_copies(0)
             .block_time(0)
             .build()
             .is_ok());
+        // Either kind of blast blocking needs a block time.
+        let e = Config::builder()
+            .blast_threshold(0)
+            .block_time(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.setting(), "block_time");
     }
 
     #[test]

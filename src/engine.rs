@@ -46,6 +46,9 @@ pub(crate) fn clamp_time(now: i64) -> u32 {
 }
 
 pub(crate) const PASSED: u8 = 1;
+/// A pending triplet already counted as lost mail (by a sweep), so it is
+/// counted once, and a late retry that passes counts as recovered.
+pub(crate) const LOST: u8 = 2;
 
 /// One triplet: its keyed hash, its state and 48 bits of its client
 /// network's key. 32 bytes, so two fit a cache line.
@@ -98,6 +101,15 @@ impl TripletEntry {
     pub(crate) fn net_id(&self) -> u64 {
         u64::from(self.net_lo) | (u64::from(self.net_hi) << 32)
     }
+
+    /// What a sweep credits to the network when this triplet is lost.
+    fn lost(&self) -> Lost {
+        Lost {
+            net_id: self.net_id(),
+            last_seen: self.last_seen,
+            early_retries: self.early_retries,
+        }
+    }
 }
 
 impl Hashed for TripletEntry {
@@ -111,7 +123,8 @@ impl Hashed for TripletEntry {
 pub struct LostMail {
     /// The client network.
     pub network: ClientNet,
-    /// Triplets that expired having seen only early retries.
+    /// Its triplets that became lost mail (see [`Engine::lost_mail_report`]),
+    /// less those recovered by a late retry.
     pub count: u64,
     /// The last attempt of the latest such triplet (Unix seconds).
     pub last_seen: u32,
@@ -125,6 +138,12 @@ pub(crate) struct ClientEntry {
     pub(crate) state: ClientState,
     pub(crate) lost_count: u64,
     pub(crate) lost_last_seen: u32,
+    /// The network's latest early retry: its record is kept until each of
+    /// its triplets with early retries has been judged lost or not.
+    pub(crate) last_early: u32,
+    /// A block began and no sweep has seen it end yet (not in snapshots:
+    /// a loaded record sets it when its block is still on).
+    pub(crate) block_open: bool,
 }
 
 /// Client entries are found both by their full key and by the 48 bits a
@@ -140,12 +159,47 @@ impl Hashed for ClientEntry {
 }
 
 impl ClientEntry {
-    fn is_expired(&self, now: u32, config: &Config) -> bool {
-        let lost = self.lost_last_seen;
-        self.state.is_expired(now, config)
-            && (i64::from(now) - i64::from(lost) > i64::from(config.awl_ttl)
-                || crate::rules::too_far_ahead(lost, now, config.awl_ttl))
+    pub(crate) fn new(key: u128, net: ClientNet) -> Self {
+        ClientEntry {
+            key,
+            net,
+            state: ClientState::default(),
+            lost_count: 0,
+            lost_last_seen: 0,
+            last_early: 0,
+            block_open: false,
+        }
     }
+
+    /// Whether the record holds nothing worth keeping at `now`: no block,
+    /// auto-whitelist or blast period ([`ClientState::is_expired`]), no
+    /// lost mail for the report within `awl_ttl`, and no triplet with early
+    /// retries still to be judged (one is judged lost at the latest
+    /// `delay + lost_after` after its first attempt, or when its retry
+    /// window ends, and its first attempt was before the latest early
+    /// retry).
+    fn is_expired(&self, now: u32, config: &Config) -> bool {
+        let judged = config
+            .delay
+            .saturating_add(config.lost_after)
+            .min(config.retry_window);
+        let within = |then: u32, span: u32| {
+            i64::from(now) - i64::from(then) <= i64::from(span)
+                && !crate::rules::too_far_ahead(then, now, span)
+        };
+        self.state.is_expired(now, config)
+            && !within(self.lost_last_seen, config.awl_ttl)
+            && !within(self.last_early, judged)
+    }
+}
+
+/// A pending triplet judged lost, found while its shard was locked and
+/// credited to its network after the lock is released.
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    net_id: u64,
+    last_seen: u32,
+    early_retries: u8,
 }
 
 /// Counters of one stripe; a check adds to the stripe of the shard it
@@ -157,6 +211,7 @@ struct Counters {
     evicted: AtomicU64,
     clients_evicted: AtomicU64,
     lost_mail: AtomicU64,
+    lost_recovered: AtomicU64,
 }
 
 /// A snapshot of the engine's counters, read without stopping checks.
@@ -202,8 +257,13 @@ pub struct Stats {
     /// Client-network records removed to stay within `max_clients`
     /// (expired ones included when a full shard made room).
     pub clients_evicted: u64,
-    /// Expired triplets that had seen only early retries (likely lost mail).
+    /// Pending triplets judged lost mail: early retries (at most
+    /// `blast_copies`) from a network never blocked, then no attempt for
+    /// `lost_after` after the delay (or until the retry window ended).
     pub lost_mail: u64,
+    /// Lost triplets whose late retry passed after all (counted in
+    /// `lost_mail` too, and taken off their network's report row).
+    pub lost_recovered: u64,
     /// Triplet entries now in the table.
     pub entries: u64,
     /// Client-network records now kept.
@@ -316,9 +376,9 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Expired pending triplets that saw only early retries, found while a
-/// shard was locked and credited to their networks after it is unlocked.
-type LostList = Vec<(u64, u32)>;
+/// Lost triplets found while a shard was locked, credited to their
+/// networks after it is unlocked.
+type LostList = Vec<Lost>;
 
 /// The greylisting engine. Cheap to share: put it in an `Arc` and call it
 /// from any number of threads; every method takes `&self`.
@@ -520,6 +580,7 @@ impl Engine {
             network: keys.net.clone(),
             reason: verdict.reason,
             at: now,
+            count: 0,
         });
         Ok(verdict)
     }
@@ -530,8 +591,9 @@ impl Engine {
     }
 
     /// Sets (or with `None` removes) the event callback. It receives every
-    /// verdict and every expired-unretried triplet, on the calling thread,
-    /// with no lock held.
+    /// verdict, every lost and recovered triplet, and every block's start
+    /// and end (see [`EventKind`]), on the calling thread, with no lock
+    /// held.
     ///
     /// When this returns, the previous callback has returned from every
     /// call and is never called again (it is dropped then), so whatever it
@@ -547,7 +609,15 @@ impl Engine {
     /// in a full shard), updated by `update` under its shard lock. When the
     /// shard is full of networks that are blocked or auto-whitelisted, a
     /// new network's record is updated but not kept.
-    fn with_client<R>(&self, k: &Keys, now: u32, update: impl FnOnce(&mut ClientState) -> R) -> R {
+    /// `early`: the check was an early retry (the record then lives until
+    /// the triplet is judged lost or not).
+    fn with_client<R>(
+        &self,
+        k: &Keys,
+        now: u32,
+        early: bool,
+        update: impl FnOnce(&mut ClientState) -> R,
+    ) -> R {
         let c_hash = client_hash(net_id(k.net_key));
         let c_idx = self.clients.index(c_hash);
         let mut clients = self.clients.lock(c_idx);
@@ -558,20 +628,13 @@ impl Engine {
                     return update(&mut ClientState::default());
                 }
                 clients
-                    .insert_unique(
-                        c_hash,
-                        ClientEntry {
-                            key: k.net_key,
-                            net: k.net.clone(),
-                            state: ClientState::default(),
-                            lost_count: 0,
-                            lost_last_seen: 0,
-                        },
-                        hasher,
-                    )
+                    .insert_unique(c_hash, ClientEntry::new(k.net_key, k.net.clone()), hasher)
                     .into_mut()
             }
         };
+        if early {
+            entry.last_early = entry.last_early.max(now);
+        }
         let result = update(&mut entry.state);
         if self.may_gate(&entry.state) {
             let (word, bit) = self.gate_bit(c_idx, c_hash);
@@ -611,7 +674,11 @@ impl Engine {
         // oldest activity.
         let rank = |e: &ClientEntry| {
             let s = &e.state;
-            let active = s.last_seen.max(s.last_round).max(e.lost_last_seen);
+            let active = s
+                .last_seen
+                .max(s.last_round)
+                .max(e.lost_last_seen)
+                .max(e.last_early);
             (u64::from(e.lost_count > 0) << 32) | u64::from(active)
         };
         if table.len() > target {
@@ -706,7 +773,16 @@ impl Engine {
         let c_idx = self.clients.index(c_hash);
         match k.listed {
             Listed::Whitelisted => return Verdict::new(Reason::Whitelisted, 0, 0),
-            Listed::Trap => return self.with_client(k, now, |c| trap(c, now, config)),
+            Listed::Trap => {
+                let (v, fresh) = self.with_client(k, now, false, |c| {
+                    let fresh = !c.blocks(now, config);
+                    (trap(c, now, config), fresh)
+                });
+                if fresh {
+                    self.block_started(k, Reason::Trapped, now, 0);
+                }
+                return v;
+            }
             Listed::No => {}
         }
         // Most networks are neither blocked nor auto-whitelisted: their
@@ -727,13 +803,25 @@ impl Engine {
         let t_hash = k.triplet_key as u64;
         let t_idx = self.triplets.index(t_hash);
         let mut lost = LostList::new();
-        let verdict = {
+        let (verdict, copies, recovered) = {
             let mut table = self.triplets.lock(t_idx);
             match table.find_mut(t_hash, |e| e.key == k.triplet_key) {
                 Some(e) => {
+                    let (was_lost, old) = (e.flags & LOST != 0, e.lost());
                     let (s, v) = triplet_step(Some(e.state()), now, config);
+                    // An expired record no sweep removed yet: its lost mail
+                    // is judged now, before the new cycle replaces it.
+                    if v.reason == Reason::New && !was_lost && e.state().is_lost(now, config) {
+                        lost.push(old);
+                    }
                     e.set_state(s);
-                    v
+                    // Counted once per cycle: a new cycle starts uncounted,
+                    // a pass recovers it, anything else (an early retry
+                    // after the clock stepped back) leaves it counted.
+                    if was_lost && !matches!(v.reason, Reason::New | Reason::Retried) {
+                        e.flags |= LOST;
+                    }
+                    (v, s.early_retries, was_lost && v.reason == Reason::Retried)
                 }
                 None => {
                     let (s, v) = triplet_step(None, now, config);
@@ -742,16 +830,70 @@ impl Engine {
                     }
                     let entry = TripletEntry::new(k.triplet_key, k.net_key, s);
                     table.insert_unique(t_hash, entry, hasher);
-                    v
+                    (v, s.early_retries, false)
                 }
             }
         };
-        self.credit_lost(&lost);
+        self.credit_lost(&lost, now);
+        if recovered {
+            self.credit_recovered(k, now);
+        }
 
         if touches_client(&verdict, config) {
-            self.with_client(k, now, |c| client_update(c, verdict, now, config))
+            let early = verdict.reason == Reason::EarlyRetry;
+            let v = self.with_client(k, now, early, |c| {
+                client_update(c, verdict, copies, now, config)
+            });
+            if early && v.reason == Reason::Blocked {
+                self.block_started(k, Reason::Blocked, now, u32::from(copies));
+            }
+            v
         } else {
             verdict
+        }
+    }
+
+    /// A network became blocked: its record remembers it, so a sweep can
+    /// tell when the block ends, and the event says why.
+    fn block_started(&self, k: &Keys, reason: Reason, now: u32, count: u32) {
+        let c_hash = client_hash(net_id(k.net_key));
+        if let Some(e) = self
+            .clients
+            .lock(self.clients.index(c_hash))
+            .find_mut(c_hash, |e| e.key == k.net_key)
+        {
+            e.block_open = true;
+        }
+        self.emit(|| Event {
+            kind: EventKind::BlockStarted,
+            network: k.net.clone(),
+            reason,
+            at: now,
+            count,
+        });
+    }
+
+    /// A triplet counted as lost passed after all: it leaves its network's
+    /// report row (unless the network was blocked, when it was never on it).
+    fn credit_recovered(&self, k: &Keys, now: u32) {
+        let c_hash = client_hash(net_id(k.net_key));
+        let credited = {
+            let mut clients = self.clients.lock(self.clients.index(c_hash));
+            clients
+                .find_mut(c_hash, |e| e.key == k.net_key)
+                .filter(|e| !e.state.repaired(now, &self.config).was_blocked() && e.lost_count > 0)
+                .map(|e| e.lost_count -= 1)
+                .is_some()
+        };
+        if credited {
+            self.stripe().lost_recovered.fetch_add(1, Relaxed);
+            self.emit(|| Event {
+                kind: EventKind::Recovered,
+                network: k.net.clone(),
+                reason: Reason::Retried,
+                at: now,
+                count: 0,
+            });
         }
     }
 
@@ -765,7 +907,9 @@ impl Engine {
         &self.counters[THREAD_STRIPE.with(|s| *s) % self.counters.len()].0
     }
 
-    /// Removes expired entries from a locked shard, collecting lost mail.
+    /// Removes expired entries from a locked shard, and marks and collects
+    /// the triplets that became lost mail (each once: a lost triplet stays
+    /// until its window ends, so a late retry can still pass).
     fn remove_expired(
         &self,
         table: &mut HashTable<TripletEntry>,
@@ -775,14 +919,13 @@ impl Engine {
         let mut removed = 0;
         table.retain(|e| {
             let s = e.state();
-            if !s.is_expired(now, &self.config) {
-                return true;
+            if e.flags & LOST == 0 && s.is_lost(now, &self.config) {
+                e.flags |= LOST;
+                lost.push(e.lost());
             }
-            if s.lost_mail() {
-                lost.push((e.net_id(), s.last_seen));
-            }
-            removed += 1;
-            false
+            let expired = s.is_expired(now, &self.config);
+            removed += u64::from(expired);
+            !expired
         });
         removed
     }
@@ -838,7 +981,7 @@ impl Engine {
             }
             table.insert_unique(hash, entry, hasher);
         }
-        self.credit_lost(&lost);
+        self.credit_lost(&lost, now);
         true
     }
 
@@ -851,26 +994,35 @@ impl Engine {
         }
     }
 
-    /// Credits lost mail to client networks (no triplet lock held).
-    fn credit_lost(&self, lost: &LostList) {
-        for &(id, last_seen) in lost {
-            let hash = client_hash(id);
+    /// Credits lost mail to client networks (no triplet lock held). A
+    /// network that is or was blocked (blasting, a trap) lost nothing: its
+    /// early retries were a spammer's.
+    fn credit_lost(&self, lost: &LostList, now: u32) {
+        for l in lost {
+            let hash = client_hash(l.net_id);
             let idx = self.clients.index(hash);
             let network = {
                 let mut clients = self.clients.lock(idx);
-                clients.find_mut(hash, |e| net_id(e.key) == id).map(|e| {
-                    e.lost_count += 1;
-                    e.lost_last_seen = e.lost_last_seen.max(last_seen);
-                    e.net.clone()
-                })
+                match clients.find_mut(hash, |e| net_id(e.key) == l.net_id) {
+                    Some(e) if e.state.repaired(now, &self.config).was_blocked() => continue,
+                    Some(e) => {
+                        e.lost_count += 1;
+                        e.lost_last_seen = e.lost_last_seen.max(l.last_seen);
+                        Some(e.net.clone())
+                    }
+                    // Its record was evicted (a full client table): counted,
+                    // but on no report row.
+                    None => None,
+                }
             };
             self.stripe().lost_mail.fetch_add(1, Relaxed);
             if let Some(network) = network {
                 self.emit(|| Event {
-                    kind: EventKind::ExpiredUnretried,
+                    kind: EventKind::LostMail,
                     network,
                     reason: Reason::EarlyRetry,
-                    at: last_seen,
+                    at: l.last_seen,
+                    count: u32::from(l.early_retries),
                 });
             }
         }
@@ -886,14 +1038,31 @@ impl Engine {
         for i in 0..self.triplets.shard_count() {
             let removed = self.remove_expired(&mut self.triplets.lock(i), now, &mut lost);
             self.stripe().expired.fetch_add(removed, Relaxed);
-            self.credit_lost(&lost);
+            self.credit_lost(&lost, now);
             lost.clear();
             total += removed;
         }
+        let mut ended = Vec::new();
         for i in 0..self.clients.shard_count() {
             let mut clients = self.clients.lock(i);
-            clients.retain(|e| !e.is_expired(now, &self.config));
+            clients.retain(|e| {
+                if e.block_open && !e.state.blocks(now, &self.config) {
+                    e.block_open = false;
+                    ended.push((e.net.clone(), e.state.blocked_until.min(now)));
+                }
+                !e.is_expired(now, &self.config)
+            });
             self.rebuild_gates(i, &clients);
+            drop(clients);
+            for (network, at) in ended.drain(..) {
+                self.emit(|| Event {
+                    kind: EventKind::BlockEnded,
+                    network,
+                    reason: Reason::Blocked,
+                    at,
+                    count: 0,
+                });
+            }
         }
         total
     }
@@ -931,6 +1100,7 @@ impl Engine {
             s.evicted += c.evicted.load(Relaxed);
             s.clients_evicted += c.clients_evicted.load(Relaxed);
             s.lost_mail += c.lost_mail.load(Relaxed);
+            s.lost_recovered += c.lost_recovered.load(Relaxed);
         }
         [
             s.new,
@@ -1010,10 +1180,16 @@ impl Engine {
         Ok(clients.find(hash, |e| e.key == key).map(|e| e.state))
     }
 
-    /// The client networks whose mail was most likely lost, worst first:
-    /// those with the most pending triplets that expired having seen only
-    /// early retries (the pattern of a sender that retries within seconds
-    /// and then gives up). At most `limit` rows.
+    /// The client networks whose mail was most likely lost, worst first
+    /// (most lost triplets, then the latest): a triplet is lost when it saw
+    /// early retries (at most `blast_copies`), its network was never
+    /// blocked, and no attempt came for `lost_after` after its delay (the
+    /// pattern of a sender that retries within seconds and then gives up,
+    /// as Exchange 2003 SP2 did). Lost triplets are found by
+    /// [`sweep`](Self::sweep) (the maintenance thread sweeps at its
+    /// interval); one whose late retry passes leaves the count. A row stays
+    /// for `awl_ttl` (35 days) after its latest lost triplet, unless a full
+    /// client table evicts it. At most `limit` rows.
     pub fn lost_mail_report(&self, limit: usize) -> Vec<LostMail> {
         let mut rows = Vec::new();
         for i in 0..self.clients.shard_count() {

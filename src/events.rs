@@ -42,9 +42,20 @@ pub enum EventKind {
     Passed = 2,
     /// A check was blocked (blasting, a trap, or a blocked network).
     Blocked = 3,
-    /// A sweep found a pending triplet that saw only early retries: the
-    /// sender most likely gave up and the mail is lost.
-    ExpiredUnretried = 4,
+    /// A sweep judged a pending triplet lost mail: early retries, then no
+    /// attempt for `lost_after` after its delay (see
+    /// [`Engine::lost_mail_report`](crate::Engine::lost_mail_report)).
+    /// `count` is its early retries; `at` its last attempt.
+    LostMail = 4,
+    /// A triplet judged lost passed on a late retry after all: it leaves
+    /// its network's lost-mail count.
+    Recovered = 5,
+    /// A network became blocked: `reason` is [`Reason::Blocked`]
+    /// (blasting; `count` is the early retries of the triplet that set it
+    /// off) or [`Reason::Trapped`] (a trap recipient).
+    BlockStarted = 6,
+    /// A sweep found that a network's block ended (at `at`).
+    BlockEnded = 7,
 }
 
 /// One event: what happened, to which client network, why, and when.
@@ -54,10 +65,15 @@ pub struct Event {
     pub kind: EventKind,
     /// The client network (or verified domain).
     pub network: ClientNet,
-    /// The verdict's reason; for `ExpiredUnretried`, `EarlyRetry`.
+    /// The verdict's reason; for `LostMail`, `EarlyRetry`; for
+    /// `Recovered`, `Retried`; for the block events, what blocked it.
     pub reason: Reason,
-    /// When (Unix seconds): the check's `now`, or the triplet's last attempt.
+    /// When (Unix seconds): the check's `now`, the lost triplet's last
+    /// attempt, or the end of a block.
     pub at: u32,
+    /// For `LostMail` and a blasting `BlockStarted`: the triplet's early
+    /// retries; else 0.
+    pub count: u32,
 }
 
 /// An event callback. It runs on the thread that made the check or sweep,

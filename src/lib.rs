@@ -43,9 +43,13 @@
 //!    ([`Reason::Passed`]), each use refreshing its lifetime.
 //! 5. A pending triplet not retried within the window starts over.
 //!
-//! Early retries from one network in one second are one *round*; more than
-//! `blast_threshold` rounds in one delay period block the network for
-//! `block_time`. A clock that goes backwards never panics and never passes
+//! A network is blocked for `block_time` when one triplet gets more than
+//! `blast_copies` early retries within its delay (copies of one message
+//! blasted at once), or when its early retries fall in more than
+//! `blast_threshold` distinct seconds (*rounds*) within one delay period.
+//! A pending triplet with early retries (at most `blast_copies`), from a
+//! network never blocked, and no attempt for `lost_after` after its delay
+//! is lost mail ([`Engine::lost_mail_report`]). A clock that goes backwards never panics and never passes
 //! a triplet early. The rules are pure functions in [`rules`].
 //!
 //! ## Defaults
@@ -58,7 +62,8 @@
 //! | auto-whitelist after N passed triplets | 5 | postgrey |
 //! | auto-whitelist lifetime, refreshed on use | 35 days | postgrey |
 //! | client network | IPv4 /24, IPv6 /64 | postgrey (`--ipv4cidr`), common practice |
-//! | blast threshold, block time | 20 rounds, 1 hour | this project |
+//! | blast copies, blast threshold, block time | 5 early retries, 20 rounds, 1 hour | this project (Exchange 2000/2003 retry 3 times at once) |
+//! | lost after | 1 hour after the delay | this project (queueing MTAs retry within it) |
 //! | max entries | 4 million | this project |
 //! | reply | `450 4.2.0` | postgrey (Exchange mishandled 4.7.1, KB 950757) |
 //!

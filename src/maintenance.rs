@@ -144,6 +144,7 @@ struct Shared {
 pub struct Maintenance {
     engine: Arc<Engine>,
     path: PathBuf,
+    clock: Clock,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -200,6 +201,7 @@ impl Maintenance {
         });
         let thread = interval.map(|every| {
             let (engine, path, shared) = (engine.clone(), path.clone(), shared.clone());
+            let clock = clock.clone();
             std::thread::Builder::new()
                 .name("greylist-maintenance".into())
                 .spawn(move || loop {
@@ -222,9 +224,21 @@ impl Maintenance {
         Maintenance {
             engine,
             path,
+            clock,
             shared,
             thread,
         }
+    }
+
+    /// Sweeps and saves now, on the calling thread (an operator's "save
+    /// now"; saves are one at a time, so the thread's next one waits),
+    /// telling the observer as the thread's saves do.
+    pub fn save_now(&self) -> Result<(), SnapshotError> {
+        self.engine.sweep((self.clock)());
+        let result = self.engine.save(&self.path);
+        record(&self.shared, result.as_ref().map(|_| ()));
+        self.shared.tell(&result);
+        result
     }
 
     /// The engine being maintained.

@@ -9,9 +9,16 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Bumped whenever normalisation changes the key of some address, so a
-/// snapshot made under other rules is refused instead of silently missing.
-pub const NORMALISATION_VERSION: u16 = 1;
+/// Bumped whenever normalisation changes the key of some address. A
+/// snapshot made under a newer version is refused; one made under an
+/// older version is read: the addresses whose normal form changed no
+/// longer find their entries, so those triplets are greylisted once more
+/// (never passed wrongly) and their old entries expire.
+///
+/// Version 2: digit runs are folded only when they stand between
+/// non-word characters (`bounce-123-x`, `msg.4711.`), as postgrey does, so
+/// `user1@` and `user2@` are two senders.
+pub const NORMALISATION_VERSION: u16 = 2;
 
 /// Longest address (or IP string) accepted, in bytes. RFC 5321 limits a path
 /// to 256 octets; 1 KiB leaves room for odd but real input.
@@ -315,8 +322,11 @@ fn push_lower(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Appends the normalised envelope sender to `out`: lower-cased, SRS and
-/// BATV unwrapped, `+extension` removed, digit runs in the local part
-/// replaced by `#`. The null sender (`""` or `<>`) adds nothing. Works on
+/// BATV unwrapped, `+extension` removed, and each digit run of the local
+/// part that stands between non-word characters (not a letter, digit or
+/// `_`; the ends count as such) replaced by `#`, postgrey's `\b\d+\b`:
+/// the serial numbers of VERP and bounce addresses (`bounce-12345-user=`,
+/// `msg.4711.`), not the digits of a mailbox name (`user1`, `s123`). The null sender (`""` or `<>`) adds nothing. Works on
 /// bytes: an address that is not UTF-8 (Latin-1 from an old client) is
 /// normalised the same way, only its ASCII bytes being changed.
 pub(crate) fn sender_into(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
@@ -355,6 +365,30 @@ fn to_fixpoint(
     }
 }
 
+/// Appends `local` lower-cased, with each digit run that stands between
+/// non-word characters replaced by `#` (see [`sender_into`]).
+fn fold_serials(local: &[u8], out: &mut Vec<u8>) {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < local.len() {
+        let b = local[i];
+        let run = local[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if run == 0 {
+            out.push(b.to_ascii_lowercase());
+            i += 1;
+            continue;
+        }
+        let before = i.checked_sub(1).map(|j| local[j]);
+        let after = local.get(i + run).copied();
+        if !before.is_some_and(word) && !after.is_some_and(word) {
+            out.push(b'#');
+        } else {
+            out.extend_from_slice(&local[i..i + run]);
+        }
+        i += run;
+    }
+}
+
 /// One pass of sender normalisation (see [`sender_into`]).
 fn sender_pass(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
     let (mut local, domain) = split_address(unbracket(sender));
@@ -374,18 +408,7 @@ fn sender_pass(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
     }
     local = cut_extension(local, delimiters).trim_ascii();
     out.reserve(local.len() + domain.len() + 1);
-    let mut in_digits = false;
-    for &b in local {
-        if b.is_ascii_digit() {
-            if !in_digits {
-                out.push(b'#');
-            }
-            in_digits = true;
-        } else {
-            out.push(b.to_ascii_lowercase());
-            in_digits = false;
-        }
-    }
+    fold_serials(local, out);
     match srs_domain {
         Some(d) => {
             out.push(b'@');
@@ -498,7 +521,7 @@ mod tests {
             "user@example.com"
         );
         // Not enough fields: left as it is.
-        assert_eq!(s("srs0=abc@forwarder.net"), "srs#=abc@forwarder.net");
+        assert_eq!(s("srs0=abc@forwarder.net"), "srs0=abc@forwarder.net");
     }
 
     #[test]
@@ -511,8 +534,17 @@ mod tests {
             s("bounce-99-user=example.com@lists.example.net"),
             s("bounce-12345-user=example.com@lists.example.net")
         );
-        // Digits in the domain are not touched.
-        assert_eq!(s("a1b22@mx2.example.net"), "a#b#@mx2.example.net");
+        assert_eq!(
+            s("Msg.4711.X@lists.example.net"),
+            "msg.#.x@lists.example.net"
+        );
+        assert_eq!(s("12345@example.net"), "#@example.net");
+        // Digits that are part of a mailbox name stay, and so do digits in
+        // the domain: two users are two senders (issue 16).
+        assert_eq!(s("a1b22@mx2.example.net"), "a1b22@mx2.example.net");
+        assert_ne!(s("user1@example.org"), s("user2@example.org"));
+        assert_ne!(s("s123@uni.example"), s("s373@uni.example"));
+        assert_eq!(s("user_42@example.org"), "user_42@example.org");
     }
 
     #[test]

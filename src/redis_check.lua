@@ -8,7 +8,7 @@
 -- KEYS[1]  triplet record   "first_seen last_seen early_retries passed"
 -- KEYS[2]  network record   "passes last_seen blocked_until round_start rounds last_round"
 -- ARGV     mode ("check" or "trap"), now, delay, retry_window, pass_ttl,
---          awl_threshold, awl_ttl, blast_threshold, block_time
+--          awl_threshold, awl_ttl, blast_threshold, block_time, blast_copies
 -- Returns  {reason, retry_after, delayed, malformed}: reason numbers as in
 --          rules.rs, and how many records were malformed (treated as absent).
 --
@@ -28,6 +28,7 @@ local now = tonumber(ARGV[2])
 local delay, retry_window, pass_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local awl_threshold, awl_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local blast_threshold, block_time = tonumber(ARGV[8]), tonumber(ARGV[9])
+local blast_copies = tonumber(ARGV[10])
 
 local records = redis.call('MGET', KEYS[1], KEYS[2])
 -- Records that are not in the script's format (damaged, or written by
@@ -55,9 +56,12 @@ end
 -- Corrupt times (further ahead than the setting they serve and GRACE_BACK,
 -- as after a clock that jumped ahead) count as unset, as rules.rs's
 -- repaired() does.
-if blocked_until - now > max(block_time, 1) + GRACE_BACK then blocked_until = 0 end
-if c_last - now > awl_ttl + GRACE_BACK then passes, c_last = 0, 0 end
-if round_start - now > delay + GRACE_BACK then round_start, rounds, last_round = 0, 0, 0 end
+local repaired = false
+if blocked_until - now > max(block_time, 1) + GRACE_BACK then blocked_until, repaired = 0, true end
+if c_last - now > awl_ttl + GRACE_BACK then passes, c_last, repaired = 0, 0, true end
+if round_start - now > delay + GRACE_BACK then
+  round_start, rounds, last_round, repaired = 0, 0, 0, true
+end
 
 -- Stores the network's record until GRACE seconds after the rules stop
 -- needing it (blocked, auto-whitelist alive, or blast period running).
@@ -128,18 +132,26 @@ if reason == RETRIED and awl_threshold > 0 then
   passes = min(passes + 1, U32_MAX)
   c_last = max(c_last, now)
   save_client()
-elseif reason == EARLY_RETRY and blast_threshold > 0 then
-  local period = now - round_start
-  if rounds == 0 or period < 0 or period >= delay then
-    round_start, rounds = now, 0
+elseif reason == EARLY_RETRY and (blast_threshold > 0 or blast_copies > 0) then
+  -- Copies of one message (this triplet's early retries), or rounds of
+  -- the network (distinct seconds) within one delay period.
+  local blasted = blast_copies > 0 and early > blast_copies
+  if blast_threshold > 0 then
+    local period = now - round_start
+    if rounds == 0 or period < 0 or period >= delay then
+      round_start, rounds = now, 0
+    end
+    if rounds == 0 or last_round ~= now then
+      rounds, last_round = rounds + 1, now
+    end
+    blasted = blasted or rounds > blast_threshold
   end
-  if rounds == 0 or last_round ~= now then
-    rounds, last_round = rounds + 1, now
-  end
-  if rounds > blast_threshold then
+  if blasted then
     blocked_until, rounds = min(now + block_time, U32_MAX), 0
     reason, retry_after = BLOCKED, block_time
   end
-  save_client()
+  -- With copies alone, the record changes when they block, or when it
+  -- was repaired (a corrupt block cleared): rules.rs writes it then.
+  if blast_threshold > 0 or blasted or repaired then save_client() end
 end
 return {reason, retry_after, delayed, malformed}

@@ -191,6 +191,23 @@ pub(crate) struct RedisStore {
     cache: PassCache,
 }
 
+/// The settings the check script takes after `now`, in its ARGV order
+/// (`src/redis_check.lua`): delay, retry window, pass lifetime,
+/// auto-whitelist threshold and lifetime, blast threshold, block time,
+/// blast copies.
+pub fn script_settings(config: &Config) -> [u32; 8] {
+    [
+        config.delay,
+        config.retry_window,
+        config.pass_ttl,
+        config.awl_threshold,
+        config.awl_ttl,
+        config.blast_threshold,
+        config.block_time,
+        config.blast_copies,
+    ]
+}
+
 impl RedisStore {
     /// The store of an engine with these settings (whose URL
     /// [`crate::ConfigBuilder::build`] has already checked). Nothing is
@@ -292,13 +309,7 @@ impl RedisStore {
             .arg(self.key('c', net_key))
             .arg(if trap { "trap" } else { "check" })
             .arg(now)
-            .arg(config.delay)
-            .arg(config.retry_window)
-            .arg(config.pass_ttl)
-            .arg(config.awl_threshold)
-            .arg(config.awl_ttl)
-            .arg(config.blast_threshold)
-            .arg(config.block_time)
+            .arg(&script_settings(config)[..])
             .get_packed_command();
         let call = Call::new(command, Instant::now() + self.link.timeout);
         let lead = {

@@ -216,10 +216,25 @@ impl TripletState {
         }
     }
 
-    /// An expired pending entry that saw early retries but never a retry
-    /// after the delay: the sender most likely gave up and lost the mail.
-    pub fn lost_mail(&self) -> bool {
-        !self.passed && self.early_retries > 0
+    /// Whether the attempts so far are those of a sender that lost its
+    /// mail: pending, with early retries (the Exchange 2003 SP2 pattern),
+    /// but no more than `blast_copies` of them (more is a blaster's, when
+    /// that rule is on). A sender that never retried is a spammer's.
+    pub fn lost_pattern(&self, config: &Config) -> bool {
+        !self.passed
+            && self.early_retries > 0
+            && (config.blast_copies == 0 || u32::from(self.early_retries) <= config.blast_copies)
+    }
+
+    /// Whether at `now` the triplet is lost mail: the
+    /// [`lost pattern`](Self::lost_pattern), and no attempt for
+    /// `lost_after` since its delay ended (a retry then would have passed),
+    /// or its retry window ran out first.
+    pub fn is_lost(&self, now: u32, config: &Config) -> bool {
+        let lost_at = i64::from(config.delay) + i64::from(config.lost_after);
+        self.lost_pattern(config)
+            && !self.is_corrupt(now, config)
+            && (age(now, self.first_seen) >= lost_at || self.is_expired(now, config))
     }
 }
 
@@ -243,6 +258,13 @@ impl ClientState {
 
     fn is_blocked(&self, now: u32) -> bool {
         now < self.blocked_until
+    }
+
+    /// Whether the network was blocked (for blasting or a trap) at some
+    /// time in this record's life: its early retries are then no sign of
+    /// lost mail.
+    pub fn was_blocked(&self) -> bool {
+        self.blocked_until != 0
     }
 
     fn awl_alive(&self, now: u32, config: &Config) -> bool {
@@ -331,13 +353,17 @@ pub fn triplet_step(
 }
 
 /// What a triplet's verdict does to its client network: a pass counts
-/// towards the auto-whitelist; an early retry counts as a blast round, and
-/// too many rounds within one delay period block the network. Returns the
-/// verdict to give, which is [`Reason::Blocked`] when this retry set off the
-/// block.
+/// towards the auto-whitelist; an early retry counts as a blast round. The
+/// network is blocked when this retry makes the triplet's early retries
+/// (`copies`, this one included) more than `blast_copies` (copies of one
+/// message blasted at once, however many fall in one second), or the
+/// network's rounds (distinct seconds with early retries) within one delay
+/// period more than `blast_threshold`. Returns the verdict to give, which
+/// is [`Reason::Blocked`] when this retry set off the block.
 pub fn client_update(
     client: &mut ClientState,
     verdict: Verdict,
+    copies: u8,
     now: u32,
     config: &Config,
 ) -> Verdict {
@@ -351,18 +377,22 @@ pub fn client_update(
             client.last_seen = client.last_seen.max(now);
             verdict
         }
-        Reason::EarlyRetry if config.blast_threshold > 0 => {
+        Reason::EarlyRetry if config.blast_threshold > 0 || config.blast_copies > 0 => {
             *client = client.repaired(now, config);
-            let period = age(now, client.round_start);
-            if client.rounds == 0 || !(0..i64::from(config.delay)).contains(&period) {
-                client.round_start = now;
-                client.rounds = 0;
+            let mut blasted = config.blast_copies > 0 && u32::from(copies) > config.blast_copies;
+            if config.blast_threshold > 0 {
+                let period = age(now, client.round_start);
+                if client.rounds == 0 || !(0..i64::from(config.delay)).contains(&period) {
+                    client.round_start = now;
+                    client.rounds = 0;
+                }
+                if client.rounds == 0 || client.last_round != now {
+                    client.rounds += 1;
+                    client.last_round = now;
+                }
+                blasted |= client.rounds > config.blast_threshold;
             }
-            if client.rounds == 0 || client.last_round != now {
-                client.rounds += 1;
-                client.last_round = now;
-            }
-            if client.rounds > config.blast_threshold {
+            if blasted {
                 client.blocked_until = now.saturating_add(config.block_time);
                 client.rounds = 0;
                 Verdict::new(Reason::Blocked, config.block_time, 0)
@@ -411,7 +441,7 @@ pub fn check(
     let (t, verdict) = triplet_step(triplet, now, config);
     let before = c;
     let verdict = if touches_client(&verdict, config) {
-        client_update(&mut c, verdict, now, config)
+        client_update(&mut c, verdict, t.early_retries, now, config)
     } else {
         verdict
     };
@@ -596,7 +626,7 @@ mod tests {
         let retried = Verdict::new(Reason::Retried, 0, 300);
         for i in 0..5 {
             assert_eq!(client_gate(&mut client, T0 + i, &c), None);
-            client_update(&mut client, retried, T0 + i, &c);
+            client_update(&mut client, retried, 0, T0 + i, &c);
         }
         let v = client_gate(&mut client, T0 + 10, &c).unwrap();
         assert_eq!(
@@ -609,7 +639,7 @@ mod tests {
         assert!(client_gate(&mut client, used + 35 * 86_400, &c).is_some());
         assert_eq!(client_gate(&mut client, used + 70 * 86_400 + 1, &c), None);
         // A pass after expiry starts the count again.
-        client_update(&mut client, retried, used + 70 * 86_400 + 1, &c);
+        client_update(&mut client, retried, 0, used + 70 * 86_400 + 1, &c);
         assert_eq!(client.passes, 1);
     }
 
@@ -632,14 +662,14 @@ mod tests {
         // 100 early retries in one second (one transaction, many
         // recipients) are one round.
         for _ in 0..100 {
-            assert_eq!(client_update(&mut client, early, T0, &c), early);
+            assert_eq!(client_update(&mut client, early, 1, T0, &c), early);
         }
         assert_eq!(client.rounds, 1);
         // Rounds 2..=20 stay below the threshold; the 21st blocks.
         for i in 1..20 {
-            assert_eq!(client_update(&mut client, early, T0 + i, &c), early);
+            assert_eq!(client_update(&mut client, early, 1, T0 + i, &c), early);
         }
-        let v = client_update(&mut client, early, T0 + 20, &c);
+        let v = client_update(&mut client, early, 1, T0 + 20, &c);
         assert_eq!(
             (v.action, v.reason, v.retry_after),
             (Action::Block, Reason::Blocked, 3600)
@@ -656,13 +686,42 @@ mod tests {
         let mut client = ClientState::default();
         // 20 rounds every 20 s: 400 s > one 300 s period, so never 21 in one.
         for i in 0..40 {
-            let v = client_update(&mut client, early, T0 + i * 20, &c);
+            let v = client_update(&mut client, early, 1, T0 + i * 20, &c);
             assert_eq!(v.reason, Reason::EarlyRetry, "round {i}");
         }
         // Exchange 2003's three glitch retries stay far below.
         let mut exchange = ClientState::default();
-        for t in [T0, T0 + 2, T0 + 5] {
-            assert_eq!(client_update(&mut exchange, early, t, &c), early);
+        for (copies, t) in [(1, T0), (2, T0 + 2), (3, T0 + 5)] {
+            assert_eq!(client_update(&mut exchange, early, copies, t, &c), early);
         }
+    }
+
+    /// Issue 16: 30 copies within 2 s were never blocked (rounds count
+    /// distinct seconds only). More than `blast_copies` early retries of
+    /// one triplet block its network, whatever the seconds.
+    #[test]
+    fn blasted_copies_of_one_message_block_at_once() {
+        let c = cfg();
+        let early = Verdict::new(Reason::EarlyRetry, 299, 0);
+        let mut client = ClientState::default();
+        for copies in 1..=5u8 {
+            assert_eq!(client_update(&mut client, early, copies, T0, &c), early);
+        }
+        let v = client_update(&mut client, early, 6, T0 + 1, &c);
+        assert_eq!((v.reason, v.retry_after), (Reason::Blocked, 3600));
+        // Copies alone, with rounds off; and off entirely with 0.
+        let rounds_off = Config::builder().blast_threshold(0).build().unwrap();
+        let mut client = ClientState::default();
+        let v = client_update(&mut client, early, 6, T0, &rounds_off);
+        assert_eq!(v.reason, Reason::Blocked);
+        assert_eq!(client.rounds, 0, "rounds are not counted when off");
+        let off = Config::builder()
+            .blast_copies(0)
+            .blast_threshold(0)
+            .build()
+            .unwrap();
+        let mut client = ClientState::default();
+        assert_eq!(client_update(&mut client, early, 200, T0, &off), early);
+        assert_eq!(client, ClientState::default());
     }
 }

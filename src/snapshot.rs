@@ -25,13 +25,17 @@
 //! | 124..128 | CRC-32 of bytes 0..124 |
 //!
 //! Then the body: the triplet records (32 bytes: key, first seen, last
-//! seen, 48 bits of the client network's key, early retries, flags), the
-//! client records (80 bytes: key, kind, prefix, network, state, lost-mail
-//! counts) and the string table (verified domains).
+//! seen, 48 bits of the client network's key, early retries, flags: 1
+//! passed, 2 counted as lost mail), the client records (80 bytes: key,
+//! kind, prefix, network, state, lost-mail counts, the latest early retry
+//! at 72..76, zero before the lost-mail rule) and the string table
+//! (verified domains).
 //!
 //! The settings that change keys (prefixes, extension delimiters, the
 //! normalisation version) are stored, and a snapshot is refused by an
-//! engine whose settings differ: its keys would never match. Other settings
+//! engine whose settings differ: its keys would never match. (An older
+//! normalisation version is the exception: most keys still match, see
+//! `NORMALISATION_VERSION` in `src/normalize.rs`.) Other settings
 //! (delay, lifetimes) may change between runs.
 //!
 //! # Crash safety
@@ -62,7 +66,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::engine::{clamp_time, client_hash, unix_now, ClientEntry, Engine, TripletEntry, PASSED};
+use crate::engine::{
+    clamp_time, client_hash, unix_now, ClientEntry, Engine, TripletEntry, LOST, PASSED,
+};
 use crate::files;
 use crate::key::{net_id, Secret};
 use crate::normalize::{ClientNet, NORMALISATION_VERSION};
@@ -185,7 +191,9 @@ impl KeySettings {
                 String::from_utf8_lossy(&now.delimiters)
             ));
         }
-        if self.normalisation != now.normalisation {
+        // An older normalisation is read (see NORMALISATION_VERSION); a
+        // newer one is not.
+        if self.normalisation > now.normalisation || self.normalisation == 0 {
             out.push(format!(
                 "normalisation version {} vs {}",
                 self.normalisation, now.normalisation
@@ -371,7 +379,8 @@ fn decode_triplet(b: &[u8]) -> Option<TripletEntry> {
         early_retries: f.u8(),
         flags: f.u8(),
     };
-    (e.flags & !PASSED == 0).then_some(e)
+    // Passed, or pending and perhaps already counted as lost.
+    matches!(e.flags, 0 | PASSED | LOST).then_some(e)
 }
 
 fn encode_client(e: &ClientEntry, strings: &mut Vec<u8>, out: &mut [u8]) {
@@ -411,6 +420,7 @@ fn encode_client(e: &ClientEntry, strings: &mut Vec<u8>, out: &mut [u8]) {
         out[36 + 4 * i..40 + 4 * i].copy_from_slice(&v.to_le_bytes());
     }
     out[64..72].copy_from_slice(&e.lost_count.to_le_bytes());
+    out[72..76].copy_from_slice(&e.last_early.to_le_bytes());
 }
 
 /// Decodes a client record and checks it against the secret: its key must
@@ -453,12 +463,16 @@ fn decode_client(b: &[u8], strings: &[u8], secret: &Secret) -> Result<ClientEntr
     };
     let lost_last_seen = f.u32();
     let lost_count = f.u64();
+    // Zero in snapshots older than the lost-mail rule: nothing waits.
+    let last_early = f.u32();
     Ok(ClientEntry {
         key,
         net,
         state,
         lost_count,
         lost_last_seen,
+        last_early,
+        block_open: state.blocked_until > clamp_time(unix_now()),
     })
 }
 

@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
+#[path = "support/names.rs"]
+mod names;
+
 use greylist::{Action, Config, Engine, Event, EventKind, ListKind, Reason, Request};
 
 const T0: i64 = 1_700_000_000;
@@ -131,9 +134,11 @@ fn a_pool_retrying_from_another_address_passes_with_verified_domains() {
     }
 }
 
+/// 25 copies of one message within a minute from one /24: blocked by the
+/// rounds rule alone (copies off), after 21 distinct seconds...
 #[test]
 fn blasting_is_blocked_and_a_good_sender_still_passes() {
-    let e = Engine::new(Config::default());
+    let e = Engine::new(Config::builder().blast_copies(0).build().unwrap());
     e.check("198.51.100.20", "good@example.org", "bob@example.net", T0)
         .unwrap();
     // 25 copies of one message within a minute, from one /24.
@@ -170,6 +175,115 @@ fn blasting_is_blocked_and_a_good_sender_still_passes() {
         ),
         Reason::Retried
     );
+}
+
+/// ...and with the defaults by the copies rule, at the 6th early retry
+/// (issue 16: 30 copies within 2 s used to be deferred 30 times).
+#[test]
+fn blasted_copies_block_at_once_whatever_the_delay() {
+    for delay in [300, 10] {
+        let config = Config::builder()
+            .delay(delay)
+            .retry_window(3600)
+            .build()
+            .unwrap();
+        let e = Engine::new(config);
+        let events = recording(&e);
+        // 30 copies within 2 seconds.
+        let verdicts: Vec<_> = (0..30)
+            .map(|i| {
+                e.check(
+                    "203.0.113.10",
+                    "promo@spam.example",
+                    "bob@example.net",
+                    T0 + i / 15,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(
+            verdicts[..6].iter().all(|v| v.action == Action::Defer),
+            "delay {delay}: {verdicts:?}"
+        );
+        assert_eq!(
+            (
+                verdicts[6].action,
+                verdicts[6].reason,
+                verdicts[6].retry_after
+            ),
+            (Action::Block, Reason::Blocked, 3600),
+            "delay {delay}"
+        );
+        assert!(verdicts[6..].iter().all(|v| v.action == Action::Block));
+        // The whole /24 is blocked; another network is greylisted as usual.
+        assert_eq!(
+            reason(&e, "203.0.113.77", "x@y.example", "z@example.net", T0 + 3),
+            Reason::Blocked
+        );
+        assert_eq!(
+            reason(&e, "198.51.100.1", "x@y.example", "z@example.net", T0 + 3),
+            Reason::New
+        );
+        // One event when the block starts, saying why, and one when a
+        // sweep finds it ended.
+        e.sweep(T0 + 3599);
+        e.sweep(T0 + 3601);
+        e.sweep(T0 + 3901);
+        let blocks: Vec<_> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::BlockStarted | EventKind::BlockEnded))
+            .map(|e| (e.kind, e.network.to_string(), e.reason, e.at, e.count))
+            .collect();
+        let net = "203.0.113.0/24".to_string();
+        assert_eq!(
+            blocks,
+            [
+                (
+                    EventKind::BlockStarted,
+                    net.clone(),
+                    Reason::Blocked,
+                    T0 as u32,
+                    6
+                ),
+                (
+                    EventKind::BlockEnded,
+                    net,
+                    Reason::Blocked,
+                    (T0 + 3600) as u32,
+                    0
+                ),
+            ],
+            "delay {delay}"
+        );
+    }
+}
+
+/// The guarantees: one message to many recipients (many first attempts)
+/// is never blocked, nor is Exchange 2003's pattern (3 quick retries of
+/// each recipient, all in one second each time).
+#[test]
+fn a_message_to_many_recipients_and_exchange_glitch_retries_are_not_blasting() {
+    let e = Engine::new(Config::default());
+    // Each attempt is one SMTP transaction with all 10 recipients.
+    for dt in [0, 2, 5, 9] {
+        for r in 0..10u64 {
+            let rcpt = format!("user{}@example.net", names::letters(r));
+            let v = e
+                .check("192.0.2.25", "ceo@corp.example", &rcpt, T0 + dt)
+                .unwrap();
+            assert_eq!(v.action, Action::Defer, "{rcpt} at +{dt}");
+        }
+    }
+    for r in 0..200u64 {
+        let rcpt = format!("list{}@example.net", names::letters(r));
+        let v = e
+            .check("198.51.100.9", "news@list.example", &rcpt, T0)
+            .unwrap();
+        assert_eq!(v.reason, Reason::New);
+    }
+    assert_eq!(e.stats().blocked, 0);
 }
 
 #[test]
@@ -223,61 +337,144 @@ fn a_trap_blocks_the_network_at_once() {
     assert_eq!(e.stats().trapped, 2);
 }
 
-#[test]
-fn the_exchange_2003_pattern_tops_the_lost_mail_report() {
-    let e = Engine::new(Config::default());
+fn recording(e: &Engine) -> Arc<Mutex<Vec<Event>>> {
     let events = Arc::new(Mutex::new(Vec::<Event>::new()));
     let sink = events.clone();
     e.on_event(Some(Box::new(move |ev: &Event| {
         sink.lock().unwrap().push(ev.clone())
     })))
     .unwrap();
+    events
+}
+
+/// Issue 16: the daemon sweeps every 300 s. A sweep used to remove the
+/// network record an early retry made, so a triplet that expired later
+/// was counted nowhere; and lost mail showed only at expiry, two days on.
+#[test]
+fn the_exchange_2003_pattern_is_lost_mail_within_the_hour_despite_sweeps() {
+    let e = Engine::new(Config::default());
+    let events = recording(&e);
+    let at = |dt: i64, ip: &str, from: &str, to: &str| e.check(ip, from, to, T0 + dt).unwrap();
     // Exchange 2003 SP2: the first attempt and two retries within 10 s, for
     // two messages, then silence.
     for rcpt in ["a@example.net", "b@example.net"] {
         for dt in [0, 4, 9] {
-            e.check("192.0.2.25", "ceo@corp.example", rcpt, T0 + dt)
-                .unwrap();
+            at(dt, "192.0.2.25", "ceo@corp.example", rcpt);
         }
     }
     // Another sender retried once, quickly, and then properly.
-    e.check("198.51.100.8", "x@ok.example", "a@example.net", T0)
+    at(0, "198.51.100.8", "x@ok.example", "a@example.net");
+    at(5, "198.51.100.8", "x@ok.example", "a@example.net");
+    at(400, "198.51.100.8", "x@ok.example", "a@example.net");
+    // A spammer that never retried, and a blaster: 30 copies in 2 s.
+    at(0, "203.0.113.66", "s@spam.example", "a@example.net");
+    for i in 0..30 {
+        at(i / 15, "198.18.0.5", "promo@blast.example", "a@example.net");
+    }
+    // A network that retried twice and wrote to a trap is not a victim.
+    e.set_list(ListKind::TrapRecipients, &["trap@example.net"])
         .unwrap();
-    e.check("198.51.100.8", "x@ok.example", "a@example.net", T0 + 5)
-        .unwrap();
-    e.check("198.51.100.8", "x@ok.example", "a@example.net", T0 + 400)
-        .unwrap();
-    // A spammer that never retried.
-    e.check("203.0.113.66", "s@spam.example", "a@example.net", T0)
-        .unwrap();
-    assert!(
-        e.lost_mail_report(10).is_empty(),
-        "nothing is lost within the retry window"
-    );
+    at(0, "198.18.7.1", "x@trapped.example", "a@example.net");
+    at(3, "198.18.7.1", "x@trapped.example", "a@example.net");
+    at(4, "198.18.7.1", "x@trapped.example", "trap@example.net");
 
-    assert_eq!(e.sweep(T0 + 2 * 86_400 + 10), 3);
+    // Sweeps every 300 s, as the maintenance thread does: nothing is lost
+    // before delay + lost_after (300 + 3600 s), all of it at the first
+    // sweep after.
+    let mut dt = 300;
+    while dt < 300 + 3600 {
+        e.sweep(T0 + dt);
+        assert!(e.lost_mail_report(10).is_empty(), "lost at +{dt}");
+        dt += 300;
+    }
+    e.sweep(T0 + dt);
     let report = e.lost_mail_report(10);
     assert_eq!(report.len(), 1, "{report:?}");
     assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
     assert_eq!((report[0].count, report[0].last_seen), (2, (T0 + 9) as u32));
-    let r = e
-        .client_report("192.0.2.77", None, T0 + 2 * 86_400 + 10)
-        .unwrap();
-    assert_eq!((r.lost_mail, r.pending, r.passed), (2, 0, 0));
-
-    // Events: one per check, and one per lost triplet, each once.
-    let events = events.lock().unwrap();
-    let count = |k| events.iter().filter(|e| e.kind == k).count();
-    assert_eq!(count(EventKind::Deferred), 9);
-    assert_eq!(count(EventKind::Passed), 1);
+    assert_eq!(e.stats().lost_mail, 2);
     let lost: Vec<_> = events
+        .lock()
+        .unwrap()
         .iter()
-        .filter(|e| e.kind == EventKind::ExpiredUnretried)
+        .filter(|e| e.kind == EventKind::LostMail)
+        .cloned()
         .collect();
-    assert_eq!(lost.len(), 2);
-    assert!(lost
+    assert_eq!(lost.len(), 2, "{lost:?}");
+    assert!(lost.iter().all(|e| e.network.to_string() == "192.0.2.0/24"
+        && e.at == (T0 + 9) as u32
+        && e.count == 2
+        && e.reason == Reason::EarlyRetry));
+
+    // More sweeps count nothing twice.
+    for _ in 0..5 {
+        dt += 300;
+        e.sweep(T0 + dt);
+    }
+    assert_eq!(e.stats().lost_mail, 2);
+    assert_eq!(e.lost_mail_report(10)[0].count, 2);
+
+    // The user complained; Exchange's queue was flushed by hand: the late
+    // retry passes, and that mail leaves the report.
+    let v = at(dt, "192.0.2.25", "ceo@corp.example", "a@example.net");
+    assert_eq!(v.reason, Reason::Retried);
+    let report = e.lost_mail_report(10);
+    assert_eq!(report[0].count, 1, "{report:?}");
+    let s = e.stats();
+    assert_eq!((s.lost_mail, s.lost_recovered), (2, 1));
+    let recovered = events
+        .lock()
+        .unwrap()
         .iter()
-        .all(|e| e.network.to_string() == "192.0.2.0/24" && e.at == (T0 + 9) as u32));
+        .filter(|e| e.kind == EventKind::Recovered)
+        .count();
+    assert_eq!(recovered, 1);
+
+    // The row outlives the triplets: they expire after the two-day window,
+    // the report keeps the network for 35 days.
+    e.sweep(T0 + 3 * 86_400);
+    let r = e
+        .client_report("192.0.2.77", None, T0 + 3 * 86_400)
+        .unwrap();
+    assert_eq!((r.lost_mail, r.pending), (1, 0));
+    e.sweep(T0 + 30 * 86_400);
+    assert_eq!(e.lost_mail_report(10).len(), 1);
+    assert_eq!(e.stats().lost_mail, 2, "expiry counts nothing again");
+}
+
+/// With `lost_after` past the retry window, lost mail is found when the
+/// window ends; a lost triplet restarting on a check is judged first.
+#[test]
+fn lost_mail_is_found_at_expiry_when_lost_after_is_longer_than_the_window() {
+    let config = Config::builder()
+        .retry_window(3600)
+        .lost_after(86_400)
+        .build()
+        .unwrap();
+    let e = Engine::new(config);
+    for dt in [0, 5] {
+        e.check("192.0.2.25", "a@corp.example", "x@example.net", T0 + dt)
+            .unwrap();
+        e.check("192.0.2.25", "a@corp.example", "y@example.net", T0 + dt)
+            .unwrap();
+    }
+    e.sweep(T0 + 3500);
+    assert_eq!(e.stats().lost_mail, 0);
+    // One is swept at expiry; the other starts over on a check first.
+    assert_eq!(
+        reason(
+            &e,
+            "192.0.2.25",
+            "a@corp.example",
+            "y@example.net",
+            T0 + 3700
+        ),
+        Reason::New
+    );
+    assert_eq!(e.stats().lost_mail, 1);
+    e.sweep(T0 + 3700);
+    assert_eq!(e.stats().lost_mail, 2);
+    assert_eq!(e.lost_mail_report(10)[0].count, 2);
 }
 
 #[test]

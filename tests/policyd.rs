@@ -223,3 +223,76 @@ fn help_version_and_bad_options() {
         );
     }
 }
+
+/// Issue 16, as an operator meets it: the daemon sweeps at its snapshot
+/// interval (here each 300 s of test clock, by SIGUSR2), and the Exchange
+/// 2003 pattern is logged as lost mail once `delay + lost_after` has
+/// passed; a spammer that never retried and a blaster are not; blocks are
+/// logged when they start (with the reason) and end; SIGUSR1 writes the
+/// report; a late retry is logged as recovered. SIGUSR1 and SIGUSR2 used
+/// to kill the daemon without a final snapshot.
+#[test]
+fn lost_mail_blocks_and_the_usr_signals_through_the_daemon() {
+    use daemon::{advance, ask, rcpt_on_clock};
+    let dir = daemon::scratch("lost-mail");
+    let mut d = Daemon::start_in(&dir, &["--allow-test-time", "--snapshot-interval", "300"]);
+    let mut c = d.connect();
+    let check = |c: &mut std::net::TcpStream, ip: &str, from: &str, to: &str| {
+        ask(c, &rcpt_on_clock(ip, from, to))
+    };
+    // Exchange 2003 SP2: two recipients, the first attempt and two retries
+    // within 9 s, then silence.
+    for dt in [0, 4, 5] {
+        advance(&mut c, dt);
+        for to in ["a@example.net", "b@example.net"] {
+            let answer = check(&mut c, "192.0.2.25", "ceo@corp.example", to);
+            assert!(answer.starts_with("DEFER_IF_PERMIT 4.2.0 "), "{answer}");
+        }
+    }
+    // A spammer that never retried, and a blaster: 30 copies at once.
+    check(&mut c, "203.0.113.66", "s@spam.example", "a@example.net");
+    let blasted: Vec<String> = (0..30)
+        .map(|_| check(&mut c, "198.18.0.5", "promo@blast.example", "a@example.net"))
+        .collect();
+    assert!(
+        blasted[6].starts_with("DEFER_IF_PERMIT 4.7.1 Client network blocked"),
+        "{blasted:?}"
+    );
+    d.wait_for_log(
+        "action=block-start client=198.18.0.0/24 reason=blast-copies early_retries=6 until=",
+    );
+
+    for sweep in 1..=13 {
+        advance(&mut c, 300);
+        d.signal("USR2");
+        d.wait_for_lines("SIGUSR2: saved ", sweep);
+        if sweep < 12 {
+            assert_eq!(d.lines_with("action=lost-mail"), 0, "sweep {sweep}");
+        }
+    }
+    d.wait_for_lines(
+        "action=lost-mail client=192.0.2.0/24 early_retries=2 last_seen=",
+        2,
+    );
+    d.wait_for_log("action=block-end client=198.18.0.0/24 ended=");
+    assert_eq!(d.lines_with("action=lost-mail"), 2, "{}", d.log_text());
+
+    d.signal("USR1");
+    d.wait_for_log("lost-mail report: client=192.0.2.0/24 lost=2 last_seen=");
+    d.wait_for_log("lost mail 2 (0 recovered)");
+    assert_eq!(d.lines_with("lost-mail report: client="), 1);
+
+    // The queue was flushed by hand: the late retry passes.
+    let answer = check(&mut c, "192.0.2.25", "ceo@corp.example", "a@example.net");
+    assert!(
+        answer.starts_with("PREPEND X-Greylist: delayed "),
+        "{answer}"
+    );
+    d.wait_for_log("action=recovered client=192.0.2.0/24");
+    d.signal("USR1");
+    d.wait_for_log("lost-mail report: client=192.0.2.0/24 lost=1 last_seen=");
+    d.wait_for_log("lost mail 2 (1 recovered)");
+
+    assert_eq!(d.terminate(), Some(0), "{}", d.log_text());
+    assert!(d.log_text().contains("saved "), "{}", d.log_text());
+}

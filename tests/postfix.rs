@@ -168,7 +168,14 @@ fn swaks(port: u16) -> Output {
 /// Latin-1 sender goes out as it is).
 fn swaks_as(port: u16, helo: &str, from: &std::ffi::OsStr) -> Output {
     use std::os::unix::ffi::OsStrExt;
-    Command::new("swaks")
+    swaks_command(port, helo, from)
+        .output()
+        .unwrap_or_else(|e| panic!("swaks ({:?}): {e}", from.as_bytes()))
+}
+
+fn swaks_command(port: u16, helo: &str, from: &std::ffi::OsStr) -> Command {
+    let mut command = Command::new("swaks");
+    command
         .args([
             "--server",
             "127.0.0.1",
@@ -186,9 +193,71 @@ fn swaks_as(port: u16, helo: &str, from: &std::ffi::OsStr) -> Output {
             "30",
             "--header",
             "Subject: greylist test",
-        ])
+        ]);
+    command
+}
+
+/// Issue 16: 30 identical copies in about two seconds were 30 times
+/// `450 4.2.0`; the network is now blocked at the 7th (more than 5 early
+/// retries of one triplet), and a sender on another /24 (another loopback
+/// address) is greylisted as usual.
+#[test]
+fn postfix_blocks_a_network_that_blasts_copies() {
+    if let Some(why) = missing_tools() {
+        real::skip("the real Postfix blasting test", &why);
+        return;
+    }
+    let dir = daemon::scratch("postfix-blast");
+    let d = Daemon::start_in(&dir, &[]);
+    let smtp_port = free_port();
+    let _postfix = Postfix::start(&dir, smtp_port, d.addr.as_deref().unwrap());
+    let started = Instant::now();
+    let sessions: Vec<_> = (0..30)
+        .map(|_| {
+            swaks_command(smtp_port, "blaster.example", "promo@blast.example".as_ref())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("swaks")
+        })
+        .collect();
+    let texts: Vec<String> = sessions
+        .into_iter()
+        .map(|s| text(&s.wait_with_output().unwrap()))
+        .collect();
+    let took = started.elapsed();
+    let greylisted = texts
+        .iter()
+        .filter(|t| {
+            t.contains("<** 450 4.2.0 <bob@example.net>: Recipient address rejected: Greylisted")
+        })
+        .count();
+    let blocked = texts
+        .iter()
+        .filter(|t| {
+            t.contains("<** 450 4.7.1 <bob@example.net>: Recipient address rejected: Client network blocked")
+        })
+        .count();
+    assert_eq!(
+        (greylisted, blocked),
+        (6, 24),
+        "30 sessions in {took:?}:\n{}\n{}",
+        texts.join("\n"),
+        d.log_text()
+    );
+    d.wait_for_log("action=block-start client=127.0.0.0/24 reason=blast-copies early_retries=6");
+    // A legitimate sender on another network is greylisted, not blocked.
+    let other = swaks_command(smtp_port, "good.example", "carol@good.example".as_ref())
+        .args(["--local-interface", "127.0.1.1"])
         .output()
-        .unwrap_or_else(|e| panic!("swaks ({:?}): {e}", from.as_bytes()))
+        .unwrap();
+    let other = text(&other);
+    assert!(
+        other.contains("<** 450 4.2.0 <bob@example.net>: Recipient address rejected: Greylisted"),
+        "{other}\n{}",
+        d.log_text()
+    );
+    d.wait_for_log("action=defer reason=new client=127.0.1.1 from=<carol@good.example>");
 }
 
 /// Issue 15, item 1: a first attempt with a HELO or sender the engine could
@@ -240,6 +309,7 @@ fn postfix_defers_the_first_attempt_and_queues_the_retry() {
     let smtp_port = free_port();
     let postfix = Postfix::start(&dir, smtp_port, d.addr.as_deref().unwrap());
 
+    let started = Instant::now();
     let first = swaks(smtp_port);
     let first_text = text(&first);
     assert!(
@@ -282,10 +352,20 @@ fn postfix_defers_the_first_attempt_and_queues_the_retry() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The daemon's clock is the wall clock plus the advance, so the delay is
+    // 301 s plus the whole seconds that passed between the two sessions.
+    let wall = started.elapsed().as_secs() + 1;
     let log = postfix.maillog();
+    let marker = "warning: header X-Greylist: delayed ";
+    let delayed: u64 = log
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once(" seconds by greylist-policyd"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no X-Greylist header in the mail log:\n{log}"));
     assert!(
-        log.contains("warning: header X-Greylist: delayed 301 seconds by greylist-policyd"),
-        "{log}"
+        (301..=301 + wall).contains(&delayed),
+        "delayed {delayed} s, expected 301 to {}:\n{log}",
+        301 + wall
     );
 }
 

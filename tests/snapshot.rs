@@ -276,6 +276,29 @@ fn foreign_newer_and_rekeyed_files_get_their_own_errors() {
         other => panic!("{other:?}"),
     }
 
+    // Another normalisation version: an older one is read (issue 16's
+    // change of digit folding must not stop an upgraded daemon), a newer
+    // one is refused.
+    for (version, readable) in [(1u16, true), (3, false)] {
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[70..72].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32(&bytes[0..124]);
+        bytes[124..128].copy_from_slice(&crc.to_le_bytes());
+        let file = dir.join(format!("normalisation-{version}.snap"));
+        fs::write(&file, &bytes).unwrap();
+        match Engine::load(&file, config()) {
+            Ok(e) => assert!(readable && e.len() == engine.len(), "version {version}"),
+            Err(e @ SnapshotError::KeySettingsDiffer { .. }) => {
+                assert!(!readable, "version {version}: {e}");
+                assert!(
+                    e.to_string().contains("normalisation version 3 vs 2"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("version {version}: {e}"),
+        }
+    }
+
     // A foreign file.
     let foreign = dir.join("foreign.snap");
     fs::write(

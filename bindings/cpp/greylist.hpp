@@ -141,6 +141,12 @@ class Config {
   Config &blast(uint32_t rounds, uint32_t block_seconds) {
     return set(greylist_config_set_blast(config_, rounds, block_seconds));
   }
+  Config &blast_copies(uint32_t copies) {
+    return set(greylist_config_set_blast_copies(config_, copies));
+  }
+  Config &lost_after(uint32_t seconds) {
+    return set(greylist_config_set_lost_after(config_, seconds));
+  }
   Config &max_entries(uint64_t entries) {
     return set(greylist_config_set_max_entries(config_, entries));
   }

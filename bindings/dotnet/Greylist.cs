@@ -89,6 +89,9 @@ namespace Greylist
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_awl_threshold(IntPtr config, uint passes);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_max_entries(IntPtr config, ulong entries);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_max_clients(IntPtr config, ulong clients);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_blast(IntPtr config, uint rounds, uint blockSeconds);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_blast_copies(IntPtr config, uint copies);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_lost_after(IntPtr config, uint seconds);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_prefixes(IntPtr config, byte ipv4, byte ipv6);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_reply(IntPtr config, ushort code, byte[] enhanced, byte[] text);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_redis(IntPtr config, byte[] url);
@@ -155,6 +158,14 @@ namespace Greylist
         public uint? AwlThreshold { get; set; }
         public ulong? MaxEntries { get; set; }
         public ulong? MaxClients { get; set; }
+        /// <summary>Early-retry rounds (distinct seconds) within one delay that block a network; 0: off (default 20).</summary>
+        public uint? BlastThreshold { get; set; }
+        /// <summary>Early retries of one triplet that, when exceeded, block its network; 0: off (default 5).</summary>
+        public uint? BlastCopies { get; set; }
+        /// <summary>How long a blocked network stays blocked, in seconds (default 3600).</summary>
+        public uint? BlockTime { get; set; }
+        /// <summary>Seconds after its delay that a triplet with only early retries and no attempt since counts as lost mail (default 3600).</summary>
+        public uint? LostAfter { get; set; }
         public byte? Ipv4Prefix { get; set; }
         public byte? Ipv6Prefix { get; set; }
         public ushort? ReplyCode { get; set; }
@@ -188,6 +199,10 @@ namespace Greylist
                 if (AwlThreshold.HasValue) Native.Check(Native.greylist_config_set_awl_threshold(c, AwlThreshold.Value));
                 if (MaxEntries.HasValue) Native.Check(Native.greylist_config_set_max_entries(c, MaxEntries.Value));
                 if (MaxClients.HasValue) Native.Check(Native.greylist_config_set_max_clients(c, MaxClients.Value));
+                if (BlastThreshold.HasValue || BlockTime.HasValue)
+                    Native.Check(Native.greylist_config_set_blast(c, BlastThreshold ?? 20, BlockTime ?? 3600));
+                if (BlastCopies.HasValue) Native.Check(Native.greylist_config_set_blast_copies(c, BlastCopies.Value));
+                if (LostAfter.HasValue) Native.Check(Native.greylist_config_set_lost_after(c, LostAfter.Value));
                 if (Ipv4Prefix.HasValue || Ipv6Prefix.HasValue)
                     Native.Check(Native.greylist_config_set_prefixes(c, Ipv4Prefix ?? 24, Ipv6Prefix ?? 64));
                 if (ReplyCode.HasValue || ReplyEnhanced != null || GreylistText != null)

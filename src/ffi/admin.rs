@@ -111,9 +111,21 @@ pub const GREYLIST_EVENT_DEFERRED: u32 = 1;
 pub const GREYLIST_EVENT_PASSED: u32 = 2;
 /// `greylist_event.kind`: a check was blocked.
 pub const GREYLIST_EVENT_BLOCKED: u32 = 3;
-/// `greylist_event.kind`: a sweep found a pending triplet that saw only
-/// early retries: its mail was most likely lost.
-pub const GREYLIST_EVENT_EXPIRED_UNRETRIED: u32 = 4;
+/// `greylist_event.kind`: a sweep judged a pending triplet lost mail
+/// (early retries, then no attempt for `lost_after` after its delay);
+/// `count` is its early retries, `at` its last attempt.
+pub const GREYLIST_EVENT_LOST_MAIL: u32 = 4;
+/// The name `GREYLIST_EVENT_LOST_MAIL` had before lost mail was found
+/// within `lost_after` rather than at expiry; same value.
+pub const GREYLIST_EVENT_EXPIRED_UNRETRIED: u32 = GREYLIST_EVENT_LOST_MAIL;
+/// `greylist_event.kind`: a triplet judged lost passed on a late retry.
+pub const GREYLIST_EVENT_RECOVERED: u32 = 5;
+/// `greylist_event.kind`: a network became blocked; `reason` is
+/// `GREYLIST_REASON_BLOCKED` (blasting; `count` is the early retries of
+/// the triplet that set it off) or `GREYLIST_REASON_TRAPPED`.
+pub const GREYLIST_EVENT_BLOCK_STARTED: u32 = 6;
+/// `greylist_event.kind`: a sweep found a network's block ended (`at`).
+pub const GREYLIST_EVENT_BLOCK_ENDED: u32 = 7;
 
 /// One event, valid only during the callback.
 #[repr(C)]
@@ -126,8 +138,12 @@ pub struct greylist_event {
     /// The client network (`"192.0.2.0/24"`) or verified domain; valid only
     /// during the callback.
     pub network: *const c_char,
-    /// Unix seconds: the check's time, or the lost triplet's last attempt.
+    /// Unix seconds: the check's time, the lost triplet's last attempt, or
+    /// the end of a block.
     pub at: i64,
+    /// For `GREYLIST_EVENT_LOST_MAIL` and a blasting
+    /// `GREYLIST_EVENT_BLOCK_STARTED`: the triplet's early retries; else 0.
+    pub count: u32,
 }
 
 /// An event callback: called on the thread that made the check or sweep,
@@ -157,6 +173,7 @@ impl CallbackSink {
             reason: event.reason as u32,
             network: network.as_ptr(),
             at: i64::from(event.at),
+            count: event.count,
         };
         // SAFETY: the callback is a valid function pointer by the caller's
         // promise; `e` and the string it points to outlive the call.
@@ -165,8 +182,9 @@ impl CallbackSink {
 }
 
 /// Sets the event callback (NULL removes it). It receives every verdict
-/// (deferred, passed, blocked) and every expired-unretried triplet found
-/// by a sweep, with the client network and reason. Thread-safe.
+/// (deferred, passed, blocked), every lost and recovered triplet, and
+/// every block's start and end (`GREYLIST_EVENT_*`; losses and block ends
+/// are found by sweeps), with the client network and reason. Thread-safe.
 ///
 /// When this returns, the previous callback has returned from every call
 /// in flight on any thread and is never called again: its `user_data` may

@@ -168,6 +168,38 @@ pub unsafe extern "C" fn greylist_config_set_blast(
     }
 }
 
+/// Early retries of one triplet (copies of one message sent again before
+/// its delay is over) that, when exceeded, block its client network for
+/// the block time, however many arrive in one second; 0 turns it off
+/// (default 5: Exchange 2000/2003 makes 3 quick retries).
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_blast_copies(
+    config: *mut greylist_config,
+    copies: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["blast_copies"], |b| Ok(b.blast_copies(copies))) }
+}
+
+/// Seconds after its delay ended that a pending triplet with only early
+/// retries (at most `blast_copies`) and no attempt since counts as lost
+/// mail (default 3600; at least 1). See
+/// `greylist_engine_lost_mail_report()`.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_lost_after(
+    config: *mut greylist_config,
+    seconds: u32,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &["lost_after"], |b| Ok(b.lost_after(seconds))) }
+}
+
 /// Most triplet entries kept (default 4000000); when full, expired entries
 /// and then the oldest pending ones make room.
 ///

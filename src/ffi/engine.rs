@@ -147,7 +147,8 @@ pub struct greylist_stats {
     pub expired: u64,
     /// Entries removed to stay within the maximum entry count.
     pub evicted: u64,
-    /// Expired triplets that saw only early retries (likely lost mail).
+    /// Pending triplets judged lost mail (see
+    /// `greylist_engine_lost_mail_report()`).
     pub lost_mail: u64,
     /// Triplet entries in the table now.
     pub entries: u64,
@@ -170,6 +171,8 @@ pub struct greylist_stats {
     /// Records in the shared store that were malformed and treated as
     /// absent.
     pub backend_malformed: u64,
+    /// Lost triplets whose late retry passed after all.
+    pub lost_recovered: u64,
 }
 
 /// Creates an engine from `config` (NULL for the defaults) and stores it in
@@ -455,6 +458,7 @@ pub unsafe extern "C" fn greylist_engine_stats(
             cache_hits: s.cache_hits,
             clients_evicted: s.clients_evicted,
             backend_malformed: s.backend_malformed,
+            lost_recovered: s.lost_recovered,
         };
         // SAFETY: the caller guarantees `out` holds `size` bytes.
         unsafe { copy_versioned(&stats, out, size) };

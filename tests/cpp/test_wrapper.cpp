@@ -55,6 +55,28 @@ static bool test_cycle() {
   return true;
 }
 
+/* Issue 16: copies of one message block their network; lost_after is a
+   setting like the others. */
+static bool test_blast_copies_and_lost_after() {
+  greylist::Config config;
+  config.blast_copies(1).lost_after(60);
+  greylist::Engine engine(config);
+  for (int i = 0; i < 2; i++) {
+    CHECK(engine.check("203.0.113.9", "s@spam.example", "v@y.net", T0).action() ==
+          greylist::Action::Defer);
+  }
+  auto v = engine.check("203.0.113.9", "s@spam.example", "v@y.net", T0);
+  CHECK(v.action() == greylist::Action::Block && v.reason() == greylist::Reason::Blocked);
+  try {
+    greylist::Config bad;
+    bad.lost_after(0);
+    CHECK(false);
+  } catch (const greylist::Error &e) {
+    CHECK(std::string(e.what()).find("lost_after") != std::string::npos);
+  }
+  return true;
+}
+
 static bool test_config_and_errors() {
   greylist::Config config;
   config.delay(60).retry_window(3600).awl_threshold(0).reply(451, "4.7.1", "later: %s");
@@ -212,6 +234,7 @@ int main() {
   run_test(test_config_and_errors, "config_and_errors");
   run_test(test_move_and_threads, "move_and_threads");
   run_test(test_lists_snapshots_and_reports, "lists_snapshots_and_reports");
+  run_test(test_blast_copies_and_lost_after, "blast_copies_and_lost_after");
   run_test(test_redis, "redis");
   std::printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

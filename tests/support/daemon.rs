@@ -27,10 +27,31 @@ pub fn scratch(name: &str) -> PathBuf {
 /// with --allow-test-time).
 pub fn rcpt(ip: &str, sender: &str, recipient: &str, now: i64) -> String {
     format!(
+        "{}policy_test_time={now}\n\n",
+        attributes(ip, sender, recipient)
+    )
+}
+
+/// A policy request at the RCPT stage, judged by the daemon's clock (moved
+/// on by `policy_test_advance`, which its sweeps follow too).
+pub fn rcpt_on_clock(ip: &str, sender: &str, recipient: &str) -> String {
+    format!("{}\n", attributes(ip, sender, recipient))
+}
+
+/// Moves the daemon's clock on by `secs` (it must run with --allow-test-time).
+pub fn advance(stream: &mut TcpStream, secs: i64) {
+    assert_eq!(
+        ask(stream, &format!("policy_test_advance={secs}\n\n")),
+        "DUNNO"
+    );
+}
+
+fn attributes(ip: &str, sender: &str, recipient: &str) -> String {
+    format!(
         "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
          client_address={ip}\nclient_name=unknown\nreverse_client_name=unknown\n\
          helo_name=client.example\nsender={sender}\nrecipient={recipient}\n\
-         recipient_count=0\nqueue_id=\ninstance=abc.123\nsize=0\npolicy_test_time={now}\n\n"
+         recipient_count=0\nqueue_id=\ninstance=abc.123\nsize=0\n"
     )
 }
 
@@ -197,15 +218,25 @@ impl Daemon {
     }
 
     pub fn wait_for_log(&self, text: &str) {
+        self.wait_for_lines(text, 1);
+    }
+
+    /// Waits until `n` lines of the log contain `text`.
+    pub fn wait_for_lines(&self, text: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.log_text().contains(text) {
+        while self.lines_with(text) < n {
             assert!(
                 Instant::now() < deadline,
-                "no {text:?} in the log:\n{}",
+                "fewer than {n} lines with {text:?} in the log:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// How many lines of the log contain `text`.
+    pub fn lines_with(&self, text: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(text)).count()
     }
 
     pub fn connect(&self) -> TcpStream {

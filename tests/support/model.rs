@@ -86,6 +86,8 @@ pub struct Settings {
     pub awl_ttl: i64,
     pub blast_threshold: u32,
     pub block_time: i64,
+    pub blast_copies: u32,
+    pub lost_after: i64,
 }
 
 pub fn settings() -> impl Strategy<Value = Settings> {
@@ -97,6 +99,8 @@ pub fn settings() -> impl Strategy<Value = Settings> {
         1i64..40_000,
         0u32..4,
         1i64..2_000,
+        0u32..8,
+        prop_oneof![Just(3_600i64), 1i64..40_000],
     )
         .prop_map(
             |(
@@ -107,6 +111,8 @@ pub fn settings() -> impl Strategy<Value = Settings> {
                 awl_ttl,
                 blast_threshold,
                 block_time,
+                blast_copies,
+                lost_after,
             )| {
                 Settings {
                     delay,
@@ -116,6 +122,8 @@ pub fn settings() -> impl Strategy<Value = Settings> {
                     awl_ttl,
                     blast_threshold,
                     block_time,
+                    blast_copies,
+                    lost_after,
                 }
             },
         )
@@ -127,6 +135,8 @@ struct RefTriplet {
     last_seen: i64,
     early_retries: u32,
     passed: bool,
+    /// Counted as lost mail in this cycle.
+    lost: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -138,6 +148,8 @@ struct RefClient {
     round_start: i64,
     last_round: i64,
     last_lost: Option<i64>,
+    lost_count: u64,
+    last_early: Option<i64>,
 }
 
 /// DESIGN.md's rules, written as plainly as possible.
@@ -145,6 +157,8 @@ struct Model {
     s: Settings,
     triplets: HashMap<(String, String, String), RefTriplet>,
     clients: HashMap<String, RefClient>,
+    lost_mail: u64,
+    lost_recovered: u64,
 }
 
 type Answer = (Action, Reason, u32, u32);
@@ -157,6 +171,33 @@ impl Model {
             now - t.last_seen > self.s.pass_ttl || t.last_seen - now > self.s.pass_ttl + GRACE
         } else {
             now - t.first_seen > self.s.retry_window || t.first_seen - now > self.s.delay + GRACE
+        }
+    }
+
+    /// Lost mail: pending, early retries (at most blast_copies when that
+    /// rule is on), its time not corrupt, and no attempt for lost_after
+    /// after the delay, or its window ran out.
+    fn is_lost(&self, t: &RefTriplet, now: i64) -> bool {
+        let s = self.s;
+        let copies = t.early_retries.min(255);
+        !t.passed
+            && copies > 0
+            && (s.blast_copies == 0 || copies <= s.blast_copies)
+            && t.first_seen - now <= s.delay + GRACE
+            && (now - t.first_seen >= s.delay + s.lost_after || self.triplet_expired(t, now))
+    }
+
+    /// Credits a lost triplet to its network, unless the network is or was
+    /// blocked (then its early retries were a spammer's).
+    fn credit_lost(&mut self, net: &str, t: &RefTriplet, now: i64) {
+        let seen = self.clients.get(net).map(|c| self.repaired(c, now));
+        if seen.is_some_and(|c| c.blocked_until != 0) {
+            return;
+        }
+        self.lost_mail += 1;
+        if let Some(c) = self.clients.get_mut(net) {
+            c.lost_count += 1;
+            c.last_lost = Some(c.last_lost.map_or(t.last_seen, |l| l.max(t.last_seen)));
         }
     }
 
@@ -210,18 +251,20 @@ impl Model {
             }
         }
         let key = (net.to_string(), sender.to_string(), rcpt.to_string());
-        let known = self
-            .triplets
-            .get(&key)
-            .cloned()
-            .filter(|t| !self.triplet_expired(t, now));
+        let stored = self.triplets.get(&key).cloned();
+        let known = stored.clone().filter(|t| !self.triplet_expired(t, now));
         let Some(mut t) = known else {
+            // An expired cycle no sweep removed: judged before it goes.
+            if let Some(old) = stored.filter(|t| !t.lost && self.is_lost(t, now)) {
+                self.credit_lost(net, &old, now);
+            }
             // Rules 3 and 6.
             let fresh = RefTriplet {
                 first_seen: now,
                 last_seen: now,
                 early_retries: 0,
                 passed: false,
+                lost: false,
             };
             self.triplets.insert(key, fresh);
             return (Action::Defer, Reason::New, s.delay as u32, 0);
@@ -243,30 +286,47 @@ impl Model {
                 (t.first_seen + s.delay - now) as u32,
                 0,
             );
-            // The network's record is kept (lost mail is credited to it).
-            if s.blast_threshold == 0 {
-                self.clients.entry(net.to_string()).or_default();
+            // The network's record is kept until the triplet is judged
+            // (lost mail is credited to it).
+            let c = self.clients.entry(net.to_string()).or_default();
+            c.last_early = Some(c.last_early.map_or(now, |e| e.max(now)));
+            if s.blast_threshold == 0 && s.blast_copies == 0 {
                 return answer;
             }
+            // Copies of one message (the engine counts up to 255), or
+            // rounds: distinct seconds within one delay period.
+            let copies = s.blast_copies > 0 && t.early_retries.min(255) > s.blast_copies;
             let c = self.client_to_write(net, now);
-            let period = now - c.round_start;
-            if c.rounds == 0 || period < 0 || period >= s.delay {
-                c.round_start = now;
-                c.rounds = 0;
+            let mut rounds = false;
+            if s.blast_threshold > 0 {
+                let period = now - c.round_start;
+                if c.rounds == 0 || period < 0 || period >= s.delay {
+                    c.round_start = now;
+                    c.rounds = 0;
+                }
+                if c.rounds == 0 || c.last_round != now {
+                    c.rounds += 1;
+                    c.last_round = now;
+                }
+                rounds = c.rounds > s.blast_threshold;
             }
-            if c.rounds == 0 || c.last_round != now {
-                c.rounds += 1;
-                c.last_round = now;
-            }
-            if c.rounds > s.blast_threshold {
+            if copies || rounds {
                 c.blocked_until = now + s.block_time;
                 c.rounds = 0;
                 return (Action::Block, Reason::Blocked, s.block_time as u32, 0);
             }
             return answer;
         }
-        // Rule 5; passes are counted only for the auto-whitelist.
+        // Rule 5; passes are counted only for the auto-whitelist. A lost
+        // triplet that passes is recovered.
         t.passed = true;
+        if std::mem::take(&mut t.lost) {
+            let seen = self.clients.get(net).map(|c| self.repaired(c, now));
+            if seen.is_some_and(|c| c.blocked_until == 0 && c.lost_count > 0) {
+                self.clients.get_mut(net).unwrap().lost_count -= 1;
+                self.lost_recovered += 1;
+            }
+        }
         self.triplets.insert(key, t);
         if s.awl_threshold == 0 {
             return (Action::Pass, Reason::Retried, 0, waited as u32);
@@ -282,21 +342,27 @@ impl Model {
     }
 
     fn sweep(&mut self, now: i64) -> u64 {
+        let lost: Vec<_> = self
+            .triplets
+            .iter()
+            .filter(|(_, t)| !t.lost && self.is_lost(t, now))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        for (k, t) in &lost {
+            self.triplets.get_mut(k).unwrap().lost = true;
+            self.credit_lost(&k.0, t, now);
+        }
         let expired: Vec<_> = self
             .triplets
             .iter()
             .filter(|(_, t)| self.triplet_expired(t, now))
-            .map(|(k, t)| (k.clone(), t.clone()))
+            .map(|(k, _)| k.clone())
             .collect();
-        for (k, t) in &expired {
+        for k in &expired {
             self.triplets.remove(k);
-            if !t.passed && t.early_retries > 0 {
-                if let Some(c) = self.clients.get_mut(&k.0) {
-                    c.last_lost = Some(c.last_lost.map_or(t.last_seen, |l| l.max(t.last_seen)));
-                }
-            }
         }
         let s = self.s;
+        let judged = (s.delay + s.lost_after).min(s.retry_window);
         let seen: HashMap<String, RefClient> = self
             .clients
             .iter()
@@ -310,7 +376,10 @@ impl Model {
             let rounds = now - c.round_start <= s.delay;
             let lost =
                 lost_at.is_some_and(|t| now - t <= s.awl_ttl && t - now <= s.awl_ttl + GRACE);
-            blocked || awl || rounds || lost
+            let waiting = c
+                .last_early
+                .is_some_and(|t| now - t <= judged && t - now <= judged + GRACE);
+            blocked || awl || rounds || lost || waiting
         });
         expired.len() as u64
     }
@@ -336,7 +405,9 @@ pub fn run_with(
         .awl_threshold(settings.awl_threshold)
         .awl_ttl(settings.awl_ttl as u32)
         .blast_threshold(settings.blast_threshold)
+        .blast_copies(settings.blast_copies)
         .block_time(settings.block_time as u32)
+        .lost_after(settings.lost_after as u32)
         .shards(4);
     let config = extra(config).build().unwrap();
     let engine = Engine::new(config);
@@ -344,6 +415,8 @@ pub fn run_with(
         s: settings,
         triplets: HashMap::new(),
         clients: HashMap::new(),
+        lost_mail: 0,
+        lost_recovered: 0,
     };
     let mut now = T0;
     let mut checks = 0;
@@ -372,6 +445,27 @@ pub fn run_with(
         }
         if local_table {
             prop_assert_eq!(engine.len(), model.triplets.len(), "len after step {}", i);
+            let s = engine.stats();
+            prop_assert_eq!(
+                (s.lost_mail, s.lost_recovered),
+                (model.lost_mail, model.lost_recovered),
+                "lost mail after step {}",
+                i
+            );
+            let mut report: Vec<(String, u64, i64)> = engine
+                .lost_mail_report(usize::MAX)
+                .into_iter()
+                .map(|r| (r.network.to_string(), r.count, i64::from(r.last_seen)))
+                .collect();
+            report.sort();
+            let mut expected: Vec<(String, u64, i64)> = model
+                .clients
+                .iter()
+                .filter(|(_, c)| c.lost_count > 0)
+                .map(|(net, c)| (net.clone(), c.lost_count, c.last_lost.unwrap()))
+                .collect();
+            expected.sort();
+            prop_assert_eq!(report, expected, "lost-mail report after step {}", i);
         }
     }
     prop_assert_eq!(engine.stats().checks, checks);
@@ -390,6 +484,8 @@ pub fn long_run(sweeps: bool) -> (Settings, Vec<Op>) {
         awl_ttl: 35 * 86_400,
         blast_threshold: 20,
         block_time: 3600,
+        blast_copies: 5,
+        lost_after: 3600,
     };
     let mut ops = Vec::new();
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);

@@ -7,7 +7,6 @@
 #[path = "real.rs"]
 pub mod real;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,11 +55,51 @@ impl RedisServer {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        server.run();
+        server.run(false);
         Some(server)
     }
 
-    fn run(&mut self) {
+    /// Starts the server and waits until it says it is ready. Another
+    /// test may have taken the free port in the meantime: then the server
+    /// exits, and a fresh start gets another port (or, for a restart,
+    /// which must keep its port, the same one a moment later).
+    fn run(&mut self, keep_port: bool) {
+        let log = self.dir.join("redis.log");
+        for _ in 0..20 {
+            let _ = std::fs::remove_file(&log);
+            let mut child = self.spawn(&log);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let ready = loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Ready to accept connections") {
+                    break true;
+                }
+                if child.try_wait().expect("redis-server status").is_some() {
+                    break false;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not start:\n{text}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            if ready {
+                self.child = Some(child);
+                return;
+            }
+            if keep_port {
+                std::thread::sleep(Duration::from_millis(100));
+            } else {
+                self.port = free_port();
+            }
+        }
+        panic!(
+            "redis-server would not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn spawn(&self, log: &Path) -> Child {
         // With a certificate, the port is the TLS port and plain TCP is off.
         let tls = self.extra.iter().any(|a| a == "--tls-cert-file");
         let port = self.port.to_string();
@@ -69,23 +108,19 @@ impl RedisServer {
         } else {
             ["--port", &port, "--tls-port", "0"]
         };
-        let child = Command::new("redis-server")
+        Command::new("redis-server")
             .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(log)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            .expect("start redis-server")
     }
 
     /// The server's URL, with the password it was started with, if any.
@@ -125,7 +160,7 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        self.run();
+        self.run(true);
     }
 
     /// A plain connection for the test's own commands.

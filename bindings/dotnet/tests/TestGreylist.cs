@@ -71,6 +71,21 @@ static class TestGreylist
             Check(e.Message.Contains("ipv4_prefix"), e.Message);
             e = Throws<GreylistException>(() => new Engine(new Config { MaxClients = 0 }));
             Check(e.Message.Contains("max_clients"), e.Message);
+            e = Throws<GreylistException>(() => new Engine(new Config { LostAfter = 0 }));
+            Check(e.Message.Contains("lost_after"), e.Message);
+        });
+
+        Run("blast copies", () =>
+        {
+            // Issue 16: the third copy of one message sent at once blocks the /24.
+            using (var engine = new Engine(new Config { BlastCopies = 1, BlockTime = 600 }))
+            {
+                for (int i = 0; i < 2; i++)
+                    Check(engine.Check("203.0.113.9", "s@spam.example", "v@y.net", T0).Action == Greylist.Action.Defer, "copy " + i);
+                var v = engine.Check("203.0.113.9", "s@spam.example", "v@y.net", T0);
+                Check(v.Action == Greylist.Action.Block && v.Reason == Reason.Blocked && v.RetryAfter == 600, "blocked");
+                Check(engine.Check("203.0.113.200", "x@y.example", "w@y.net", T0).Reason == Reason.Blocked, "whole network");
+            }
         });
 
         Run("redis", () =>

@@ -83,7 +83,18 @@ class EventKind(enum.IntEnum):
     DEFERRED = 1
     PASSED = 2
     BLOCKED = 3
+    #: A sweep judged a pending triplet lost mail (early retries, then no
+    #: attempt for ``lost_after`` after its delay); ``count``: its early retries.
+    LOST_MAIL = 4
+    #: The old name of ``LOST_MAIL``.
     EXPIRED_UNRETRIED = 4
+    #: A triplet judged lost passed on a late retry.
+    RECOVERED = 5
+    #: A network became blocked (reason ``BLOCKED``: blasting, ``count`` the
+    #: early retries that set it off; ``TRAPPED``: a trap recipient).
+    BLOCK_STARTED = 6
+    #: A sweep found a network's block ended (``at``).
+    BLOCK_ENDED = 7
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,12 @@ class Event:
     #: The client network ("192.0.2.0/24") or verified domain.
     network: str
     reason: Reason
-    #: Unix seconds: the check's time, or the lost triplet's last attempt.
+    #: Unix seconds: the check's time, the lost triplet's last attempt, or
+    #: the end of a block.
     at: int
+    #: For ``LOST_MAIL`` and a blasting ``BLOCK_STARTED``: the triplet's
+    #: early retries; else 0.
+    count: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,6 +215,7 @@ _STAT_FIELDS = [
     "cache_hits",
     "clients_evicted",
     "backend_malformed",
+    "lost_recovered",
 ]
 
 
@@ -222,6 +238,7 @@ class _Event(ctypes.Structure):
         ("reason", ctypes.c_uint32),
         ("network", ctypes.c_char_p),
         ("at", ctypes.c_int64),
+        ("count", ctypes.c_uint32),
     ]
 
 
@@ -264,6 +281,8 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_awl_threshold", _status, [_p, _u32]),
     ("greylist_config_set_awl_ttl", _status, [_p, _u32]),
     ("greylist_config_set_blast", _status, [_p, _u32, _u32]),
+    ("greylist_config_set_blast_copies", _status, [_p, _u32]),
+    ("greylist_config_set_lost_after", _status, [_p, _u32]),
     ("greylist_config_set_max_entries", _status, [_p, _u64]),
     ("greylist_config_set_max_clients", _status, [_p, _u64]),
     ("greylist_config_set_prefixes", _status, [_p, ctypes.c_uint8, ctypes.c_uint8]),
@@ -404,7 +423,8 @@ class _Config:
 
     def _apply(self, s: Dict[str, Any]) -> None:
         c = self.ptr
-        for name in ("delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "max_entries", "max_clients"):
+        for name in ("delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "max_entries", "max_clients",
+                     "blast_copies", "lost_after"):
             if s.get(name) is not None:
                 setter = getattr(_lib, f"greylist_config_set_{name}")
                 _check(setter(c, _int(s[name], name, 2**64 - 1 if name.startswith("max_") else 2**32 - 1)))
@@ -465,7 +485,8 @@ class _Config:
 
 _SETTINGS = {
     "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
-    "max_entries", "max_clients", "blast_threshold", "block_time", "extension_delimiters", "reply_code",
+    "max_entries", "max_clients", "blast_threshold", "blast_copies", "block_time", "lost_after",
+    "extension_delimiters", "reply_code",
     "reply_enhanced", "greylist_text", "key_by_verified_domain", "redis", "redis_secret", "redis_ca",
     "redis_prefix", "redis_timeout_ms", "redis_fail", "pass_cache_entries", "pass_cache_ttl",
 }
@@ -509,7 +530,8 @@ class Engine:
         that file if it exists, saves it every ``snapshot_interval`` seconds
         (0: never) from a background thread that also sweeps, and once more
         on :meth:`close`. Further keyword settings: ``awl_ttl``,
-        ``blast_threshold``, ``block_time``, ``extension_delimiters``,
+        ``blast_threshold``, ``blast_copies``, ``block_time``, ``lost_after``,
+        ``extension_delimiters``,
         ``key_by_verified_domain``, ``reply_code``, ``reply_enhanced``,
         ``greylist_text``. ``trap_recipients``: addresses whose mail blocks
         the sending network at once.
@@ -760,7 +782,7 @@ class Engine:
 
             def deliver(_user: Any, event: Any) -> None:
                 e = event.contents
-                callback(Event(EventKind(e.kind), e.network.decode(), Reason(e.reason), int(e.at)))
+                callback(Event(EventKind(e.kind), e.network.decode(), Reason(e.reason), int(e.at), int(e.count)))
 
             trampoline = _EVENT_FN(deliver)
         # The old trampoline stays referenced until the library has waited

@@ -211,6 +211,38 @@ class Snapshots(unittest.TestCase):
 
 
 class Defences(unittest.TestCase):
+    def test_lost_mail_within_lost_after_and_recovered(self) -> None:
+        # Issue 16: found lost_after after the delay (not at expiry); a late
+        # retry that passes recovers it.
+        engine = greylist.Engine(lost_after=60)
+        events = []
+        engine.on_event(events.append)
+        for dt in (0, 3, 8):
+            engine.check("192.0.2.25", "ceo@corp.example", "a@example.net", now=T0 + dt)
+        engine.sweep(now=T0 + 359)
+        self.assertEqual(engine.lost_mail_report(), [])
+        engine.sweep(now=T0 + 360)
+        self.assertEqual(engine.lost_mail_report(), [greylist.LostMail(network="192.0.2.0/24", count=1, last_seen=T0 + 8)])
+        v = engine.check("192.0.2.25", "ceo@corp.example", "a@example.net", now=T0 + 900)
+        self.assertIs(v.reason, Reason.RETRIED)
+        self.assertEqual(engine.lost_mail_report(), [])
+        stats = engine.stats()
+        self.assertEqual((stats["lost_mail"], stats["lost_recovered"]), (1, 1))
+        self.assertEqual([e.kind for e in events][-3:], [greylist.EventKind.LOST_MAIL, greylist.EventKind.RECOVERED, greylist.EventKind.PASSED])
+        with self.assertRaisesRegex(greylist.InvalidInputError, "lost_after"):
+            greylist.Engine(lost_after=0)
+        engine.close()
+
+    def test_blasted_copies_block_the_network(self) -> None:
+        # Issue 16: copies of one message sent again at once block the /24.
+        engine = greylist.Engine(blast_copies=2, block_time=600)
+        answers = [engine.check("203.0.113.9", "s@spam.example", "v@y.net", now=T0).action for _ in range(4)]
+        self.assertEqual(answers, [Action.DEFER, Action.DEFER, Action.DEFER, Action.BLOCK])
+        self.assertEqual(engine.check("203.0.113.1", "t@spam.example", "w@y.net", now=T0 + 1).retry_after, 599)
+        off = greylist.Engine(blast_copies=0, blast_threshold=0)
+        for _ in range(50):
+            self.assertEqual(off.check("203.0.113.9", "s@spam.example", "v@y.net", now=T0).action, Action.DEFER)
+
     def test_lists_match_and_do_not_over_match(self) -> None:
         engine = greylist.Engine()
         engine.whitelist(clients=["192.0.2.0/24", "2001:db8::/32", ".google.com"],
@@ -280,8 +312,9 @@ class Defences(unittest.TestCase):
         self.assertEqual(report, [greylist.LostMail(network="192.0.2.0/24", count=1, last_seen=T0 + 8)])
         kinds = [e.kind for e in events]
         self.assertEqual(kinds.count(greylist.EventKind.DEFERRED), 4)
-        lost = [e for e in events if e.kind is greylist.EventKind.EXPIRED_UNRETRIED]
-        self.assertEqual(lost, [greylist.Event(greylist.EventKind.EXPIRED_UNRETRIED, "192.0.2.0/24", Reason.EARLY_RETRY, T0 + 8)])
+        lost = [e for e in events if e.kind is greylist.EventKind.LOST_MAIL]
+        self.assertEqual(lost, [greylist.Event(greylist.EventKind.LOST_MAIL, "192.0.2.0/24", Reason.EARLY_RETRY, T0 + 8, 2)])
+        self.assertIs(greylist.EventKind.EXPIRED_UNRETRIED, greylist.EventKind.LOST_MAIL)
         engine.on_event(None)
         engine.check("192.0.2.25", "ceo@corp.example", "a@example.net", now=T0)
         self.assertEqual(len(events), 5)

@@ -25,7 +25,8 @@ Listening:
 Greylisting (postgrey's names):
   --delay SECS                wait before a retry passes (default 300)
   --max-age DAYS              lifetime of a passed triplet (default 35)
-  --retry-window N[h]         days (or hours with h) a first retry may take (default 2)
+  --retry-window N[s|m|h|d]   how long a first retry may take; a bare number is days,
+                              as in postgrey (default 2d)
   --auto-whitelist-clients N  passed triplets that whitelist a client; 0: off (default 5)
   --ipv4cidr N, --ipv6cidr N  client network prefixes (default 24, 64)
   --greylist-text TEXT        defer text; %s: seconds, %r: recipient domain
@@ -35,6 +36,15 @@ Greylisting (postgrey's names):
   --max-entries N             triplet entries kept (default 4000000)
   --max-clients N             client-network records kept (default 1000000)
   --block-action reject|defer what a blocked network gets (default defer)
+  --blast-copies N            early retries of one message that block its network
+                              (more than N, however fast; 0: off; default 5)
+  --blast-threshold N         early-retry rounds (distinct seconds) in one delay that
+                              block a network (more than N; 0: off; default 20)
+  --block-time SECS           how long a blocked network stays blocked (default 3600)
+  --lost-after N[s|m|h|d]     a sender that made only early retries and then no attempt
+                              for this long after the delay lost its mail: logged as
+                              action=lost-mail and listed by SIGUSR1 (default 1h; a
+                              bare number is seconds). Looked for at each snapshot
 Several MX hosts (Redis):
   --redis URL                 keep triplets in Redis: redis://[user:password@]host:port/db,
                               rediss://... for TLS, redis+unix:///path/redis.sock
@@ -52,7 +62,11 @@ Testing:
   --allow-test-time           honour policy_test_time / policy_test_advance attributes
   --help, --version
 
-Signals: SIGTERM/SIGINT save a final snapshot and exit 0; SIGHUP reloads the list files.
+Signals:
+  SIGTERM, SIGINT  save a final snapshot and exit 0
+  SIGHUP           reload the list files (a bad file keeps the old lists)
+  SIGUSR1          write the status and the lost-mail report to the log
+  SIGUSR2          sweep and save the snapshot now
 ";
 
 /// Everything the command line sets.
@@ -69,6 +83,31 @@ pub struct Options {
     pub snapshot_interval: u64,
     /// The `--redis-secret` file, to warn when others can read it.
     pub redis_secret: Option<PathBuf>,
+}
+
+/// A duration in seconds: a whole number with a unit (`90s`, `30m`, `1h`,
+/// `2d`), or bare, in `bare` seconds each.
+fn duration(name: &str, v: &str, bare: u64) -> Result<u64, String> {
+    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, ""),
+    };
+    let unit = match unit {
+        "" => bare,
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{name}: {v:?} is not a duration like 90s, 30m, 1h or 2d"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{name}: {v:?} is not a duration like 90s, 30m, 1h or 2d"))?;
+    Ok(n.saturating_mul(unit))
 }
 
 pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -133,12 +172,12 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
                     .pass_ttl(to_u32(number(value()?)?.saturating_mul(86_400))?)
             }
             "--retry-window" => {
-                let v = value()?;
-                let secs = match v.strip_suffix('h') {
-                    Some(hours) => number(hours.into())?.saturating_mul(3600),
-                    None => number(v)?.saturating_mul(86_400),
-                };
+                let secs = duration(&name, &value()?, 86_400)?;
                 o.config = o.config.retry_window(to_u32(secs)?);
+            }
+            "--lost-after" => {
+                let secs = duration(&name, &value()?, 1)?;
+                o.config = o.config.lost_after(to_u32(secs)?);
             }
             "--auto-whitelist-clients" => {
                 let n = match inline.clone() {
@@ -168,6 +207,9 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
             "--trap-recipients" => list(ListKind::TrapRecipients, value()?),
             "--max-entries" => o.config = o.config.max_entries(number(value()?)?),
             "--max-clients" => o.config = o.config.max_clients(number(value()?)?),
+            "--blast-copies" => o.config = o.config.blast_copies(to_u32(number(value()?)?)?),
+            "--blast-threshold" => o.config = o.config.blast_threshold(to_u32(number(value()?)?)?),
+            "--block-time" => o.config = o.config.block_time(to_u32(number(value()?)?)?),
             "--block-action" => {
                 o.policy.block_action = match value()?.as_str() {
                     "reject" => BlockAction::Reject,

@@ -136,7 +136,11 @@ pub fn flush(limit: Duration) {
 
 /// `line` with a UTC timestamp and the program's name, ended by a newline.
 fn stamp(line: impl std::fmt::Display) -> String {
-    let now = greylist::unix_now();
+    format!("{} greylist-policyd: {line}\n", utc(greylist::unix_now()))
+}
+
+/// Unix seconds as `2026-12-02T04:19:36Z`.
+pub fn utc(now: i64) -> String {
     let (days, secs) = (now.div_euclid(86_400), now.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -149,7 +153,7 @@ fn stamp(line: impl std::fmt::Display) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z greylist-policyd: {line}\n",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,
         secs / 60 % 60,
         secs % 60

@@ -1,13 +1,15 @@
 //! greylist-policyd: a Postfix policy server (and a drop-in for postgrey)
 //! on the greylist engine. See `greylist-policyd --help`.
 //!
-//! Modules: `cli` (the command line), `log` (the bounded log), `server`
+//! Modules: `cli` (the command line), `log` (the bounded log), `report`
+//! (lost mail and blocks in the log, and SIGUSR1's status), `server`
 //! (accepting and serving connections under deadlines), `watch` (Redis
 //! outages in the log); this file starts it all, checking at start what
 //! would fail later.
 
 mod cli;
 mod log;
+mod report;
 mod server;
 mod watch;
 
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use greylist::{Engine, ListKind, Maintenance, SaveEvent, SnapshotOptions};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::log::log;
@@ -132,8 +134,11 @@ fn run() -> Result<(), String> {
         watch::start(engine.clone());
     }
     load_lists(&engine, &o.lists)?;
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
+    engine
+        .on_event(Some(report::event_sink(engine.config())))
+        .map_err(|e| e.to_string())?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+        .map_err(|e| format!("signals: {e}"))?;
 
     let server = Arc::new(Server::new(engine.clone(), o.policy.clone(), limits));
     let mut listening = Vec::new();
@@ -189,11 +194,12 @@ fn run() -> Result<(), String> {
             aside.display()
         ));
     }
+    let clock = server.clone();
     let maintenance = Maintenance::start_observed(
         engine.clone(),
         &o.snapshot,
         options.interval,
-        Arc::new(greylist::unix_now),
+        Arc::new(move || clock.now()),
         Some(save_observer(o.snapshot.clone())),
     );
 
@@ -203,6 +209,17 @@ fn run() -> Result<(), String> {
                 Ok(()) => log("SIGHUP: list files reloaded"),
                 Err(e) => log(format_args!("SIGHUP: lists kept as they were: {e}")),
             },
+            SIGUSR1 => report::status(&engine),
+            // A failure is logged by the save observer.
+            SIGUSR2 => {
+                if maintenance.save_now().is_ok() {
+                    log(format_args!(
+                        "SIGUSR2: saved {} entries to {}",
+                        engine.len(),
+                        o.snapshot.display()
+                    ));
+                }
+            }
             _ => break,
         }
     }

@@ -149,6 +149,12 @@ impl Server {
         }
     }
 
+    /// The daemon's clock: the system's, moved on by `policy_test_advance`
+    /// in tests. Checks and the maintenance thread's sweeps both read it.
+    pub fn now(&self) -> i64 {
+        greylist::unix_now() + self.clock_offset.load(Ordering::Relaxed)
+    }
+
     fn millis(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64
     }
@@ -275,7 +281,7 @@ impl Server {
                     self.clock_offset.fetch_add(secs, Ordering::Relaxed);
                 }
             }
-            let now = greylist::unix_now() + self.clock_offset.load(Ordering::Relaxed);
+            let now = self.now();
             let answer = policy::answer(&self.engine, &request, &self.policy, now);
             decision(&answer.log);
             if stream.write_all_bytes(answer.to_wire().as_bytes()).is_err() {

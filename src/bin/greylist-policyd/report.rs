@@ -1,0 +1,93 @@
+//! What the engine tells the operator without being asked, from its
+//! events (lost mail found, recovered; blocks starting and ending), and
+//! when asked by SIGUSR1 (the status and the lost-mail report).
+
+use greylist::{Config, Engine, Event, EventKind, Reason};
+
+use crate::log::{decision, log, utc};
+
+/// Most rows of the lost-mail report a SIGUSR1 writes to the log.
+pub const REPORT_ROWS: usize = 100;
+
+/// The event callback: one line per lost or recovered triplet and per
+/// block start or end (decision lines: a flood of them is dropped and
+/// counted, never queued without bound). Verdicts are logged by the
+/// server, so their events are ignored here.
+pub fn event_sink(config: &Config) -> greylist::EventSink {
+    let (copies, block_time) = (config.blast_copies(), config.block_time());
+    Box::new(move |e: &Event| {
+        let client = &e.network;
+        match e.kind {
+            EventKind::LostMail => decision(format_args!(
+                "action=lost-mail client={client} early_retries={} last_seen={}",
+                e.count,
+                utc(e.at.into())
+            )),
+            EventKind::Recovered => decision(format_args!(
+                "action=recovered client={client} at={}",
+                utc(e.at.into())
+            )),
+            EventKind::BlockStarted => {
+                let why = match e.reason {
+                    Reason::Trapped => "trap-recipient",
+                    _ if copies > 0 && e.count > copies => "blast-copies",
+                    _ => "blast-rounds",
+                };
+                decision(format_args!(
+                    "action=block-start client={client} reason={why} early_retries={} until={}",
+                    e.count,
+                    utc(i64::from(e.at) + i64::from(block_time.max(1)))
+                ))
+            }
+            EventKind::BlockEnded => decision(format_args!(
+                "action=block-end client={client} ended={}",
+                utc(e.at.into())
+            )),
+            _ => {}
+        }
+    })
+}
+
+/// SIGUSR1: the counters and the lost-mail report, worst first, in the log.
+pub fn status(engine: &Engine) {
+    let s = engine.stats();
+    log(format_args!(
+        "status: {} triplet entries, {} client records; {} checks: {} new, {} early retries, \
+         {} retried, {} passed, {} whitelisted, {} auto-whitelisted, {} blocked, {} trapped, \
+         {} answered locally while Redis was unavailable; lost mail {} ({} recovered); \
+         {} expired, {} evicted",
+        s.entries,
+        s.clients,
+        s.checks,
+        s.new,
+        s.early_retry,
+        s.retried,
+        s.passed,
+        s.whitelisted,
+        s.auto_whitelisted,
+        s.blocked,
+        s.trapped,
+        s.backend_unavailable,
+        s.lost_mail,
+        s.lost_recovered,
+        s.expired,
+        s.evicted
+    ));
+    let rows = engine.lost_mail_report(REPORT_ROWS);
+    if rows.is_empty() {
+        log("lost-mail report: no network lost mail");
+        return;
+    }
+    log(format_args!(
+        "lost-mail report: {} networks, worst first (at most {REPORT_ROWS})",
+        rows.len()
+    ));
+    for row in rows {
+        log(format_args!(
+            "lost-mail report: client={} lost={} last_seen={}",
+            row.network,
+            row.count,
+            utc(row.last_seen.into())
+        ));
+    }
+}
