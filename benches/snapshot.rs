@@ -96,11 +96,20 @@ fn main() {
         .build()
         .unwrap();
 
+    // A smoke run (`cargo test --benches`) checks that every part runs;
+    // its figures would only mislead, so only a release run prints them.
+    macro_rules! report {
+        ($($arg:tt)*) => {
+            if !quick {
+                println!($($arg)*);
+            }
+        };
+    }
     let t = Instant::now();
     let engine = Arc::new(Engine::new(config.clone()));
     fill(&engine, n);
     let entries = engine.len();
-    println!(
+    report!(
         "snapshot bench: {entries} entries (filled in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
@@ -113,7 +122,7 @@ fn main() {
         engine.save(&path).unwrap();
         save = t.elapsed().as_secs_f64();
         mb = std::fs::metadata(&path).unwrap().len() as f64 / 1e6;
-        println!(
+        report!(
             "save ({what}): {save:.3} s  {mb:.0} MB  {:.0} MB/s  (includes fsync)",
             mb / save
         );
@@ -123,7 +132,7 @@ fn main() {
     let loaded = Engine::load(&path, config).unwrap();
     let load = t.elapsed().as_secs_f64();
     assert_eq!(loaded.len(), entries);
-    println!("load: {load:.3} s  {:.0} MB/s", mb / load);
+    report!("load: {load:.3} s  {:.0} MB/s", mb / load);
     drop(loaded);
 
     // One thread checks alone, then while another thread saves in a loop.
@@ -144,7 +153,7 @@ fn main() {
     // Measure for at least one whole save.
     while saves.load(Ordering::Relaxed) == 0 && !quick {
         let during = checks_per_second(&engine, n, &AtomicBool::new(true), min);
-        println!("  (checks during a save, warm-up: {during:.0}/s)");
+        report!("  (checks during a save, warm-up: {during:.0}/s)");
     }
     let during = checks_per_second(
         &engine,
@@ -154,10 +163,13 @@ fn main() {
     );
     stop.store(true, Ordering::Relaxed);
     saver.join().unwrap();
-    println!(
+    report!(
         "checks, 1 thread: alone {alone:.0}/s, while another thread saves {during:.0}/s: {:.0}% ({} saves)",
         100.0 * during / alone,
         saves.load(Ordering::Relaxed)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+    if quick {
+        println!("snapshot bench: every measurement ran (smoke run; figures: cargo bench --bench snapshot)");
+    }
 }

@@ -407,6 +407,9 @@ pub struct Engine {
     /// The shared store, when the configuration names one.
     #[cfg(feature = "redis")]
     store: Option<crate::redis_store::RedisStore>,
+    /// For an engine opened from its snapshot file: the lock that keeps a
+    /// second process (or engine) off that file while this one lives.
+    pub(crate) snapshot_lock: Option<crate::files::PathLock>,
 }
 
 /// Gate words per client shard: 128 bits, 16 KiB for 1,024 shards, small
@@ -460,6 +463,7 @@ impl Engine {
                 .collect(),
             #[cfg(feature = "redis")]
             store: crate::redis_store::RedisStore::new(&config),
+            snapshot_lock: None,
             config,
             secret,
         }

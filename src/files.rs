@@ -128,6 +128,51 @@ pub(crate) fn open_private_for_write(path: &Path) -> io::Result<(File, bool)> {
     Ok((file, true))
 }
 
+/// An exclusive lock on `<path>.lock`, held while this lives (the
+/// operating system drops it when the process ends, however it ends). The
+/// file holds the holder's process id, for the message a second holder
+/// gets.
+#[derive(Debug)]
+pub(crate) struct PathLock {
+    _file: File,
+}
+
+impl PathLock {
+    /// Takes the lock beside `path`, or says who holds it.
+    pub(crate) fn take(path: &Path) -> io::Result<PathLock> {
+        use std::io::{Read, Seek, Write};
+        let mut name = path.as_os_str().to_os_string();
+        name.push(".lock");
+        let lock_path = Path::new(&name);
+        let (mut file, _) = open_private_for_write(lock_path)?;
+        if let Err(e) = file.try_lock() {
+            let mut holder = String::new();
+            let _ = OpenOptions::new()
+                .read(true)
+                .custom_flags(NO_FOLLOW)
+                .open(lock_path)
+                .and_then(|mut f| f.read_to_string(&mut holder));
+            let holder = holder.trim();
+            return Err(match e {
+                fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "in use by another process (pid {}, which holds {}); two processes on \
+                         one snapshot would overwrite each other's state",
+                        if holder.is_empty() { "unknown" } else { holder },
+                        lock_path.display()
+                    ),
+                ),
+                fs::TryLockError::Error(e) => e,
+            });
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(PathLock { _file: file })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

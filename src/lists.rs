@@ -49,6 +49,23 @@ impl ListKind {
     pub fn from_u32(n: u32) -> Option<ListKind> {
         ListKind::ALL.into_iter().find(|k| *k as u32 == n)
     }
+
+    /// A short name for logs: `clients`, `senders`, `recipients`,
+    /// `trap-recipients`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Clients => "clients",
+            ListKind::Senders => "senders",
+            ListKind::Recipients => "recipients",
+            ListKind::TrapRecipients => "trap-recipients",
+        }
+    }
+}
+
+impl fmt::Display for ListKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A list that could not be read or parsed.

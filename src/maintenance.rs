@@ -63,6 +63,10 @@ fn aside_name(path: &Path) -> PathBuf {
 impl Engine {
     /// Opens the engine kept at `options.path`: loads the snapshot if the
     /// file exists, starts empty (with a fresh secret) if it does not.
+    /// The engine holds a lock on `<path>.lock` for as long as it lives, so
+    /// a second process (or engine) opening the same snapshot is refused
+    /// with an error naming the holder's process id, instead of the two
+    /// overwriting each other's state.
     /// First checks that a snapshot can be saved there (the folder can be
     /// written), so that this fails now rather than at the first save; a
     /// link or a non-regular file at the path is refused.
@@ -79,27 +83,31 @@ impl Engine {
         };
         // What a save will need, checked now rather than at the first save.
         crate::snapshot::check_writable(path)?;
-        if !crate::files::exists(path).map_err(io)? {
-            return Ok(Opened {
+        let lock = crate::files::PathLock::take(path).map_err(io)?;
+        let mut opened = if !crate::files::exists(path).map_err(io)? {
+            Opened {
                 engine: Engine::new(config),
                 set_aside: None,
-            });
-        }
-        match Engine::load(path, config.clone()) {
-            Ok(engine) => Ok(Opened {
-                engine,
-                set_aside: None,
-            }),
-            Err(e @ SnapshotError::Corrupt { .. }) if options.start_empty_if_corrupt => {
-                let aside = aside_name(path);
-                fs::rename(path, &aside).map_err(io)?;
-                Ok(Opened {
-                    engine: Engine::new(config),
-                    set_aside: Some((aside, e)),
-                })
             }
-            Err(e) => Err(e),
-        }
+        } else {
+            match Engine::load(path, config.clone()) {
+                Ok(engine) => Opened {
+                    engine,
+                    set_aside: None,
+                },
+                Err(e @ SnapshotError::Corrupt { .. }) if options.start_empty_if_corrupt => {
+                    let aside = aside_name(path);
+                    fs::rename(path, &aside).map_err(io)?;
+                    Opened {
+                        engine: Engine::new(config),
+                        set_aside: Some((aside, e)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        opened.engine.snapshot_lock = Some(lock);
+        Ok(opened)
     }
 }
 

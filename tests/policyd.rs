@@ -184,6 +184,8 @@ fn sighup_reloads_lists_and_a_unix_socket_works() {
     std::fs::write(&clients, "192.0.2.0/24\n").unwrap();
     d.signal(daemon::SIGHUP);
     d.wait_for_log("SIGHUP: list files reloaded");
+    // List kinds are named as on the command line, not as Rust types.
+    d.wait_for_log("clients list: 1 entries loaded");
     assert_eq!(ask("192.0.2.2"), "action=DUNNO");
     // A bad file on reload keeps the old list and says so.
     std::fs::write(&clients, "192.0.2.0/24\nnot a client\n").unwrap();
@@ -295,4 +297,27 @@ fn lost_mail_blocks_and_the_usr_signals_through_the_daemon() {
 
     assert_eq!(d.terminate(), Some(0), "{}", d.log_text());
     assert!(d.log_text().contains("saved "), "{}", d.log_text());
+}
+
+/// Issue 17: two daemons on one snapshot file both ran, and the last to
+/// exit overwrote the other's state. The second is refused at start,
+/// naming the file and the process that holds it.
+#[test]
+fn a_second_daemon_on_one_snapshot_is_refused() {
+    let dir = daemon::scratch("two-on-one");
+    let first = Daemon::start_in(&dir, &[]);
+    let (code, log) = daemon::run_to_exit(&dir, &[]);
+    assert_eq!(code, Some(1), "{log}");
+    let pid = first.pid();
+    assert!(
+        log.contains(&format!(
+            "g.snap: in use by another process (pid {pid}, which holds "
+        )),
+        "{log}"
+    );
+    assert!(log.contains("g.snap.lock"), "{log}");
+    // Once the first is gone (even killed), the file is free again.
+    drop(first);
+    let again = Daemon::start_in(&dir, &[]);
+    again.wait_for_log("listening on");
 }

@@ -1,136 +1,278 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit, model, concurrency, header and doc tests;
-# the C ABI test under AddressSanitizer + UBSan and under valgrind; the C++
-# wrapper test; the install + pkg-config test of the README's C example; the
-# Python binding's unittest suite against a pip-installed copy; the .NET
-# binding's test under Mono. The Redis tests (Rust, and each binding's
-# shared-store part) run against redis-servers started here and by the tests.
-# A suite whose tool is missing is skipped with the reason, except when
-# CI=true, where it fails.
-set -euo pipefail
+# The whole test suite, in parts: Rust unit, model, concurrency, daemon,
+# Redis, header and doc tests; real Postfix and Exim; the C ABI test under
+# AddressSanitizer + UBSan and under valgrind; the C++ wrapper test; the
+# install + pkg-config test of the README's C and C++ examples; the Python
+# binding's unittest suite and the README's Python example against a
+# pip-installed copy; the .NET binding's test under Mono.
+#
+# Each part runs on its own: a failing part is named at the end and the
+# others still run. A part or test whose tool is missing is skipped and
+# named with the reason, except under CI=true, where it fails (naming what
+# is missing and how .ci/run installs it). The last line counts passed,
+# failed and skipped, and names the skips. Every process a test started is
+# gone at the end: the run fails if one was left (and kills it).
+#
+#   bash tests/run.sh                 everything
+#   bash tests/run.sh c_asan ...      only these parts (the function names below)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 out="$root/target/c-tests"
 mkdir -p "$out"
-passed=0
-skipped=0
-prefix=""
-redis_pid=""
-cleanup() {
-  [ -z "$prefix" ] || rm -rf "$prefix"
-  [ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null || true
-}
-trap cleanup EXIT
 
-suite() { echo; echo "== $*"; }
-ok() { passed=$((passed + 1)); }
-# have TOOL WHY: true if TOOL exists; else skip (or fail under CI=true).
-have() {
-  if command -v "$1" >/dev/null 2>&1; then return 0; fi
-  if [ "${CI:-}" = "true" ]; then echo "FAILED: $1 is required under CI=true ($2)" >&2; exit 1; fi
-  echo "SKIPPED: $1 not installed ($2)"
-  skipped=$((skipped + 1))
+# Tests that skip write "name: why" here (tests/support/real.rs, the
+# Python tests); every process a test starts inherits the marker.
+export GREYLIST_SKIP_FILE="$root/target/test-skips"
+: >"$GREYLIST_SKIP_FILE"
+export GREYLIST_TEST_RUN="tests-run-$$"
+
+passed=0
+failed=()
+redis_pid=""
+
+# The processes this run left: those that carry its marker, or whose
+# folder is under target/ (Postfix clears its environment; redis-server,
+# Postfix and the daemons run in scratch folders there). This shell and
+# its own children (the scan's helpers) are not counted.
+leftovers() {
+  local p pid ppid stat
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] && continue
+    stat=$(cat "$p/stat" 2>/dev/null) || continue
+    ppid=$(echo "${stat##*) }" | cut -d' ' -f2)
+    [ "$ppid" = "$$" ] && continue
+    if grep -qa "GREYLIST_TEST_RUN=$GREYLIST_TEST_RUN" "$p/environ" 2>/dev/null; then
+      echo "$pid"
+      continue
+    fi
+    case "$(readlink "$p/cwd" 2>/dev/null)" in
+      "$root"/target/*) echo "$pid" ;;
+    esac
+  done
+}
+
+reap() {
+  local pids
+  pids=$(leftovers)
+  [ -z "$pids" ] && return 0
+  for pid in $pids; do
+    echo "left behind: pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) (in $(readlink "/proc/$pid/cwd" 2>/dev/null))"
+  done
+  # shellcheck disable=SC2086
+  kill -9 $pids 2>/dev/null
   return 1
 }
 
-suite "cargo test (unit, model, concurrency, snapshot, defence, daemon, Redis, header, doc tests)"
-# tests/redis.rs starts its own redis-servers; without one it says why it
-# skipped (and fails under CI=true).
-have redis-server "the Redis store tests (apt-get install redis-server)" || true
-cargo test --lib --bins --tests -- --skip postfix_ --skip exim_
-cargo test --doc
-# The benchmarks, once each on small tables: they must not rot.
-cargo test --benches
-ok
+cleanup() {
+  [ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null
+  reap >/dev/null
+}
+trap cleanup EXIT
 
-suite "real Postfix and real Exim through greylist-policyd"
-# Their own run, so a skip's reason (no postfix, swaks or exim here) is shown.
-cargo test --test postfix --test exim -- --show-output
-ok
+# skip NAME WHY: this part or test cannot run here. Under CI=true that is a
+# failure (status 1); else it is recorded and named at the end (status 77).
+skip() {
+  if [ "${CI:-}" = "true" ]; then
+    echo "FAILED: $1 cannot run under CI=true: $2 (.ci/run installs it)" >&2
+    return 1
+  fi
+  echo "SKIPPED $1: $2"
+  echo "$1: $2" >>"$GREYLIST_SKIP_FILE"
+  return 77
+}
 
-cargo build --release --lib
-static_libs=$(cargo rustc -q --release --lib --crate-type staticlib -- --print native-static-libs 2>&1 \
-  | sed -n 's/.*native-static-libs: //p' | head -n1)
+# need TOOL PART HOW: TOOL is on the PATH, or the part is skipped.
+need() {
+  command -v "$1" >/dev/null 2>&1 || skip "$2" "$1 is not installed ($3)"
+}
+
+# part NAME FUNCTION: runs FUNCTION in a subshell that stops at its first
+# failing command; the run goes on either way.
+only=("$@")
+part() {
+  if [ "${#only[@]}" -gt 0 ] && ! printf '%s\n' "${only[@]}" | grep -qx "$2"; then
+    return
+  fi
+  echo
+  echo "== $1"
+  (set -e; "$2")
+  case $? in
+    0) passed=$((passed + 1)) ;;
+    77) ;;
+    *) failed+=("$1") ;;
+  esac
+}
+
+cargo_tests() {
+  # tests/redis.rs starts its own redis-servers; without redis-server it
+  # says why it skipped (and fails under CI=true).
+  cargo test --lib --bins --tests -- --skip postfix_ --skip exim_
+  cargo test --doc
+  # The benchmarks, once each on small tables: they must not rot.
+  cargo test --benches
+}
+
+real_mtas() {
+  # Their own run, so a skip's reason (no postfix, swaks or exim) is shown.
+  cargo test --test postfix --test exim -- --show-output
+}
+
+build_library() {
+  cargo build --release --lib
+  cargo rustc -q --release --lib --crate-type staticlib -- --print native-static-libs 2>&1 \
+    | sed -n 's/.*native-static-libs: //p' | head -n1 >"$out/native-static-libs"
+}
 lib="$root/target/release/libgreylist.a"
+static_libs() { cat "$out/native-static-libs"; }
 
-suite "a redis-server for the bindings' shared-store tests"
-if have redis-server "the bindings' shared-store tests"; then
-  redis_dir="$root/target/redis-bindings"
-  rm -rf "$redis_dir" && mkdir -p "$redis_dir"
-  redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" \
-    >"$redis_dir/log" 2>&1 &
-  redis_pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
-    sleep 0.1
-  done
-  export GREYLIST_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/0"
-  echo "redis-server on $GREYLIST_TEST_REDIS_URL"
-  ok
-fi
+c_asan() {
+  # shellcheck disable=SC2046
+  gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+    -fno-omit-frame-pointer -Iinclude tests/c/test_greylist.c "$lib" $(static_libs) \
+    -o "$out/test_greylist_asan"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 "$out/test_greylist_asan"
+}
 
-suite "C ABI test (gcc -std=c11 -Wall -Wextra -Werror, ASan + UBSan)"
-gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address,undefined -fno-sanitize-recover=all \
-  -fno-omit-frame-pointer -Iinclude tests/c/test_greylist.c "$lib" $static_libs \
-  -o "$out/test_greylist_asan"
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 "$out/test_greylist_asan"
-ok
+cpp_asan() {
+  # shellcheck disable=SC2046
+  g++ -std=c++17 -Wall -Wextra -Werror -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+    -Iinclude -Ibindings/cpp tests/cpp/test_wrapper.cpp "$lib" $(static_libs) -o "$out/test_wrapper"
+  ASAN_OPTIONS=detect_leaks=1 "$out/test_wrapper"
+}
 
-suite "C++ wrapper test (g++ -std=c++17, ASan + UBSan)"
-g++ -std=c++17 -Wall -Wextra -Werror -g -fsanitize=address,undefined -fno-sanitize-recover=all \
-  -Iinclude -Ibindings/cpp tests/cpp/test_wrapper.cpp "$lib" $static_libs -o "$out/test_wrapper"
-ASAN_OPTIONS=detect_leaks=1 "$out/test_wrapper"
-ok
-
-suite "C ABI test under valgrind (no errors, no leaks)"
-if have valgrind "the memcheck run of the C test"; then
-  gcc -std=c11 -Wall -Wextra -Werror -g -Iinclude tests/c/test_greylist.c "$lib" $static_libs \
+c_valgrind() {
+  need valgrind "the memcheck run of the C test" "apt-get install valgrind" || return
+  # shellcheck disable=SC2046
+  gcc -std=c11 -Wall -Wextra -Werror -g -Iinclude tests/c/test_greylist.c "$lib" $(static_libs) \
     -o "$out/test_greylist"
   valgrind -q --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect,possible \
     --suppressions=tests/c/valgrind.supp \
     --errors-for-leak-kinds=definite,indirect,possible "$out/test_greylist"
-  ok
-fi
+}
 
-suite "install into a temporary prefix; build the README's C example with pkg-config"
-if have pkg-config "the install test"; then
+# readme_block LANG: the README's first ```LANG block.
+readme_block() {
+  awk -v lang="$1" '$0 == "```" lang {on=1; next} /^```$/{if(on) exit} on' README.md
+}
+
+# expect WHAT GOT WANT: fails, showing both, unless they are equal.
+expect() {
+  if [ "$2" != "$3" ]; then
+    printf 'FAILED: %s printed:\n%s\ninstead of:\n%s\n' "$1" "$2" "$3" >&2
+    return 1
+  fi
+}
+
+install_examples() {
+  need pkg-config "the install test" "apt-get install pkg-config" || return
   prefix=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$prefix'" EXIT
   bash bindings/c/install.sh "$prefix" >/dev/null
-  # The README's first ```c block is the example: it must build and say this.
-  awk '/^```c$/{on=1; next} /^```$/{if(on) exit} on' README.md > "$out/example.c"
   export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+  # The README's C and C++ examples must build against the installed copy
+  # and print what the README says.
+  readme_block c >"$out/example.c"
   # shellcheck disable=SC2046
   gcc -std=c11 -Wall -Wextra -Werror "$out/example.c" -o "$out/example" $(pkg-config --cflags --libs greylist)
-  got=$(LD_LIBRARY_PATH="$prefix/lib" "$out/example")
-  want=$'450 4.2.0 Greylisted, please try again in 300 seconds\n450 4.2.0 Greylisted, please try again in 240 seconds\n250 OK'
-  if [ "$got" != "$want" ]; then
-    printf 'FAILED: the README example printed:\n%s\n' "$got" >&2
-    exit 1
-  fi
+  expect "the README's C example" "$(LD_LIBRARY_PATH="$prefix/lib" "$out/example")" \
+    $'450 4.2.0 Greylisted, please try again in 300 seconds\n450 4.2.0 Greylisted, please try again in 240 seconds\n250 OK'
+  readme_block cpp >"$out/example.cpp"
+  # shellcheck disable=SC2046
+  g++ -std=c++17 -Wall -Wextra -Werror "$out/example.cpp" -o "$out/example_cpp" $(pkg-config --cflags --libs greylist)
+  expect "the README's C++ example" "$(LD_LIBRARY_PATH="$prefix/lib" "$out/example_cpp")" \
+    $'450 4.2.0 Greylisted, please try again in 300 seconds\n250 OK'
   [ "$(readelf -d "$prefix/lib/libgreylist.so" | sed -n 's/.*soname: \[\(.*\)\]/\1/p')" = libgreylist.so.1 ]
-  ok
-fi
+  # Installed stripped: no debug sections.
+  if readelf -S "$prefix/lib/libgreylist.so" | grep -q '\.debug_info'; then
+    echo "FAILED: the installed libgreylist.so has debug info" >&2
+    return 1
+  fi
+}
 
-suite "Python binding (unittest), pip-installed into a virtualenv"
-if have python3 "the Python binding tests"; then
-  venv="$root/target/python-venv"
+python_binding() {
+  need python3 "the Python binding tests" "apt-get install python3 python3-venv" || return
+  local venv="$root/target/python-venv"
   # System site-packages stay visible, for aiosmtpd where .ci/run installed it.
   [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
   "$venv/bin/python" -m pip install -q --no-deps --force-reinstall bindings/python
-  (cd "$out" && GREYLIST_LIBRARY="$root/target/release/libgreylist.so" \
-    "$venv/bin/python" -m unittest discover -v -s "$root/bindings/python/tests")
-  ok
-fi
+  export GREYLIST_LIBRARY="$root/target/release/libgreylist.so"
+  (cd "$out" && "$venv/bin/python" -m unittest discover -v -s "$root/bindings/python/tests")
+  # The README's Python example, as a new user runs it: from another
+  # folder, with the installed package and GREYLIST_LIBRARY as it says.
+  readme_block python >"$out/example.py"
+  local got
+  got=$(cd "$out" && "$venv/bin/python" example.py)
+  expect "the README's Python example" "$(echo "$got" | head -n1)" \
+    "$(sed -n 's/^ *# \(Action\..*\)/\1/p' "$out/example.py" | head -n1)"
+}
 
-suite ".NET binding under Mono (mcs, C# 7.2 language level)"
-if have mcs "the .NET binding test (apt-get install mono-devel)"; then
+dotnet_binding() {
+  need mcs "the .NET binding test" "apt-get install mono-devel" || return
   mkdir -p "$root/target/dotnet"
   mcs -langversion:7.2 -warnaserror -out:"$root/target/dotnet/TestGreylist.exe" \
     bindings/dotnet/Greylist.cs bindings/dotnet/tests/TestGreylist.cs
   LD_LIBRARY_PATH="$root/target/release" mono "$root/target/dotnet/TestGreylist.exe"
-  ok
+}
+
+start_redis() {
+  need redis-server "the bindings' shared-store tests" "apt-get install redis-server" || return
+  local dir="$root/target/redis-bindings" port
+  rm -rf "$dir" && mkdir -p "$dir"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+    --logfile "$dir/log" &
+  redis_pid=$!
+  for _ in $(seq 200); do
+    grep -q "Ready to accept connections" "$dir/log" 2>/dev/null && break
+    sleep 0.05
+  done
+  grep -q "Ready to accept connections" "$dir/log"
+  export GREYLIST_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
+  echo "redis-server on $GREYLIST_TEST_REDIS_URL"
+}
+
+part "cargo test (unit, model, concurrency, snapshot, defence, daemon, Redis, header, doc tests, bench smoke)" cargo_tests
+part "real Postfix and real Exim through greylist-policyd" real_mtas
+part "the release library for C, C++, Python and .NET" build_library
+
+# The bindings' shared-store tests share one redis-server, started in this
+# shell (so its environment reaches them, and cleanup stops it).
+echo
+echo "== a redis-server for the bindings' shared-store tests"
+start_redis
+case $? in
+  0) passed=$((passed + 1)) ;;
+  77) ;;
+  *) failed+=("a redis-server for the bindings") ;;
+esac
+
+part "C ABI test (gcc -std=c11 -Wall -Wextra -Werror, ASan + UBSan)" c_asan
+part "C++ wrapper test (g++ -std=c++17, ASan + UBSan)" cpp_asan
+part "C ABI test under valgrind (no errors, no leaks)" c_valgrind
+part "install into a temporary prefix; build the README's C and C++ examples with pkg-config" install_examples
+part "Python binding (unittest) and the README's example, pip-installed into a virtualenv" python_binding
+part ".NET binding under Mono (mcs, C# 7.2 language level)" dotnet_binding
+
+[ -z "$redis_pid" ] || { kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; }
+redis_pid=""
+echo
+echo "== no process left behind"
+if reap; then
+  passed=$((passed + 1))
+else
+  failed+=("processes left behind (killed)")
 fi
 
+mapfile -t skips <"$GREYLIST_SKIP_FILE"
 echo
-echo "suites: $passed passed, 0 failed, $skipped skipped"
+for f in "${failed[@]}"; do echo "failed: $f"; done
+for s in "${skips[@]}"; do echo "skipped: $s"; done
+names=""
+if [ "${#skips[@]}" -gt 0 ]; then
+  names=" ($(printf '%s\n' "${skips[@]}" | sed 's/:.*//' | paste -sd, - | sed 's/,/, /g'))"
+fi
+echo "${passed} passed, ${#failed[@]} failed, ${#skips[@]} skipped${names}"
+[ "${#failed[@]}" -eq 0 ]

@@ -376,6 +376,31 @@ fn saving_while_two_threads_check() {
     assert!(loaded.len() >= 200_000);
 }
 
+/// Issue 17: one snapshot, one engine at a time (in this process or
+/// another); the lock goes with the engine.
+#[test]
+fn a_snapshot_is_opened_by_one_engine_at_a_time() {
+    let dir = scratch("one-at-a-time");
+    let path = dir.join("g.snap");
+    let options = SnapshotOptions::new(&path, None);
+    let first = Engine::open(config(), &options).unwrap();
+    match Engine::open(config(), &options) {
+        Err(SnapshotError::Io { path: p, source }) => {
+            assert_eq!(p, path);
+            assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+            let text = source.to_string();
+            assert!(
+                text.contains(&format!("pid {}", std::process::id())),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(mode(&dir.join("g.snap.lock")), 0o600);
+    drop(first);
+    assert!(Engine::open(config(), &options).is_ok());
+}
+
 #[test]
 fn open_missing_corrupt_and_set_aside() {
     let dir = scratch("open");
@@ -383,6 +408,8 @@ fn open_missing_corrupt_and_set_aside() {
     let options = SnapshotOptions::new(&path, None);
     let opened = Engine::open(config(), &options).unwrap();
     assert!(opened.engine.is_empty() && opened.set_aside.is_none());
+    // One engine per snapshot at a time: this one goes first.
+    drop(opened);
 
     fs::write(&path, b"GREYLIST garbage").unwrap();
     assert!(matches!(
@@ -410,6 +437,7 @@ fn open_missing_corrupt_and_set_aside() {
         .to_str()
         .unwrap()
         .starts_with("g.snap.corrupt-"));
+    drop(opened.engine);
 
     // A rekeyed file is never set aside: that would lose good data.
     populated(10).save(&path).unwrap();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs libgreylist into a prefix: the shared library (SONAME carrying the
-# ABI version), the static library, greylist.h, greylist.hpp and greylist.pc.
+# ABI version) and the static library, both stripped, greylist.h, greylist.hpp and greylist.pc.
 #
 #   bash bindings/c/install.sh [PREFIX]      (default /usr/local; DESTDIR honoured)
 #
@@ -24,6 +24,10 @@ install -m 0755 target/release/libgreylist.so "$dest/lib/libgreylist.so.$version
 ln -sf "libgreylist.so.$version" "$dest/lib/libgreylist.so.$abi"
 ln -sf "libgreylist.so.$abi" "$dest/lib/libgreylist.so"
 install -m 0644 target/release/libgreylist.a "$dest/lib/libgreylist.a"
+# Stripped, as distributions install libraries (the build keeps its debug
+# info in target/release for a debugger).
+strip --strip-unneeded "$dest/lib/libgreylist.so.$version"
+strip --strip-debug "$dest/lib/libgreylist.a"
 install -m 0644 include/greylist.h bindings/cpp/greylist.hpp "$dest/include/"
 cat > "$dest/lib/pkgconfig/greylist.pc" <<PC
 prefix=$prefix

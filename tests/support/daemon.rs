@@ -213,6 +213,11 @@ impl Daemon {
         names::rss_bytes(&self.child.id().to_string())
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }

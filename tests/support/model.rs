@@ -1,6 +1,6 @@
 //! The model-based test's parts: random sequences of checks, sweeps and
 //! clock jumps (forwards and backwards), compared verdict by verdict with a
-//! plain reference implementation of DESIGN.md's rules that keys on
+//! plain reference implementation of the README's decision rules that keys on
 //! hand-normalised labels instead of hashes. tests/model.rs runs it on the
 //! in-memory table, tests/redis.rs on Redis.
 
@@ -152,7 +152,7 @@ struct RefClient {
     last_early: Option<i64>,
 }
 
-/// DESIGN.md's rules, written as plainly as possible.
+/// The decision rules (README, "The decision"), written as plainly as possible.
 struct Model {
     s: Settings,
     triplets: HashMap<(String, String, String), RefTriplet>,

@@ -42,7 +42,18 @@ ABI_VERSION = 1
 _NOW = -(2**63)  # GREYLIST_NOW: the library reads the system clock
 
 
-class Status(enum.IntEnum):
+class _Named(enum.IntEnum):
+    """An ``IntEnum`` that prints as its name (``Action.DEFER``) on every
+    supported Python: 3.11 made ``str()`` of an ``IntEnum`` its number."""
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+class Status(_Named):
     """``greylist_status`` codes."""
 
     OK = 0
@@ -55,7 +66,7 @@ class Status(enum.IntEnum):
     INCOMPATIBLE = 7
 
 
-class Action(enum.IntEnum):
+class Action(_Named):
     """What the mail server should do."""
 
     PASS = 0
@@ -63,7 +74,7 @@ class Action(enum.IntEnum):
     BLOCK = 2
 
 
-class Reason(enum.IntEnum):
+class Reason(_Named):
     """Why the engine decided so."""
 
     NEW = 1
@@ -77,7 +88,7 @@ class Reason(enum.IntEnum):
     BACKEND_UNAVAILABLE = 9
 
 
-class EventKind(enum.IntEnum):
+class EventKind(_Named):
     """What an :class:`Event` reports."""
 
     DEFERRED = 1
@@ -160,9 +171,11 @@ def _candidates() -> List[str]:
     system = ctypes.util.find_library("greylist")
     if system:
         found.append(system)
+    # Run from a checkout (not an installed copy): its cargo build.
     repo = here.parent.parent.parent  # bindings/python/greylist -> repository root
-    for profile in ("release", "debug"):
-        found += [str(repo / "target" / profile / name) for name in _LIB_NAMES]
+    if (repo / "Cargo.toml").is_file() and (repo / "include" / "greylist.h").is_file():
+        for profile in ("release", "debug"):
+            found += [str(repo / "target" / profile / name) for name in _LIB_NAMES]
     return found
 
 

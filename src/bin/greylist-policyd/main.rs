@@ -33,7 +33,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(30);
 fn load_lists(engine: &Engine, lists: &[(ListKind, Vec<PathBuf>)]) -> Result<(), String> {
     for (kind, paths) in lists.iter().filter(|(_, p)| !p.is_empty()) {
         let n = engine.load_lists(*kind, paths).map_err(|e| e.to_string())?;
-        log(format_args!("loaded {n} {kind:?} list entries"));
+        log(format_args!("{kind} list: {n} entries loaded"));
     }
     Ok(())
 }
