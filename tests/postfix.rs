@@ -20,8 +20,14 @@ use std::time::{Duration, Instant};
 use daemon::Daemon;
 use real::free_port;
 
+/// Where Debian installs what the test runs: found and run by these paths,
+/// so a PATH without /usr/sbin (a user's) finds the same programs.
+const POSTFIX: &str = "/usr/sbin/postfix";
+const SWAKS: &str = "/usr/bin/swaks";
+const SCRIPT: &str = "/usr/bin/script";
+
 fn missing_tools() -> Option<String> {
-    let missing: Vec<_> = ["/usr/sbin/postfix", "/usr/bin/swaks", "/usr/bin/script"]
+    let missing: Vec<_> = [POSTFIX, SWAKS, SCRIPT]
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
@@ -101,10 +107,10 @@ impl Postfix {
         std::fs::write(dir.join("master.cf"), master_cf).unwrap();
         // `postfix start` reports errors only to a terminal: give it one.
         let out = run(
-            "script",
+            SCRIPT,
             &[
                 "-qec",
-                &format!("postfix -c {} start", dir.display()),
+                &format!("{POSTFIX} -c {} start", dir.display()),
                 "/dev/null",
             ],
         );
@@ -139,7 +145,7 @@ impl Postfix {
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
+        let _ = Command::new(POSTFIX)
             .args(["-c", &self.dir.to_string_lossy(), "stop"])
             .output();
     }
@@ -174,7 +180,7 @@ fn swaks_as(port: u16, helo: &str, from: &std::ffi::OsStr) -> Output {
 }
 
 fn swaks_command(port: u16, helo: &str, from: &std::ffi::OsStr) -> Command {
-    let mut command = Command::new("swaks");
+    let mut command = Command::new(SWAKS);
     command
         .args([
             "--server",
