@@ -46,9 +46,11 @@ pub(crate) fn clamp_time(now: i64) -> u32 {
 }
 
 pub(crate) const PASSED: u8 = 1;
-/// A pending triplet already counted as lost mail (by a sweep), so it is
-/// counted once, and a late retry that passes counts as recovered.
+/// A pending triplet a sweep judged lost mail: judged once per cycle.
 pub(crate) const LOST: u8 = 2;
+/// ... and credited to its network's report row (not when the network was
+/// blocked, or had no record): only then does a late pass recover it.
+pub(crate) const CREDITED: u8 = 4;
 
 /// One triplet: its keyed hash, its state and 48 bits of its client
 /// network's key. 32 bytes, so two fit a cache line.
@@ -103,11 +105,15 @@ impl TripletEntry {
     }
 
     /// What a sweep credits to the network when this triplet is lost.
-    fn lost(&self) -> Lost {
+    /// What a sweep credits to the network when this triplet is lost;
+    /// `mark`: the entry stays and is marked credited if it is.
+    fn lost(&self, mark: bool) -> Lost {
         Lost {
+            key: self.key,
             net_id: self.net_id(),
             last_seen: self.last_seen,
             early_retries: self.early_retries,
+            mark,
         }
     }
 }
@@ -174,15 +180,14 @@ impl ClientEntry {
     /// Whether the record holds nothing worth keeping at `now`: no block,
     /// auto-whitelist or blast period ([`ClientState::is_expired`]), no
     /// lost mail for the report within `awl_ttl`, and no triplet with early
-    /// retries still to be judged (one is judged lost at the latest
-    /// `delay + lost_after` after its first attempt, or when its retry
-    /// window ends, and its first attempt was before the latest early
-    /// retry).
+    /// retries that may still be judged: one is lost `delay + lost_after`
+    /// after its first attempt or when its retry window ends, found by the
+    /// first sweep after that, and its first attempt was before the
+    /// latest early retry; so the record stays the longer of the two
+    /// after that retry (two days by default), whatever the sweep interval
+    /// short of that.
     fn is_expired(&self, now: u32, config: &Config) -> bool {
-        let judged = config
-            .delay
-            .saturating_add(config.lost_after)
-            .min(config.retry_window);
+        let judged = waiting_time(config);
         let within = |then: u32, span: u32| {
             i64::from(now) - i64::from(then) <= i64::from(span)
                 && !crate::rules::too_far_ahead(then, now, span)
@@ -193,13 +198,24 @@ impl ClientEntry {
     }
 }
 
+/// How long a network's record is kept after its latest early retry (see
+/// [`ClientEntry::is_expired`]).
+pub(crate) fn waiting_time(config: &Config) -> u32 {
+    config
+        .delay
+        .saturating_add(config.lost_after)
+        .max(config.retry_window)
+}
+
 /// A pending triplet judged lost, found while its shard was locked and
 /// credited to its network after the lock is released.
 #[derive(Debug, Clone, Copy)]
 struct Lost {
+    key: u128,
     net_id: u64,
     last_seen: u32,
     early_retries: u8,
+    mark: bool,
 }
 
 /// Counters of one stripe; a check adds to the stripe of the shard it
@@ -637,7 +653,10 @@ impl Engine {
             }
         };
         if early {
-            entry.last_early = entry.last_early.max(now);
+            // A time stored from a clock far ahead is corrupt: replaced.
+            let last = entry.last_early;
+            let corrupt = crate::rules::too_far_ahead(last, now, waiting_time(&self.config));
+            entry.last_early = if corrupt { now } else { last.max(now) };
         }
         let result = update(&mut entry.state);
         if self.may_gate(&entry.state) {
@@ -811,21 +830,23 @@ impl Engine {
             let mut table = self.triplets.lock(t_idx);
             match table.find_mut(t_hash, |e| e.key == k.triplet_key) {
                 Some(e) => {
-                    let (was_lost, old) = (e.flags & LOST != 0, e.lost());
+                    let judged = e.flags & (LOST | CREDITED);
+                    let old = e.lost(false);
                     let (s, v) = triplet_step(Some(e.state()), now, config);
                     // An expired record no sweep removed yet: its lost mail
                     // is judged now, before the new cycle replaces it.
-                    if v.reason == Reason::New && !was_lost && e.state().is_lost(now, config) {
+                    if v.reason == Reason::New && judged == 0 && e.state().is_lost(now, config) {
                         lost.push(old);
                     }
                     e.set_state(s);
-                    // Counted once per cycle: a new cycle starts uncounted,
-                    // a pass recovers it, anything else (an early retry
-                    // after the clock stepped back) leaves it counted.
-                    if was_lost && !matches!(v.reason, Reason::New | Reason::Retried) {
-                        e.flags |= LOST;
+                    // Judged once per cycle: a new cycle starts unjudged, a
+                    // pass recovers a credited one, anything else (an early
+                    // retry after the clock stepped back) keeps the marks.
+                    if !matches!(v.reason, Reason::New | Reason::Retried) {
+                        e.flags |= judged;
                     }
-                    (v, s.early_retries, was_lost && v.reason == Reason::Retried)
+                    let recovered = judged & CREDITED != 0 && v.reason == Reason::Retried;
+                    (v, s.early_retries, recovered)
                 }
                 None => {
                     let (s, v) = triplet_step(None, now, config);
@@ -925,7 +946,8 @@ impl Engine {
             let s = e.state();
             if e.flags & LOST == 0 && s.is_lost(now, &self.config) {
                 e.flags |= LOST;
-                lost.push(e.lost());
+                // An expired one goes now: nothing to mark.
+                lost.push(e.lost(!s.is_expired(now, &self.config)));
             }
             let expired = s.is_expired(now, &self.config);
             removed += u64::from(expired);
@@ -1000,36 +1022,53 @@ impl Engine {
 
     /// Credits lost mail to client networks (no triplet lock held). A
     /// network that is or was blocked (blasting, a trap) lost nothing: its
-    /// early retries were a spammer's.
+    /// early retries were a spammer's. A credited triplet still in the
+    /// table is marked so (its shard locked again, alone), so that only a
+    /// credited one is recovered by a late pass.
     fn credit_lost(&self, lost: &LostList, now: u32) {
         for l in lost {
-            let hash = client_hash(l.net_id);
-            let idx = self.clients.index(hash);
-            let network = {
-                let mut clients = self.clients.lock(idx);
-                match clients.find_mut(hash, |e| net_id(e.key) == l.net_id) {
-                    Some(e) if e.state.repaired(now, &self.config).was_blocked() => continue,
-                    Some(e) => {
-                        e.lost_count += 1;
-                        e.lost_last_seen = e.lost_last_seen.max(l.last_seen);
-                        Some(e.net.clone())
+            if self.credit_one(l, now) && l.mark {
+                let hash = l.key as u64;
+                let mut table = self.triplets.lock(self.triplets.index(hash));
+                if let Some(e) = table.find_mut(hash, |e| e.key == l.key) {
+                    if e.flags & LOST != 0 {
+                        e.flags |= CREDITED;
                     }
-                    // Its record was evicted (a full client table): counted,
-                    // but on no report row.
-                    None => None,
                 }
-            };
-            self.stripe().lost_mail.fetch_add(1, Relaxed);
-            if let Some(network) = network {
-                self.emit(|| Event {
-                    kind: EventKind::LostMail,
-                    network,
-                    reason: Reason::EarlyRetry,
-                    at: l.last_seen,
-                    count: u32::from(l.early_retries),
-                });
             }
         }
+    }
+
+    /// Credits one lost triplet; whether its network's row got it.
+    fn credit_one(&self, l: &Lost, now: u32) -> bool {
+        let hash = client_hash(l.net_id);
+        let idx = self.clients.index(hash);
+        let network = {
+            let mut clients = self.clients.lock(idx);
+            match clients.find_mut(hash, |e| net_id(e.key) == l.net_id) {
+                Some(e) if e.state.repaired(now, &self.config).was_blocked() => return false,
+                Some(e) => {
+                    e.lost_count += 1;
+                    e.lost_last_seen = e.lost_last_seen.max(l.last_seen);
+                    Some(e.net.clone())
+                }
+                // Its record was evicted (a full client table): counted,
+                // but on no report row.
+                None => None,
+            }
+        };
+        self.stripe().lost_mail.fetch_add(1, Relaxed);
+        let Some(network) = network else {
+            return false;
+        };
+        self.emit(|| Event {
+            kind: EventKind::LostMail,
+            network,
+            reason: Reason::EarlyRetry,
+            at: l.last_seen,
+            count: u32::from(l.early_retries),
+        });
+        true
     }
 
     /// Removes every expired entry, one shard at a time (checks go on in the

@@ -144,7 +144,33 @@ impl PathLock {
         let mut name = path.as_os_str().to_os_string();
         name.push(".lock");
         let lock_path = Path::new(&name);
-        let (mut file, _) = open_private_for_write(lock_path)?;
+        // Never removed or replaced (another user's lock file must still
+        // lock), never through a link, only a regular file.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(PRIVATE_MODE)
+            .custom_flags(NO_FOLLOW)
+            .open(lock_path)
+            .map_err(|e| {
+                if is_link_error(&e) {
+                    refused(format!(
+                        "{}: is a symbolic link; refusing to follow it",
+                        lock_path.display()
+                    ))
+                } else {
+                    e
+                }
+            })?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(refused(format!(
+                "{}: is not a regular file ({})",
+                lock_path.display(),
+                kind(&meta)
+            )));
+        }
         if let Err(e) = file.try_lock() {
             let mut holder = String::new();
             let _ = OpenOptions::new()
@@ -166,9 +192,12 @@ impl PathLock {
                 fs::TryLockError::Error(e) => e,
             });
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(file, "{}", std::process::id())?;
+        // The holder's pid, for the message; a lock file we may not write
+        // (another user's) still locks.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(PathLock { _file: file })
     }
 }

@@ -81,9 +81,18 @@ impl Engine {
             path: path.clone(),
             source,
         };
-        // What a save will need, checked now rather than at the first save.
+        // The lock first: a second process must not touch the first one's
+        // files (check_writable makes the temporary file). Then what a save
+        // will need, checked now rather than at the first save; a folder
+        // that cannot be written gets that check's message.
+        let lock = match crate::files::PathLock::take(path) {
+            Ok(lock) => lock,
+            Err(e) => {
+                crate::snapshot::check_writable(path)?;
+                return Err(io(e));
+            }
+        };
         crate::snapshot::check_writable(path)?;
-        let lock = crate::files::PathLock::take(path).map_err(io)?;
         let mut opened = if !crate::files::exists(path).map_err(io)? {
             Opened {
                 engine: Engine::new(config),

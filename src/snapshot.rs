@@ -26,7 +26,7 @@
 //!
 //! Then the body: the triplet records (32 bytes: key, first seen, last
 //! seen, 48 bits of the client network's key, early retries, flags: 1
-//! passed, 2 counted as lost mail), the client records (80 bytes: key,
+//! passed, 2 judged lost mail, 4 credited to its network), the client records (80 bytes: key,
 //! kind, prefix, network, state, lost-mail counts, the latest early retry
 //! at 72..76, zero before the lost-mail rule) and the string table
 //! (verified domains).
@@ -67,8 +67,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::engine::{
-    clamp_time, client_hash, unix_now, ClientEntry, Engine, TripletEntry, LOST, PASSED,
+    clamp_time, client_hash, unix_now, ClientEntry, Engine, TripletEntry, CREDITED, LOST, PASSED,
 };
+
+const LOST_CREDITED: u8 = LOST | CREDITED;
 use crate::files;
 use crate::key::{net_id, Secret};
 use crate::normalize::{ClientNet, NORMALISATION_VERSION};
@@ -379,8 +381,8 @@ fn decode_triplet(b: &[u8]) -> Option<TripletEntry> {
         early_retries: f.u8(),
         flags: f.u8(),
     };
-    // Passed, or pending and perhaps already counted as lost.
-    matches!(e.flags, 0 | PASSED | LOST).then_some(e)
+    // Passed, or pending and perhaps judged (and credited) as lost.
+    matches!(e.flags, 0 | PASSED | LOST | LOST_CREDITED).then_some(e)
 }
 
 fn encode_client(e: &ClientEntry, strings: &mut Vec<u8>, out: &mut [u8]) {

@@ -32,9 +32,11 @@ failed=()
 redis_pid=""
 
 # The processes this run left: those that carry its marker, or whose
-# folder is under target/ (Postfix clears its environment; redis-server,
-# Postfix and the daemons run in scratch folders there). This shell and
-# its own children (the scan's helpers) are not counted.
+# folder is one of the tests' scratch folders (Postfix clears its
+# environment; redis-server, Postfix and the daemons run in target/tmp and
+# target/redis-bindings). This shell and its own children (the scan's
+# helpers) are not counted. Two runs in one checkout at once are not
+# supported: they share those folders.
 leftovers() {
   local p pid ppid stat
   for p in /proc/[0-9]*; do
@@ -43,12 +45,12 @@ leftovers() {
     stat=$(cat "$p/stat" 2>/dev/null) || continue
     ppid=$(echo "${stat##*) }" | cut -d' ' -f2)
     [ "$ppid" = "$$" ] && continue
-    if grep -qa "GREYLIST_TEST_RUN=$GREYLIST_TEST_RUN" "$p/environ" 2>/dev/null; then
+    if grep -qazx "GREYLIST_TEST_RUN=$GREYLIST_TEST_RUN" "$p/environ" 2>/dev/null; then
       echo "$pid"
       continue
     fi
     case "$(readlink "$p/cwd" 2>/dev/null)" in
-      "$root"/target/*) echo "$pid" ;;
+      "$root"/target/tmp/* | "$root"/target/redis-bindings*) echo "$pid" ;;
     esac
   done
 }
@@ -174,16 +176,19 @@ install_examples() {
   export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
   # The README's C and C++ examples must build against the installed copy
   # and print what the README says.
+  local got
   readme_block c >"$out/example.c"
   # shellcheck disable=SC2046
   gcc -std=c11 -Wall -Wextra -Werror "$out/example.c" -o "$out/example" $(pkg-config --cflags --libs greylist)
-  expect "the README's C example" "$(LD_LIBRARY_PATH="$prefix/lib" "$out/example")" \
+  # (An assignment of its own, so the example's exit status counts.)
+  got=$(LD_LIBRARY_PATH="$prefix/lib" "$out/example")
+  expect "the README's C example" "$got" \
     $'450 4.2.0 Greylisted, please try again in 300 seconds\n450 4.2.0 Greylisted, please try again in 240 seconds\n250 OK'
   readme_block cpp >"$out/example.cpp"
   # shellcheck disable=SC2046
   g++ -std=c++17 -Wall -Wextra -Werror "$out/example.cpp" -o "$out/example_cpp" $(pkg-config --cflags --libs greylist)
-  expect "the README's C++ example" "$(LD_LIBRARY_PATH="$prefix/lib" "$out/example_cpp")" \
-    $'450 4.2.0 Greylisted, please try again in 300 seconds\n250 OK'
+  got=$(LD_LIBRARY_PATH="$prefix/lib" "$out/example_cpp")
+  expect "the README's C++ example" "$got" $'450 4.2.0 Greylisted, please try again in 300 seconds\n250 OK'
   [ "$(readelf -d "$prefix/lib/libgreylist.so" | sed -n 's/.*soname: \[\(.*\)\]/\1/p')" = libgreylist.so.1 ]
   # Installed stripped: no debug sections.
   if readelf -S "$prefix/lib/libgreylist.so" | grep -q '\.debug_info'; then
@@ -219,6 +224,7 @@ dotnet_binding() {
 
 start_redis() {
   need redis-server "the bindings' shared-store tests" "apt-get install redis-server" || return
+  need python3 "the bindings' shared-store tests" "apt-get install python3" || return
   local dir="$root/target/redis-bindings" port
   rm -rf "$dir" && mkdir -p "$dir"
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -229,7 +235,11 @@ start_redis() {
     grep -q "Ready to accept connections" "$dir/log" 2>/dev/null && break
     sleep 0.05
   done
-  grep -q "Ready to accept connections" "$dir/log"
+  if ! grep -q "Ready to accept connections" "$dir/log"; then
+    echo "FAILED: redis-server did not start:" >&2
+    cat "$dir/log" >&2
+    return 1
+  fi
   export GREYLIST_TEST_REDIS_URL="redis://127.0.0.1:$port/0"
   echo "redis-server on $GREYLIST_TEST_REDIS_URL"
 }

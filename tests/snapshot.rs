@@ -399,6 +399,19 @@ fn a_snapshot_is_opened_by_one_engine_at_a_time() {
     assert_eq!(mode(&dir.join("g.snap.lock")), 0o600);
     drop(first);
     assert!(Engine::open(config(), &options).is_ok());
+
+    // A link planted as the lock file is refused, never followed or removed.
+    let planted = dir.join("planted");
+    fs::write(&planted, "precious").unwrap();
+    let linked = dir.join("linked.snap");
+    std::os::unix::fs::symlink(&planted, dir.join("linked.snap.lock")).unwrap();
+    let err = Engine::open(config(), &SnapshotOptions::new(&linked, None)).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(fs::read_to_string(&planted).unwrap(), "precious");
+    assert!(fs::symlink_metadata(dir.join("linked.snap.lock"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]

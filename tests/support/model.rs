@@ -135,8 +135,10 @@ struct RefTriplet {
     last_seen: i64,
     early_retries: u32,
     passed: bool,
-    /// Counted as lost mail in this cycle.
+    /// Judged lost mail in this cycle.
     lost: bool,
+    /// ... and credited to its network's row (only then recovered).
+    credited: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -188,17 +190,25 @@ impl Model {
     }
 
     /// Credits a lost triplet to its network, unless the network is or was
-    /// blocked (then its early retries were a spammer's).
-    fn credit_lost(&mut self, net: &str, t: &RefTriplet, now: i64) {
+    /// blocked (then its early retries were a spammer's); whether a report
+    /// row got it.
+    fn credit_lost(&mut self, net: &str, t: &RefTriplet, now: i64) -> bool {
         let seen = self.clients.get(net).map(|c| self.repaired(c, now));
         if seen.is_some_and(|c| c.blocked_until != 0) {
-            return;
+            return false;
         }
         self.lost_mail += 1;
-        if let Some(c) = self.clients.get_mut(net) {
-            c.lost_count += 1;
-            c.last_lost = Some(c.last_lost.map_or(t.last_seen, |l| l.max(t.last_seen)));
-        }
+        let Some(c) = self.clients.get_mut(net) else {
+            return false;
+        };
+        c.lost_count += 1;
+        c.last_lost = Some(c.last_lost.map_or(t.last_seen, |l| l.max(t.last_seen)));
+        true
+    }
+
+    /// How long a network's record waits after its latest early retry.
+    fn waiting(&self) -> i64 {
+        (self.s.delay + self.s.lost_after).max(self.s.retry_window)
     }
 
     fn awl_alive(&self, c: &RefClient, now: i64) -> bool {
@@ -256,7 +266,7 @@ impl Model {
         let Some(mut t) = known else {
             // An expired cycle no sweep removed: judged before it goes.
             if let Some(old) = stored.filter(|t| !t.lost && self.is_lost(t, now)) {
-                self.credit_lost(net, &old, now);
+                let _ = self.credit_lost(net, &old, now);
             }
             // Rules 3 and 6.
             let fresh = RefTriplet {
@@ -265,6 +275,7 @@ impl Model {
                 early_retries: 0,
                 passed: false,
                 lost: false,
+                credited: false,
             };
             self.triplets.insert(key, fresh);
             return (Action::Defer, Reason::New, s.delay as u32, 0);
@@ -288,8 +299,14 @@ impl Model {
             );
             // The network's record is kept until the triplet is judged
             // (lost mail is credited to it).
+            let waiting = self.waiting();
             let c = self.clients.entry(net.to_string()).or_default();
-            c.last_early = Some(c.last_early.map_or(now, |e| e.max(now)));
+            c.last_early = Some(match c.last_early {
+                // Stored from a clock far ahead: corrupt, replaced.
+                Some(e) if e - now > waiting + GRACE => now,
+                Some(e) => e.max(now),
+                None => now,
+            });
             if s.blast_threshold == 0 && s.blast_copies == 0 {
                 return answer;
             }
@@ -320,7 +337,8 @@ impl Model {
         // Rule 5; passes are counted only for the auto-whitelist. A lost
         // triplet that passes is recovered.
         t.passed = true;
-        if std::mem::take(&mut t.lost) {
+        t.lost = false;
+        if std::mem::take(&mut t.credited) {
             let seen = self.clients.get(net).map(|c| self.repaired(c, now));
             if seen.is_some_and(|c| c.blocked_until == 0 && c.lost_count > 0) {
                 self.clients.get_mut(net).unwrap().lost_count -= 1;
@@ -350,7 +368,9 @@ impl Model {
             .collect();
         for (k, t) in &lost {
             self.triplets.get_mut(k).unwrap().lost = true;
-            self.credit_lost(&k.0, t, now);
+            if self.credit_lost(&k.0, t, now) {
+                self.triplets.get_mut(k).unwrap().credited = true;
+            }
         }
         let expired: Vec<_> = self
             .triplets
@@ -362,7 +382,7 @@ impl Model {
             self.triplets.remove(k);
         }
         let s = self.s;
-        let judged = (s.delay + s.lost_after).min(s.retry_window);
+        let judged = self.waiting();
         let seen: HashMap<String, RefClient> = self
             .clients
             .iter()

@@ -128,6 +128,10 @@ fn run() -> Result<(), String> {
         clear_socket_path(path)?;
     }
     let shared = config.redis().is_some();
+    // Before the (perhaps long) snapshot load: a signal then waits for the
+    // loop below instead of killing the daemon.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+        .map_err(|e| format!("signals: {e}"))?;
     let opened = Engine::open(config, &options).map_err(|e| e.to_string())?;
     let engine = Arc::new(opened.engine);
     if shared {
@@ -137,8 +141,6 @@ fn run() -> Result<(), String> {
     engine
         .on_event(Some(report::event_sink(engine.config())))
         .map_err(|e| e.to_string())?;
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
-        .map_err(|e| format!("signals: {e}"))?;
 
     let server = Arc::new(Server::new(engine.clone(), o.policy.clone(), limits));
     let mut listening = Vec::new();
