@@ -32,21 +32,24 @@ fn is_link_error(e: &io::Error) -> bool {
 /// Opens an existing regular file for reading, refusing a symbolic link,
 /// a FIFO, a device or a folder with an error that says which it was.
 pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(NO_FOLLOW)
-        .open(path)
-        .map_err(|e| {
-            if is_link_error(&e) {
-                refused("is a symbolic link; refusing to follow it".into())
-            } else {
-                e
-            }
-        })?;
+    open_regular_with(OpenOptions::new().read(true), path)
+}
+
+/// Opens `path` with `options` (plus `O_NOFOLLOW`), refusing a symbolic
+/// link, and then anything but a regular file, with an error that says
+/// which it was.
+fn open_regular_with(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options.custom_flags(NO_FOLLOW).open(path).map_err(|e| {
+        if is_link_error(&e) {
+            refused("is a symbolic link; refusing to follow it".into())
+        } else {
+            e
+        }
+    })?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(refused(format!(
-            "is not a regular file ({}); refusing to read it",
+            "is not a regular file ({}); refusing it",
             kind(&meta)
         )));
     }
@@ -146,31 +149,17 @@ impl PathLock {
         let lock_path = Path::new(&name);
         // Never removed or replaced (another user's lock file must still
         // lock), never through a link, only a regular file.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(PRIVATE_MODE)
-            .custom_flags(NO_FOLLOW)
-            .open(lock_path)
-            .map_err(|e| {
-                if is_link_error(&e) {
-                    refused(format!(
-                        "{}: is a symbolic link; refusing to follow it",
-                        lock_path.display()
-                    ))
-                } else {
-                    e
-                }
-            })?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(refused(format!(
-                "{}: is not a regular file ({})",
-                lock_path.display(),
-                kind(&meta)
-            )));
-        }
+        let shown =
+            |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", lock_path.display()));
+        let mut file = open_regular_with(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(PRIVATE_MODE),
+            lock_path,
+        )
+        .map_err(shown)?;
         if let Err(e) = file.try_lock() {
             let mut holder = String::new();
             let _ = OpenOptions::new()
