@@ -138,7 +138,7 @@ fn main() {
     // The check script as redis-benchmark can call it: random keys, the
     // default settings, one call per request on each of its connections.
     let settings =
-        greylist::redis_store::script_settings(&Config::default()).map(|v| v.to_string());
+        greylist::store::redis::script_settings(&Config::default()).map(|v| v.to_string());
     let mut check_args = vec![
         "2",
         "t:__rand_int__",
@@ -147,6 +147,7 @@ fn main() {
         "1700000000",
     ];
     check_args.extend(settings.iter().map(String::as_str));
+    check_args.push("192.0.2.0/24");
     let (mut bench, mut ours, mut script) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // As many requests as the engine managed in a round, so all run
@@ -158,7 +159,7 @@ fn main() {
         script.push(redis_benchmark(
             port,
             n,
-            greylist::redis_store::SCRIPT,
+            greylist::store::redis::SCRIPT,
             &check_args,
         ));
     }

@@ -524,6 +524,13 @@ typedef struct greylist_stats {
  */
 #define GREYLIST_STATUS_INCOMPATIBLE 7
 
+/**
+ * The shared store (Redis) did not answer an operator's call (release,
+ * forget, a report) in time, or answered with an error: nothing is known
+ * to have been done there. Try again when it is back.
+ */
+#define GREYLIST_STATUS_UNAVAILABLE 8
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

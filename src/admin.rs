@@ -4,12 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::engine::{clamp_time, client_hash, Engine, Keys, Request, TripletEntry, PASSED};
-use crate::key::net_id;
+use crate::engine::{clamp_time, Engine, Keys, Request};
 use crate::lists::{file_entries, read_file, ListError, ListKind};
 use crate::normalize::{ClientNet, InputError};
-use crate::rules::TripletState;
-use crate::table::hasher;
+use crate::store::StoreError;
 
 /// What the engine knows of one client network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,51 +108,39 @@ impl Engine {
     }
 
     /// What the engine knows of `client_ip`'s network at `now` (counting its
-    /// triplets scans the whole table, one shard at a time: an operator's
-    /// call, not one for every message). `client_name` is checked against
-    /// host-name whitelist entries.
+    /// triplets scans the whole table, one shard at a time, or in Redis the
+    /// network's index: an operator's call, not one for every message).
+    /// `client_name` is checked against host-name whitelist entries.
     pub fn client_report(
         &self,
         client_ip: &str,
         client_name: Option<&str>,
         now: i64,
-    ) -> Result<ClientReport, InputError> {
+    ) -> Result<ClientReport, StoreError> {
         let k = self.client_keys(client_ip, client_name)?;
         let now = clamp_time(now);
-        let id = net_id(k.net_key);
-        let (mut pending, mut passed) = (0, 0);
-        for i in 0..self.triplets.shard_count() {
-            for e in self.triplets.lock(i).iter() {
-                if e.net_id() == id && !e.state().is_expired(now, self.config()) {
-                    *(if e.flags & PASSED != 0 {
-                        &mut passed
-                    } else {
-                        &mut pending
-                    }) += 1;
-                }
-            }
-        }
-        let hash = client_hash(id);
-        let record = {
-            let clients = self.clients.lock(self.clients.index(hash));
-            clients.find(hash, |e| e.key == k.net_key).cloned()
-        };
-        let state = record.as_ref().map(|r| r.state).unwrap_or_default();
+        let record = self.store().network(&k, now)?;
+        let state = record.state.unwrap_or_default();
         Ok(ClientReport {
             whitelisted: k.whitelisted(),
             network: k.net,
-            pending,
-            passed,
+            pending: record.pending,
+            passed: record.passed,
             passes: state.passes,
             auto_whitelisted: state.is_auto_whitelisted(now, self.config()),
             blocked_until: state
                 .blocks(now, self.config())
                 .then_some(state.blocked_until),
-            lost_mail: record.map_or(0, |r| r.lost_count),
+            lost_mail: record.lost_mail,
         })
     }
 
-    fn client_keys(&self, client_ip: &str, client_name: Option<&str>) -> Result<Keys, InputError> {
+    /// The keys of a client's network (the triplet part is a placeholder).
+    pub(crate) fn client_keys(
+        &self,
+        client_ip: &str,
+        client_name: Option<&str>,
+    ) -> Result<Keys, InputError> {
         let req = Request::new(client_ip, "", "-");
         self.keys(&match client_name {
             Some(name) => req.client_name(name),
@@ -163,94 +149,36 @@ impl Engine {
     }
 
     /// Lets a triplet pass from now on, as if it had been retried after
-    /// the delay (for mail an operator knows is wanted).
+    /// the delay (for mail an operator knows is wanted). With a shared
+    /// store, at every MX at once.
     pub fn release(
         &self,
         client_ip: &str,
         sender: &(impl AsRef<[u8]> + ?Sized),
         recipient: &(impl AsRef<[u8]> + ?Sized),
         now: i64,
-    ) -> Result<(), InputError> {
+    ) -> Result<(), StoreError> {
         let k = self.keys(&Request::new(client_ip, sender, recipient))?;
-        let now = clamp_time(now);
-        let passed = TripletState {
-            first_seen: now,
-            last_seen: now,
-            early_retries: 0,
-            passed: true,
-        };
-        let hash = k.triplet_key as u64;
-        let mut table = self.triplets.lock(self.triplets.index(hash));
-        match table.find_mut(hash, |e| e.key == k.triplet_key) {
-            Some(e) => {
-                let s = e.state();
-                e.set_state(TripletState {
-                    first_seen: s.first_seen.min(now),
-                    last_seen: s.last_seen.max(now),
-                    ..passed
-                });
-            }
-            None => {
-                table.insert_unique(
-                    hash,
-                    TripletEntry::new(k.triplet_key, k.net_key, passed),
-                    hasher,
-                );
-            }
-        }
-        Ok(())
+        self.store().release(&k, clamp_time(now))
     }
 
     /// Releases a client network: lifts a block, and lets every triplet of
     /// it that is waiting for a retry pass from now on. Returns how many
-    /// triplets were released.
-    pub fn release_client(&self, client_ip: &str, now: i64) -> Result<u64, InputError> {
+    /// triplets were released. With a shared store, at every MX at once.
+    pub fn release_client(&self, client_ip: &str, now: i64) -> Result<u64, StoreError> {
         let k = self.client_keys(client_ip, None)?;
-        let now32 = clamp_time(now);
-        let hash = client_hash(net_id(k.net_key));
-        if let Some(e) = self
-            .clients
-            .lock(self.clients.index(hash))
-            .find_mut(hash, |e| e.key == k.net_key)
-        {
-            e.state.blocked_until = 0;
-            e.state.rounds = 0;
-        }
-        let id = net_id(k.net_key);
-        let mut released = 0;
-        for i in 0..self.triplets.shard_count() {
-            for e in self.triplets.lock(i).iter_mut() {
-                let s = e.state();
-                if e.net_id() == id && !s.passed && !s.is_expired(now32, self.config()) {
-                    e.set_state(TripletState {
-                        passed: true,
-                        last_seen: s.last_seen.max(now32),
-                        ..s
-                    });
-                    released += 1;
-                }
-            }
-        }
-        Ok(released)
+        self.store().release_client(&k, clamp_time(now))
     }
 
     /// Forgets a triplet: its next attempt is new again. Returns whether it
-    /// was known.
+    /// was known. With a shared store, at every MX at once.
     pub fn forget(
         &self,
         client_ip: &str,
         sender: &(impl AsRef<[u8]> + ?Sized),
         recipient: &(impl AsRef<[u8]> + ?Sized),
-    ) -> Result<bool, InputError> {
+    ) -> Result<bool, StoreError> {
         let k = self.keys(&Request::new(client_ip, sender, recipient))?;
-        let hash = k.triplet_key as u64;
-        let mut table = self.triplets.lock(self.triplets.index(hash));
-        Ok(match table.find_entry(hash, |e| e.key == k.triplet_key) {
-            Ok(entry) => {
-                entry.remove();
-                true
-            }
-            Err(_) => false,
-        })
+        self.store().forget(&k)
     }
 }

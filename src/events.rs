@@ -181,7 +181,8 @@ impl Events {
     }
 
     /// Calls the callback, if one is set, with the event `make` builds.
-    pub(crate) fn emit(&self, stripe: usize, make: impl FnOnce() -> Event) {
+    pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
+        let stripe = crate::table::thread_stripe();
         if !self.on.load(Relaxed) {
             return;
         }

@@ -95,15 +95,15 @@ mod lists;
 mod maintenance;
 mod normalize;
 pub mod policy;
-#[cfg(feature = "redis")]
-pub mod redis_store;
 pub mod rules;
 pub mod snapshot;
+mod stats;
+pub mod store;
 mod table;
 
 pub use admin::ClientReport;
 pub use config::{Config, ConfigBuilder, ConfigError, FailMode, MAX_SHARDS};
-pub use engine::{unix_now, Engine, LostMail, Request, Stats};
+pub use engine::{unix_now, Engine, Request};
 pub use events::{CallbackError, Event, EventKind, EventSink};
 pub use key::Secret;
 pub use lists::{ListError, ListKind};
@@ -113,4 +113,6 @@ pub use normalize::{
 };
 pub use rules::{Action, ClientState, Reason, TripletState, Verdict};
 pub use snapshot::SnapshotError;
+pub use stats::Stats;
+pub use store::{LostMail, StoreError};
 pub mod ffi;

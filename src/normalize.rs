@@ -160,6 +160,29 @@ impl ClientNet {
         Ok(ClientNet::Domain(d.to_ascii_lowercase().into_boxed_str()))
     }
 
+    /// The network from its [`Display`](fmt::Display) text
+    /// (`192.0.2.0/24`, `2001:db8::/64`, or a domain), as the shared store
+    /// keeps it for the lost-mail report; `None` when it is not one.
+    pub fn from_text(text: &str) -> Option<ClientNet> {
+        let Some((address, prefix)) = text.split_once('/') else {
+            return ClientNet::domain(text)
+                .ok()
+                .filter(|d| d.to_string() == text);
+        };
+        let prefix: u8 = prefix.parse().ok()?;
+        let net = match address.parse::<IpAddr>().ok()? {
+            IpAddr::V4(v4) if (1..=32).contains(&prefix) => {
+                ClientNet::from_ip(v4.into(), prefix, 128)
+            }
+            IpAddr::V6(v6) if (1..=128).contains(&prefix) && v6.to_ipv4_mapped().is_none() => {
+                ClientNet::from_ip(v6.into(), 32, prefix)
+            }
+            _ => return None,
+        };
+        // Host bits set, or another spelling: not what the store wrote.
+        (net.to_string() == text).then_some(net)
+    }
+
     /// Appends an unambiguous encoding of the network to `out`.
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match self {

@@ -66,16 +66,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::engine::{
-    clamp_time, client_hash, unix_now, ClientEntry, Engine, TripletEntry, CREDITED, LOST, PASSED,
-};
+use crate::engine::{clamp_time, unix_now, Engine};
+use crate::store::memory::{ClientEntry, TripletEntry, CREDITED, LOST, PASSED};
 
 const LOST_CREDITED: u8 = LOST | CREDITED;
 use crate::files;
-use crate::key::{net_id, Secret};
+use crate::key::Secret;
 use crate::normalize::{ClientNet, NORMALISATION_VERSION};
 use crate::rules::ClientState;
-use crate::table::hasher;
 
 const MAGIC: &[u8; 8] = b"GREYLIST";
 /// The snapshot format this library writes and the newest it reads.
@@ -563,31 +561,32 @@ impl Engine {
         let mut crc = crc32fast::Hasher::new();
         let (mut triplets, mut clients) = (0u64, 0u64);
         let mut buf = Vec::new();
-        for i in 0..self.triplets.shard_count() {
-            {
-                let table = self.triplets.lock(i);
-                buf.resize(table.len() * TRIPLET_RECORD, 0);
-                for (e, out) in table.iter().zip(buf.chunks_exact_mut(TRIPLET_RECORD)) {
-                    encode_triplet(e, out);
-                }
+        let mut written = Ok(());
+        let mut write = |buf: &[u8]| {
+            crc.update(buf);
+            if written.is_ok() {
+                written = out.write_all(buf);
             }
-            crc.update(&buf);
-            out.write_all(&buf).map_err(io_err(&tmp))?;
-            triplets += (buf.len() / TRIPLET_RECORD) as u64;
-        }
+        };
+        let local = self.local();
+        local.each_triplet_shard(|table| {
+            buf.resize(table.len() * TRIPLET_RECORD, 0);
+            for (e, out) in table.iter().zip(buf.chunks_exact_mut(TRIPLET_RECORD)) {
+                encode_triplet(e, out);
+            }
+            triplets += table.len() as u64;
+            write(&buf);
+        });
         let mut strings = Vec::new();
-        for i in 0..self.clients.shard_count() {
-            {
-                let table = self.clients.lock(i);
-                buf.resize(table.len() * CLIENT_RECORD, 0);
-                for (e, out) in table.iter().zip(buf.chunks_exact_mut(CLIENT_RECORD)) {
-                    encode_client(e, &mut strings, out);
-                }
+        local.each_client_shard(|table| {
+            buf.resize(table.len() * CLIENT_RECORD, 0);
+            for (e, out) in table.iter().zip(buf.chunks_exact_mut(CLIENT_RECORD)) {
+                encode_client(e, &mut strings, out);
             }
-            crc.update(&buf);
-            out.write_all(&buf).map_err(io_err(&tmp))?;
-            clients += (buf.len() / CLIENT_RECORD) as u64;
-        }
+            clients += table.len() as u64;
+            write(&buf);
+        });
+        written.map_err(io_err(&tmp))?;
         crc.update(&strings);
         out.write_all(&strings).map_err(io_err(&tmp))?;
         out.flush().map_err(io_err(&tmp))?;
@@ -664,8 +663,10 @@ impl Engine {
         let mut strings = vec![0u8; header.strings as usize];
         file.read_exact_at(&mut strings, len - header.strings)
             .map_err(io_err(path))?;
-        let mut engine = Engine::with_secret(config, header.secret.clone());
-        engine.reserve(header.triplets.min(engine.config().max_entries()) as usize);
+        let engine = Engine::with_secret(config, header.secret.clone());
+        engine
+            .local()
+            .reserve(header.triplets.min(engine.config().max_entries()) as usize);
         let now = clamp_time(header.created_at);
         let mut reader = BufReader::with_capacity(1 << 16, file);
         reader
@@ -707,11 +708,11 @@ impl Engine {
         let work = |w: usize| -> Result<(), String> {
             for record in chunk.chunks_exact(TRIPLET_RECORD) {
                 let key = u128::from_le_bytes(record[..16].try_into().expect("16 bytes"));
-                if self.triplets.index(key as u64) % workers != w {
+                if self.local().triplet_shard(key) % workers != w {
                     continue;
                 }
                 let e = decode_triplet(record).ok_or("bad triplet flags")?;
-                if !self.restore_triplet(e, now) {
+                if !self.local().restore_triplet(e, now) {
                     return Err("duplicate triplet key".into());
                 }
             }
@@ -732,26 +733,11 @@ impl Engine {
         let work = |w: usize| -> Result<(), String> {
             for record in chunk.chunks_exact(CLIENT_RECORD) {
                 let key = u128::from_le_bytes(record[..16].try_into().expect("16 bytes"));
-                let hash = client_hash(net_id(key));
-                let shard = self.clients.index(hash);
-                if shard % workers != w {
+                if self.local().client_shard(key) % workers != w {
                     continue;
                 }
                 let e = decode_client(record, strings, secret)?;
-                let mut table = self.clients.lock(shard);
-                if table.find(hash, |c| c.key == e.key).is_some() {
-                    return Err(format!("duplicate client record for {}", e.net));
-                }
-                // A snapshot from an engine allowed more networks: keep
-                // what a full shard keeps.
-                if !self.client_room(&mut table, shard, now) {
-                    continue;
-                }
-                if self.may_gate(&e.state) {
-                    let (word, bit) = self.gate_bit(shard, hash);
-                    self.gates[word].fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
-                }
-                table.insert_unique(hash, e, hasher);
+                self.local().restore_client(e, now)?;
             }
             Ok(())
         };

@@ -57,15 +57,26 @@ impl<T: Hashed> Sharded<T> {
         self.shards[index].0.lock()
     }
 
-    /// A shard without locking, for an engine nobody else can see yet.
-    pub(crate) fn get_mut(&mut self, index: usize) -> &mut HashTable<T> {
-        self.shards[index].0.get_mut()
-    }
-
     /// Total entries, locking one shard at a time.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
+}
+
+/// Counter stripes: more than the threads that usually check at once.
+pub(crate) const STRIPES: usize = 64;
+
+static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's stripe, handed out round robin.
+    static THREAD_STRIPE: usize = NEXT_STRIPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This thread's stripe (of [`STRIPES`]): each thread keeps to one, so the
+/// counters it adds to stay in its core's cache.
+pub(crate) fn thread_stripe() -> usize {
+    THREAD_STRIPE.with(|s| *s) % STRIPES
 }
 
 /// Rehash callback for hashbrown when a shard grows.

@@ -384,11 +384,11 @@ fn the_exchange_2003_pattern_is_lost_mail_within_the_hour_despite_sweeps() {
     let mut dt = 300;
     while dt < 300 + 3600 {
         e.sweep(T0 + dt);
-        assert!(e.lost_mail_report(10).is_empty(), "lost at +{dt}");
+        assert!(e.lost_mail_report(10).unwrap().is_empty(), "lost at +{dt}");
         dt += 300;
     }
     e.sweep(T0 + dt);
-    let report = e.lost_mail_report(10);
+    let report = e.lost_mail_report(10).unwrap();
     assert_eq!(report.len(), 1, "{report:?}");
     assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
     assert_eq!((report[0].count, report[0].last_seen), (2, (T0 + 9) as u32));
@@ -412,13 +412,13 @@ fn the_exchange_2003_pattern_is_lost_mail_within_the_hour_despite_sweeps() {
         e.sweep(T0 + dt);
     }
     assert_eq!(e.stats().lost_mail, 2);
-    assert_eq!(e.lost_mail_report(10)[0].count, 2);
+    assert_eq!(e.lost_mail_report(10).unwrap()[0].count, 2);
 
     // The user complained; Exchange's queue was flushed by hand: the late
     // retry passes, and that mail leaves the report.
     let v = at(dt, "192.0.2.25", "ceo@corp.example", "a@example.net");
     assert_eq!(v.reason, Reason::Retried);
-    let report = e.lost_mail_report(10);
+    let report = e.lost_mail_report(10).unwrap();
     assert_eq!(report[0].count, 1, "{report:?}");
     let s = e.stats();
     assert_eq!((s.lost_mail, s.lost_recovered), (2, 1));
@@ -438,7 +438,7 @@ fn the_exchange_2003_pattern_is_lost_mail_within_the_hour_despite_sweeps() {
         .unwrap();
     assert_eq!((r.lost_mail, r.pending), (1, 0));
     e.sweep(T0 + 30 * 86_400);
-    assert_eq!(e.lost_mail_report(10).len(), 1);
+    assert_eq!(e.lost_mail_report(10).unwrap().len(), 1);
     assert_eq!(e.stats().lost_mail, 2, "expiry counts nothing again");
 }
 
@@ -474,7 +474,7 @@ fn lost_mail_is_found_at_expiry_when_lost_after_is_longer_than_the_window() {
     assert_eq!(e.stats().lost_mail, 1);
     e.sweep(T0 + 3700);
     assert_eq!(e.stats().lost_mail, 2);
-    assert_eq!(e.lost_mail_report(10)[0].count, 2);
+    assert_eq!(e.lost_mail_report(10).unwrap()[0].count, 2);
 }
 
 #[test]

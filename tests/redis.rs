@@ -173,21 +173,24 @@ fn through_lua(v: &Vector, con: &mut redis::Connection, script: &redis::Script) 
         let _: () = redis::cmd("SET").arg(&ckey).arg(text).query(con).unwrap();
     }
     let cfg = &v.config;
-    let (reason, retry_after, delayed, malformed): (u32, u32, u32, u32) = script
-        .key(&tkey)
-        .key(&ckey)
-        .arg(if v.trap { "trap" } else { "check" })
-        .arg(v.now)
-        .arg(cfg.delay())
-        .arg(cfg.retry_window())
-        .arg(cfg.pass_ttl())
-        .arg(cfg.awl_threshold())
-        .arg(cfg.awl_ttl())
-        .arg(cfg.blast_threshold())
-        .arg(cfg.block_time())
-        .arg(cfg.blast_copies())
-        .invoke(con)
-        .unwrap();
+    let (reason, retry_after, delayed, malformed, _, _, _): (u32, u32, u32, u32, u32, u32, u32) =
+        script
+            .key(&tkey)
+            .key(&ckey)
+            .arg(if v.trap { "trap" } else { "check" })
+            .arg(v.now)
+            .arg(cfg.delay())
+            .arg(cfg.retry_window())
+            .arg(cfg.pass_ttl())
+            .arg(cfg.awl_threshold())
+            .arg(cfg.awl_ttl())
+            .arg(cfg.blast_threshold())
+            .arg(cfg.block_time())
+            .arg(cfg.blast_copies())
+            .arg(cfg.lost_after())
+            .arg("192.0.2.0/24")
+            .invoke(con)
+            .unwrap();
     let get = |con: &mut redis::Connection, key: &str| -> Option<String> {
         redis::cmd("GET").arg(key).query(con).unwrap()
     };
@@ -229,7 +232,7 @@ fn lua_script_gives_the_vectors() {
         return;
     };
     let mut con = server.connection();
-    let script = redis::Script::new(greylist::redis_store::SCRIPT);
+    let script = redis::Script::new(greylist::store::redis::SCRIPT);
     check_vectors(|v| through_lua(v, &mut con, &script));
     // Every record the script wrote expires (Redis collects it).
     let keys: Vec<String> = redis::cmd("KEYS").arg("v*").query(&mut con).unwrap();
@@ -387,7 +390,8 @@ fn two_engines_share_triplets_and_the_auto_whitelist() {
         .iter()
         .all(|k| !k.contains('@') && !k.contains("198.51")));
     let key = format!(
-        "greylist:t:{:032x}",
+        "greylist:{{{:032x}}}:t:{:032x}",
+        mx1.network_key("192.0.2.1").unwrap(),
         mx1.triplet_key("192.0.2.1", "alice@example.org", "bob@example.net")
             .unwrap()
     );
@@ -791,7 +795,8 @@ fn malformed_records_count_as_absent_and_are_counted() {
     for (i, junk) in garbage.iter().enumerate() {
         let rcpt = format!("r{i}@example.net");
         let tkey = format!(
-            "greylist:t:{:032x}",
+            "greylist:{{{:032x}}}:t:{:032x}",
+            mx.network_key("192.0.2.1").unwrap(),
             mx.triplet_key("192.0.2.1", "a@x.org", &rcpt).unwrap()
         );
         let _: () = redis::cmd("SET")
@@ -810,11 +815,11 @@ fn malformed_records_count_as_absent_and_are_counted() {
     assert_eq!(mx.stats().backend_unavailable, 0);
     // A malformed network record: every triplet of the /24 is still judged.
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("greylist:c:*")
+        .arg("greylist:*:c")
         .query(&mut con)
         .unwrap();
     let before: Vec<String> = redis::cmd("KEYS")
-        .arg("greylist:t:*")
+        .arg("greylist:*:t:*")
         .query(&mut con)
         .unwrap();
     assert!(keys.is_empty() && before.len() == garbage.len());
@@ -823,7 +828,7 @@ fn malformed_records_count_as_absent_and_are_counted() {
     mx.check("198.51.100.1", "a@x.org", "b@y.net", T0 + 10)
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("greylist:c:*")
+        .arg("greylist:*:c")
         .query(&mut con)
         .unwrap();
     assert_eq!(keys.len(), 1);

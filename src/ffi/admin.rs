@@ -365,7 +365,7 @@ pub unsafe extern "C" fn greylist_engine_lost_mail_report(
         } else {
             out_ptr(rows, "rows")?
         };
-        let report = engine.engine.lost_mail_report(capacity);
+        let report = engine.engine.lost_mail_report(capacity)?;
         for (i, row) in report.iter().enumerate() {
             let out = greylist_lost_mail {
                 network: c_chars(&row.network.to_string()),

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::{ConfigError, InputError, SnapshotError};
+use crate::{ConfigError, InputError, SnapshotError, StoreError};
 
 /// The result of a fallible call: `GREYLIST_STATUS_OK` (0) or one of the
 /// `GREYLIST_STATUS_*` codes. Numbers are never reused. On any other value
@@ -33,6 +33,11 @@ pub const GREYLIST_STATUS_BUFFER_TOO_SMALL: greylist_status = 6;
 /// A snapshot was written by a newer version of greylist, or with settings
 /// that change keys (prefixes, extension delimiters): it cannot be used.
 pub const GREYLIST_STATUS_INCOMPATIBLE: greylist_status = 7;
+
+/// The shared store (Redis) did not answer an operator's call (release,
+/// forget, a report) in time, or answered with an error: nothing is known
+/// to have been done there. Try again when it is back.
+pub const GREYLIST_STATUS_UNAVAILABLE: greylist_status = 8;
 
 /// A failure on its way to the C caller: a status and a message.
 #[derive(Debug)]
@@ -64,6 +69,15 @@ impl Failure {
 impl From<InputError> for Failure {
     fn from(e: InputError) -> Self {
         Failure::invalid(e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Input(e) => e.into(),
+            StoreError::Unavailable(_) => Failure::new(GREYLIST_STATUS_UNAVAILABLE, e.to_string()),
+        }
     }
 }
 
@@ -144,6 +158,7 @@ pub extern "C" fn greylist_status_str(status: greylist_status) -> *const c_char 
         GREYLIST_STATUS_PANIC => b"GREYLIST_STATUS_PANIC\0",
         GREYLIST_STATUS_BUFFER_TOO_SMALL => b"GREYLIST_STATUS_BUFFER_TOO_SMALL\0",
         GREYLIST_STATUS_INCOMPATIBLE => b"GREYLIST_STATUS_INCOMPATIBLE\0",
+        GREYLIST_STATUS_UNAVAILABLE => b"GREYLIST_STATUS_UNAVAILABLE\0",
         _ => b"GREYLIST_STATUS_UNKNOWN\0",
     };
     name.as_ptr().cast()

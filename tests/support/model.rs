@@ -474,6 +474,7 @@ pub fn run_with(
             );
             let mut report: Vec<(String, u64, i64)> = engine
                 .lost_mail_report(usize::MAX)
+                .unwrap()
                 .into_iter()
                 .map(|r| (r.network.to_string(), r.count, i64::from(r.last_seen)))
                 .collect();

@@ -73,7 +73,13 @@ pub fn status(engine: &Engine) {
         s.expired,
         s.evicted
     ));
-    let rows = engine.lost_mail_report(REPORT_ROWS);
+    let rows = match engine.lost_mail_report(REPORT_ROWS) {
+        Ok(rows) => rows,
+        Err(e) => {
+            log(format_args!("lost-mail report: cannot be read: {e}"));
+            return;
+        }
+    };
     if rows.is_empty() {
         log("lost-mail report: no network lost mail");
         return;

@@ -1,14 +1,24 @@
 //! The shared store: triplet and client-network records kept in Redis, so
 //! that several MX hosts greylist as one.
 //!
-//! One check is one script call: `src/redis_check.lua`, loaded once and
-//! called by its SHA (EVALSHA), reads both records, applies the rules of
-//! [`crate::rules::check`] and writes what changed, atomically. Keys are
-//! the engine's keyed hashes in hex under a prefix
-//! (`greylist:t:<32 hex>` for a triplet, `greylist:c:<32 hex>` for a
-//! network), so every host with the same secret finds the same records,
-//! and Redis never sees an address. Redis TTLs collect records the rules no
-//! longer need.
+//! One check is one script call: `src/store/redis_check.lua`, loaded once
+//! and called by its SHA (EVALSHA), reads both records, applies the rules
+//! of [`crate::rules::check`] and writes what changed, atomically. Keys are
+//! the engine's keyed hashes in hex under a prefix, the network's hash as
+//! a hash tag (`greylist:{<32 hex>}:c` for a network,
+//! `greylist:{<32 hex>}:t:<32 hex>` for one of its triplets), so every host
+//! with the same secret finds the same records, a network and its triplets
+//! share a cluster slot, and Redis never sees an address. Redis TTLs
+//! collect records the rules no longer need.
+//!
+//! An operator's operations (release, forget, a network's report) are one
+//! call each of `src/store/redis_admin.lua`, on a connection of their own.
+//! Lost mail is judged in Redis, so every MX reports the whole fleet's: the
+//! check script keeps each network's *suspects* (triplets with early
+//! retries only) and an index of networks by when their first suspect is
+//! due; a sweep at any MX settles what is due, atomically per network, so
+//! each lost triplet is counted once. The report rows hold the network
+//! (`192.0.2.0/24`), never an address.
 //!
 //! Calls share one pipelined connection, with no thread of their own: a
 //! checking thread queues its call, and if nobody is using the connection
@@ -40,11 +50,27 @@ use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
 use crate::config::{Config, FailMode};
-use crate::rules::{Action, Reason, Verdict};
+use crate::engine::Keys;
+use crate::events::{Event, EventKind, Events};
+use crate::normalize::ClientNet;
+use crate::rules::{Action, ClientState, Reason, TripletState, Verdict};
+use crate::stats::{Counters, Stats};
+use crate::store::{LostMail, NetworkRecord, StoreError};
 use crate::table::{hasher, Hashed, Sharded};
 
 /// The check script, whose SHA-1 the store calls it by.
 pub const SCRIPT: &str = include_str!("redis_check.lua");
+
+/// The operators' and the sweep's script.
+pub const ADMIN_SCRIPT: &str = include_str!("redis_admin.lua");
+
+/// Most suspects one settle call judges, and most networks one sweep
+/// settles (the rest wait for the next sweep).
+const SETTLE_BATCH: u32 = 1000;
+const SETTLE_NETWORKS: usize = 10_000;
+
+/// Most networks the lost-mail report reads.
+const REPORT_NETWORKS: isize = 10_000;
 
 /// Counters of the store, read by [`crate::Engine::stats`].
 #[derive(Default)]
@@ -56,9 +82,11 @@ pub(crate) struct BackendCounters {
     pub(crate) malformed: AtomicU64,
 }
 
-/// The script's answer: reason number, retry_after, delayed, and how many
-/// of the two records were malformed (and treated as absent).
-type Answer = (u32, u32, u32, u32);
+/// The script's answer: reason number, retry_after, delayed, how many of
+/// the two records were malformed (and treated as absent), flags (1 a lost
+/// triplet recovered, 2 a block started), when a new suspect is due, and
+/// the triplet's early retries.
+type Answer = (u32, u32, u32, u32, u32, u32, u32);
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,13 +217,19 @@ pub(crate) struct RedisStore {
     sha: String,
     prefix: String,
     cache: PassCache,
+    config: Config,
+    /// Operators' calls and sweeps, on a connection of their own.
+    admin: Mutex<Option<redis::Connection>>,
+    admin_script: redis::Script,
+    counters: Counters,
+    events: Arc<Events>,
 }
 
-/// The settings the check script takes after `now`, in its ARGV order
-/// (`src/redis_check.lua`): delay, retry window, pass lifetime,
+/// The settings the scripts take after `now`, in their ARGV order
+/// (`src/store/redis_check.lua`): delay, retry window, pass lifetime,
 /// auto-whitelist threshold and lifetime, blast threshold, block time,
-/// blast copies.
-pub fn script_settings(config: &Config) -> [u32; 8] {
+/// blast copies, lost after.
+pub fn script_settings(config: &Config) -> [u32; 9] {
     [
         config.delay,
         config.retry_window,
@@ -205,6 +239,7 @@ pub fn script_settings(config: &Config) -> [u32; 8] {
         config.blast_threshold,
         config.block_time,
         config.blast_copies,
+        config.lost_after,
     ]
 }
 
@@ -212,7 +247,7 @@ impl RedisStore {
     /// The store of an engine with these settings (whose URL
     /// [`crate::ConfigBuilder::build`] has already checked). Nothing is
     /// connected until the first check.
-    pub(crate) fn new(config: &Config) -> Option<RedisStore> {
+    pub(crate) fn new(config: &Config, events: Arc<Events>) -> Option<RedisStore> {
         let url = config.redis.as_ref()?;
         let client = crate::config::redis_client(url, config.redis_ca.as_ref())
             .expect("the Redis URL was checked when the configuration was built");
@@ -230,11 +265,27 @@ impl RedisStore {
             sha: redis::Script::new(SCRIPT).get_hash().to_string(),
             prefix: config.redis_prefix.clone(),
             cache: PassCache::new(config.pass_cache_entries, config.pass_cache_ttl),
+            config: config.clone(),
+            admin: Mutex::new(None),
+            admin_script: redis::Script::new(ADMIN_SCRIPT),
+            counters: Counters::default(),
+            events,
         })
     }
 
     pub(crate) fn counters(&self) -> &BackendCounters {
         &self.link.counters
+    }
+
+    /// Adds the store's counters.
+    pub(crate) fn add_stats(&self, s: &mut Stats) {
+        let c = self.counters();
+        s.backend_round_trips += c.round_trips.load(Relaxed);
+        s.backend_errors += c.errors.load(Relaxed);
+        s.backend_timeouts += c.timeouts.load(Relaxed);
+        s.cache_hits += c.cache_hits.load(Relaxed);
+        s.backend_malformed += c.malformed.load(Relaxed);
+        self.counters.add_to(s);
     }
 
     /// The latest failure talking to Redis, if any.
@@ -272,15 +323,35 @@ impl RedisStore {
         Ok(eviction_warning(policy, maxmemory).into_iter().collect())
     }
 
-    /// The Redis key of a record: prefix, kind (`t` triplet, `c` client
-    /// network), the 128-bit keyed hash in hex.
-    pub(crate) fn key(&self, kind: char, hash: u128) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 34);
+    /// What every key of a network begins with: the prefix and the
+    /// network's keyed hash in hex as a hash tag, `greylist:{<32 hex>}:`.
+    pub(crate) fn base(&self, net_key: u128) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 40);
         key.push_str(&self.prefix);
-        key.push(kind);
-        key.push(':');
-        write!(key, "{hash:032x}").expect("writing to a String cannot fail");
+        write!(key, "{{{net_key:032x}}}:").expect("writing to a String cannot fail");
         key
+    }
+
+    /// The network's record.
+    pub(crate) fn network_key(&self, net_key: u128) -> String {
+        self.base(net_key) + "c"
+    }
+
+    /// A triplet's record (under its network's tag).
+    pub(crate) fn triplet_key(&self, net_key: u128, triplet_key: u128) -> String {
+        let mut key = self.base(net_key);
+        write!(key, "t:{triplet_key:032x}").expect("writing to a String cannot fail");
+        key
+    }
+
+    /// The fleet's index of networks with suspects.
+    fn suspects_index(&self) -> String {
+        self.prefix.clone() + "suspects"
+    }
+
+    /// The fleet's index of networks with lost mail, for the report.
+    fn lost_index(&self) -> String {
+        self.prefix.clone() + "lost"
     }
 
     /// A pass known from the local cache, without a round trip.
@@ -294,22 +365,17 @@ impl RedisStore {
 
     /// Runs the check script for a triplet (or, with `trap`, blocks its
     /// network). `None`: Redis did not answer, in time or at all.
-    pub(crate) fn check(
-        &self,
-        triplet_key: u128,
-        net_key: u128,
-        trap: bool,
-        now: u32,
-        config: &Config,
-    ) -> Option<Verdict> {
+    pub(crate) fn check(&self, k: &Keys, trap: bool, now: u32) -> Option<Verdict> {
         let command = redis::cmd("EVALSHA")
             .arg(&self.sha)
-            .arg(2)
-            .arg(self.key('t', triplet_key))
-            .arg(self.key('c', net_key))
+            .arg(3)
+            .arg(self.triplet_key(k.net_key, k.triplet_key))
+            .arg(self.network_key(k.net_key))
+            .arg(self.suspects_index())
             .arg(if trap { "trap" } else { "check" })
             .arg(now)
-            .arg(&script_settings(config)[..])
+            .arg(&script_settings(&self.config)[..])
+            .arg(k.net.to_string())
             .get_packed_command();
         let call = Call::new(command, Instant::now() + self.link.timeout);
         let lead = {
@@ -320,7 +386,7 @@ impl RedisStore {
         if lead {
             self.lead(&call);
         }
-        let (reason, retry_after, delayed, malformed) = match self.wait(&call) {
+        let (reason, retry_after, delayed, malformed, flags, _due, early) = match self.wait(&call) {
             Ok(answer) => answer,
             Err(failure) => {
                 let counter = match failure {
@@ -344,7 +410,30 @@ impl RedisStore {
         };
         let verdict = Verdict::new(reason, retry_after, delayed);
         if verdict.action == Action::Pass {
-            self.cache.insert(triplet_key, now);
+            self.cache.insert(k.triplet_key, now);
+        }
+        if flags & 1 != 0 {
+            self.counters.mine().lost_recovered.fetch_add(1, Relaxed);
+            self.events.emit(|| Event {
+                kind: EventKind::Recovered,
+                network: k.net.clone(),
+                reason: Reason::Retried,
+                at: now,
+                count: 0,
+            });
+        }
+        if flags & 2 != 0 {
+            self.events.emit(|| Event {
+                kind: EventKind::BlockStarted,
+                network: k.net.clone(),
+                reason: if trap {
+                    Reason::Trapped
+                } else {
+                    Reason::Blocked
+                },
+                at: now,
+                count: if trap { 0 } else { early },
+            });
         }
         Some(verdict)
     }
@@ -458,6 +547,292 @@ impl RedisStore {
         let mut lane = self.lane.lock();
         lane.con = con;
         lane.pass_lead();
+    }
+}
+
+/// A record field the scripts write: a whole number within `u32`.
+fn field(text: &str) -> Option<u32> {
+    text.parse().ok()
+}
+
+/// A triplet record, `first_seen last_seen early_retries passed`; `None`
+/// when it is not in the script's format.
+pub(crate) fn parse_triplet(text: &str) -> Option<TripletState> {
+    let mut it = text.split(' ');
+    let (first, last, early, passed) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some(TripletState {
+        first_seen: field(first)?,
+        last_seen: field(last)?,
+        early_retries: u8::try_from(field(early)?).ok()?,
+        passed: match passed {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        },
+    })
+}
+
+/// A network record, `passes last_seen blocked_until round_start rounds
+/// last_round`; `None` when it is not in the script's format.
+pub(crate) fn parse_client(text: &str) -> Option<ClientState> {
+    let f: Vec<u32> = text.split(' ').map(field).collect::<Option<_>>()?;
+    let [passes, last_seen, blocked_until, round_start, rounds, last_round] = f[..] else {
+        return None;
+    };
+    Some(ClientState {
+        passes,
+        last_seen,
+        blocked_until,
+        round_start,
+        rounds,
+        last_round,
+    })
+}
+
+/// An integer in a script's answer.
+fn int(v: &Value) -> Option<i64> {
+    redis::from_redis_value(v.clone()).ok()
+}
+
+impl RedisStore {
+    /// Runs `f` on the operators' connection, connected anew when there is
+    /// none, within the longer of `redis_timeout` and 2 seconds (an
+    /// operator can wait; a check cannot).
+    fn admin<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.link.timeout.max(Duration::from_secs(2));
+        let unavailable = |e: redis::RedisError| {
+            self.link.note(&e);
+            StoreError::Unavailable(e.to_string())
+        };
+        let mut guard = self.admin.lock();
+        let con = match &mut *guard {
+            Some(con) => con,
+            none => {
+                let con = self
+                    .link
+                    .client
+                    .get_connection_with_timeout(timeout)
+                    .map_err(unavailable)?;
+                con.set_read_timeout(Some(timeout))
+                    .and_then(|()| con.set_write_timeout(Some(timeout)))
+                    .map_err(unavailable)?;
+                none.insert(con)
+            }
+        };
+        f(con).map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                *guard = None;
+            }
+            unavailable(e)
+        })
+    }
+
+    /// One call of the admin script: `mode` on `keys`, with the settings
+    /// and `extra` arguments.
+    fn admin_call<T: redis::FromRedisValue>(
+        &self,
+        mode: &str,
+        keys: &[&str],
+        now: u32,
+        extra: &[&str],
+    ) -> Result<T, StoreError> {
+        self.admin(|con| {
+            let mut call = self.admin_script.prepare_invoke();
+            for key in keys {
+                call.key(*key);
+            }
+            call.arg(mode)
+                .arg(now)
+                .arg(&script_settings(&self.config)[..]);
+            for arg in extra {
+                call.arg(*arg);
+            }
+            call.invoke(con)
+        })
+    }
+
+    /// Lets a triplet pass from now on, in Redis.
+    pub(crate) fn release(&self, k: &Keys, now: u32) -> Result<(), StoreError> {
+        let (t, c) = (
+            self.triplet_key(k.net_key, k.triplet_key),
+            self.network_key(k.net_key),
+        );
+        self.admin_call::<i64>("release", &[&t, &c], now, &[])?;
+        Ok(())
+    }
+
+    /// Forgets a triplet in Redis; whether it was known.
+    pub(crate) fn forget(&self, k: &Keys) -> Result<bool, StoreError> {
+        let (t, c) = (
+            self.triplet_key(k.net_key, k.triplet_key),
+            self.network_key(k.net_key),
+        );
+        // `now` plays no part in forgetting.
+        Ok(self.admin_call::<i64>("forget", &[&t, &c], 0, &[])? > 0)
+    }
+
+    /// Lifts a network's block and passes its pending triplets; how many.
+    pub(crate) fn release_client(&self, k: &Keys, now: u32) -> Result<u64, StoreError> {
+        let c = self.network_key(k.net_key);
+        let n: i64 = self.admin_call("release_client", &[&c], now, &[])?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// A triplet's record in Redis (a malformed one counts as absent).
+    pub(crate) fn triplet_state(&self, k: &Keys) -> Result<Option<TripletState>, StoreError> {
+        let t = self.triplet_key(k.net_key, k.triplet_key);
+        let text: Option<String> = self.admin(|con| redis::cmd("GET").arg(&t).query(con))?;
+        Ok(text.as_deref().and_then(parse_triplet))
+    }
+
+    /// A network's record in Redis (a malformed one counts as absent).
+    pub(crate) fn client_state(&self, k: &Keys) -> Result<Option<ClientState>, StoreError> {
+        let c = self.network_key(k.net_key);
+        let text: Option<String> = self.admin(|con| redis::cmd("GET").arg(&c).query(con))?;
+        Ok(text.as_deref().and_then(parse_client))
+    }
+
+    /// A network's record and its triplets' count in Redis.
+    pub(crate) fn network(&self, k: &Keys, now: u32) -> Result<NetworkRecord, StoreError> {
+        let c = self.network_key(k.net_key);
+        let (record, pending, passed, lost): (Option<String>, u64, u64, u64) =
+            self.admin_call("network", &[&c], now, &[])?;
+        Ok(NetworkRecord {
+            state: record.as_deref().and_then(parse_client),
+            pending,
+            passed,
+            lost_mail: lost,
+        })
+    }
+
+    /// Judges the fleet's suspects that are due at `now` (see the module
+    /// docs): each lost triplet is counted once, by the MX whose sweep
+    /// settled it, which emits its event.
+    pub(crate) fn settle(&self, now: u32) -> Result<(), StoreError> {
+        let index = self.suspects_index();
+        let mut settled = 0;
+        while settled < SETTLE_NETWORKS {
+            let bases: Vec<String> = self.admin(|con| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(100)
+                    .query(con)
+            })?;
+            if bases.is_empty() {
+                break;
+            }
+            settled += bases.len();
+            for base in &bases {
+                self.settle_one(base, &index, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles one network's due suspects.
+    fn settle_one(&self, base: &str, index: &str, now: u32) -> Result<(), StoreError> {
+        let reply: Vec<Value> = self.admin_call(
+            "settle",
+            &[&format!("{base}c")],
+            now,
+            &[&SETTLE_BATCH.to_string()],
+        )?;
+        let malformed = || StoreError::Unavailable(format!("malformed settle answer for {base}"));
+        let (counted, last, next_due) = match reply.as_slice() {
+            [counted, _, last, next, ..] => (
+                int(counted).ok_or_else(malformed)?,
+                int(last).ok_or_else(malformed)?,
+                int(next).ok_or_else(malformed)?,
+            ),
+            _ => return Err(malformed()),
+        };
+        self.admin_call::<i64>("reindex", &[index], now, &[base, &next_due.to_string()])?;
+        if counted <= 0 {
+            return Ok(());
+        }
+        let last = u32::try_from(last).unwrap_or(0);
+        self.admin(|con| {
+            redis::cmd("ZADD")
+                .arg(self.lost_index())
+                .arg(last)
+                .arg(base)
+                .query::<i64>(con)
+        })?;
+        self.counters
+            .mine()
+            .lost_mail
+            .fetch_add(counted as u64, Relaxed);
+        let net: Option<String> = redis::from_redis_value(reply[1].clone()).ok();
+        let Some(network) = net.as_deref().and_then(ClientNet::from_text) else {
+            self.counters().malformed.fetch_add(1, Relaxed);
+            return Ok(());
+        };
+        for early in reply[4..].iter().filter_map(int) {
+            self.events.emit(|| Event {
+                kind: EventKind::LostMail,
+                network: network.clone(),
+                reason: Reason::EarlyRetry,
+                at: last,
+                count: u32::try_from(early).unwrap_or(0),
+            });
+        }
+        Ok(())
+    }
+
+    /// The fleet's lost-mail rows, from every network indexed as having
+    /// lost mail (rows that expired leave the index).
+    pub(crate) fn lost_rows(&self) -> Result<Vec<LostMail>, StoreError> {
+        let index = self.lost_index();
+        let bases: Vec<String> = self.admin(|con| {
+            redis::cmd("ZREVRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(REPORT_NETWORKS - 1)
+                .query(con)
+        })?;
+        if bases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> = self.admin(|con| {
+            let mut pipe = redis::pipe();
+            for base in &bases {
+                pipe.cmd("HMGET")
+                    .arg(format!("{base}l"))
+                    .arg("net")
+                    .arg("lost")
+                    .arg("last");
+            }
+            pipe.query(con)
+        })?;
+        let mut report = Vec::new();
+        let mut gone = Vec::new();
+        for (base, (net, lost, last)) in bases.iter().zip(rows) {
+            let count = lost.as_deref().and_then(|l| l.parse::<i64>().ok());
+            let network = net.as_deref().and_then(ClientNet::from_text);
+            match (network, count) {
+                (Some(network), Some(count)) if count > 0 => report.push(LostMail {
+                    network,
+                    count: count as u64,
+                    last_seen: last.as_deref().and_then(field).unwrap_or(0),
+                }),
+                (_, None) => gone.push(base),
+                _ => {}
+            }
+        }
+        if !gone.is_empty() {
+            self.admin(|con| redis::cmd("ZREM").arg(&index).arg(&gone).query::<i64>(con))?;
+        }
+        Ok(report)
     }
 }
 
@@ -758,11 +1133,14 @@ mod tests {
             .shared_secret(crate::Secret::from_bytes([1; 16]))
             .build()
             .unwrap();
-        let store = RedisStore::new(&config).unwrap();
-        assert_eq!(store.key('t', 0xab), format!("mx:t:{:0>32}", "ab"));
+        let store = RedisStore::new(&config, Arc::new(Events::new(1))).unwrap();
         assert_eq!(
-            store.key('c', u128::MAX),
-            format!("mx:c:{}", "f".repeat(32))
+            store.triplet_key(1, 0xab),
+            format!("mx:{{{:0>32}}}:t:{:0>32}", "1", "ab")
+        );
+        assert_eq!(
+            store.network_key(u128::MAX),
+            format!("mx:{{{}}}:c", "f".repeat(32))
         );
     }
 }

@@ -7,10 +7,29 @@
 --
 -- KEYS[1]  triplet record   "first_seen last_seen early_retries passed"
 -- KEYS[2]  network record   "passes last_seen blocked_until round_start rounds last_round"
+--          The network's other keys are KEYS[2] with its last letter
+--          changed (all share the hash tag of KEYS[2], so one cluster slot):
+--          n  sorted set of its triplet keys by expiry (client report, release)
+--          s  sorted set of its suspects: triplet keys with early retries
+--             only, by when they are lost mail unless retried (settled by a
+--             sweep, src/store/redis_admin.lua)
+--          x  set of its triplet keys judged lost and credited (a late
+--             pass recovers them)
+--          l  hash of its lost mail: net (the network, for the report),
+--             lost (count), last (latest last attempt), blocked (ever
+--             blocked while it had suspects)
+-- KEYS[3]  (optional) the fleet's index of networks with suspects: a sorted
+--          set of network key bases (KEYS[2] without its letter) by when
+--          their first suspect is due, which a sweep at any MX settles
 -- ARGV     mode ("check" or "trap"), now, delay, retry_window, pass_ttl,
---          awl_threshold, awl_ttl, blast_threshold, block_time, blast_copies
--- Returns  {reason, retry_after, delayed, malformed}: reason numbers as in
---          rules.rs, and how many records were malformed (treated as absent).
+--          awl_threshold, awl_ttl, blast_threshold, block_time, blast_copies,
+--          lost_after, the network as text
+-- Returns  {reason, retry_after, delayed, malformed, flags, due, early}:
+--          reason numbers as in rules.rs; how many records were malformed
+--          (treated as absent); flags 1 = a lost triplet recovered, 2 = a
+--          block started; due = when the triplet becomes lost mail if it
+--          became a suspect (else 0; the caller indexes the network under
+--          it); early = the triplet's early retries.
 --
 -- Times are Unix seconds from the caller (the engine's injected clock), so
 -- a record's expiry is decided here by the rules, as in memory. Redis TTLs
@@ -28,7 +47,11 @@ local now = tonumber(ARGV[2])
 local delay, retry_window, pass_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local awl_threshold, awl_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local blast_threshold, block_time = tonumber(ARGV[8]), tonumber(ARGV[9])
-local blast_copies = tonumber(ARGV[10])
+local blast_copies, lost_after = tonumber(ARGV[10]), tonumber(ARGV[11])
+local base = string.sub(KEYS[2], 1, -2)
+local index_key, suspects_key, credited_key, lost_key = base .. 'n', base .. 's', base .. 'x', base .. 'l'
+-- How long the network's lost-mail keys wait after its latest suspect.
+local waiting = max(delay + lost_after, retry_window) + GRACE
 
 local records = redis.call('MGET', KEYS[1], KEYS[2])
 -- Records that are not in the script's format (damaged, or written by
@@ -72,22 +95,35 @@ local function save_client()
     passes, c_last, blocked_until, round_start, rounds, last_round), 'EX', ttl)
 end
 
+-- Makes a key live at least `ttl` more seconds.
+local function keep(key, ttl)
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
+
+-- A block started: the network's suspects are a spammer's, not lost mail.
+local function mark_blocked()
+  redis.call('HSET', lost_key, 'blocked', 1)
+  keep(lost_key, waiting + max(block_time, 1))
+end
+
 if ARGV[1] == 'trap' then
   local untl = min(now + max(block_time, 1), U32_MAX)
+  local started = now >= blocked_until
   blocked_until = max(blocked_until, untl)
   save_client()
-  return {TRAPPED, untl - now, 0, malformed}
+  mark_blocked()
+  return {TRAPPED, untl - now, 0, malformed, started and 2 or 0, 0, 0}
 end
 
 -- Rules 1 and 2: a blocked or auto-whitelisted network decides alone.
 if now < blocked_until then
-  return {BLOCKED, min(blocked_until - now, U32_MAX), 0, malformed}
+  return {BLOCKED, min(blocked_until - now, U32_MAX), 0, malformed, 0, 0, 0}
 end
 local awl_alive = now - c_last <= awl_ttl
 if awl_threshold > 0 and passes >= awl_threshold and awl_alive then
   c_last = max(c_last, now)
   save_client()
-  return {AUTO_WHITELISTED, 0, 0, malformed}
+  return {AUTO_WHITELISTED, 0, 0, malformed, 0, 0, 0}
 end
 
 -- Rules 3 to 7 for the triplet; an expired record counts as unknown.
@@ -125,6 +161,32 @@ end
 local expires = passed and last + pass_ttl or first + retry_window
 redis.call('SET', KEYS[1], string.format('%d %d %d %d', first, last, early, passed and 1 or 0),
   'EX', expires - now + GRACE)
+-- The network's index of its triplets, for its report and its release.
+if reason == NEW then redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now - 1) end
+redis.call('ZADD', index_key, expires, KEYS[1])
+redis.call('EXPIRE', index_key, max(pass_ttl, retry_window) + GRACE)
+
+local flags, due = 0, 0
+if reason == RETRIED then
+  -- No longer a suspect; one already judged lost is recovered.
+  redis.call('ZREM', suspects_key, KEYS[1])
+  if redis.call('SREM', credited_key, KEYS[1]) == 1 then
+    local lost = tonumber(redis.call('HGET', lost_key, 'lost') or '0') or 0
+    if lost > 0 and not redis.call('HGET', lost_key, 'blocked') then
+      redis.call('HINCRBY', lost_key, 'lost', -1)
+      flags = 1
+    end
+  end
+elseif reason == EARLY_RETRY and (blast_copies == 0 or early <= blast_copies) then
+  -- rules.rs's lost pattern: lost mail unless retried by `due`
+  -- (TripletState::is_lost: delay + lost_after, or the window ending).
+  due = min(first + delay + lost_after, first + retry_window + 1)
+  redis.call('ZADD', suspects_key, due, KEYS[1])
+  keep(suspects_key, waiting)
+  if KEYS[3] then redis.call('ZADD', KEYS[3], 'LT', due, base) end
+  redis.call('HSET', lost_key, 'net', ARGV[12])
+  keep(lost_key, waiting)
+end
 
 -- What the verdict does to the network.
 if reason == RETRIED and awl_threshold > 0 then
@@ -149,9 +211,11 @@ elseif reason == EARLY_RETRY and (blast_threshold > 0 or blast_copies > 0) then
   if blasted then
     blocked_until, rounds = min(now + block_time, U32_MAX), 0
     reason, retry_after = BLOCKED, block_time
+    flags = 2
+    mark_blocked()
   end
   -- With copies alone, the record changes when they block, or when it
   -- was repaired (a corrupt block cleared): rules.rs writes it then.
   if blast_threshold > 0 or blasted or repaired then save_client() end
 end
-return {reason, retry_after, delayed, malformed}
+return {reason, retry_after, delayed, malformed, flags, due, early}
