@@ -72,10 +72,27 @@
 //! [`ConfigBuilder::redis`] plus a shared secret
 //! ([`ConfigBuilder::shared_secret_file`]), triplets live in Redis, shared
 //! by every MX host with the same URL, prefix and secret: one Lua script
-//! call per check (see `redis_store`), the same rules as in memory. When
+//! call per check (see [`store`]), the same rules as in memory. When
 //! Redis does not answer within `redis_timeout` (50 ms), the local table
 //! decides with [`Reason::BackendUnavailable`]; [`FailMode`] says whether a
 //! defer then becomes a pass (the default) or stays.
+//!
+//! ## Layout
+//!
+//! ```text
+//! greylist-policyd (src/bin)   the C ABI (ffi): include/greylist.h, bindings/
+//!            \                      /
+//!             Engine (engine.rs): the front; key, consult lists, count, emit
+//!               |          |                 |
+//!   keys (key.rs,     lists (lists.rs,    dyn Store (store): MemoryStore, or
+//!   normalize.rs)     admin.rs)           Redis behind its local fallback
+//!                                            |
+//!                                  the rules (rules.rs), pure functions
+//! ```
+//!
+//! Snapshots (`snapshot.rs`, `maintenance.rs`) save and restore the
+//! in-memory store; stats and events (`stats.rs`, `events.rs`) are shared
+//! by the front and the stores.
 //!
 //! ## Threads
 //! [`Engine`] is `Send + Sync`; share it with an `Arc`. A check locks one

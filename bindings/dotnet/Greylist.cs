@@ -31,7 +31,7 @@ namespace Greylist
     public enum Status : uint
     {
         Ok = 0, NullArgument = 1, InvalidArgument = 2, Io = 3,
-        Corrupt = 4, Panic = 5, BufferTooSmall = 6, Incompatible = 7,
+        Corrupt = 4, Panic = 5, BufferTooSmall = 6, Incompatible = 7, Unavailable = 8,
     }
 
     /// <summary>Lists an engine keeps.</summary>

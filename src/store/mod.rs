@@ -18,7 +18,7 @@
 //! ```
 //!
 //! The seam is a trait object, not an enum: the engine holds one
-//! `Box<dyn Store>` chosen in one constructor ([`open`], the only place the
+//! `Box<dyn Store>` chosen in one constructor (`store::open`, the only place the
 //! `redis` feature appears), and a store is free to be anything that can
 //! answer every operation below. One indirect call per check costs about a
 //! nanosecond, against the 60 ns of a check; an enum would spread the

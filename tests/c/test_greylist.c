@@ -938,6 +938,11 @@ static bool test_redis(void) {
   greylist_stats stats = {.struct_size = sizeof stats};
   CHECK_STATUS(greylist_engine_stats(engine, &stats), GREYLIST_STATUS_OK);
   CHECK(stats.backend_unavailable == 1 && stats.backend_errors == 1);
+  /* An operator's call that Redis cannot carry out says so. */
+  CHECK_STATUS(greylist_engine_release(engine, "192.0.2.1", "a@example.org", "b@example.net", T0),
+               GREYLIST_STATUS_UNAVAILABLE);
+  CHECK(strstr(last_error(), "shared store") != NULL);
+  CHECK(strcmp(greylist_status_str(GREYLIST_STATUS_UNAVAILABLE), "GREYLIST_STATUS_UNAVAILABLE") == 0);
   greylist_engine_free(engine);
 
   const char *url = getenv("GREYLIST_TEST_REDIS_URL");
@@ -957,6 +962,47 @@ static bool test_redis(void) {
     CHECK(v.delayed == 301);
     CHECK_STATUS(greylist_engine_stats(mx2, &stats), GREYLIST_STATUS_OK);
     CHECK(stats.backend_round_trips == 1 && stats.backend_errors == 0);
+
+    /* Issue 18: an operator's calls at one MX act on the other. */
+    const char *ip = "203.0.113.10", *from = "alice@corp.example";
+    CHECK_STATUS(greylist_engine_check(mx1, ip, from, rcpt, T0, &v), GREYLIST_STATUS_OK);
+    CHECK(v.reason == GREYLIST_REASON_NEW);
+    CHECK_STATUS(greylist_engine_release(mx2, ip, from, rcpt, T0 + 5), GREYLIST_STATUS_OK);
+    CHECK_STATUS(greylist_engine_check(mx1, ip, from, rcpt, T0 + 6, &v), GREYLIST_STATUS_OK);
+    CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_PASSED);
+    char rcpt2[80];
+    snprintf(rcpt2, sizeof rcpt2, "forget-%s", rcpt);
+    CHECK_STATUS(greylist_engine_check(mx1, ip, from, rcpt2, T0, &v), GREYLIST_STATUS_OK);
+    bool found = false;
+    CHECK_STATUS(greylist_engine_forget(mx2, ip, from, rcpt2, &found), GREYLIST_STATUS_OK);
+    CHECK(found);
+    CHECK_STATUS(greylist_engine_check(mx1, ip, from, rcpt2, T0 + 300, &v), GREYLIST_STATUS_OK);
+    CHECK(v.reason == GREYLIST_REASON_NEW);
+    greylist_client_report r1 = {.struct_size = sizeof r1}, r2 = {.struct_size = sizeof r2};
+    CHECK_STATUS(greylist_engine_client_report(mx1, ip, NULL, T0 + 301, &r1), GREYLIST_STATUS_OK);
+    CHECK_STATUS(greylist_engine_client_report(mx2, "203.0.113.99", NULL, T0 + 301, &r2),
+                 GREYLIST_STATUS_OK);
+    CHECK(r1.pending == 1 && r1.passed == 1 && r2.pending == 1 && r2.passed == 1);
+    /* Exchange 2003 at MX 1, judged lost by MX 2's sweep, reported by both. */
+    char lost_rcpt[80];
+    snprintf(lost_rcpt, sizeof lost_rcpt, "lost-%s", rcpt);
+    for (int dt = 0; dt <= 9; dt += 3) {
+      CHECK_STATUS(greylist_engine_check(mx1, "198.51.100.3", from, lost_rcpt, T0 + dt, &v),
+                   GREYLIST_STATUS_OK);
+    }
+    uint64_t removed = 0;
+    CHECK_STATUS(greylist_engine_sweep(mx2, T0 + 3900, &removed), GREYLIST_STATUS_OK);
+    greylist_lost_mail rows[4];
+    size_t count = 0;
+    greylist_engine *fleet[] = {mx1, mx2};
+    for (int i = 0; i < 2; i++) {
+      CHECK_STATUS(greylist_engine_lost_mail_report(fleet[i], rows, 4, &count), GREYLIST_STATUS_OK);
+      bool seen = false;
+      for (size_t j = 0; j < count && j < 4; j++) {
+        seen |= strcmp(rows[j].network, "198.51.100.0/24") == 0 && rows[j].count == 1;
+      }
+      CHECK(seen);
+    }
     greylist_engine_free(mx1);
     greylist_engine_free(mx2);
   }

@@ -30,6 +30,7 @@ __all__ = [
     "GreylistError",
     "InvalidInputError",
     "SnapshotError",
+    "UnavailableError",
     "Reason",
     "Status",
     "Verdict",
@@ -64,6 +65,7 @@ class Status(_Named):
     PANIC = 5
     BUFFER_TOO_SMALL = 6
     INCOMPATIBLE = 7
+    UNAVAILABLE = 8
 
 
 class Action(_Named):
@@ -149,6 +151,11 @@ class SnapshotError(GreylistError):
     """A snapshot could not be read or written: ``status`` is ``IO``,
     ``CORRUPT`` (damaged, truncated, not a snapshot) or ``INCOMPATIBLE``
     (newer format, or other prefixes / extension delimiters)."""
+
+
+class UnavailableError(GreylistError):
+    """The shared store (Redis) did not answer an operator's call (release,
+    forget, a report): nothing is known to have been done there."""
 
 
 class InvalidInputError(GreylistError, ValueError):
@@ -370,6 +377,8 @@ def _check(status: int) -> None:
         cls: type = InvalidInputError
     elif status in (Status.IO, Status.CORRUPT, Status.INCOMPATIBLE):
         cls = SnapshotError
+    elif status == Status.UNAVAILABLE:
+        cls = UnavailableError
     else:
         cls = GreylistError
     raise cls(status, _last_error())

@@ -529,6 +529,40 @@ class SharedStore(unittest.TestCase):
             stats = mx2.stats()
             self.assertEqual((stats["backend_round_trips"], stats["cache_hits"], stats["backend_errors"]), (1, 1, 0))
 
+    def test_operations_act_on_every_mx(self) -> None:
+        """Issue 18: release, forget, reports and lost mail through Redis."""
+        url = os.environ.get("GREYLIST_TEST_REDIS_URL")
+        if not url:
+            _skip(self, "no GREYLIST_TEST_REDIS_URL (tests/run.sh sets it when redis-server is installed)")
+        prefix = f"py-ops-{os.getpid()}:"
+        with greylist.Engine(redis=url, redis_secret=self.secret, redis_prefix=prefix) as mx1, \
+                greylist.Engine(redis=url, redis_secret=self.secret, redis_prefix=prefix) as mx2:
+            ip, sender = "192.0.2.10", "alice@corp.example"
+            self.assertEqual(mx1.check(ip, sender, "r1@example.net", now=T0).reason, Reason.NEW)
+            mx2.release(ip, sender, "r1@example.net", now=T0 + 5)
+            self.assertEqual(mx1.check(ip, sender, "r1@example.net", now=T0 + 6).reason, Reason.PASSED)
+            mx1.check(ip, sender, "r2@example.net", now=T0)
+            self.assertTrue(mx2.forget(ip, sender, "r2@example.net"))
+            self.assertEqual(mx1.check(ip, sender, "r2@example.net", now=T0 + 300).reason, Reason.NEW)
+            r1, r2 = mx1.client_state(ip, now=T0 + 301), mx2.client_state("192.0.2.77", now=T0 + 301)
+            self.assertEqual(r1, r2)
+            self.assertEqual((r1["pending"], r1["passed"]), (1, 1))
+            # Exchange 2003 at MX 1, found lost by MX 2's sweep.
+            for dt in (0, 4, 9):
+                mx1.check("198.51.100.3", "x@ex.example", "u@example.net", now=T0 + dt)
+            mx2.sweep(now=T0 + 3900)
+            for mx in (mx1, mx2):
+                report = mx.lost_mail_report()
+                self.assertEqual([(r.network, r.count) for r in report], [("198.51.100.0/24", 1)])
+
+    def test_operations_fail_when_redis_is_down(self) -> None:
+        with greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret) as engine:
+            with self.assertRaises(greylist.UnavailableError) as caught:
+                engine.release("192.0.2.1", "a@example.org", "b@example.net", now=T0)
+            self.assertEqual(caught.exception.status, greylist.Status.UNAVAILABLE)
+            with self.assertRaises(greylist.UnavailableError):
+                engine.lost_mail_report()
+
 
 class EndToEndSMTP(unittest.TestCase):
     """The example server on 127.0.0.1, driven by smtplib as a real client."""
