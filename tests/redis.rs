@@ -563,6 +563,78 @@ fn lost_mail_seen_at_one_mx_is_reported_by_the_other() {
     assert!(mx2.lost_mail_report(10).unwrap().is_empty());
 }
 
+/// Review of issue 18: the credited mark outlived its cycle, so a triplet
+/// lost once and back days later "recovered" on its ordinary pass.
+#[test]
+fn a_lost_triplet_back_in_a_new_cycle_recovers_nothing() {
+    let Some((_server, mx1, mx2)) = fleet("ops-new-cycle") else {
+        return;
+    };
+    for dt in [0, 4, 9] {
+        at(&mx1, T0 + dt);
+    }
+    mx2.sweep(T0 + 3900);
+    assert_eq!(mx2.lost_mail_report(10).unwrap()[0].count, 1);
+    let later = T0 + 3 * 86_400;
+    assert_eq!(at(&mx1, later).reason, Reason::New);
+    assert_eq!(at(&mx1, later + 300).reason, Reason::Retried);
+    assert_eq!(mx1.stats().lost_recovered, 0);
+    assert_eq!(mx2.lost_mail_report(10).unwrap()[0].count, 1);
+}
+
+/// Review of issue 18: a forget left the triplet in this host's pass cache.
+#[test]
+fn a_forget_also_empties_this_hosts_pass_cache() {
+    let Some((_server, mx1, _mx2)) = fleet("ops-forget-cache") else {
+        return;
+    };
+    at(&mx1, T0);
+    assert_eq!(at(&mx1, T0 + 300).reason, Reason::Retried);
+    assert_eq!(at(&mx1, T0 + 301).reason, Reason::Passed);
+    assert!(mx1.stats().cache_hits >= 1, "the pass was cached");
+    assert!(mx1.forget(EX.0, EX.1, EX.2).unwrap());
+    assert_eq!(at(&mx1, T0 + 302).reason, Reason::New);
+}
+
+/// Review of issue 18: one network whose keys cannot be settled (damaged)
+/// stopped the sweep, so no other network's lost mail was ever counted.
+#[test]
+fn a_damaged_network_does_not_hold_up_the_others() {
+    let Some((server, mx1, mx2)) = fleet("ops-damaged") else {
+        return;
+    };
+    for dt in [0, 4, 9] {
+        at(&mx1, T0 + dt);
+    }
+    let bad = "203.0.113.1";
+    mx1.check(bad, "b@x.example", "u@example.net", T0).unwrap();
+    mx1.check(bad, "b@x.example", "u@example.net", T0 + 1)
+        .unwrap();
+    let base = format!("greylist:{{{:032x}}}:", mx1.network_key(bad).unwrap());
+    let mut con = server.connection();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{base}s"))
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{base}s"))
+        .arg("not a sorted set")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg("greylist:suspects")
+        .arg(0)
+        .arg(&base)
+        .query(&mut con)
+        .unwrap();
+    mx2.sweep(T0 + 3900);
+    let report = mx2.lost_mail_report(10).unwrap();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
+    let error = mx2.backend_error().unwrap_or_default();
+    assert!(error.contains("settling"), "{error}");
+}
+
 #[test]
 fn operations_fail_loudly_when_redis_is_down() {
     let Some((mut server, mx1, _mx2)) = fleet("ops-down") else {

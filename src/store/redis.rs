@@ -667,8 +667,10 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Forgets a triplet in Redis; whether it was known.
+    /// Forgets a triplet in Redis (and in this host's pass cache); whether
+    /// it was known.
     pub(crate) fn forget(&self, k: &Keys) -> Result<bool, StoreError> {
+        self.cache.remove(k.triplet_key);
         let (t, c) = (
             self.triplet_key(k.net_key, k.triplet_key),
             self.network_key(k.net_key),
@@ -733,7 +735,18 @@ impl RedisStore {
             }
             settled += bases.len();
             for base in &bases {
-                self.settle_one(base, &index, now)?;
+                if let Err(e) = self.settle_one(base, &index, now) {
+                    // One network that cannot be settled (a damaged key)
+                    // must not hold up the others: it waits an hour.
+                    self.link.note(format_args!("settling {base}: {e}"));
+                    self.admin(|con| {
+                        redis::cmd("ZADD")
+                            .arg(&index)
+                            .arg(now.saturating_add(3600))
+                            .arg(base)
+                            .query::<i64>(con)
+                    })?;
+                }
             }
         }
         Ok(())
@@ -1040,6 +1053,14 @@ impl PassCache {
             }
         }
         table.insert_unique(hash, CachedPass { key, at: now }, hasher);
+    }
+
+    fn remove(&self, key: u128) {
+        let hash = key as u64;
+        let mut table = self.table.lock(self.table.index(hash));
+        if let Ok(entry) = table.find_entry(hash, |e| e.key == key) {
+            entry.remove();
+        }
     }
 
     #[cfg(test)]

@@ -80,6 +80,7 @@ local function save_passed(key, first, last)
   redis.call('ZADD', index_key, last + pass_ttl, key)
   redis.call('EXPIRE', index_key, max(pass_ttl, retry_window) + GRACE)
   redis.call('ZREM', suspects_key, key)
+  redis.call('SREM', credited_key, key)
 end
 
 if mode == 'release' then
@@ -140,7 +141,14 @@ if mode == 'network' then
 end
 
 if mode == 'settle' then
+  -- Blocked while its suspects waited, or blocked still on record (as
+  -- rules.rs's ClientState::was_blocked): a spammer's, not lost mail.
   local blocked = redis.call('HGET', lost_key, 'blocked')
+  local record = redis.call('GET', KEYS[1])
+  if record then
+    local until_text = string.match(record, '^%d+ %d+ (%d+) ')
+    if until_text and until_text ~= '0' then blocked = true end
+  end
   local span = min(delay + lost_after, retry_window + 1)
   local counted, last, earlies = 0, 0, {}
   local due = redis.call('ZRANGEBYSCORE', suspects_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0,

@@ -20,7 +20,9 @@
 --             blocked while it had suspects)
 -- KEYS[3]  (optional) the fleet's index of networks with suspects: a sorted
 --          set of network key bases (KEYS[2] without its letter) by when
---          their first suspect is due, which a sweep at any MX settles
+--          their first suspect is due, which a sweep at any MX settles.
+--          It has no hash tag: on a Redis Cluster this script would be
+--          refused (CROSSSLOT); Cluster support must index separately.
 -- ARGV     mode ("check" or "trap"), now, delay, retry_window, pass_ttl,
 --          awl_threshold, awl_ttl, blast_threshold, block_time, blast_copies,
 --          lost_after, the network as text
@@ -162,7 +164,11 @@ local expires = passed and last + pass_ttl or first + retry_window
 redis.call('SET', KEYS[1], string.format('%d %d %d %d', first, last, early, passed and 1 or 0),
   'EX', expires - now + GRACE)
 -- The network's index of its triplets, for its report and its release.
-if reason == NEW then redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now - 1) end
+if reason == NEW then
+  redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now - 1)
+  -- A new cycle: a mark of the last one must not recover this one.
+  redis.call('SREM', credited_key, KEYS[1])
+end
 redis.call('ZADD', index_key, expires, KEYS[1])
 redis.call('EXPIRE', index_key, max(pass_ttl, retry_window) + GRACE)
 
@@ -183,7 +189,15 @@ elseif reason == EARLY_RETRY and (blast_copies == 0 or early <= blast_copies) th
   due = min(first + delay + lost_after, first + retry_window + 1)
   redis.call('ZADD', suspects_key, due, KEYS[1])
   keep(suspects_key, waiting)
-  if KEYS[3] then redis.call('ZADD', KEYS[3], 'LT', due, base) end
+  if KEYS[3] then
+    -- The network is indexed under its earliest due suspect; an entry
+    -- already due (a sweep may be settling it right now) is replaced, so
+    -- the sweep's reindex, which only touches a due entry, keeps this one.
+    local indexed = tonumber(redis.call('ZSCORE', KEYS[3], base) or '')
+    if not indexed or indexed > due or indexed <= now then
+      redis.call('ZADD', KEYS[3], due, base)
+    end
+  end
   redis.call('HSET', lost_key, 'net', ARGV[12])
   keep(lost_key, waiting)
 end
