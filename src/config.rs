@@ -91,28 +91,6 @@ impl fmt::Debug for Pem {
     }
 }
 
-/// The Redis client for a URL (and, for `rediss://`, the CA to trust
-/// instead of the system's roots).
-#[cfg(feature = "redis")]
-pub(crate) fn redis_client(url: &RedisUrl, ca: Option<&Pem>) -> redis::RedisResult<redis::Client> {
-    use redis::IntoConnectionInfo;
-    // No CLIENT SETINFO when connecting: one round trip less, and a hung
-    // server cannot make a connect wait the timeout once per command.
-    let info = url.0.as_str().into_connection_info()?;
-    let handshake = info.redis_settings().clone().set_skip_set_lib_name();
-    let info = info.set_redis_settings(handshake);
-    match ca {
-        None => redis::Client::open(info),
-        Some(pem) => redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.0.clone()),
-            },
-        ),
-    }
-}
-
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
@@ -266,8 +244,10 @@ impl Config {
     }
 
     /// The shared store's URL (`redis://[user:password@]host:port/db`,
-    /// `rediss://` for TLS, `redis+unix:///path`), if any; its password is
-    /// shown as `***`.
+    /// `rediss://` for TLS, `redis+unix:///path`,
+    /// `redis+sentinel://host:port,.../master_name[/db]`,
+    /// `redis+cluster://host:port,...`), if any; its password is shown as
+    /// `***`.
     pub fn redis(&self) -> Option<String> {
         self.redis.as_ref().map(RedisUrl::redacted)
     }
@@ -381,6 +361,15 @@ impl ConfigBuilder {
     /// Keeps triplets in Redis, shared by every host with the same URL,
     /// prefix and [`shared_secret`](Self::shared_secret). Needs the cargo
     /// feature `redis` (on by default).
+    ///
+    /// The URL names one server (`redis://[[user]:password@]host:port/db`,
+    /// `rediss://` for TLS, `redis+unix:///path`), the master that Redis
+    /// Sentinel names (`redis+sentinel://[[user]:password@]host:port[,host:port...]/master_name[/db]`:
+    /// asked at every connect, so checks follow a fail-over), or a Redis
+    /// Cluster (`redis+cluster://[[user]:password@]host:port[,host:port...]`,
+    /// any of its nodes). `rediss+sentinel://` and `rediss+cluster://`
+    /// speak TLS. The password is the master's or the nodes'; sentinels are
+    /// asked without one.
     pub fn redis(mut self, url: &str) -> Self {
         self.config.redis = Some(RedisUrl(url.to_string()));
         self
@@ -484,7 +473,7 @@ impl ConfigBuilder {
             && !c
                 .redis
                 .as_ref()
-                .is_some_and(|u| u.0.starts_with("rediss://"))
+                .is_some_and(|u| u.0.starts_with("rediss://") || u.0.starts_with("rediss+"))
         {
             return Err(ConfigError::new(
                 "redis_ca_file",
@@ -618,9 +607,10 @@ fn check_redis_url(url: &RedisUrl, ca: Option<&Pem>) -> Result<(), ConfigError> 
     #[cfg(feature = "redis")]
     {
         let redacted = url.redacted();
-        redis::Client::open(url.0.as_str())
+        use crate::store::redis::target::Target;
+        Target::new(url, None)
             .map_err(|e| ConfigError::new("redis", format!("{redacted}: {e}")))?;
-        redis_client(url, ca)
+        Target::new(url, ca)
             .map(drop)
             .map_err(|e| ConfigError::new("redis_ca_file", e.to_string()))
     }

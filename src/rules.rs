@@ -421,7 +421,7 @@ pub struct Outcome {
 /// at once applies it: rules 1 and 2 ([`client_gate`]), rules 3 to 7
 /// ([`triplet_step`]), then [`client_update`]. The in-memory engine takes
 /// the same steps under its shard locks; the Redis script
-/// (`src/store/redis_check.lua`) mirrors this function, and the test vectors in
+/// (`src/store/redis/check.lua`) mirrors this function, and the test vectors in
 /// `tests/redis.rs` hold both to the same results.
 pub fn check(
     triplet: Option<TripletState>,

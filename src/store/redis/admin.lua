@@ -1,5 +1,5 @@
 -- greylist: an operator's operations and the lost-mail sweep, against the
--- records src/store/redis_check.lua writes (its header describes the keys).
+-- records src/store/redis/check.lua writes (its header describes the keys).
 -- Each call is one mode, atomic; every key it touches shares the hash tag
 -- of the network key (KEYS[1] for the network modes), so a cluster runs
 -- each call on one node.
@@ -23,6 +23,10 @@
 -- reindex         KEYS the fleet's suspects index; extra = network hex,
 --                 next_due. Replaces the network's entry if it is due (a
 --                 check may have indexed a later one meanwhile).
+-- index           KEYS the fleet's suspects index; extra = network hex,
+--                 due. On a Cluster, where the check script cannot reach
+--                 the index: indexes the network under a new suspect's due
+--                 time, as the check script does on one server.
 
 local U32_MAX, GRACE, GRACE_BACK = 4294967295, 60, 3600
 local max, min, tonumber = math.max, math.min, tonumber
@@ -37,6 +41,15 @@ if mode == 'reindex' then
     else
       redis.call('ZREM', KEYS[1], ARGV[12])
     end
+  end
+  return 1
+end
+
+if mode == 'index' then
+  local due = tonumber(ARGV[13])
+  local indexed = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[12]) or '')
+  if due and (not indexed or indexed > due or indexed <= now) then
+    redis.call('ZADD', KEYS[1], due, ARGV[12])
   end
   return 1
 end

@@ -12,7 +12,7 @@
 --          n  sorted set of its triplet keys by expiry (client report, release)
 --          s  sorted set of its suspects: triplet keys with early retries
 --             only, by when they are lost mail unless retried (settled by a
---             sweep, src/store/redis_admin.lua)
+--             sweep, src/store/redis/admin.lua)
 --          x  set of its triplet keys judged lost and credited (a late
 --             pass recovers them)
 --          l  hash of its lost mail: net (the network, for the report),
@@ -21,8 +21,9 @@
 -- KEYS[3]  (optional) the fleet's index of networks with suspects: a sorted
 --          set of network key bases (KEYS[2] without its letter) by when
 --          their first suspect is due, which a sweep at any MX settles.
---          It has no hash tag: on a Redis Cluster this script would be
---          refused (CROSSSLOT); Cluster support must index separately.
+--          It has its own slot, so on a Redis Cluster the caller leaves it
+--          out and indexes the network itself (admin.lua's `index` mode)
+--          under the `due` this script returns.
 -- ARGV     mode ("check" or "trap"), now, delay, retry_window, pass_ttl,
 --          awl_threshold, awl_ttl, blast_threshold, block_time, blast_copies,
 --          lost_after, the network as text

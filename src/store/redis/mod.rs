@@ -1,7 +1,7 @@
 //! The shared store: triplet and client-network records kept in Redis, so
 //! that several MX hosts greylist as one.
 //!
-//! One check is one script call: `src/store/redis_check.lua`, loaded once
+//! One check is one script call: `src/store/redis/check.lua`, loaded once
 //! and called by its SHA (EVALSHA), reads both records, applies the rules
 //! of [`crate::rules::check`] and writes what changed, atomically. Keys are
 //! the engine's keyed hashes in hex under a prefix, the network's hash as
@@ -12,7 +12,7 @@
 //! collect records the rules no longer need.
 //!
 //! An operator's operations (release, forget, a network's report) are one
-//! call each of `src/store/redis_admin.lua`, on a connection of their own.
+//! call each of `src/store/redis/admin.lua`, on a connection of their own.
 //! Lost mail is judged in Redis, so every MX reports the whole fleet's: the
 //! check script keeps each network's *suspects* (triplets with early
 //! retries only) and an index of networks by when their first suspect is
@@ -20,17 +20,12 @@
 //! each lost triplet is counted once. The report rows hold the network
 //! (`192.0.2.0/24`), never an address.
 //!
-//! Calls share one pipelined connection, with no thread of their own: a
-//! checking thread queues its call, and if nobody is using the connection
-//! it becomes the leader. The leader writes
-//! every queued call in one go, reads answers in order and hands them out,
-//! writing calls that arrive meanwhile behind the ones in flight, until its
-//! own answer is in; then it hands the connection, with the calls still in
-//! flight, to a waiting caller. Under load Redis reads many calls per
-//! system call, which is where most of its time goes with small scripts (at
-//! 8 callers one pipelined connection gave 85,000 checks/s here, one
-//! connection per caller 54,000); a lone check costs one round trip, as on
-//! a plain connection.
+//! Where Redis is ([`target`]): one server, the master Sentinel names
+//! (`redis+sentinel://`), or a Redis Cluster (`redis+cluster://`). On one
+//! server or a Sentinel master, checks share one pipelined connection
+//! ([`pipeline`]); on a Cluster, each check is one script call on the node
+//! that holds its network's slot ([`cluster`]), and the fleet's suspects
+//! index, which has a slot of its own, is updated by a second call.
 //!
 //! When Redis fails, is slow, or is known to be down, a check gets no
 //! answer within the timeout and the engine answers from its local table.
@@ -40,14 +35,13 @@
 //! Redis that lost the script (restarted, `SCRIPT FLUSH`) is sent it again
 //! on the first NOSCRIPT answer, and those calls are sent again.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
-use redis::Value;
+use parking_lot::Mutex;
+use redis::{ConnectionLike, Value};
 
 use crate::config::{Config, FailMode};
 use crate::engine::Keys;
@@ -56,13 +50,22 @@ use crate::normalize::ClientNet;
 use crate::rules::{Action, ClientState, Reason, TripletState, Verdict};
 use crate::stats::{Counters, Stats};
 use crate::store::{LostMail, NetworkRecord, StoreError};
-use crate::table::{hasher, Hashed, Sharded};
+
+mod cache;
+mod cluster;
+pub(crate) mod pipeline;
+pub(crate) mod target;
+
+use cache::PassCache;
+use cluster::ClusterCalls;
+use pipeline::{Failure, Link, Pipelined};
+use target::Target;
 
 /// The check script, whose SHA-1 the store calls it by.
-pub const SCRIPT: &str = include_str!("redis_check.lua");
+pub const SCRIPT: &str = include_str!("check.lua");
 
 /// The operators' and the sweep's script.
-pub const ADMIN_SCRIPT: &str = include_str!("redis_admin.lua");
+pub const ADMIN_SCRIPT: &str = include_str!("admin.lua");
 
 /// Most suspects one settle call judges, and most networks one sweep
 /// settles (the rest wait for the next sweep).
@@ -88,145 +91,31 @@ pub(crate) struct BackendCounters {
 /// the triplet's early retries.
 type Answer = (u32, u32, u32, u32, u32, u32, u32);
 
-/// Why a call got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// Refused, dropped, or an error answer: counted as an error.
-    Error,
-    /// No answer in time: counted as a timeout.
-    Timeout,
-    /// Not tried: a connect failed less than the retry interval ago.
-    Down,
-}
-
-type Outcome = Result<Answer, Failure>;
-
-/// How a packed `SCRIPT LOAD` begins.
-const LOAD_PREFIX: &[u8] = b"*3\r\n$6\r\nSCRIPT\r\n";
-
-/// Where a call stands.
-enum Slot {
-    Waiting,
-    /// Its caller is to lead the connection next.
-    Lead,
-    /// Answered, or failed.
-    Done(Outcome),
-}
-
-/// One call on a connection.
-struct Call {
-    command: Vec<u8>,
-    /// When its caller stops waiting.
-    deadline: Instant,
-    /// Its caller stopped waiting: never handed the lead.
-    abandoned: AtomicBool,
-    slot: Mutex<Slot>,
-    ready: Condvar,
-}
-
-impl Call {
-    fn new(command: Vec<u8>, deadline: Instant) -> Arc<Call> {
-        Arc::new(Call {
-            command,
-            deadline,
-            abandoned: AtomicBool::new(false),
-            slot: Mutex::new(Slot::Waiting),
-            ready: Condvar::new(),
-        })
-    }
-
-    /// `SCRIPT LOAD`, as a call nobody waits for (its answer, the SHA, is
-    /// not a verdict and goes nowhere).
-    fn load_script() -> Arc<Call> {
-        let call = Call::new(
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(SCRIPT)
-                .get_packed_command(),
-            Instant::now(),
-        );
-        call.abandoned.store(true, Relaxed);
-        call
-    }
-
-    fn set(&self, slot: Slot) {
-        *self.slot.lock() = slot;
-        self.ready.notify_one();
-    }
-}
-
-/// The connection and its calls. Lock order: the lane, then a call's slot.
-#[derive(Default)]
-struct Lane {
-    /// Calls not written yet.
-    queue: Vec<Arc<Call>>,
-    /// Calls written, in order, whose answers are still to be read.
-    in_flight: VecDeque<Arc<Call>>,
-    /// A leader has the connection (it is out of `con`).
-    busy: bool,
-    con: Option<redis::Connection>,
-}
-
-impl Lane {
-    /// Hands the connection to the first caller still waiting (for an
-    /// answer in flight, then for a queued call), or frees it.
-    fn pass_lead(&mut self) {
-        let next = self
-            .in_flight
-            .iter()
-            .chain(&self.queue)
-            .find(|c| !c.abandoned.load(Relaxed));
-        match next {
-            Some(next) => next.set(Slot::Lead),
-            None => self.busy = false,
-        }
-    }
-
-    /// Fails every call in flight (the connection is gone).
-    fn fail_in_flight(&mut self, failure: Failure) {
-        for call in self.in_flight.drain(..) {
-            call.set(Slot::Done(Err(failure)));
-        }
-    }
-}
-
-/// What one read from the connection gave.
-enum Read {
-    Answer(Outcome),
-    /// Redis does not have the script: the call must be sent again.
-    NoScript,
-}
-
-/// Talking to Redis: the client, timeouts and counters.
-struct Link {
-    client: redis::Client,
-    timeout: Duration,
-    retry_interval: Duration,
-    started: Instant,
-    /// Milliseconds after `started` before which no connect is tried.
-    retry_at: AtomicU64,
-    counters: BackendCounters,
-    /// The latest failure, for the host's log.
-    last_error: Mutex<Option<String>>,
+/// How checks reach Redis.
+enum Calls {
+    /// One pipelined connection (one server, or the Sentinel master).
+    Pipelined(Pipelined),
+    /// Pooled cluster connections.
+    Cluster(ClusterCalls),
 }
 
 /// The Redis store of one engine.
 pub(crate) struct RedisStore {
     link: Link,
-    lane: Mutex<Lane>,
+    calls: Calls,
     sha: String,
     prefix: String,
     cache: PassCache,
     config: Config,
     /// Operators' calls and sweeps, on a connection of their own.
-    admin: Mutex<Option<redis::Connection>>,
+    admin: Mutex<Option<Box<dyn ConnectionLike + Send>>>,
     admin_script: redis::Script,
     counters: Counters,
     events: Arc<Events>,
 }
 
 /// The settings the scripts take after `now`, in their ARGV order
-/// (`src/store/redis_check.lua`): delay, retry window, pass lifetime,
+/// (`src/store/redis/check.lua`): delay, retry window, pass lifetime,
 /// auto-whitelist threshold and lifetime, blast threshold, block time,
 /// blast copies, lost after.
 pub fn script_settings(config: &Config) -> [u32; 9] {
@@ -249,19 +138,15 @@ impl RedisStore {
     /// connected until the first check.
     pub(crate) fn new(config: &Config, events: Arc<Events>) -> Option<RedisStore> {
         let url = config.redis.as_ref()?;
-        let client = crate::config::redis_client(url, config.redis_ca.as_ref())
+        let target = Target::new(url, config.redis_ca.as_ref())
             .expect("the Redis URL was checked when the configuration was built");
+        let calls = match target {
+            Target::Cluster(_) => Calls::Cluster(ClusterCalls::default()),
+            _ => Calls::Pipelined(Pipelined::default()),
+        };
         Some(RedisStore {
-            link: Link {
-                client,
-                timeout: config.redis_timeout,
-                retry_interval: config.redis_retry_interval,
-                started: Instant::now(),
-                retry_at: AtomicU64::new(0),
-                counters: BackendCounters::default(),
-                last_error: Mutex::new(None),
-            },
-            lane: Mutex::default(),
+            link: Link::new(target, config.redis_timeout, config.redis_retry_interval),
+            calls,
             sha: redis::Script::new(SCRIPT).get_hash().to_string(),
             prefix: config.redis_prefix.clone(),
             cache: PassCache::new(config.pass_cache_entries, config.pass_cache_ttl),
@@ -290,7 +175,7 @@ impl RedisStore {
 
     /// The latest failure talking to Redis, if any.
     pub(crate) fn last_error(&self) -> Option<String> {
-        self.link.last_error.lock().clone()
+        self.link.last_error()
     }
 
     /// Connects on a connection of its own (within `timeout`) and reads
@@ -299,20 +184,18 @@ impl RedisStore {
     pub(crate) fn probe(&self, timeout: Duration) -> Result<Vec<String>, String> {
         let mut con = self
             .link
-            .client
-            .get_connection_with_timeout(timeout)
+            .target
+            .connect_any(timeout)
             .map_err(|e| e.to_string())?;
-        con.set_read_timeout(Some(timeout))
-            .and_then(|()| con.set_write_timeout(Some(timeout)))
-            .map_err(|e| e.to_string())?;
+        let con = &mut *con;
         redis::cmd("PING")
-            .query::<String>(&mut con)
+            .query::<Value>(con)
             .map_err(|e| e.to_string())?;
         let mut config = |name: &str| -> Result<String, String> {
             let pair: Vec<String> = redis::cmd("CONFIG")
                 .arg("GET")
                 .arg(name)
-                .query(&mut con)
+                .query(con)
                 .map_err(|e| e.to_string())?;
             pair.get(1)
                 .cloned()
@@ -366,27 +249,37 @@ impl RedisStore {
     /// Runs the check script for a triplet (or, with `trap`, blocks its
     /// network). `None`: Redis did not answer, in time or at all.
     pub(crate) fn check(&self, k: &Keys, trap: bool, now: u32) -> Option<Verdict> {
-        let command = redis::cmd("EVALSHA")
+        let cluster = matches!(self.calls, Calls::Cluster(_));
+        let mut command = redis::cmd("EVALSHA");
+        command
             .arg(&self.sha)
-            .arg(3)
+            .arg(if cluster { 2 } else { 3 })
             .arg(self.triplet_key(k.net_key, k.triplet_key))
-            .arg(self.network_key(k.net_key))
-            .arg(self.suspects_index())
+            .arg(self.network_key(k.net_key));
+        if !cluster {
+            command.arg(self.suspects_index());
+        }
+        command
             .arg(if trap { "trap" } else { "check" })
             .arg(now)
             .arg(&script_settings(&self.config)[..])
-            .arg(k.net.to_string())
-            .get_packed_command();
-        let call = Call::new(command, Instant::now() + self.link.timeout);
-        let lead = {
-            let mut lane = self.lane.lock();
-            lane.queue.push(call.clone());
-            !std::mem::replace(&mut lane.busy, true)
+            .arg(k.net.to_string());
+        let command = command.get_packed_command();
+        let outcome = match (&self.calls, &self.link.target) {
+            (Calls::Cluster(pool), Target::Cluster(client)) => {
+                pool.with(&self.link, client, |con| {
+                    let answer = cluster::check(con, &command)?;
+                    self.counters().round_trips.fetch_add(1, Relaxed);
+                    if answer.5 > 0 {
+                        self.index_suspect(con, k.net_key, answer.5, now);
+                    }
+                    Ok(answer)
+                })
+            }
+            (Calls::Pipelined(lane), _) => lane.call(&self.link, command),
+            (Calls::Cluster(_), _) => Err(Failure::Error),
         };
-        if lead {
-            self.lead(&call);
-        }
-        let (reason, retry_after, delayed, malformed, flags, _due, early) = match self.wait(&call) {
+        let (reason, retry_after, delayed, malformed, flags, _due, early) = match outcome {
             Ok(answer) => answer,
             Err(failure) => {
                 let counter = match failure {
@@ -438,115 +331,24 @@ impl RedisStore {
         Some(verdict)
     }
 
-    /// Waits for a call's answer, leading the connection when asked to,
-    /// until the call's deadline.
-    fn wait(&self, call: &Arc<Call>) -> Outcome {
-        let mut slot = call.slot.lock();
-        loop {
-            match std::mem::replace(&mut *slot, Slot::Waiting) {
-                Slot::Done(outcome) => return outcome,
-                Slot::Lead => {
-                    drop(slot);
-                    self.lead(call);
-                    slot = call.slot.lock();
-                    continue;
-                }
-                Slot::Waiting => {}
-            }
-            if call.ready.wait_until(&mut slot, call.deadline).timed_out()
-                && matches!(*slot, Slot::Waiting)
-            {
-                drop(slot);
-                return self.give_up(call);
-            }
+    /// On a Cluster: indexes a network whose check made a suspect due at
+    /// `due` (the check script cannot reach the index's slot). A failure
+    /// is counted and noted; the suspect then waits for the network's next
+    /// suspect to index it.
+    fn index_suspect(&self, con: &mut dyn ConnectionLike, net_key: u128, due: u32, now: u32) {
+        let indexed = self
+            .admin_script
+            .key(self.suspects_index())
+            .arg("index")
+            .arg(now)
+            .arg(&script_settings(&self.config)[..])
+            .arg(self.base(net_key))
+            .arg(due)
+            .invoke::<i64>(con);
+        if let Err(e) = indexed {
+            self.counters().errors.fetch_add(1, Relaxed);
+            self.link.note(format_args!("indexing a suspect: {e}"));
         }
-    }
-
-    /// The caller stops waiting: its call leaves the queue if it was not
-    /// written yet, and a lead it was just handed goes to the next caller.
-    fn give_up(&self, call: &Arc<Call>) -> Outcome {
-        let mut lane = self.lane.lock();
-        let promoted = match std::mem::replace(&mut *call.slot.lock(), Slot::Waiting) {
-            Slot::Done(outcome) => return outcome,
-            Slot::Lead => true,
-            Slot::Waiting => false,
-        };
-        call.abandoned.store(true, Relaxed);
-        lane.queue.retain(|c| !Arc::ptr_eq(c, call));
-        if promoted {
-            lane.pass_lead();
-        }
-        Err(Failure::Timeout)
-    }
-
-    /// Leads the connection until `own` is answered: writes what is
-    /// queued, reads answers in order and hands them out.
-    fn lead(&self, own: &Arc<Call>) {
-        let mut con = self.lane.lock().con.take();
-        loop {
-            let mut wire = Vec::new();
-            {
-                let mut guard = self.lane.lock();
-                let lane = &mut *guard;
-                for call in lane.queue.drain(..) {
-                    wire.extend_from_slice(&call.command);
-                    lane.in_flight.push_back(call);
-                }
-                if lane.in_flight.is_empty() {
-                    break;
-                }
-            }
-            // Every step (connect, write, read) gets what is left of the
-            // leader's own time, so its whole check stays within the
-            // timeout.
-            let fresh = con.is_none();
-            let step = self.link.connection(&mut con, own.deadline).and_then(|c| {
-                if !wire.is_empty() {
-                    c.send_packed_command(&wire)
-                        .map_err(|e| self.link.failure(&e))?;
-                }
-                self.link.set_deadline(c, own.deadline)?;
-                self.link.read(c)
-            });
-            let mut lane = self.lane.lock();
-            match step {
-                Ok(read) => {
-                    let call = lane.in_flight.pop_front().expect("a call was in flight");
-                    match read {
-                        Read::Answer(outcome) => {
-                            self.counters().round_trips.fetch_add(1, Relaxed);
-                            call.set(Slot::Done(outcome));
-                        }
-                        Read::NoScript => {
-                            // The script goes first (unless a load is already
-                            // on its way), then this call again.
-                            let is_load = |c: &Arc<Call>| c.command.starts_with(LOAD_PREFIX);
-                            if !lane.in_flight.iter().chain(&lane.queue).any(is_load) {
-                                lane.queue.insert(0, Call::load_script());
-                            }
-                            lane.queue.push(call.clone());
-                        }
-                    }
-                    if Arc::ptr_eq(&call, own) && !matches!(read, Read::NoScript) {
-                        break;
-                    }
-                }
-                Err(failure) => {
-                    con = None;
-                    lane.fail_in_flight(failure);
-                    if fresh && failure == Failure::Timeout {
-                        // A server that accepts but never answers (hung,
-                        // stopped): down like one that refuses, so the
-                        // next checks do not each wait the timeout.
-                        self.link.down_for_a_while();
-                    }
-                    break;
-                }
-            }
-        }
-        let mut lane = self.lane.lock();
-        lane.con = con;
-        lane.pass_lead();
     }
 }
 
@@ -603,7 +405,7 @@ impl RedisStore {
     /// operator can wait; a check cannot).
     fn admin<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let timeout = self.link.timeout.max(Duration::from_secs(2));
         let unavailable = |e: redis::RedisError| {
@@ -613,20 +415,12 @@ impl RedisStore {
         let mut guard = self.admin.lock();
         let con = match &mut *guard {
             Some(con) => con,
-            none => {
-                let con = self
-                    .link
-                    .client
-                    .get_connection_with_timeout(timeout)
-                    .map_err(unavailable)?;
-                con.set_read_timeout(Some(timeout))
-                    .and_then(|()| con.set_write_timeout(Some(timeout)))
-                    .map_err(unavailable)?;
-                none.insert(con)
-            }
+            none => none.insert(self.link.target.connect_any(timeout).map_err(unavailable)?),
         };
-        f(con).map_err(|e| {
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        f(&mut **con).map_err(|e| {
+            // A demoted master (Sentinel) is asked again at the next call.
+            let stale = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || stale {
                 *guard = None;
             }
             unavailable(e)
@@ -817,13 +611,21 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let rows: Vec<(Option<String>, Option<String>, Option<String>)> = self.admin(|con| {
-            let mut pipe = redis::pipe();
-            for base in &bases {
-                pipe.cmd("HMGET")
-                    .arg(format!("{base}l"))
+            let row = |base: &String| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(format!("{base}l"))
                     .arg("net")
                     .arg("lost")
                     .arg("last");
+                cmd
+            };
+            if !con.supports_pipelining() {
+                // A Cluster: the rows are on many nodes.
+                return bases.iter().map(|b| row(b).query(con)).collect();
+            }
+            let mut pipe = redis::pipe();
+            for base in &bases {
+                pipe.add_command(row(base));
             }
             pipe.query(con)
         })?;
@@ -846,102 +648,6 @@ impl RedisStore {
             self.admin(|con| redis::cmd("ZREM").arg(&index).arg(&gone).query::<i64>(con))?;
         }
         Ok(report)
-    }
-}
-
-impl Link {
-    /// The open connection, or a new one connected before `deadline`,
-    /// unless Redis is known to be down.
-    fn connection<'c>(
-        &self,
-        con: &'c mut Option<redis::Connection>,
-        deadline: Instant,
-    ) -> Result<&'c mut redis::Connection, Failure> {
-        if con.is_none() {
-            let since_start = |t: Instant| t.duration_since(self.started).as_millis() as u64;
-            if since_start(Instant::now()) < self.retry_at.load(Relaxed) {
-                return Err(Failure::Down);
-            }
-            let left = self.left(deadline)?;
-            match self.client.get_connection_with_timeout(left) {
-                Ok(c) => *con = Some(c),
-                Err(e) => {
-                    self.down_for_a_while();
-                    return Err(self.failure(&e));
-                }
-            }
-        }
-        let c = con.as_mut().ok_or(Failure::Error)?;
-        self.set_deadline(c, deadline)?;
-        Ok(c)
-    }
-
-    /// No connect is tried for `retry_interval`: checks are answered
-    /// locally at once.
-    fn down_for_a_while(&self) {
-        let retry = Instant::now() + self.retry_interval;
-        let since_start = retry.duration_since(self.started).as_millis() as u64;
-        self.retry_at.store(since_start, Relaxed);
-    }
-
-    /// What is left until `deadline`; a timeout when nothing is.
-    fn left(&self, deadline: Instant) -> Result<Duration, Failure> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            self.note(format_args!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ));
-            Err(Failure::Timeout)
-        } else {
-            Ok(left)
-        }
-    }
-
-    /// Makes the connection's reads and writes give up at `deadline`.
-    fn set_deadline(&self, c: &mut redis::Connection, deadline: Instant) -> Result<(), Failure> {
-        let left = self.left(deadline)?;
-        c.set_read_timeout(Some(left))
-            .and_then(|()| c.set_write_timeout(Some(left)))
-            .map_err(|e| self.failure(&e))
-    }
-
-    /// Reads one answer.
-    fn read(&self, con: &mut redis::Connection) -> Result<Read, Failure> {
-        Ok(match con.recv_response().map_err(|e| self.failure(&e))? {
-            Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
-                Read::NoScript
-            }
-            // An error answer (out of memory, a read-only replica) fails
-            // this call only.
-            Value::ServerError(e) => {
-                self.note(format_args!("error answer: {e}"));
-                Read::Answer(Err(Failure::Error))
-            }
-            value => Read::Answer(redis::from_redis_value(value).map_err(|e| {
-                self.note(format_args!("unexpected answer: {e}"));
-                Failure::Error
-            })),
-        })
-    }
-
-    /// The failure a client error stands for, noted as the latest.
-    fn failure(&self, e: &redis::RedisError) -> Failure {
-        if e.is_timeout() {
-            self.note(format_args!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ));
-            Failure::Timeout
-        } else {
-            self.note(e);
-            Failure::Error
-        }
-    }
-
-    /// Keeps `what` as the latest failure, for the host's log.
-    fn note(&self, what: impl std::fmt::Display) {
-        *self.last_error.lock() = Some(what.to_string());
     }
 }
 
@@ -983,131 +689,9 @@ pub(crate) fn fallback(local: Verdict, mode: FailMode) -> Verdict {
     }
 }
 
-/// Triplets this host saw pass, and when; bounded in entries and in time.
-struct PassCache {
-    table: Sharded<CachedPass>,
-    cap_per_shard: usize,
-    ttl: u32,
-}
-
-#[derive(Clone, Copy)]
-struct CachedPass {
-    key: u128,
-    at: u32,
-}
-
-impl Hashed for CachedPass {
-    fn hash(&self) -> u64 {
-        self.key as u64
-    }
-}
-
-/// Shards of the pass cache: enough that callers rarely meet on a lock.
-const CACHE_SHARDS: usize = 64;
-
-impl PassCache {
-    fn new(entries: usize, ttl: u32) -> PassCache {
-        let shards = if entries == 0 || ttl == 0 {
-            1
-        } else {
-            CACHE_SHARDS.min(entries.next_power_of_two())
-        };
-        PassCache {
-            table: Sharded::new(shards),
-            cap_per_shard: if ttl == 0 { 0 } else { entries / shards },
-            ttl,
-        }
-    }
-
-    fn fresh(&self, at: u32, now: u32) -> bool {
-        (0..=i64::from(self.ttl)).contains(&(i64::from(now) - i64::from(at)))
-    }
-
-    fn contains(&self, key: u128, now: u32) -> bool {
-        if self.cap_per_shard == 0 {
-            return false;
-        }
-        let hash = key as u64;
-        let table = self.table.lock(self.table.index(hash));
-        table
-            .find(hash, |e| e.key == key)
-            .is_some_and(|e| self.fresh(e.at, now))
-    }
-
-    fn insert(&self, key: u128, now: u32) {
-        if self.cap_per_shard == 0 {
-            return;
-        }
-        let hash = key as u64;
-        let mut table = self.table.lock(self.table.index(hash));
-        if let Some(e) = table.find_mut(hash, |e| e.key == key) {
-            e.at = now;
-            return;
-        }
-        if table.len() >= self.cap_per_shard {
-            table.retain(|e| self.fresh(e.at, now));
-            if table.len() >= self.cap_per_shard {
-                // Still full of fresh passes: start this shard over rather
-                // than scan for the oldest on every insert.
-                table.clear();
-            }
-        }
-        table.insert_unique(hash, CachedPass { key, at: now }, hasher);
-    }
-
-    fn remove(&self, key: u128) {
-        let hash = key as u64;
-        let mut table = self.table.lock(self.table.index(hash));
-        if let Ok(entry) = table.find_entry(hash, |e| e.key == key) {
-            entry.remove();
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.table.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const T0: u32 = 1_700_000_000;
-
-    #[test]
-    fn cache_answers_within_its_lifetime_only() {
-        let cache = PassCache::new(1000, 300);
-        cache.insert(7, T0);
-        assert!(cache.contains(7, T0));
-        assert!(cache.contains(7, T0 + 300));
-        assert!(!cache.contains(7, T0 + 301));
-        assert!(!cache.contains(7, T0 - 1), "a clock that went back misses");
-        assert!(!cache.contains(8, T0));
-    }
-
-    #[test]
-    fn cache_stays_within_its_size() {
-        let cache = PassCache::new(1000, 300);
-        for key in 0..100_000u128 {
-            cache.insert(
-                key.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
-                T0,
-            );
-            assert!(cache.len() <= 1000);
-        }
-        let off = PassCache::new(0, 300);
-        off.insert(1, T0);
-        assert!(!off.contains(1, T0));
-        let off = PassCache::new(1000, 0);
-        off.insert(1, T0);
-        assert!(!off.contains(1, T0));
-    }
-
-    #[test]
-    fn the_script_load_is_recognised() {
-        assert!(Call::load_script().command.starts_with(LOAD_PREFIX));
-    }
 
     #[test]
     fn fallback_fails_open_or_defers() {
