@@ -18,6 +18,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// For a sentinel: the port of the master it watches.
+    watches: Option<u16>,
 }
 
 /// Whether redis-server can be run here; if not, the reason (a panic under
@@ -43,6 +45,10 @@ impl RedisServer {
     /// Starts a server with extra redis-server arguments
     /// (`--requirepass`, ...).
     pub fn start_with(name: &str, extra: &[&str]) -> Option<RedisServer> {
+        RedisServer::launch(name, extra, None)
+    }
+
+    fn launch(name: &str, extra: &[&str], watches: Option<u16>) -> Option<RedisServer> {
         if !available(name) {
             return None;
         }
@@ -54,9 +60,28 @@ impl RedisServer {
             port: free_port(),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            watches,
         };
         server.run(false);
         Some(server)
+    }
+
+    /// Starts a Redis Sentinel (`redis-server --sentinel`) that watches
+    /// `master` under the name `mymaster`, judges it down after 1 s
+    /// without an answer, and fails over alone (quorum 1).
+    pub fn sentinel(name: &str, master: &RedisServer) -> Option<RedisServer> {
+        RedisServer::launch(name, &[], Some(master.port))
+    }
+
+    /// The master's port as this sentinel names it now.
+    pub fn master_port(&self) -> Option<u16> {
+        let mut con = self.connection();
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut con)
+            .ok()?;
+        addr.map(|(_, port)| port)
     }
 
     /// Starts the server and waits until it says it is ready. Another
@@ -71,7 +96,11 @@ impl RedisServer {
             let deadline = Instant::now() + Duration::from_secs(20);
             let ready = loop {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("Ready to accept connections") {
+                let ready = match self.watches {
+                    None => "Ready to accept connections",
+                    Some(_) => "+monitor master mymaster",
+                };
+                if text.contains(ready) {
                     break true;
                 }
                 if child.try_wait().expect("redis-server status").is_some() {
@@ -100,6 +129,30 @@ impl RedisServer {
     }
 
     fn spawn(&self, log: &Path) -> Child {
+        if let Some(master) = self.watches {
+            let conf = self.dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 10000\n"
+                ),
+            )
+            .unwrap();
+            return Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .arg("--logfile")
+                .arg(log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server --sentinel");
+        }
         // With a certificate, the port is the TLS port and plain TCP is off.
         let tls = self.extra.iter().any(|a| a == "--tls-cert-file");
         let port = self.port.to_string();
@@ -185,5 +238,98 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters on loopback, made with `redis-cli
+/// --cluster create` (None, with the reason printed, when redis-server or
+/// redis-cli is missing outside CI).
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    pub fn start(name: &str) -> Option<Cluster> {
+        if !available(name) {
+            return None;
+        }
+        if !real::runs("redis-cli", "--version") {
+            real::skip(
+                name,
+                "redis-cli is not installed (apt-get install redis-tools)",
+            );
+            return None;
+        }
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            // The cluster bus port is set: the default, port + 10000, can be
+            // past 65535 for a free port.
+            let bus = free_port().to_string();
+            let node = RedisServer::start_with(
+                &format!("{name}-{i}"),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    &bus,
+                ],
+            )?;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.connection())
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never got ready:\n{info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(Cluster { nodes })
+    }
+
+    /// The cluster's URL, naming two of its three nodes (the client finds
+    /// the third).
+    pub fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| redis::cmd("DBSIZE").query(&mut n.connection()).unwrap())
+            .collect()
     }
 }

@@ -1,0 +1,396 @@
+//! Redis high availability against real servers the tests start on
+//! 127.0.0.1: a master, its replica and a `redis-server --sentinel`
+//! watching them (the master is killed while checks run: they fail over to
+//! the promoted replica), and a three-master Redis Cluster made with
+//! `redis-cli --cluster create` (every operation of two MX hosts, with
+//! networks spread over the three nodes). Without redis-server the tests
+//! say why they skipped, except under CI=true, where they fail.
+
+#![cfg(feature = "redis")]
+
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet::T0;
+use greylist::{Config, Engine, Reason, Secret};
+use redis_server::{Cluster, RedisServer};
+
+fn engine(url: &str, prefix: &str) -> Engine {
+    Engine::new(
+        Config::builder()
+            .redis(url)
+            .redis_prefix(prefix)
+            .shared_secret(Secret::from_bytes(*b"shared-by-mx-1-2"))
+            .redis_timeout(Duration::from_millis(500))
+            .redis_retry_interval(Duration::from_millis(100))
+            .pass_cache_entries(0)
+            .shards(4)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A master with one replica and a sentinel watching the master.
+fn sentinel_setup(name: &str) -> Option<(RedisServer, RedisServer, RedisServer)> {
+    let master = RedisServer::start(&format!("{name}-master"))?;
+    let port = master.port.to_string();
+    let replica = RedisServer::start_with(
+        &format!("{name}-replica"),
+        &["--replicaof", "127.0.0.1", &port],
+    )?;
+    let sentinel = RedisServer::sentinel(&format!("{name}-sentinel"), &master)?;
+    // The replica must be in sync before the master can be lost.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.connection())
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never synced:\n{info}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((master, replica, sentinel))
+}
+
+#[test]
+fn sentinel_checks_fail_over_when_the_master_is_killed() {
+    let Some((mut master, replica, sentinel)) = sentinel_setup("sentinel-failover") else {
+        return;
+    };
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    let mx = Arc::new(engine(&url, "greylist:"));
+    // Before the fail-over: deferred by the master, and replicated.
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+        .unwrap();
+    assert_eq!(v.reason, Reason::New, "{:?}", mx.stats());
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut master.connection())
+        .unwrap();
+    assert_eq!(acked, 1, "the replica has the triplet");
+
+    // Checks run on another thread while the master is killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let checker = {
+        let (mx, stop, reasons) = (mx.clone(), stop.clone(), reasons.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let rcpt = format!("user{i}@example.net");
+                let v = mx.check("198.51.100.1", "a@x.example", &rcpt, T0).unwrap();
+                reasons.lock().unwrap().push(v.reason);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    master.kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sentinel.master_port() != Some(replica.port) {
+        assert!(
+            Instant::now() < deadline,
+            "sentinel never promoted the replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Checks reach the new master (asked of the sentinel) by themselves.
+    let mut answered_after = 0;
+    while answered_after < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "checks never reached the new master"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let r = reasons.lock().unwrap();
+        answered_after = r.iter().rev().take_while(|r| **r == Reason::New).count();
+    }
+    stop.store(true, Ordering::Relaxed);
+    checker.join().unwrap();
+    let r = reasons.lock().unwrap();
+    assert_eq!(r[0], Reason::New, "{r:?}");
+    assert!(
+        r.iter()
+            .all(|r| matches!(r, Reason::New | Reason::BackendUnavailable)),
+        "{r:?}"
+    );
+
+    // The new master has what the old one decided: the retry passes, and
+    // an operator's release works there.
+    let v = mx
+        .check(
+            "192.0.2.1",
+            "alice@example.org",
+            "bob@example.net",
+            T0 + 300,
+        )
+        .unwrap();
+    assert_eq!(v.reason, Reason::Retried, "{:?}", mx.stats());
+    mx.release(
+        "192.0.2.1",
+        "carol@example.org",
+        "bob@example.net",
+        T0 + 301,
+    )
+    .unwrap();
+    let state = mx
+        .triplet_state("192.0.2.1", "carol@example.org", "bob@example.net")
+        .unwrap()
+        .unwrap();
+    assert!(state.passed);
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query(&mut replica.connection())
+        .unwrap();
+    assert!(keys > 0, "the records live on the promoted replica");
+}
+
+#[test]
+fn sentinel_a_master_demoted_under_an_open_connection_is_left() {
+    // SENTINEL FAILOVER demotes the master without killing it: the open
+    // connection to it now gets READONLY answers, and must be given up
+    // for the master the sentinel names next.
+    let Some((master, replica, sentinel)) = sentinel_setup("sentinel-demoted") else {
+        return;
+    };
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    let mx = engine(&url, "greylist:");
+    let check = |i: u32| {
+        let rcpt = format!("user{i}@example.net");
+        mx.check("192.0.2.1", "a@x.example", &rcpt, T0)
+            .unwrap()
+            .reason
+    };
+    assert_eq!(check(0), Reason::New);
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("mymaster")
+        .query(&mut sentinel.connection())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sentinel.master_port() != Some(replica.port) {
+        assert!(Instant::now() < deadline, "no fail-over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The old master is made a replica of the new one.
+    loop {
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut master.connection()).unwrap();
+        if role[0] == redis::Value::BulkString(b"slave".to_vec()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old master was never demoted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let keys = || -> u64 {
+        redis::cmd("DBSIZE")
+            .query(&mut replica.connection())
+            .unwrap()
+    };
+    let before = keys();
+    let mut i = 1;
+    while check(i) != Reason::New {
+        assert!(
+            Instant::now() < deadline,
+            "checks stayed on the demoted master: {:?}",
+            mx.backend_error()
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(keys() > before, "the check was written to the new master");
+}
+
+#[test]
+fn sentinel_a_readonly_answer_sends_the_check_back_to_the_sentinel() {
+    // A switch by hand (no client killed, as a sentinel's own fail-over
+    // does): the open connection to the old master gets READONLY answers
+    // for as long as it stays open, so it must be dropped and the sentinel
+    // asked again.
+    let Some((master, replica, sentinel)) = sentinel_setup("sentinel-readonly") else {
+        return;
+    };
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    let mx = engine(&url, "greylist:");
+    let check = |i: u32| {
+        let rcpt = format!("user{i}@example.net");
+        mx.check("192.0.2.1", "a@x.example", &rcpt, T0)
+            .unwrap()
+            .reason
+    };
+    assert_eq!(check(0), Reason::New);
+    let mut s = sentinel.connection();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("REMOVE")
+        .arg("mymaster")
+        .query(&mut s)
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.connection())
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(replica.port)
+        .query(&mut master.connection())
+        .unwrap();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("MONITOR")
+        .arg("mymaster")
+        .arg("127.0.0.1")
+        .arg(replica.port)
+        .arg(1)
+        .query(&mut s)
+        .unwrap();
+    assert_eq!(sentinel.master_port(), Some(replica.port));
+    let reasons: Vec<Reason> = (1..=3).map(check).collect();
+    assert_eq!(
+        reasons,
+        [Reason::BackendUnavailable, Reason::New, Reason::New],
+        "{:?}",
+        mx.backend_error()
+    );
+}
+
+#[test]
+fn sentinel_never_writes_to_a_replica_it_names() {
+    // A sentinel that names a server which is a replica (as in the moment
+    // of a fail-over): the check is answered locally, never sent to a
+    // server that is not the master.
+    let Some(master) = RedisServer::start("sentinel-replica-master") else {
+        return;
+    };
+    let port = master.port.to_string();
+    let Some(replica) =
+        RedisServer::start_with("sentinel-replica", &["--replicaof", "127.0.0.1", &port])
+    else {
+        return;
+    };
+    let Some(sentinel) = RedisServer::sentinel("sentinel-replica-sentinel", &replica) else {
+        return;
+    };
+    assert_eq!(sentinel.master_port(), Some(replica.port));
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    let mx = engine(&url, "greylist:");
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+        .unwrap();
+    assert_eq!(v.reason, Reason::BackendUnavailable, "{:?}", mx.stats());
+    let error = mx.backend_error().unwrap_or_default();
+    assert!(error.contains("not a master"), "{error}");
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query(&mut master.connection())
+        .unwrap();
+    assert_eq!(keys, 0, "nothing was written anywhere");
+}
+
+#[test]
+fn sentinel_urls_name_unknown_masters_clearly() {
+    let Some((_master, _replica, sentinel)) = sentinel_setup("sentinel-unknown") else {
+        return;
+    };
+    let url = format!("redis+sentinel://127.0.0.1:{}/nosuchmaster", sentinel.port);
+    let mx = engine(&url, "greylist:");
+    let v = mx
+        .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
+        .unwrap();
+    assert_eq!(v.reason, Reason::BackendUnavailable);
+    let probe = mx.probe_backend(Duration::from_secs(2)).unwrap();
+    let error = probe.unwrap_err();
+    assert!(error.contains("nosuchmaster"), "{error}");
+}
+
+#[test]
+fn cluster_runs_every_operation_of_two_mx_hosts() {
+    let Some(cluster) = Cluster::start("cluster-ops") else {
+        return;
+    };
+    let url = cluster.url();
+    fleet::all(|scenario| {
+        let prefix = format!("{scenario}:");
+        (engine(&url, &prefix), engine(&url, &prefix))
+    });
+}
+
+#[test]
+fn cluster_spreads_networks_over_its_nodes_and_checks_stay_atomic() {
+    let Some(cluster) = Cluster::start("cluster-spread") else {
+        return;
+    };
+    let (mx1, mx2) = (
+        engine(&cluster.url(), "greylist:"),
+        engine(&cluster.url(), "greylist:"),
+    );
+    for net in 0..60 {
+        let ip = format!("10.0.{net}.1");
+        let v = mx1.check(&ip, "a@x.example", "u@example.net", T0).unwrap();
+        assert_eq!(v.reason, Reason::New, "{ip}: {:?}", mx1.stats());
+        let v = mx1
+            .check(&ip, "a@x.example", "u@example.net", T0 + 5)
+            .unwrap();
+        assert_eq!(v.reason, Reason::EarlyRetry, "{ip}");
+        let v = mx2
+            .check(&ip, "a@x.example", "u@example.net", T0 + 300)
+            .unwrap();
+        assert_eq!(v.reason, Reason::Retried, "{ip}: {:?}", mx2.stats());
+    }
+    // Every node holds some networks, and no call was refused (CROSSSLOT)
+    // or answered locally.
+    let keys = cluster.keys_per_node();
+    assert!(keys.iter().all(|&k| k > 0), "{keys:?}");
+    for mx in [&mx1, &mx2] {
+        let s = mx.stats();
+        assert_eq!(
+            (s.backend_errors, s.backend_timeouts, s.backend_unavailable),
+            (0, 0, 0),
+            "{s:?} {:?}",
+            mx.backend_error()
+        );
+    }
+    // Lost mail of networks on every node, settled by the other MX.
+    for net in 100..130 {
+        let ip = format!("10.0.{net}.1");
+        for dt in [0, 4, 9] {
+            mx1.check(&ip, "a@corp.example", "u@example.net", T0 + dt)
+                .unwrap();
+        }
+    }
+    mx2.sweep(T0 + 300 + 3600);
+    let report = mx1.lost_mail_report(100).unwrap();
+    assert_eq!(report.len(), 30, "{report:?}");
+    assert!(report.iter().all(|r| r.count == 1));
+    assert_eq!(mx1.stats().backend_errors, 0, "{:?}", mx1.backend_error());
+}
+
+#[test]
+fn cluster_urls_are_checked_when_the_configuration_is_built() {
+    for url in [
+        "redis+cluster://127.0.0.1:7000/3",
+        "redis+cluster://127.0.0.1:7000,,127.0.0.1:7001",
+        "redis+sentinel://127.0.0.1:26379",
+    ] {
+        let e = Config::builder()
+            .redis(url)
+            .shared_secret(Secret::from_bytes([7; 16]))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.setting(), "redis", "{url}: {e}");
+    }
+}
