@@ -19,7 +19,8 @@ pub fn at(mx: &Engine, now: i64) -> greylist::Verdict {
 /// Every scenario, one after the other (each on its own networks would
 /// not do: they share 192.0.2.0/24), for a store made anew per call.
 pub fn all(mut pair: impl FnMut(&str) -> (Engine, Engine)) {
-    let scenarios: [(&str, fn(&Engine, &Engine)); 5] = [
+    type Scenario = fn(&Engine, &Engine);
+    let scenarios: [(&str, Scenario); 5] = [
         ("release", release),
         ("forget", forget),
         ("release_client", release_client),
@@ -33,11 +34,11 @@ pub fn all(mut pair: impl FnMut(&str) -> (Engine, Engine)) {
 }
 
 pub fn release(mx1: &Engine, mx2: &Engine) {
-    assert_eq!(at(&mx1, T0).reason, Reason::New);
+    assert_eq!(at(mx1, T0).reason, Reason::New);
     mx2.release(EX.0, EX.1, EX.2, T0 + 10).unwrap();
     let state = mx1.triplet_state(EX.0, EX.1, EX.2).unwrap().unwrap();
     assert!(state.passed, "{state:?}");
-    let v = at(&mx1, T0 + 11);
+    let v = at(mx1, T0 + 11);
     assert_eq!((v.action, v.reason), (Action::Pass, Reason::Passed));
     // MX 1 kept nothing locally: it all lives in Redis (MX 2 keeps its
     // release locally too, for checks it answers during an outage).
@@ -45,12 +46,12 @@ pub fn release(mx1: &Engine, mx2: &Engine) {
 }
 
 pub fn forget(mx1: &Engine, mx2: &Engine) {
-    at(&mx1, T0);
-    assert_eq!(at(&mx1, T0 + 10).reason, Reason::EarlyRetry);
+    at(mx1, T0);
+    assert_eq!(at(mx1, T0 + 10).reason, Reason::EarlyRetry);
     assert!(mx2.forget(EX.0, EX.1, EX.2).unwrap(), "known in Redis");
     assert!(!mx2.forget(EX.0, EX.1, EX.2).unwrap(), "gone");
     assert_eq!(mx1.triplet_state(EX.0, EX.1, EX.2).unwrap(), None);
-    let v = at(&mx1, T0 + 300);
+    let v = at(mx1, T0 + 300);
     assert_eq!(v.reason, Reason::New, "the retry starts over");
 }
 
@@ -58,12 +59,12 @@ pub fn release_client(mx1: &Engine, mx2: &Engine) {
     mx2.set_list(greylist::ListKind::TrapRecipients, &["trap@example.net"])
         .unwrap();
     // A pending triplet of the network, then the trap at MX 2.
-    assert_eq!(at(&mx1, T0).reason, Reason::New);
+    assert_eq!(at(mx1, T0).reason, Reason::New);
     let v = mx2
         .check("192.0.2.99", "spam@x.example", "trap@example.net", T0 + 1)
         .unwrap();
     assert_eq!((v.action, v.reason), (Action::Block, Reason::Trapped));
-    let v = at(&mx1, T0 + 2);
+    let v = at(mx1, T0 + 2);
     assert_eq!((v.action, v.reason), (Action::Block, Reason::Blocked));
     let report = mx1.client_report("192.0.2.1", None, T0 + 2).unwrap();
     assert!(report.blocked_until.is_some(), "{report:?}");
@@ -73,7 +74,7 @@ pub fn release_client(mx1: &Engine, mx2: &Engine) {
     );
 
     assert_eq!(mx1.release_client("192.0.2.5", T0 + 3).unwrap(), 1);
-    for mx in [&mx1, &mx2] {
+    for mx in [mx1, mx2] {
         let r = mx.client_report("192.0.2.1", None, T0 + 3).unwrap();
         assert_eq!(
             (r.blocked_until, r.pending, r.passed),
@@ -81,7 +82,7 @@ pub fn release_client(mx1: &Engine, mx2: &Engine) {
             "{r:?}"
         );
     }
-    let v = at(&mx2, T0 + 4);
+    let v = at(mx2, T0 + 4);
     assert_eq!((v.action, v.reason), (Action::Pass, Reason::Passed));
     let v = mx2
         .check("192.0.2.98", "other@x.example", "u@example.net", T0 + 5)
@@ -122,7 +123,7 @@ pub fn lost_mail(mx1: &Engine, mx2: &Engine) {
     .unwrap();
     // Exchange 2003 SP2 at MX 1: two retries within seconds, then silence.
     for dt in [0, 4, 9] {
-        at(&mx1, T0 + dt);
+        at(mx1, T0 + dt);
     }
     // A spammer that never retried, and a blaster, lose nothing.
     mx1.check("203.0.113.5", "s@spam.example", "u@example.net", T0)
@@ -137,7 +138,7 @@ pub fn lost_mail(mx1: &Engine, mx2: &Engine) {
     // ...and then at whichever MX sweeps, once.
     mx2.sweep(T0 + 300 + 3600);
     mx1.sweep(T0 + 300 + 3601);
-    for mx in [&mx1, &mx2] {
+    for mx in [mx1, mx2] {
         let report = mx.lost_mail_report(10).unwrap();
         assert_eq!(report.len(), 1, "{report:?}");
         assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
@@ -151,7 +152,7 @@ pub fn lost_mail(mx1: &Engine, mx2: &Engine) {
         vec![("192.0.2.0/24".to_string(), 2, (T0 + 9) as u32)]
     );
     // A late retry at MX 1 passes after all: recovered, the row goes.
-    let v = at(&mx1, T0 + 5000);
+    let v = at(mx1, T0 + 5000);
     assert_eq!(v.reason, Reason::Retried);
     assert_eq!(mx1.stats().lost_recovered, 1);
     assert!(mx2.lost_mail_report(10).unwrap().is_empty());
