@@ -81,7 +81,7 @@ fn engine_rate(engine: &Arc<Engine>, secs: f64, round: u64) -> f64 {
                     let v = engine
                         .check(&ip, &sender, &rcpt, 1_700_000_000 + (x >> 60) as i64)
                         .unwrap();
-                    assert_ne!(v.reason, Reason::BackendUnavailable, "Redis failed");
+                    assert_ne!(v.reason, Reason::StoreUnavailable, "Redis failed");
                     n += 1;
                 }
                 done.fetch_add(n, Relaxed);
@@ -165,7 +165,7 @@ fn main() {
     }
     let (b, o) = (median(bench.clone()), median(ours.clone()));
     let stats = engine.stats();
-    assert_eq!(stats.backend_errors + stats.backend_timeouts, 0);
+    assert_eq!(stats.store_errors + stats.store_timeouts, 0);
     if !full {
         // A smoke run checks that every part runs; its figures would only
         // mislead, so none are printed.
@@ -199,8 +199,8 @@ fn main() {
     println!(
         "engine / redis-benchmark: {:.0}% (target >= 70%); {} round trips, {} errors, {} timeouts",
         100.0 * o / b,
-        stats.backend_round_trips,
-        stats.backend_errors,
-        stats.backend_timeouts
+        stats.store_round_trips,
+        stats.store_errors,
+        stats.store_timeouts
     );
 }

@@ -381,21 +381,21 @@ typedef struct greylist_stats {
    */
   uint64_t trapped;
   /**
-   * Verdicts with `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+   * Verdicts with `GREYLIST_REASON_STORE_UNAVAILABLE`.
    */
-  uint64_t backend_unavailable;
+  uint64_t store_unavailable;
   /**
    * Calls the shared store (Redis) answered, script loads included.
    */
-  uint64_t backend_round_trips;
+  uint64_t store_round_trips;
   /**
    * Checks whose call to the shared store failed.
    */
-  uint64_t backend_errors;
+  uint64_t store_errors;
   /**
    * Checks whose call to the shared store got no answer in time.
    */
-  uint64_t backend_timeouts;
+  uint64_t store_timeouts;
   /**
    * Passes answered from the local pass cache without a round trip.
    */
@@ -408,7 +408,7 @@ typedef struct greylist_stats {
    * Records in the shared store that were malformed and treated as
    * absent.
    */
-  uint64_t backend_malformed;
+  uint64_t store_malformed;
   /**
    * Lost triplets whose late retry passed after all.
    */
@@ -479,7 +479,7 @@ typedef struct greylist_stats {
  * table decided. The action may be any: a defer becomes a pass when the
  * engine fails open (the default), see `greylist_config_set_redis_fail_defer()`.
  */
-#define GREYLIST_REASON_BACKEND_UNAVAILABLE 9
+#define GREYLIST_REASON_STORE_UNAVAILABLE 9
 
 /**
  * Success.
@@ -902,7 +902,7 @@ greylist_status greylist_config_set_redis_timeout_ms(struct greylist_config *con
 /**
  * When Redis fails: `false` (the default) fails open, so a check the
  * local table would defer passes; `true` keeps the local table's defer.
- * Either way the verdict's reason is `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+ * Either way the verdict's reason is `GREYLIST_REASON_STORE_UNAVAILABLE`.
  *
  * # Safety
  * `config` must be NULL or a live config used by this thread only.

@@ -39,7 +39,7 @@ const DAY: u32 = 86_400;
 
 /// What a check answers when the shared store (Redis) fails or is slow:
 /// either way the local table decides, with
-/// [`Reason::BackendUnavailable`](crate::Reason::BackendUnavailable).
+/// [`Reason::StoreUnavailable`](crate::Reason::StoreUnavailable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailMode {
     /// A defer becomes a pass: mail is never held up by the store (the

@@ -376,7 +376,7 @@ impl Engine {
     /// warnings (a `maxmemory-policy` that can evict the engine's
     /// records); `Err` says why the store cannot be reached. `None`
     /// without a shared store.
-    pub fn probe_backend(
+    pub fn probe_store(
         &self,
         timeout: std::time::Duration,
     ) -> Option<Result<Vec<String>, String>> {
@@ -385,7 +385,7 @@ impl Engine {
 
     /// The latest failure talking to the shared store (for a host's log
     /// when checks start to be answered locally), if any.
-    pub fn backend_error(&self) -> Option<String> {
+    pub fn store_error(&self) -> Option<String> {
         self.store.last_error()
     }
 
@@ -485,7 +485,7 @@ mod tests {
         assert_eq!(e.len(), 1);
         let s = e.stats();
         assert_eq!(
-            (s.checks, s.new, s.early_retry, s.retried, s.passed),
+            (s.checks, s.new_triplets, s.early_retries, s.retried, s.passed),
             (4, 1, 1, 1, 1)
         );
         assert_eq!(s.entries, 1);

@@ -74,7 +74,7 @@
 //! by every MX host with the same URL, prefix and secret: one Lua script
 //! call per check (see [`store`]), the same rules as in memory. When
 //! Redis does not answer within `redis_timeout` (50 ms), the local table
-//! decides with [`Reason::BackendUnavailable`]; [`FailMode`] says whether a
+//! decides with [`Reason::StoreUnavailable`]; [`FailMode`] says whether a
 //! defer then becomes a pass (the default) or stays.
 //!
 //! ## Layout
@@ -124,7 +124,9 @@ pub use engine::{unix_now, Engine, Request};
 pub use events::{CallbackError, Event, EventKind, EventSink};
 pub use key::Secret;
 pub use lists::{ListError, ListKind};
-pub use maintenance::{Clock, Maintenance, Opened, SaveEvent, SaveObserver, SnapshotOptions};
+pub use maintenance::{
+    Clock, Maintenance, Opened, SaveEvent, SaveObserver, SnapshotOptions, Started,
+};
 pub use normalize::{
     normalize_recipient, normalize_sender, parse_ip, ClientNet, InputError, MAX_ADDRESS_LEN,
 };

@@ -120,6 +120,17 @@ impl Engine {
     }
 }
 
+/// An engine opened from its snapshot and maintained there: what
+/// [`Maintenance::open`] gives a host at start-up.
+#[derive(Debug)]
+pub struct Started {
+    /// The maintenance; its [`engine`](Maintenance::engine) is the engine.
+    pub maintenance: Maintenance,
+    /// When the snapshot was corrupt and `start_empty_if_corrupt` was set:
+    /// where the bad file was moved, and what was wrong with it.
+    pub set_aside: Option<(PathBuf, SnapshotError)>,
+}
+
 /// A clock for the maintenance thread's sweeps (Unix seconds).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -176,6 +187,32 @@ impl std::fmt::Debug for Maintenance {
 }
 
 impl Maintenance {
+    /// What a host does at start-up, in one step: opens the engine kept at
+    /// `options.path` (see [`Engine::open`]: the lock, the checks, the
+    /// load) and starts maintaining it there at `options.interval`, its
+    /// sweeps reading `clock`, failed saves told to `observer`. The policy
+    /// daemon and the C ABI's `greylist_engine_new` (with
+    /// `greylist_config_set_snapshot`) both start this way.
+    pub fn open(
+        config: Config,
+        options: &SnapshotOptions,
+        clock: Clock,
+        observer: Option<SaveObserver>,
+    ) -> Result<Started, SnapshotError> {
+        let opened = Engine::open(config, options)?;
+        let maintenance = Maintenance::start_observed(
+            Arc::new(opened.engine),
+            &options.path,
+            options.interval,
+            clock,
+            observer,
+        );
+        Ok(Started {
+            maintenance,
+            set_aside: opened.set_aside,
+        })
+    }
+
     /// Starts maintaining `engine` at `path`: a thread when `interval` is
     /// given, with the system clock for sweeps.
     pub fn start(

@@ -57,7 +57,7 @@ pub enum Reason {
     /// table decided, and the verdict's action is what the engine's
     /// failure mode made of that (a defer becomes a pass when failing
     /// open, the default).
-    BackendUnavailable = 9,
+    StoreUnavailable = 9,
 }
 
 impl Reason {
@@ -71,7 +71,7 @@ impl Reason {
         Reason::AutoWhitelisted,
         Reason::Blocked,
         Reason::Trapped,
-        Reason::BackendUnavailable,
+        Reason::StoreUnavailable,
     ];
 
     /// The reason with this number (as it crosses the C ABI and comes back
@@ -91,7 +91,7 @@ impl Reason {
             Reason::AutoWhitelisted => "auto-whitelisted",
             Reason::Blocked => "blocked",
             Reason::Trapped => "trapped",
-            Reason::BackendUnavailable => "backend-unavailable",
+            Reason::StoreUnavailable => "store-unavailable",
         }
     }
 
@@ -100,7 +100,7 @@ impl Reason {
     }
 
     /// The action that goes with this reason; for
-    /// [`Reason::BackendUnavailable`], which may go with any action, the
+    /// [`Reason::StoreUnavailable`], which may go with any action, the
     /// fail-open one (pass).
     pub fn action(self) -> Action {
         match self {

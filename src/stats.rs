@@ -65,9 +65,9 @@ pub struct Stats {
     /// Checks answered (the sum of the per-reason counts below).
     pub checks: u64,
     /// Verdicts with [`Reason::New`].
-    pub new: u64,
+    pub new_triplets: u64,
     /// Verdicts with [`Reason::EarlyRetry`].
-    pub early_retry: u64,
+    pub early_retries: u64,
     /// Verdicts with [`Reason::Retried`].
     pub retried: u64,
     /// Verdicts with [`Reason::Passed`].
@@ -80,21 +80,21 @@ pub struct Stats {
     pub blocked: u64,
     /// Verdicts with [`Reason::Trapped`].
     pub trapped: u64,
-    /// Verdicts with [`Reason::BackendUnavailable`]: the shared store did
+    /// Verdicts with [`Reason::StoreUnavailable`]: the shared store did
     /// not answer and the local table decided.
-    pub backend_unavailable: u64,
+    pub store_unavailable: u64,
     /// Calls the shared store answered (script loads after a restart
     /// included); pipelined, many calls may share one round trip.
-    pub backend_round_trips: u64,
+    pub store_round_trips: u64,
     /// Checks whose call failed (refused, dropped, an error answer).
-    pub backend_errors: u64,
+    pub store_errors: u64,
     /// Checks whose call got no answer within `redis_timeout`.
-    pub backend_timeouts: u64,
+    pub store_timeouts: u64,
     /// Passes answered from the local pass cache without a round trip.
     pub cache_hits: u64,
     /// Records in the shared store that were not in the script's format
     /// (damaged, or written by another program) and were treated as absent.
-    pub backend_malformed: u64,
+    pub store_malformed: u64,
     /// Triplet entries removed because they were past their lifetime.
     pub expired: u64,
     /// Triplet entries removed to stay within `max_entries`.
@@ -126,15 +126,15 @@ impl Stats {
 
     fn reason_mut(&mut self, reason: Reason) -> &mut u64 {
         match reason {
-            Reason::New => &mut self.new,
-            Reason::EarlyRetry => &mut self.early_retry,
+            Reason::New => &mut self.new_triplets,
+            Reason::EarlyRetry => &mut self.early_retries,
             Reason::Retried => &mut self.retried,
             Reason::Passed => &mut self.passed,
             Reason::Whitelisted => &mut self.whitelisted,
             Reason::AutoWhitelisted => &mut self.auto_whitelisted,
             Reason::Blocked => &mut self.blocked,
             Reason::Trapped => &mut self.trapped,
-            Reason::BackendUnavailable => &mut self.backend_unavailable,
+            Reason::StoreUnavailable => &mut self.store_unavailable,
         }
     }
 }

@@ -86,10 +86,10 @@ fn phases_give_exactly_one_new_and_one_retried_per_triplet() {
 
     let stats = engine.stats();
     assert_eq!(stats.checks, 3 * per_phase);
-    assert_eq!(stats.new, TRIPLETS as u64);
+    assert_eq!(stats.new_triplets, TRIPLETS as u64);
     assert_eq!(stats.retried, TRIPLETS as u64);
     assert_eq!(
-        stats.early_retry + stats.passed + stats.new + stats.retried,
+        stats.early_retries + stats.passed + stats.new_triplets + stats.retried,
         stats.checks
     );
     assert_eq!(stats.entries, TRIPLETS as u64);
@@ -154,7 +154,7 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
         assert_eq!(stats.reason(reason), reasons[reason as usize], "{reason:?}");
     }
     assert!(
-        stats.blocked > 0 && stats.early_retry > 0 && stats.auto_whitelisted > 0,
+        stats.blocked > 0 && stats.early_retries > 0 && stats.auto_whitelisted > 0,
         "{stats:?}"
     );
     for i in 0..POOL {

@@ -403,7 +403,7 @@ fn two_engines_share_triplets_and_the_auto_whitelist() {
         ttl > 34 * 86_400 && ttl <= 35 * 86_400 + 60,
         "passed TTL {ttl}"
     );
-    assert_eq!(mx2.stats().backend_errors, 0);
+    assert_eq!(mx2.stats().store_errors, 0);
 }
 
 // ---- an operator's operations act on the fleet (issue 18) ------------------
@@ -519,7 +519,7 @@ fn a_damaged_network_does_not_hold_up_the_others() {
     let report = mx2.lost_mail_report(10).unwrap();
     assert_eq!(report.len(), 1, "{report:?}");
     assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
-    let error = mx2.backend_error().unwrap_or_default();
+    let error = mx2.store_error().unwrap_or_default();
     assert!(error.contains("settling"), "{error}");
 }
 
@@ -566,15 +566,15 @@ fn passes_are_cached_locally() {
     };
     check(T0);
     assert_eq!(check(T0 + 300).reason, Reason::Retried);
-    let trips = mx.stats().backend_round_trips;
+    let trips = mx.stats().store_round_trips;
     for i in 0..10 {
         assert_eq!(check(T0 + 301 + i).reason, Reason::Passed);
     }
     let s = mx.stats();
-    assert_eq!((s.backend_round_trips, s.cache_hits), (trips, 10));
+    assert_eq!((s.store_round_trips, s.cache_hits), (trips, 10));
     // Past the cache's lifetime Redis is asked again.
     assert_eq!(check(T0 + 300 + 61).reason, Reason::Passed);
-    assert_eq!(mx.stats().backend_round_trips, trips + 1);
+    assert_eq!(mx.stats().store_round_trips, trips + 1);
 }
 
 #[test]
@@ -594,9 +594,9 @@ fn password_urls_work_and_a_wrong_password_fails_open() {
         .unwrap();
     assert_eq!(
         (v.action, v.reason),
-        (Action::Pass, Reason::BackendUnavailable)
+        (Action::Pass, Reason::StoreUnavailable)
     );
-    assert_eq!(mx.stats().backend_errors, 1);
+    assert_eq!(mx.stats().store_errors, 1);
     // The configuration never shows the password.
     let config = shared(&server, "greylist:").build().unwrap();
     assert!(!format!("{config:?}").contains("s3cret"));
@@ -640,7 +640,7 @@ fn killed_redis_falls_back_within_the_timeout_and_comes_back() {
         let (v, took) = timed_check(&mx, i, T0);
         assert_eq!(
             (v.action, v.reason),
-            (Action::Pass, Reason::BackendUnavailable),
+            (Action::Pass, Reason::StoreUnavailable),
             "check {i}"
         );
         slowest = slowest.max(took);
@@ -652,10 +652,10 @@ fn killed_redis_falls_back_within_the_timeout_and_comes_back() {
         "{slowest:?}"
     );
     let s = mx.stats();
-    assert_eq!(s.backend_unavailable, 500);
-    assert!(s.backend_errors >= 1, "{s:?}");
+    assert_eq!(s.store_unavailable, 500);
+    assert!(s.store_errors >= 1, "{s:?}");
     assert!(
-        s.backend_errors < 20,
+        s.store_errors < 20,
         "connects were retried at every check: {s:?} in {:?}",
         started.elapsed()
     );
@@ -688,17 +688,17 @@ fn hung_redis_times_out_and_defer_mode_uses_the_local_table() {
     let (v, took) = timed_check(&mx, 1, T0);
     assert_eq!(
         (v.action, v.reason, v.retry_after),
-        (Action::Defer, Reason::BackendUnavailable, 300)
+        (Action::Defer, Reason::StoreUnavailable, 300)
     );
     assert!(took >= timeout, "answered before the timeout: {took:?}");
     assert!(took < timeout + Duration::from_millis(250), "{took:?}");
-    assert!(mx.stats().backend_timeouts >= 1);
+    assert!(mx.stats().store_timeouts >= 1);
     // In defer mode the local table greylists: its retry after the delay
     // passes even while Redis is still hung.
     let (v, _) = timed_check(&mx, 1, T0 + 301);
     assert_eq!(
         (v.action, v.reason, v.delayed),
-        (Action::Pass, Reason::BackendUnavailable, 301)
+        (Action::Pass, Reason::StoreUnavailable, 301)
     );
     server.pause(false);
     // Once Redis answers again, checks go back to it (after the retry
@@ -840,7 +840,7 @@ fn policy_daemon_rides_out_a_redis_outage() {
         assert_eq!(answer, "DUNNO", "check {i}: fail open");
         assert!(took < Duration::from_millis(300), "check {i} took {took:?}");
     }
-    mx.wait_for_log("action=pass reason=backend-unavailable client=192.0.2.1");
+    mx.wait_for_log("action=pass reason=store-unavailable client=192.0.2.1");
     // Back without restarting the daemon.
     // Issue 15, item 15: the outage used to be silent (greylisting off,
     // not one log line). Now one line when it begins...
@@ -948,8 +948,8 @@ fn malformed_records_count_as_absent_and_are_counted() {
             "triplet record {junk:?}: greylisted, not failed open"
         );
     }
-    assert_eq!(mx.stats().backend_malformed, garbage.len() as u64);
-    assert_eq!(mx.stats().backend_unavailable, 0);
+    assert_eq!(mx.stats().store_malformed, garbage.len() as u64);
+    assert_eq!(mx.stats().store_unavailable, 0);
     // A malformed network record: every triplet of the /24 is still judged.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("greylist:*:c")
@@ -980,7 +980,7 @@ fn malformed_records_count_as_absent_and_are_counted() {
                 .check("198.51.100.7", "c@x.org", &format!("n{i}@y.net"), T0 + 20)
                 .unwrap();
             assert_eq!(v.action, Action::Defer, "network record {junk:?}");
-            assert_ne!(v.reason, Reason::BackendUnavailable);
+            assert_ne!(v.reason, Reason::StoreUnavailable);
         }
     }
 }
@@ -1001,7 +1001,7 @@ fn the_redis_timeout_bounds_the_whole_check() {
     let mut worst = Duration::ZERO;
     for i in 1..6 {
         let (v, took) = timed_check(&mx, i, T0);
-        assert_eq!(v.reason, Reason::BackendUnavailable);
+        assert_eq!(v.reason, Reason::StoreUnavailable);
         worst = worst.max(took);
     }
     server.pause(false);
@@ -1078,13 +1078,13 @@ fn concurrent_checks_through_one_pipelined_connection() {
         u64::from(TRIPLETS * (THREADS - 1))
     );
     let s = mx.stats();
-    assert_eq!(s.backend_unavailable, 0, "{s:?}");
+    assert_eq!(s.store_unavailable, 0, "{s:?}");
     // One call per check, plus loading the script into the fresh Redis and
     // after the flush (once per NOSCRIPT answer that found no load on its
     // way, so a few times at most).
-    let loads = s.backend_round_trips - u64::from(2 * THREADS * TRIPLETS);
+    let loads = s.store_round_trips - u64::from(2 * THREADS * TRIPLETS);
     assert!((2..=u64::from(2 * THREADS)).contains(&loads), "{s:?}");
-    assert_eq!((s.backend_errors, s.backend_timeouts), (0, 0));
+    assert_eq!((s.store_errors, s.store_timeouts), (0, 0));
 }
 
 #[test]
@@ -1155,12 +1155,12 @@ fn tls_urls_connect_and_certificates_are_checked() {
     // Certificates are checked against the system's roots: one from an
     // unknown CA is refused, and the check is answered locally.
     let (reason, stats) = check(&format!("rediss://127.0.0.1:{port}/0"));
-    assert_eq!(reason, Reason::BackendUnavailable);
-    assert_eq!(stats.backend_errors, 1);
+    assert_eq!(reason, Reason::StoreUnavailable);
+    assert_eq!(stats.store_errors, 1);
     // `#insecure` (tests only) skips the check: the check runs over TLS.
     let (reason, stats) = check(&format!("rediss://127.0.0.1:{port}/0#insecure"));
     assert_eq!(reason, Reason::New, "{stats:?}");
-    assert_eq!(stats.backend_round_trips, 2, "script load + the call");
+    assert_eq!(stats.store_round_trips, 2, "script load + the call");
     // With the test CA trusted, the certificate is verified and accepted.
     let mx = engine(
         Config::builder()
@@ -1210,14 +1210,14 @@ fn error_answers_fall_back_without_dropping_the_connection() {
         let (v, took) = timed_check(&mx, i, T0);
         assert_eq!(
             (v.action, v.reason),
-            (Action::Pass, Reason::BackendUnavailable)
+            (Action::Pass, Reason::StoreUnavailable)
         );
         assert!(took < Duration::from_millis(500), "{took:?}");
     }
     let s = mx.stats();
-    assert_eq!((s.backend_errors, s.backend_timeouts), (5, 0), "{s:?}");
+    assert_eq!((s.store_errors, s.store_timeouts), (5, 0), "{s:?}");
     // One script load, then the five calls, all on one connection.
-    assert_eq!(s.backend_round_trips, 6, "{s:?}");
+    assert_eq!(s.store_round_trips, 6, "{s:?}");
     let mut con = replica.connection();
     let info: String = redis::cmd("INFO").arg("stats").query(&mut con).unwrap();
     let connections = info

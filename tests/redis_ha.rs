@@ -126,7 +126,7 @@ fn sentinel_checks_fail_over_when_the_master_is_killed() {
     assert_eq!(r[0], Reason::New, "{r:?}");
     assert!(
         r.iter()
-            .all(|r| matches!(r, Reason::New | Reason::BackendUnavailable)),
+            .all(|r| matches!(r, Reason::New | Reason::StoreUnavailable)),
         "{r:?}"
     );
 
@@ -209,7 +209,7 @@ fn sentinel_a_master_demoted_under_an_open_connection_is_left() {
         assert!(
             Instant::now() < deadline,
             "checks stayed on the demoted master: {:?}",
-            mx.backend_error()
+            mx.store_error()
         );
         i += 1;
         std::thread::sleep(Duration::from_millis(50));
@@ -263,9 +263,9 @@ fn sentinel_a_readonly_answer_sends_the_check_back_to_the_sentinel() {
     let reasons: Vec<Reason> = (1..=3).map(check).collect();
     assert_eq!(
         reasons,
-        [Reason::BackendUnavailable, Reason::New, Reason::New],
+        [Reason::StoreUnavailable, Reason::New, Reason::New],
         "{:?}",
-        mx.backend_error()
+        mx.store_error()
     );
 }
 
@@ -292,8 +292,8 @@ fn sentinel_never_writes_to_a_replica_it_names() {
     let v = mx
         .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
         .unwrap();
-    assert_eq!(v.reason, Reason::BackendUnavailable, "{:?}", mx.stats());
-    let error = mx.backend_error().unwrap_or_default();
+    assert_eq!(v.reason, Reason::StoreUnavailable, "{:?}", mx.stats());
+    let error = mx.store_error().unwrap_or_default();
     assert!(error.contains("not a master"), "{error}");
     let keys: u64 = redis::cmd("DBSIZE")
         .query(&mut master.connection())
@@ -311,8 +311,8 @@ fn sentinel_urls_name_unknown_masters_clearly() {
     let v = mx
         .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
         .unwrap();
-    assert_eq!(v.reason, Reason::BackendUnavailable);
-    let probe = mx.probe_backend(Duration::from_secs(2)).unwrap();
+    assert_eq!(v.reason, Reason::StoreUnavailable);
+    let probe = mx.probe_store(Duration::from_secs(2)).unwrap();
     let error = probe.unwrap_err();
     assert!(error.contains("nosuchmaster"), "{error}");
 }
@@ -358,10 +358,10 @@ fn cluster_spreads_networks_over_its_nodes_and_checks_stay_atomic() {
     for mx in [&mx1, &mx2] {
         let s = mx.stats();
         assert_eq!(
-            (s.backend_errors, s.backend_timeouts, s.backend_unavailable),
+            (s.store_errors, s.store_timeouts, s.store_unavailable),
             (0, 0, 0),
             "{s:?} {:?}",
-            mx.backend_error()
+            mx.store_error()
         );
     }
     // Lost mail of networks on every node, settled by the other MX.
@@ -376,7 +376,7 @@ fn cluster_spreads_networks_over_its_nodes_and_checks_stay_atomic() {
     let report = mx1.lost_mail_report(100).unwrap();
     assert_eq!(report.len(), 30, "{report:?}");
     assert!(report.iter().all(|r| r.count == 1));
-    assert_eq!(mx1.stats().backend_errors, 0, "{:?}", mx1.backend_error());
+    assert_eq!(mx1.stats().store_errors, 0, "{:?}", mx1.store_error());
 }
 
 #[test]

@@ -79,7 +79,7 @@ enum class Reason : uint32_t {
   AutoWhitelisted = GREYLIST_REASON_AUTO_WHITELISTED,
   Blocked = GREYLIST_REASON_BLOCKED,
   Trapped = GREYLIST_REASON_TRAPPED,
-  BackendUnavailable = GREYLIST_REASON_BACKEND_UNAVAILABLE,
+  StoreUnavailable = GREYLIST_REASON_STORE_UNAVAILABLE,
 };
 
 enum class List : uint32_t {

@@ -24,7 +24,7 @@ namespace Greylist
         Whitelisted = 5, AutoWhitelisted = 6, Blocked = 7, Trapped = 8,
         /// <summary>Redis did not answer in time or failed: the local table decided
         /// (a defer becomes a pass unless <see cref="Config.RedisFailDefer"/>).</summary>
-        BackendUnavailable = 9,
+        StoreUnavailable = 9,
     }
 
     /// <summary>greylist_status codes.</summary>

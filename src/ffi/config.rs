@@ -383,7 +383,7 @@ pub unsafe extern "C" fn greylist_config_set_redis_timeout_ms(
 
 /// When Redis fails: `false` (the default) fails open, so a check the
 /// local table would defer passes; `true` keeps the local table's defer.
-/// Either way the verdict's reason is `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
+/// Either way the verdict's reason is `GREYLIST_REASON_STORE_UNAVAILABLE`.
 ///
 /// # Safety
 /// `config` must be NULL or a live config used by this thread only.

@@ -8,7 +8,7 @@ use super::{
     arg_bytes, arg_ref, arg_str, copy_versioned, free_handle, into_handle, out_ptr, resolve_now,
     versioned_size, write_out, write_str,
 };
-use crate::{Action, Config, Engine, Maintenance, Reason, Verdict};
+use crate::{unix_now, Action, Config, Engine, Maintenance, Reason, Verdict};
 use std::sync::Arc;
 
 /// A greylisting engine: the triplet table and its settings.
@@ -66,7 +66,7 @@ pub const GREYLIST_REASON_TRAPPED: greylist_reason = 8;
 /// The shared store (Redis) did not answer in time or failed: the local
 /// table decided. The action may be any: a defer becomes a pass when the
 /// engine fails open (the default), see `greylist_config_set_redis_fail_defer()`.
-pub const GREYLIST_REASON_BACKEND_UNAVAILABLE: greylist_reason = 9;
+pub const GREYLIST_REASON_STORE_UNAVAILABLE: greylist_reason = 9;
 
 /// The answer for one triplet.
 #[repr(C)]
@@ -103,7 +103,7 @@ impl greylist_verdict {
             .ok_or_else(|| Failure::invalid(format!("verdict: unknown reason {}", v.reason)))?;
         let action = Action::from_number(v.action)
             .ok_or_else(|| Failure::invalid(format!("verdict: unknown action {}", v.action)))?;
-        if reason != Reason::BackendUnavailable && reason.action() != action {
+        if reason != Reason::StoreUnavailable && reason.action() != action {
             return Err(Failure::invalid(format!(
                 "verdict: action {} does not go with reason {}",
                 v.action, v.reason
@@ -156,21 +156,21 @@ pub struct greylist_stats {
     pub clients: u64,
     /// Verdicts with `GREYLIST_REASON_TRAPPED`.
     pub trapped: u64,
-    /// Verdicts with `GREYLIST_REASON_BACKEND_UNAVAILABLE`.
-    pub backend_unavailable: u64,
+    /// Verdicts with `GREYLIST_REASON_STORE_UNAVAILABLE`.
+    pub store_unavailable: u64,
     /// Calls the shared store (Redis) answered, script loads included.
-    pub backend_round_trips: u64,
+    pub store_round_trips: u64,
     /// Checks whose call to the shared store failed.
-    pub backend_errors: u64,
+    pub store_errors: u64,
     /// Checks whose call to the shared store got no answer in time.
-    pub backend_timeouts: u64,
+    pub store_timeouts: u64,
     /// Passes answered from the local pass cache without a round trip.
     pub cache_hits: u64,
     /// Client-network records removed to stay within the maximum.
     pub clients_evicted: u64,
     /// Records in the shared store that were malformed and treated as
     /// absent.
-    pub backend_malformed: u64,
+    pub store_malformed: u64,
     /// Lost triplets whose late retry passed after all.
     pub lost_recovered: u64,
 }
@@ -205,12 +205,10 @@ pub unsafe extern "C" fn greylist_engine_new(
                 maintenance: None,
             },
             Some(options) => {
-                let engine = Arc::new(Engine::open(config, &options)?.engine);
-                let maintenance =
-                    Maintenance::start(engine.clone(), options.path, options.interval);
+                let started = Maintenance::open(config, &options, Arc::new(unix_now), None)?;
                 greylist_engine {
-                    engine,
-                    maintenance: Some(maintenance),
+                    engine: started.maintenance.engine().clone(),
+                    maintenance: Some(started.maintenance),
                 }
             }
         };
@@ -433,32 +431,57 @@ pub unsafe extern "C" fn greylist_engine_stats(
         // is readable.
         let size = unsafe { versioned_size::<_, u32>(out, "out", min) }?;
         let ours = std::mem::size_of::<greylist_stats>();
-        let s = engine.engine.stats();
+        // Every field by name, with no `..`: a counter added to the Rust
+        // stats does not compile until the C struct has it too.
+        let crate::Stats {
+            checks,
+            new_triplets,
+            early_retries,
+            retried,
+            passed,
+            whitelisted,
+            auto_whitelisted,
+            blocked,
+            expired,
+            evicted,
+            lost_mail,
+            entries,
+            clients,
+            trapped,
+            store_unavailable,
+            store_round_trips,
+            store_errors,
+            store_timeouts,
+            cache_hits,
+            clients_evicted,
+            store_malformed,
+            lost_recovered,
+        } = engine.engine.stats();
         let stats = greylist_stats {
             struct_size: size.min(ours) as u32,
             reserved: 0,
-            checks: s.checks,
-            new_triplets: s.new,
-            early_retries: s.early_retry,
-            retried: s.retried,
-            passed: s.passed,
-            whitelisted: s.whitelisted,
-            auto_whitelisted: s.auto_whitelisted,
-            blocked: s.blocked,
-            expired: s.expired,
-            evicted: s.evicted,
-            lost_mail: s.lost_mail,
-            entries: s.entries,
-            clients: s.clients,
-            trapped: s.trapped,
-            backend_unavailable: s.backend_unavailable,
-            backend_round_trips: s.backend_round_trips,
-            backend_errors: s.backend_errors,
-            backend_timeouts: s.backend_timeouts,
-            cache_hits: s.cache_hits,
-            clients_evicted: s.clients_evicted,
-            backend_malformed: s.backend_malformed,
-            lost_recovered: s.lost_recovered,
+            checks,
+            new_triplets,
+            early_retries,
+            retried,
+            passed,
+            whitelisted,
+            auto_whitelisted,
+            blocked,
+            expired,
+            evicted,
+            lost_mail,
+            entries,
+            clients,
+            trapped,
+            store_unavailable,
+            store_round_trips,
+            store_errors,
+            store_timeouts,
+            cache_hits,
+            clients_evicted,
+            store_malformed,
+            lost_recovered,
         };
         // SAFETY: the caller guarantees `out` holds `size` bytes.
         unsafe { copy_versioned(&stats, out, size) };

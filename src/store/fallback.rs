@@ -5,7 +5,7 @@
 //! Checks: whitelisted requests never reach a store (the front answers
 //! them); a pass this host saw recently is answered from the pass cache;
 //! everything else is one script call, and without an answer the local
-//! table decides, marked [`Reason::BackendUnavailable`](crate::Reason).
+//! table decides, marked [`Reason::StoreUnavailable`](crate::Reason).
 //!
 //! Operators' operations act on Redis (the fleet's state) and on the local
 //! table (so a check answered locally during an outage agrees); when Redis

@@ -135,7 +135,7 @@ pub(crate) trait Store: Send + Sync {
     /// snapshots save and restore.
     fn local(&self) -> &MemoryStore;
     /// For a host's start-up log: whether the shared store can be reached
-    /// (see [`crate::Engine::probe_backend`]); `None` without one.
+    /// (see [`crate::Engine::probe_store`]); `None` without one.
     fn probe(&self, _timeout: std::time::Duration) -> Option<Result<Vec<String>, String>> {
         None
     }

@@ -931,13 +931,13 @@ static bool test_redis(void) {
   greylist_verdict v;
   CHECK_STATUS(greylist_engine_check(engine, "192.0.2.1", "a@example.org", "b@example.net", T0, &v),
                GREYLIST_STATUS_OK);
-  CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_BACKEND_UNAVAILABLE);
+  CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_STORE_UNAVAILABLE);
   char reply[256];
   CHECK_STATUS(greylist_verdict_reply(engine, &v, reply, sizeof reply), GREYLIST_STATUS_OK);
   CHECK(reply[0] == '\0');
   greylist_stats stats = {.struct_size = sizeof stats};
   CHECK_STATUS(greylist_engine_stats(engine, &stats), GREYLIST_STATUS_OK);
-  CHECK(stats.backend_unavailable == 1 && stats.backend_errors == 1);
+  CHECK(stats.store_unavailable == 1 && stats.store_errors == 1);
   /* An operator's call that Redis cannot carry out says so. */
   CHECK_STATUS(greylist_engine_release(engine, "192.0.2.1", "a@example.org", "b@example.net", T0),
                GREYLIST_STATUS_UNAVAILABLE);
@@ -961,7 +961,7 @@ static bool test_redis(void) {
     CHECK(v.action == GREYLIST_ACTION_PASS && v.reason == GREYLIST_REASON_RETRIED);
     CHECK(v.delayed == 301);
     CHECK_STATUS(greylist_engine_stats(mx2, &stats), GREYLIST_STATUS_OK);
-    CHECK(stats.backend_round_trips == 1 && stats.backend_errors == 0);
+    CHECK(stats.store_round_trips == 1 && stats.store_errors == 0);
 
     /* Issue 18: an operator's calls at one MX act on the other. The ASan and
      * valgrind runs share the redis-server: networks of this process's own. */

@@ -213,7 +213,7 @@ static bool test_redis() {
   down.redis("redis://127.0.0.1:1/0").secret_file(secret).redis_timeout_ms(50);
   greylist::Engine local(down);
   auto v = local.check("192.0.2.1", "a@example.org", "b@example.net", T0);
-  CHECK(v.action() == greylist::Action::Pass && v.reason() == greylist::Reason::BackendUnavailable);
+  CHECK(v.action() == greylist::Action::Pass && v.reason() == greylist::Reason::StoreUnavailable);
   if (const char *url = std::getenv("GREYLIST_TEST_REDIS_URL")) {
     greylist::Config shared;
     shared.redis(url).secret_file(secret).redis_prefix("cpp:");

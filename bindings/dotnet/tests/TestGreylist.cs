@@ -102,12 +102,12 @@ static class TestGreylist
                 using (var engine = new Engine(new Config { Redis = "redis://127.0.0.1:1/0", RedisSecretFile = secret }))
                 {
                     var v = engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0);
-                    Check(v.Action == Greylist.Action.Pass && v.Reason == Reason.BackendUnavailable && v.Reply == null, "fail open");
+                    Check(v.Action == Greylist.Action.Pass && v.Reason == Reason.StoreUnavailable && v.Reply == null, "fail open");
                 }
                 using (var engine = new Engine(new Config { Redis = "redis://127.0.0.1:1/0", RedisSecretFile = secret, RedisFailDefer = true }))
                 {
                     var v = engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0);
-                    Check(v.Action == Greylist.Action.Defer && v.Reason == Reason.BackendUnavailable, "defer");
+                    Check(v.Action == Greylist.Action.Defer && v.Reason == Reason.StoreUnavailable, "defer");
                     Check(v.Reply == "450 4.2.0 Greylisted, please try again in 300 seconds", v.Reply);
                 }
                 var url = Environment.GetEnvironmentVariable("GREYLIST_TEST_REDIS_URL");

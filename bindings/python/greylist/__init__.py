@@ -87,7 +87,7 @@ class Reason(_Named):
     AUTO_WHITELISTED = 6
     BLOCKED = 7
     TRAPPED = 8
-    BACKEND_UNAVAILABLE = 9
+    STORE_UNAVAILABLE = 9
 
 
 class EventKind(_Named):
@@ -228,13 +228,13 @@ _STAT_FIELDS = [
     "entries",
     "clients",
     "trapped",
-    "backend_unavailable",
-    "backend_round_trips",
-    "backend_errors",
-    "backend_timeouts",
+    "store_unavailable",
+    "store_round_trips",
+    "store_errors",
+    "store_timeouts",
     "cache_hits",
     "clients_evicted",
-    "backend_malformed",
+    "store_malformed",
     "lost_recovered",
 ]
 
@@ -566,7 +566,7 @@ class Engine:
         ``"greylist:"``), ``redis_timeout_ms`` (50), ``redis_fail``
         (``"open"``, the default, or ``"defer"``), ``pass_cache_entries``
         (100000) and ``pass_cache_ttl`` (300 s). When Redis fails, verdicts
-        have ``Reason.BACKEND_UNAVAILABLE``."""
+        have ``Reason.STORE_UNAVAILABLE``."""
         self._init(None)
         settings.update(
             delay=delay, retry_window=retry_window, pass_ttl=pass_ttl, awl_threshold=awl_threshold,

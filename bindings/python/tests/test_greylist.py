@@ -507,11 +507,11 @@ class SharedStore(unittest.TestCase):
     def test_unreachable_redis_fails_open_or_defers(self) -> None:
         with greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret) as engine:
             v = engine.check("192.0.2.1", "a@example.org", "b@example.net", now=T0)
-            self.assertEqual((v.action, v.reason), (Action.PASS, Reason.BACKEND_UNAVAILABLE))
-            self.assertEqual(engine.stats()["backend_errors"], 1)
+            self.assertEqual((v.action, v.reason), (Action.PASS, Reason.STORE_UNAVAILABLE))
+            self.assertEqual(engine.stats()["store_errors"], 1)
         with greylist.Engine(redis="redis://127.0.0.1:1/0", redis_secret=self.secret, redis_fail="defer") as engine:
             v = engine.check("192.0.2.1", "a@example.org", "b@example.net", now=T0)
-            self.assertEqual((v.action, v.reason, v.retry_after), (Action.DEFER, Reason.BACKEND_UNAVAILABLE, 300))
+            self.assertEqual((v.action, v.reason, v.retry_after), (Action.DEFER, Reason.STORE_UNAVAILABLE, 300))
 
     def test_two_engines_share_one_redis(self) -> None:
         url = os.environ.get("GREYLIST_TEST_REDIS_URL")
@@ -527,7 +527,7 @@ class SharedStore(unittest.TestCase):
             v = mx2.check("192.0.2.1", "alice@example.org", rcpt, now=T0 + 302)
             self.assertEqual(v.reason, Reason.PASSED)
             stats = mx2.stats()
-            self.assertEqual((stats["backend_round_trips"], stats["cache_hits"], stats["backend_errors"]), (1, 1, 0))
+            self.assertEqual((stats["store_round_trips"], stats["cache_hits"], stats["store_errors"]), (1, 1, 0))
 
     def test_operations_act_on_every_mx(self) -> None:
         """Issue 18: release, forget, reports and lost mail through Redis."""

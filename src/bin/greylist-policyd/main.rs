@@ -25,7 +25,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::log::log;
-use crate::server::{accept_loop, Limits, Server};
+use crate::server::{accept_loop, DaemonClock, Limits, Server};
 
 /// How long the final log lines may take to be written at exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(30);
@@ -132,8 +132,16 @@ fn run() -> Result<(), String> {
     // loop below instead of killing the daemon.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
         .map_err(|e| format!("signals: {e}"))?;
-    let opened = Engine::open(config, &options).map_err(|e| e.to_string())?;
-    let engine = Arc::new(opened.engine);
+    let clock = Arc::new(DaemonClock::default());
+    let sweeps = clock.clone();
+    let started = Maintenance::open(
+        config,
+        &options,
+        Arc::new(move || sweeps.now()),
+        Some(save_observer(o.snapshot.clone())),
+    )
+    .map_err(|e| e.to_string())?;
+    let engine = started.maintenance.engine().clone();
     if shared {
         watch::start(engine.clone());
     }
@@ -142,7 +150,7 @@ fn run() -> Result<(), String> {
         .on_event(Some(report::event_sink(engine.config())))
         .map_err(|e| e.to_string())?;
 
-    let server = Arc::new(Server::new(engine.clone(), o.policy.clone(), limits));
+    let server = Arc::new(Server::new(engine.clone(), o.policy.clone(), limits, clock));
     let mut listening = Vec::new();
     let pause = |d| std::thread::sleep(d);
     if let Some(addr) = &o.inet {
@@ -190,20 +198,13 @@ fn run() -> Result<(), String> {
         engine.config().delay(),
         limits.max_connections
     ));
-    if let Some((aside, why)) = &opened.set_aside {
+    if let Some((aside, why)) = &started.set_aside {
         log(format_args!(
             "the old snapshot was unusable ({why}); kept it as {}",
             aside.display()
         ));
     }
-    let clock = server.clone();
-    let maintenance = Maintenance::start_observed(
-        engine.clone(),
-        &o.snapshot,
-        options.interval,
-        Arc::new(move || clock.now()),
-        Some(save_observer(o.snapshot.clone())),
-    );
+    let maintenance = started.maintenance;
 
     for signal in signals.forever() {
         match signal {

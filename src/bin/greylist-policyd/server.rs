@@ -130,12 +130,30 @@ pub struct Server {
     exited: Condvar,
     next_id: AtomicU64,
     refused: Mutex<Episode>,
-    /// Seconds added to the clock by `policy_test_advance` (tests only).
-    clock_offset: AtomicI64,
+    clock: Arc<DaemonClock>,
+}
+
+/// The daemon's clock: the system's, moved on by `policy_test_advance` in
+/// tests. Checks and the maintenance thread's sweeps both read it.
+#[derive(Default)]
+pub struct DaemonClock {
+    /// Seconds added by `policy_test_advance` (tests only).
+    offset: AtomicI64,
+}
+
+impl DaemonClock {
+    pub fn now(&self) -> i64 {
+        greylist::unix_now() + self.offset.load(Ordering::Relaxed)
+    }
 }
 
 impl Server {
-    pub fn new(engine: Arc<Engine>, policy: PolicyOptions, limits: Limits) -> Server {
+    pub fn new(
+        engine: Arc<Engine>,
+        policy: PolicyOptions,
+        limits: Limits,
+        clock: Arc<DaemonClock>,
+    ) -> Server {
         Server {
             engine,
             policy,
@@ -145,14 +163,8 @@ impl Server {
             exited: Condvar::new(),
             next_id: AtomicU64::new(0),
             refused: Mutex::new(Episode::new("refusing connections")),
-            clock_offset: AtomicI64::new(0),
+            clock,
         }
-    }
-
-    /// The daemon's clock: the system's, moved on by `policy_test_advance`
-    /// in tests. Checks and the maintenance thread's sweeps both read it.
-    pub fn now(&self) -> i64 {
-        greylist::unix_now() + self.clock_offset.load(Ordering::Relaxed)
     }
 
     fn millis(&self, at: Instant) -> u64 {
@@ -278,10 +290,10 @@ impl Server {
                     .get("policy_test_advance")
                     .and_then(|s| s.parse::<i64>().ok())
                 {
-                    self.clock_offset.fetch_add(secs, Ordering::Relaxed);
+                    self.clock.offset.fetch_add(secs, Ordering::Relaxed);
                 }
             }
-            let now = self.now();
+            let now = self.clock.now();
             let answer = policy::answer(&self.engine, &request, &self.policy, now);
             decision(&answer.log);
             if stream.write_all_bytes(answer.to_wire().as_bytes()).is_err() {

@@ -28,8 +28,8 @@ impl StoreWatch {
         StoreWatch {
             mode,
             down: None,
-            last_local: stats.backend_unavailable,
-            last_trips: stats.backend_round_trips,
+            last_local: stats.store_unavailable,
+            last_trips: stats.store_round_trips,
         }
     }
 
@@ -41,8 +41,8 @@ impl StoreWatch {
         error: Option<String>,
         now: Instant,
     ) -> Option<String> {
-        let local = stats.backend_unavailable;
-        let answered = stats.backend_round_trips > self.last_trips;
+        let local = stats.store_unavailable;
+        let answered = stats.store_round_trips > self.last_trips;
         let fell_back = local > self.last_local;
         let line = match self.down {
             None if fell_back => {
@@ -66,7 +66,7 @@ impl StoreWatch {
             }
             _ => None,
         };
-        (self.last_local, self.last_trips) = (local, stats.backend_round_trips);
+        (self.last_local, self.last_trips) = (local, stats.store_round_trips);
         line
     }
 }
@@ -74,7 +74,7 @@ impl StoreWatch {
 /// Logs why the store cannot be reached, or what could make it lose
 /// records.
 fn probe(engine: &Engine, when: &str) {
-    match engine.probe_backend(Duration::from_secs(2)) {
+    match engine.probe_store(Duration::from_secs(2)) {
         Some(Err(e)) => log(format_args!(
             "warning: Redis cannot be reached {when} ({e}); checks are answered from the local \
              table until it can"
@@ -94,7 +94,7 @@ pub fn start(engine: Arc<Engine>) {
         .name("store-watch".into())
         .spawn(move || loop {
             std::thread::sleep(EVERY);
-            let line = watch.observe(&engine.stats(), engine.backend_error(), Instant::now());
+            let line = watch.observe(&engine.stats(), engine.store_error(), Instant::now());
             if let Some(line) = line {
                 let recovered = watch.down.is_none();
                 log(line);
@@ -112,8 +112,8 @@ mod tests {
 
     fn stats(local: u64, trips: u64) -> Stats {
         Stats {
-            backend_unavailable: local,
-            backend_round_trips: trips,
+            store_unavailable: local,
+            store_round_trips: trips,
             ..Stats::default()
         }
     }

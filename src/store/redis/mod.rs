@@ -77,7 +77,7 @@ const REPORT_NETWORKS: isize = 10_000;
 
 /// Counters of the store, read by [`crate::Engine::stats`].
 #[derive(Default)]
-pub(crate) struct BackendCounters {
+pub(crate) struct StoreCounters {
     pub(crate) round_trips: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) timeouts: AtomicU64,
@@ -158,18 +158,18 @@ impl RedisStore {
         })
     }
 
-    pub(crate) fn counters(&self) -> &BackendCounters {
+    pub(crate) fn counters(&self) -> &StoreCounters {
         &self.link.counters
     }
 
     /// Adds the store's counters.
     pub(crate) fn add_stats(&self, s: &mut Stats) {
         let c = self.counters();
-        s.backend_round_trips += c.round_trips.load(Relaxed);
-        s.backend_errors += c.errors.load(Relaxed);
-        s.backend_timeouts += c.timeouts.load(Relaxed);
+        s.store_round_trips += c.round_trips.load(Relaxed);
+        s.store_errors += c.errors.load(Relaxed);
+        s.store_timeouts += c.timeouts.load(Relaxed);
         s.cache_hits += c.cache_hits.load(Relaxed);
-        s.backend_malformed += c.malformed.load(Relaxed);
+        s.store_malformed += c.malformed.load(Relaxed);
         self.counters.add_to(s);
     }
 
@@ -674,7 +674,7 @@ fn eviction_warning(
 }
 
 /// What a check answers when Redis did not: the local table's verdict,
-/// marked [`Reason::BackendUnavailable`]; failing open turns a defer into
+/// marked [`Reason::StoreUnavailable`]; failing open turns a defer into
 /// a pass. Blocks (a trap, or blasting this host saw) stay blocks.
 pub(crate) fn fallback(local: Verdict, mode: FailMode) -> Verdict {
     let (action, retry_after) = match (local.action, mode) {
@@ -683,7 +683,7 @@ pub(crate) fn fallback(local: Verdict, mode: FailMode) -> Verdict {
     };
     Verdict {
         action,
-        reason: Reason::BackendUnavailable,
+        reason: Reason::StoreUnavailable,
         retry_after,
         delayed: local.delayed,
     }
@@ -699,12 +699,12 @@ mod tests {
         let v = fallback(new, FailMode::Open);
         assert_eq!(
             (v.action, v.reason, v.retry_after),
-            (Action::Pass, Reason::BackendUnavailable, 0)
+            (Action::Pass, Reason::StoreUnavailable, 0)
         );
         let v = fallback(new, FailMode::Defer);
         assert_eq!(
             (v.action, v.reason, v.retry_after),
-            (Action::Defer, Reason::BackendUnavailable, 300)
+            (Action::Defer, Reason::StoreUnavailable, 300)
         );
         let retried = fallback(Verdict::new(Reason::Retried, 0, 301), FailMode::Defer);
         assert_eq!((retried.action, retried.delayed), (Action::Pass, 301));

@@ -24,7 +24,7 @@ use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
 use super::target::Target;
-use super::{Answer, BackendCounters, SCRIPT};
+use super::{Answer, StoreCounters, SCRIPT};
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,7 @@ pub(crate) struct Link {
     started: Instant,
     /// Milliseconds after `started` before which no connect is tried.
     retry_at: AtomicU64,
-    pub(crate) counters: BackendCounters,
+    pub(crate) counters: StoreCounters,
     /// The latest failure, for the host's log.
     last_error: Mutex<Option<String>>,
 }
@@ -156,7 +156,7 @@ impl Link {
             retry_interval,
             started: Instant::now(),
             retry_at: AtomicU64::new(0),
-            counters: BackendCounters::default(),
+            counters: StoreCounters::default(),
             last_error: Mutex::new(None),
         }
     }
