@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::engine::{clamp_time, Engine, Keys, Request};
+use crate::engine::{clamp_time, Engine};
+use crate::key::{Keys, Request};
 use crate::lists::{file_entries, read_file, ListError, ListKind};
 use crate::normalize::{ClientNet, InputError};
 use crate::store::StoreError;

@@ -9,17 +9,13 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::events::{CallbackError, Event, EventKind, EventSink, Events};
-use crate::key::{push_part_or_hash, Secret, NET_TAG, TRIPLET_TAG};
-use crate::lists::{Listed, Lists};
-use crate::normalize::{self, ClientNet, InputError};
+pub use crate::key::Request;
+use crate::key::{Keys, Secret};
+use crate::lists::Lists;
+use crate::normalize::InputError;
 use crate::rules::{ClientState, Reason, TripletState, Verdict};
 use crate::stats::{Counters, Stats};
 use crate::store::{LostMail, MemoryStore, Store, StoreError};
-
-thread_local! {
-    /// Scratch space for key material, reused by every check on a thread.
-    static KEY_MATERIAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
-}
 
 /// The system clock in Unix seconds, for callers that do not inject time.
 pub fn unix_now() -> i64 {
@@ -33,95 +29,6 @@ pub fn unix_now() -> i64 {
 /// pinned to the ends of that range.
 pub(crate) fn clamp_time(now: i64) -> u32 {
     now.clamp(0, i64::from(u32::MAX)) as u32
-}
-
-/// One request, parsed and keyed once.
-pub(crate) struct Keys {
-    pub(crate) net: ClientNet,
-    pub(crate) net_key: u128,
-    pub(crate) triplet_key: u128,
-    pub(crate) listed: Listed,
-}
-
-impl Keys {
-    /// Whether a static whitelist matched the request.
-    pub(crate) fn whitelisted(&self) -> bool {
-        self.listed == Listed::Whitelisted
-    }
-}
-
-/// A check request: the triplet, plus what the MTA knows of the client.
-///
-/// Addresses and names are bytes, as SMTP carries them: an address that is
-/// not UTF-8 (Latin-1 from an old client, or Postfix with
-/// `smtputf8_enable=no`) or longer than [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN)
-/// is keyed and greylisted like any other (see [`Engine::check_request`]).
-///
-/// ```
-/// let req = greylist::Request::new("209.85.220.41", "alice@gmail.com", "bob@example.net")
-///     .client_name("mail-a1.google.com")
-///     .verified_domain("gmail.com");
-/// # let _ = req;
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Request<'a> {
-    /// The connecting client's IP address.
-    pub client_ip: &'a str,
-    /// The envelope sender; empty or `<>` for the null sender.
-    pub sender: &'a [u8],
-    /// The envelope recipient.
-    pub recipient: &'a [u8],
-    /// The client's host name, as the MTA verified it (forward-confirmed
-    /// reverse DNS); matched against host-name whitelist entries. Ignored
-    /// when it is not UTF-8 or longer than 1 KiB.
-    pub client_name: Option<&'a [u8]>,
-    /// The HELO/EHLO name. It is unverified, so it never decides anything,
-    /// and any value is accepted.
-    pub helo: Option<&'a [u8]>,
-    /// A sender domain the MTA verified (SPF pass or DKIM signature); with
-    /// `key_by_verified_domain` on, it replaces the client network. Ignored
-    /// (the network keys the request) when it is not a domain name.
-    pub verified_domain: Option<&'a [u8]>,
-}
-
-impl<'a> Request<'a> {
-    /// A request with just the triplet.
-    pub fn new(
-        client_ip: &'a str,
-        sender: &'a (impl AsRef<[u8]> + ?Sized),
-        recipient: &'a (impl AsRef<[u8]> + ?Sized),
-    ) -> Self {
-        Request {
-            client_ip,
-            sender: sender.as_ref(),
-            recipient: recipient.as_ref(),
-            ..Request::default()
-        }
-    }
-
-    /// With the client's verified host name.
-    pub fn client_name(self, name: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
-        Request {
-            client_name: Some(name.as_ref()),
-            ..self
-        }
-    }
-
-    /// With the HELO/EHLO name.
-    pub fn helo(self, helo: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
-        Request {
-            helo: Some(helo.as_ref()),
-            ..self
-        }
-    }
-
-    /// With a sender domain the MTA verified.
-    pub fn verified_domain(self, domain: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
-        Request {
-            verified_domain: Some(domain.as_ref()),
-            ..self
-        }
-    }
 }
 
 /// The greylisting engine. Cheap to share: put it in an `Arc` and call it
@@ -198,61 +105,10 @@ impl Engine {
         &self.secret
     }
 
-    /// Parses and keys a request, and looks it up in the static lists.
-    ///
-    /// Only a client IP that is not one, and an empty recipient, are
-    /// errors. Sender and recipient are normalised as bytes; one over
-    /// [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN) is keyed by a hash of its
-    /// exact bytes (and matches no list). An unusable optional attribute
-    /// (client name, verified domain) is ignored.
+    /// Parses and keys a request, and looks it up in the static lists
+    /// (see [`crate::key::keys`]).
     pub(crate) fn keys(&self, req: &Request<'_>) -> Result<Keys, InputError> {
-        let c = &self.config;
-        let ip = normalize::parse_ip(req.client_ip)?;
-        fn text(v: Option<&[u8]>) -> Option<&str> {
-            v.filter(|v| v.len() <= normalize::MAX_ADDRESS_LEN)
-                .and_then(|v| std::str::from_utf8(v).ok())
-        }
-        let client_name = text(req.client_name);
-        let domain = text(req.verified_domain.filter(|_| c.key_by_verified_domain))
-            .and_then(|d| ClientNet::domain(d).ok());
-        let net = domain.unwrap_or_else(|| ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix));
-        let delimiters = c.extension_delimiters.as_bytes();
-        let lists = self.lists.load();
-        let secret = &self.secret;
-        // Key material is built in a per-thread buffer: no allocation and
-        // one hasher call per key.
-        KEY_MATERIAL.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            buf.clear();
-            buf.push(NET_TAG);
-            net.encode_into(&mut buf);
-            let net_key = secret.hash(&buf);
-            buf[0] = TRIPLET_TAG;
-            let sender = push_part_or_hash(&mut buf, secret, req.sender, |b| {
-                normalize::sender_into(req.sender, delimiters, b);
-                Ok(())
-            })?;
-            let rcpt = push_part_or_hash(&mut buf, secret, req.recipient, |b| {
-                normalize::recipient_into(req.recipient, delimiters, b)
-            })?;
-            let listed = if lists.is_empty() {
-                Listed::No
-            } else {
-                // An over-long address matches no list entry.
-                let sender =
-                    sender.map_or_else(String::new, |_| normalize::lower_address(req.sender));
-                let recipient = rcpt.map_or_else(String::new, |r| {
-                    String::from_utf8_lossy(&buf[r]).into_owned()
-                });
-                lists.lookup(ip, client_name, &sender, &recipient)
-            };
-            Ok(Keys {
-                triplet_key: secret.hash(&buf),
-                net_key,
-                net,
-                listed,
-            })
-        })
+        crate::key::keys(&self.config, &self.secret, &self.lists.load(), req)
     }
 
     /// The keyed 128-bit hash a triplet is stored under (after
@@ -376,10 +232,7 @@ impl Engine {
     /// warnings (a `maxmemory-policy` that can evict the engine's
     /// records); `Err` says why the store cannot be reached. `None`
     /// without a shared store.
-    pub fn probe_store(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Option<Result<Vec<String>, String>> {
+    pub fn probe_store(&self, timeout: std::time::Duration) -> Option<Result<Vec<String>, String>> {
         self.store.probe(timeout)
     }
 
@@ -485,7 +338,13 @@ mod tests {
         assert_eq!(e.len(), 1);
         let s = e.stats();
         assert_eq!(
-            (s.checks, s.new_triplets, s.early_retries, s.retried, s.passed),
+            (
+                s.checks,
+                s.new_triplets,
+                s.early_retries,
+                s.retried,
+                s.passed
+            ),
             (4, 1, 1, 1, 1)
         );
         assert_eq!(s.entries, 1);

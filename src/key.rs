@@ -1,4 +1,6 @@
-//! Keyed 128-bit hashes of triplets and client networks.
+//! Turning a request into its keys: the client network (or verified
+//! domain), the normalised sender and recipient, their keyed 128-bit
+//! hashes, and what the static lists say of it.
 //!
 //! SipHash-1-3 with a random 128-bit secret is a PRF: without the secret
 //! nobody can predict a key, so nobody can craft a triplet that lands on
@@ -10,7 +12,9 @@ use std::hash::Hasher;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::normalize::ClientNet;
+use crate::config::Config;
+use crate::lists::{Listed, Lists};
+use crate::normalize::{self, ClientNet, InputError};
 
 /// The engine's key secret. It must be kept with a snapshot (keys are
 /// stable only under the same secret) and shared between MX hosts that share
@@ -154,6 +158,158 @@ impl fmt::Debug for Secret {
 /// without storing the network itself.
 pub(crate) fn net_id(net_key: u128) -> u64 {
     (net_key as u64) & 0xFFFF_FFFF_FFFF
+}
+
+thread_local! {
+    /// Scratch space for key material, reused by every check on a thread.
+    static KEY_MATERIAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
+
+/// One request, parsed and keyed once.
+pub(crate) struct Keys {
+    pub(crate) net: ClientNet,
+    pub(crate) net_key: u128,
+    pub(crate) triplet_key: u128,
+    pub(crate) listed: Listed,
+}
+
+impl Keys {
+    /// Whether a static whitelist matched the request.
+    pub(crate) fn whitelisted(&self) -> bool {
+        self.listed == Listed::Whitelisted
+    }
+}
+
+/// A check request: the triplet, plus what the MTA knows of the client.
+///
+/// Addresses and names are bytes, as SMTP carries them: an address that is
+/// not UTF-8 (Latin-1 from an old client, or Postfix with
+/// `smtputf8_enable=no`) or longer than [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN)
+/// is keyed and greylisted like any other (see [`Engine::check_request`](crate::Engine::check_request)).
+///
+/// ```
+/// let req = greylist::Request::new("209.85.220.41", "alice@gmail.com", "bob@example.net")
+///     .client_name("mail-a1.google.com")
+///     .verified_domain("gmail.com");
+/// # let _ = req;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The connecting client's IP address.
+    pub client_ip: &'a str,
+    /// The envelope sender; empty or `<>` for the null sender.
+    pub sender: &'a [u8],
+    /// The envelope recipient.
+    pub recipient: &'a [u8],
+    /// The client's host name, as the MTA verified it (forward-confirmed
+    /// reverse DNS); matched against host-name whitelist entries. Ignored
+    /// when it is not UTF-8 or longer than 1 KiB.
+    pub client_name: Option<&'a [u8]>,
+    /// The HELO/EHLO name. It is unverified, so it never decides anything,
+    /// and any value is accepted.
+    pub helo: Option<&'a [u8]>,
+    /// A sender domain the MTA verified (SPF pass or DKIM signature); with
+    /// `key_by_verified_domain` on, it replaces the client network. Ignored
+    /// (the network keys the request) when it is not a domain name.
+    pub verified_domain: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    /// A request with just the triplet.
+    pub fn new(
+        client_ip: &'a str,
+        sender: &'a (impl AsRef<[u8]> + ?Sized),
+        recipient: &'a (impl AsRef<[u8]> + ?Sized),
+    ) -> Self {
+        Request {
+            client_ip,
+            sender: sender.as_ref(),
+            recipient: recipient.as_ref(),
+            ..Request::default()
+        }
+    }
+
+    /// With the client's verified host name.
+    pub fn client_name(self, name: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Request {
+            client_name: Some(name.as_ref()),
+            ..self
+        }
+    }
+
+    /// With the HELO/EHLO name.
+    pub fn helo(self, helo: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Request {
+            helo: Some(helo.as_ref()),
+            ..self
+        }
+    }
+
+    /// With a sender domain the MTA verified.
+    pub fn verified_domain(self, domain: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Request {
+            verified_domain: Some(domain.as_ref()),
+            ..self
+        }
+    }
+}
+
+/// Parses and keys a request, and looks it up in the static lists.
+///
+/// Only a client IP that is not one, and an empty recipient, are
+/// errors. Sender and recipient are normalised as bytes; one over
+/// [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN) is keyed by a hash of its
+/// exact bytes (and matches no list). An unusable optional attribute
+/// (client name, verified domain) is ignored.
+pub(crate) fn keys(
+    c: &Config,
+    secret: &Secret,
+    lists: &Lists,
+    req: &Request<'_>,
+) -> Result<Keys, InputError> {
+    let ip = normalize::parse_ip(req.client_ip)?;
+    fn text(v: Option<&[u8]>) -> Option<&str> {
+        v.filter(|v| v.len() <= normalize::MAX_ADDRESS_LEN)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+    let client_name = text(req.client_name);
+    let domain = text(req.verified_domain.filter(|_| c.key_by_verified_domain))
+        .and_then(|d| ClientNet::domain(d).ok());
+    let net = domain.unwrap_or_else(|| ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix));
+    let delimiters = c.extension_delimiters.as_bytes();
+    // Key material is built in a per-thread buffer: no allocation and
+    // one hasher call per key.
+    KEY_MATERIAL.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        buf.push(NET_TAG);
+        net.encode_into(&mut buf);
+        let net_key = secret.hash(&buf);
+        buf[0] = TRIPLET_TAG;
+        let sender = push_part_or_hash(&mut buf, secret, req.sender, |b| {
+            normalize::sender_into(req.sender, delimiters, b);
+            Ok(())
+        })?;
+        let rcpt = push_part_or_hash(&mut buf, secret, req.recipient, |b| {
+            normalize::recipient_into(req.recipient, delimiters, b)
+        })?;
+        let listed = if lists.is_empty() {
+            Listed::No
+        } else {
+            // An over-long address matches no list entry.
+            let sender = sender.map_or_else(String::new, |_| normalize::lower_address(req.sender));
+            let recipient = rcpt.map_or_else(String::new, |r| {
+                String::from_utf8_lossy(&buf[r]).into_owned()
+            });
+            lists.lookup(ip, client_name, &sender, &recipient)
+        };
+        Ok(Keys {
+            triplet_key: secret.hash(&buf),
+            net_key,
+            net,
+            listed,
+        })
+    })
 }
 
 #[cfg(test)]

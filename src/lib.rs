@@ -72,7 +72,10 @@
 //! [`ConfigBuilder::redis`] plus a shared secret
 //! ([`ConfigBuilder::shared_secret_file`]), triplets live in Redis, shared
 //! by every MX host with the same URL, prefix and secret: one Lua script
-//! call per check (see [`store`]), the same rules as in memory. When
+//! call per check (see [`store`]), the same rules as in memory; release,
+//! forget, the client report and the lost-mail report act on Redis too.
+//! The URL names one server, the master Redis Sentinel names
+//! (`redis+sentinel://`), or a Redis Cluster (`redis+cluster://`). When
 //! Redis does not answer within `redis_timeout` (50 ms), the local table
 //! decides with [`Reason::StoreUnavailable`]; [`FailMode`] says whether a
 //! defer then becomes a pass (the default) or stays.
@@ -80,19 +83,22 @@
 //! ## Layout
 //!
 //! ```text
-//! greylist-policyd (src/bin)   the C ABI (ffi): include/greylist.h, bindings/
-//!            \                      /
+//! greylist-policyd (src/bin: cli,       the C ABI (ffi): include/greylist.h,
+//!   log, server, report, watch)         bindings/ (C++, Python, .NET)
+//!            \     start-up: Maintenance::open      /
 //!             Engine (engine.rs): the front; key, consult lists, count, emit
 //!               |          |                 |
 //!   keys (key.rs,     lists (lists.rs,    dyn Store (store): MemoryStore, or
-//!   normalize.rs)     admin.rs)           Redis behind its local fallback
+//!   normalize.rs)     admin.rs)           Redis (one server, Sentinel, Cluster)
+//!                                         behind its local fallback
 //!                                            |
 //!                                  the rules (rules.rs), pure functions
 //! ```
 //!
 //! Snapshots (`snapshot.rs`, `maintenance.rs`) save and restore the
-//! in-memory store; stats and events (`stats.rs`, `events.rs`) are shared
-//! by the front and the stores.
+//! in-memory store, and [`Maintenance::open`] is how a host starts (the
+//! daemon and the C ABI alike); stats and events (`stats.rs`, `events.rs`)
+//! are shared by the front and the stores.
 //!
 //! ## Threads
 //! [`Engine`] is `Send + Sync`; share it with an `Arc`. A check locks one

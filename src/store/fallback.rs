@@ -15,7 +15,7 @@
 //! table judged during outages.
 
 use crate::config::FailMode;
-use crate::engine::Keys;
+use crate::key::Keys;
 use crate::lists::Listed;
 use crate::rules::{ClientState, TripletState, Verdict};
 use crate::stats::Stats;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use crate::config::Config;
-use crate::engine::Keys;
 use crate::events::{Event, EventKind, Events};
 use crate::key::net_id;
+use crate::key::Keys;
 use crate::lists::Listed;
 use crate::normalize::ClientNet;
 use crate::rules::{

@@ -35,8 +35,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::engine::Keys;
 use crate::events::Events;
+use crate::key::Keys;
 use crate::normalize::{ClientNet, InputError};
 use crate::rules::{ClientState, TripletState, Verdict};
 use crate::stats::Stats;

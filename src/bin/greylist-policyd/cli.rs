@@ -47,7 +47,9 @@ Greylisting (postgrey's names):
                               bare number is seconds). Looked for at each snapshot
 Several MX hosts (Redis):
   --redis URL                 keep triplets in Redis: redis://[user:password@]host:port/db,
-                              rediss://... for TLS, redis+unix:///path/redis.sock
+                              rediss://... for TLS, redis+unix:///path/redis.sock,
+                              redis+sentinel://host:port[,host:port...]/MASTER[/db],
+                              redis+cluster://host:port[,host:port...]
   --redis-secret FILE         the key secret every MX shares: 32 hex digits
                               (openssl rand -hex 16); required with --redis
   --redis-ca FILE             for rediss://: trust this CA (PEM), not the system's

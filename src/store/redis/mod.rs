@@ -20,11 +20,11 @@
 //! each lost triplet is counted once. The report rows hold the network
 //! (`192.0.2.0/24`), never an address.
 //!
-//! Where Redis is ([`target`]): one server, the master Sentinel names
+//! Where Redis is (`target.rs`): one server, the master Sentinel names
 //! (`redis+sentinel://`), or a Redis Cluster (`redis+cluster://`). On one
 //! server or a Sentinel master, checks share one pipelined connection
-//! ([`pipeline`]); on a Cluster, each check is one script call on the node
-//! that holds its network's slot ([`cluster`]), and the fleet's suspects
+//! (`pipeline.rs`); on a Cluster, each check is one script call on the node
+//! that holds its network's slot (`cluster.rs`), and the fleet's suspects
 //! index, which has a slot of its own, is updated by a second call.
 //!
 //! When Redis fails, is slow, or is known to be down, a check gets no
@@ -44,8 +44,8 @@ use parking_lot::Mutex;
 use redis::{ConnectionLike, Value};
 
 use crate::config::{Config, FailMode};
-use crate::engine::Keys;
 use crate::events::{Event, EventKind, Events};
+use crate::key::Keys;
 use crate::normalize::ClientNet;
 use crate::rules::{Action, ClientState, Reason, TripletState, Verdict};
 use crate::stats::{Counters, Stats};
