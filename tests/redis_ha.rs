@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fleet::T0;
 use greylist::{Config, Engine, Reason, Secret};
-use redis_server::{Cluster, RedisServer};
+use redis_server::{wait_until, Cluster, RedisServer};
 
 fn engine(url: &str, prefix: &str) -> Engine {
     Engine::new(
@@ -47,21 +47,43 @@ fn sentinel_setup(name: &str) -> Option<(RedisServer, RedisServer, RedisServer)>
     let sentinel = RedisServer::sentinel(&format!("{name}-sentinel"), &master)?;
     // The replica must be in sync before the master can be lost.
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_until("the replica in sync", deadline, || {
         let info: String = redis::cmd("INFO")
             .arg("replication")
             .query(&mut replica.connection())
             .unwrap();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never synced:\n{info}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        info.contains("master_link_status:up")
+    });
     Some((master, replica, sentinel))
+}
+
+/// An engine on the master `sentinel` names.
+fn on_sentinel(sentinel: &RedisServer) -> Engine {
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    engine(&url, "greylist:")
+}
+
+/// The reason for the `i`-th new triplet of one network.
+fn new_triplet(mx: &Engine, i: u32) -> Reason {
+    let rcpt = format!("user{i}@example.net");
+    mx.check("192.0.2.1", "a@x.example", &rcpt, T0)
+        .unwrap()
+        .reason
+}
+
+/// Checks new triplets until one is answered by Redis (not locally).
+fn until_answered_by_redis(mx: &Engine, deadline: Instant) {
+    let mut i = 1_000;
+    wait_until("a check answered by Redis", deadline, || {
+        i += 1;
+        new_triplet(mx, i) == Reason::New
+    });
+}
+
+/// Whether the server says it is a replica.
+fn is_replica(server: &RedisServer) -> bool {
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut server.connection()).unwrap();
+    role[0] == redis::Value::BulkString(b"slave".to_vec())
 }
 
 #[test]
@@ -69,8 +91,7 @@ fn sentinel_checks_fail_over_when_the_master_is_killed() {
     let Some((mut master, replica, sentinel)) = sentinel_setup("sentinel-failover") else {
         return;
     };
-    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
-    let mx = Arc::new(engine(&url, "greylist:"));
+    let mx = Arc::new(on_sentinel(&sentinel));
     // Before the fail-over: deferred by the master, and replicated.
     let v = mx
         .check("192.0.2.1", "alice@example.org", "bob@example.net", T0)
@@ -102,13 +123,9 @@ fn sentinel_checks_fail_over_when_the_master_is_killed() {
     std::thread::sleep(Duration::from_millis(300));
     master.kill();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sentinel.master_port() != Some(replica.port) {
-        assert!(
-            Instant::now() < deadline,
-            "sentinel never promoted the replica"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the replica promoted", deadline, || {
+        sentinel.master_port() == Some(replica.port)
+    });
     // Checks reach the new master (asked of the sentinel) by themselves.
     let mut answered_after = 0;
     while answered_after < 5 {
@@ -161,59 +178,31 @@ fn sentinel_checks_fail_over_when_the_master_is_killed() {
 
 #[test]
 fn sentinel_a_master_demoted_under_an_open_connection_is_left() {
-    // SENTINEL FAILOVER demotes the master without killing it: the open
-    // connection to it now gets READONLY answers, and must be given up
-    // for the master the sentinel names next.
+    // SENTINEL FAILOVER demotes the master without killing it: the
+    // connection to it must be given up for the master the sentinel
+    // names next.
     let Some((master, replica, sentinel)) = sentinel_setup("sentinel-demoted") else {
         return;
     };
-    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
-    let mx = engine(&url, "greylist:");
-    let check = |i: u32| {
-        let rcpt = format!("user{i}@example.net");
-        mx.check("192.0.2.1", "a@x.example", &rcpt, T0)
-            .unwrap()
-            .reason
-    };
-    assert_eq!(check(0), Reason::New);
+    let mx = on_sentinel(&sentinel);
+    assert_eq!(new_triplet(&mx, 0), Reason::New);
     let _: () = redis::cmd("SENTINEL")
         .arg("FAILOVER")
         .arg("mymaster")
         .query(&mut sentinel.connection())
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sentinel.master_port() != Some(replica.port) {
-        assert!(Instant::now() < deadline, "no fail-over");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // The old master is made a replica of the new one.
-    loop {
-        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut master.connection()).unwrap();
-        if role[0] == redis::Value::BulkString(b"slave".to_vec()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old master was never demoted"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the fail-over", deadline, || {
+        sentinel.master_port() == Some(replica.port)
+    });
+    wait_until("the old master demoted", deadline, || is_replica(&master));
     let keys = || -> u64 {
         redis::cmd("DBSIZE")
             .query(&mut replica.connection())
             .unwrap()
     };
     let before = keys();
-    let mut i = 1;
-    while check(i) != Reason::New {
-        assert!(
-            Instant::now() < deadline,
-            "checks stayed on the demoted master: {:?}",
-            mx.store_error()
-        );
-        i += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_answered_by_redis(&mx, deadline);
     assert!(keys() > before, "the check was written to the new master");
 }
 
@@ -226,14 +215,8 @@ fn sentinel_a_readonly_answer_sends_the_check_back_to_the_sentinel() {
     let Some((master, replica, sentinel)) = sentinel_setup("sentinel-readonly") else {
         return;
     };
-    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
-    let mx = engine(&url, "greylist:");
-    let check = |i: u32| {
-        let rcpt = format!("user{i}@example.net");
-        mx.check("192.0.2.1", "a@x.example", &rcpt, T0)
-            .unwrap()
-            .reason
-    };
+    let mx = on_sentinel(&sentinel);
+    let check = |i: u32| new_triplet(&mx, i);
     assert_eq!(check(0), Reason::New);
     let mut s = sentinel.connection();
     let _: () = redis::cmd("SENTINEL")

@@ -431,9 +431,19 @@ pub unsafe extern "C" fn greylist_engine_stats(
         // is readable.
         let size = unsafe { versioned_size::<_, u32>(out, "out", min) }?;
         let ours = std::mem::size_of::<greylist_stats>();
-        // Every field by name, with no `..`: a counter added to the Rust
+        // Every counter named once, with no `..`: one added to the Rust
         // stats does not compile until the C struct has it too.
-        let crate::Stats {
+        macro_rules! copy_stats {
+            ($($field:ident),* $(,)?) => {{
+                let crate::Stats { $($field),* } = engine.engine.stats();
+                greylist_stats {
+                    struct_size: size.min(ours) as u32,
+                    reserved: 0,
+                    $($field),*
+                }
+            }};
+        }
+        let stats = copy_stats!(
             checks,
             new_triplets,
             early_retries,
@@ -456,33 +466,7 @@ pub unsafe extern "C" fn greylist_engine_stats(
             clients_evicted,
             store_malformed,
             lost_recovered,
-        } = engine.engine.stats();
-        let stats = greylist_stats {
-            struct_size: size.min(ours) as u32,
-            reserved: 0,
-            checks,
-            new_triplets,
-            early_retries,
-            retried,
-            passed,
-            whitelisted,
-            auto_whitelisted,
-            blocked,
-            expired,
-            evicted,
-            lost_mail,
-            entries,
-            clients,
-            trapped,
-            store_unavailable,
-            store_round_trips,
-            store_errors,
-            store_timeouts,
-            cache_hits,
-            clients_evicted,
-            store_malformed,
-            lost_recovered,
-        };
+        );
         // SAFETY: the caller guarantees `out` holds `size` bytes.
         unsafe { copy_versioned(&stats, out, size) };
         Ok(())

@@ -241,6 +241,15 @@ impl Drop for RedisServer {
     }
 }
 
+/// Waits until `done` says so, polling every 50 ms; fails the test naming
+/// `what` at `deadline`.
+pub fn wait_until(what: &str, deadline: Instant, mut done: impl FnMut() -> bool) {
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A Redis Cluster of three masters on loopback, made with `redis-cli
 /// --cluster create` (None, with the reason printed, when redis-server or
 /// redis-cli is missing outside CI).
