@@ -62,10 +62,10 @@ impl RedisUrl {
         let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
             return url.clone();
         };
-        let authority_end = url[scheme_end..]
-            .find(['/', '?', '#'])
-            .map_or(url.len(), |i| scheme_end + i);
-        match url[scheme_end..authority_end].rfind('@') {
+        // Up to the last `@` of the whole URL, as the URL is parsed for
+        // several hosts: a password with a raw `/`, `?` or `#` (which should
+        // have been percent-encoded) is hidden too; hiding too much is safe.
+        match url[scheme_end..].rfind('@') {
             Some(at) => {
                 let userinfo = &url[scheme_end..scheme_end + at];
                 let user = userinfo.split(':').next().unwrap_or("");
@@ -637,6 +637,29 @@ fn valid_enhanced(code: &str, class: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review of issue 18: a password with a raw `/` or `#` was shown in
+    /// full by a configuration error.
+    #[test]
+    fn passwords_are_hidden_however_they_are_written() {
+        for url in [
+            "redis://:s3cret@127.0.0.1:6379/0",
+            "redis://user:s3cret@127.0.0.1:6379/0",
+            "redis://:s3/cret@127.0.0.1:6379/0",
+            "redis://:s3#cret@127.0.0.1:6379/0",
+            "redis+sentinel://:s3?cret@h1:26379,h2:26379/mymaster",
+            "rediss+cluster://u:s3cret@h1:7000,h2:7000#insecure",
+        ] {
+            let shown = RedisUrl(url.to_string()).redacted();
+            assert!(
+                !shown.contains("s3") && !shown.contains("cret"),
+                "{url}: {shown}"
+            );
+            assert!(shown.contains(":***@"), "{url}: {shown}");
+        }
+        let plain = RedisUrl("redis+unix:///run/redis.sock".to_string());
+        assert_eq!(plain.redacted(), "redis+unix:///run/redis.sock");
+    }
 
     #[test]
     fn defaults_match_the_design() {

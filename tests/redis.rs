@@ -451,6 +451,32 @@ fn lost_mail_seen_at_one_mx_is_reported_by_the_other() {
     }
 }
 
+/// Review of issue 18: the fleet's index of networks with lost mail was
+/// pruned only within the rows the report reads, so it grew with every
+/// network that ever lost mail.
+#[test]
+fn the_lost_mail_index_forgets_rows_that_expired() {
+    let Some((server, mx1, mx2)) = fleet("ops-lost-index") else {
+        return;
+    };
+    for dt in [0, 4, 9] {
+        at(&mx1, T0 + dt);
+    }
+    let indexed = || -> u64 {
+        redis::cmd("ZCARD")
+            .arg("greylist:lost")
+            .query(&mut server.connection())
+            .unwrap()
+    };
+    mx2.sweep(T0 + 3900);
+    assert_eq!(indexed(), 1);
+    mx2.sweep(T0 + 35 * 86_400);
+    assert_eq!(indexed(), 1, "the row lives awl_ttl after its lost triplet");
+    mx2.sweep(T0 + 35 * 86_400 + 3 * 3600);
+    assert_eq!(indexed(), 0);
+    assert!(mx1.lost_mail_report(10).unwrap().is_empty());
+}
+
 /// Review of issue 18: the credited mark outlived its cycle, so a triplet
 /// lost once and back days later "recovered" on its ordinary pass.
 #[test]

@@ -22,12 +22,16 @@ use greylist::{Config, Engine, Reason, Secret};
 use redis_server::{wait_until, Cluster, RedisServer};
 
 fn engine(url: &str, prefix: &str) -> Engine {
+    engine_timed(url, prefix, Duration::from_millis(500))
+}
+
+fn engine_timed(url: &str, prefix: &str, timeout: Duration) -> Engine {
     Engine::new(
         Config::builder()
             .redis(url)
             .redis_prefix(prefix)
             .shared_secret(Secret::from_bytes(*b"shared-by-mx-1-2"))
-            .redis_timeout(Duration::from_millis(500))
+            .redis_timeout(timeout)
             .redis_retry_interval(Duration::from_millis(100))
             .pass_cache_entries(0)
             .shards(4)
@@ -252,6 +256,42 @@ fn sentinel_a_readonly_answer_sends_the_check_back_to_the_sentinel() {
     );
 }
 
+/// Review of issue 18: every sentinel shared one deadline, so a first
+/// sentinel that never answers (its host down, or hung) used up each check's
+/// whole time and the others were never asked.
+#[test]
+fn sentinel_a_hung_sentinel_does_not_keep_the_others_from_answering() {
+    let Some((master, _replica, good)) = sentinel_setup("sentinel-hung") else {
+        return;
+    };
+    let Some(hung) = RedisServer::sentinel("sentinel-hung-first", &master) else {
+        return;
+    };
+    hung.pause(true);
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{},127.0.0.1:{}/mymaster",
+        hung.port, good.port
+    );
+    let mx = engine(&url, "greylist:");
+    // The hung one gets half the time, the good one the rest: answered.
+    assert_eq!(new_triplet(&mx, 0), Reason::New, "{:?}", mx.store_error());
+    // After a failure the connection is made anew: the hung sentinel has
+    // gone to the back of the list and is not asked first again.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut master.connection())
+        .unwrap();
+    let reasons: Vec<Reason> = (1..=3).map(|i| new_triplet(&mx, i)).collect();
+    assert!(
+        reasons[1..].iter().all(|r| *r == Reason::New),
+        "{reasons:?} {:?}",
+        mx.store_error()
+    );
+    hung.pause(false);
+}
+
 #[test]
 fn sentinel_never_writes_to_a_replica_it_names() {
     // A sentinel that names a server which is a replica (as in the moment
@@ -360,6 +400,56 @@ fn cluster_spreads_networks_over_its_nodes_and_checks_stay_atomic() {
     assert_eq!(report.len(), 30, "{report:?}");
     assert!(report.iter().all(|r| r.count == 1));
     assert_eq!(mx1.stats().store_errors, 0, "{:?}", mx1.store_error());
+}
+
+/// Review of issue 18: the cluster client kept the redis crate's retries,
+/// so a check whose node stalled past the timeout was sent again and again
+/// (up to 17 times, each one run by the node when it woke: a new triplet
+/// counted as many early retries, enough to block its network), and slept
+/// a second and more between tries after CLUSTERDOWN.
+#[test]
+fn cluster_a_check_is_sent_once_even_when_its_node_stalls() {
+    let Some(cluster) = Cluster::start("cluster-stall") else {
+        return;
+    };
+    let mx = engine_timed(&cluster.url(), "greylist:", Duration::from_millis(100));
+    let (ip, sender, rcpt) = ("192.0.2.1", "a@x.example", "u@example.net");
+    let key_of = |ip: &str| {
+        format!(
+            "greylist:{{{:032x}}}:t:{:032x}",
+            mx.network_key(ip).unwrap(),
+            mx.triplet_key(ip, sender, rcpt).unwrap()
+        )
+    };
+    let key = key_of(ip);
+    let node = cluster.node_for(&key);
+    // A check of another network on the same node first, so the pooled
+    // connection is connected to it.
+    let warm = (0..255)
+        .map(|n| format!("10.0.{n}.1"))
+        .find(|other| cluster.node_for(&key_of(other)).port == node.port)
+        .unwrap();
+    assert_eq!(
+        mx.check(&warm, sender, rcpt, T0).unwrap().reason,
+        Reason::New
+    );
+    node.pause(true);
+    let v = mx.check(ip, sender, rcpt, T0).unwrap();
+    assert_eq!(v.reason, Reason::StoreUnavailable);
+    node.pause(false);
+    // The node runs what it was sent while it stalled: the check, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut con = node.connection();
+    wait_until("the stalled check to run", deadline, || {
+        let record: Option<String> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+        record.is_some()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let record: Option<String> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+    assert_eq!(record.as_deref(), Some(format!("{T0} {T0} 0 0").as_str()));
+    // The next check is answered by the cluster: an early retry, the first.
+    let v = mx.check(ip, sender, rcpt, T0 + 10).unwrap();
+    assert_eq!(v.reason, Reason::EarlyRetry, "{:?}", mx.store_error());
 }
 
 #[test]

@@ -334,6 +334,39 @@ impl Cluster {
         )
     }
 
+    /// The node that holds `key`'s slot.
+    pub fn node_for(&self, key: &str) -> &RedisServer {
+        let mut con = self.nodes[0].connection();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut con)
+            .unwrap();
+        let ranges: Vec<(i64, i64, (String, u16))> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<Vec<Vec<redis::Value>>>(&mut con)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let (start, end) = (r[0].clone(), r[1].clone());
+                let primary: Vec<redis::Value> = redis::from_redis_value(r[2].clone()).unwrap();
+                (
+                    redis::from_redis_value(start).unwrap(),
+                    redis::from_redis_value(end).unwrap(),
+                    (
+                        redis::from_redis_value(primary[0].clone()).unwrap(),
+                        redis::from_redis_value(primary[1].clone()).unwrap(),
+                    ),
+                )
+            })
+            .collect();
+        let (_, _, (_, port)) = ranges
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .expect("every slot is served");
+        self.nodes.iter().find(|n| n.port == *port).unwrap()
+    }
+
     /// How many keys each node holds.
     pub fn keys_per_node(&self) -> Vec<u64> {
         self.nodes

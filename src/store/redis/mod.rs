@@ -264,19 +264,20 @@ impl RedisStore {
             .arg(now)
             .arg(&script_settings(&self.config)[..])
             .arg(k.net.to_string());
-        let command = command.get_packed_command();
         let outcome = match (&self.calls, &self.link.target) {
             (Calls::Cluster(pool), Target::Cluster(client)) => {
-                pool.with(&self.link, client, |con| {
-                    let answer = cluster::check(con, &command)?;
+                pool.with(&self.link, client, |con, stale| {
+                    let key = self.triplet_key(k.net_key, k.triplet_key);
+                    let answer = cluster::eval(con, &key, &command, SCRIPT, stale)?;
                     self.counters().round_trips.fetch_add(1, Relaxed);
+                    let answer: Answer = redis::from_redis_value(answer)?;
                     if answer.5 > 0 {
-                        self.index_suspect(con, k.net_key, answer.5, now);
+                        self.index_suspect(con, k.net_key, answer.5, now, stale);
                     }
                     Ok(answer)
                 })
             }
-            (Calls::Pipelined(lane), _) => lane.call(&self.link, command),
+            (Calls::Pipelined(lane), _) => lane.call(&self.link, command.get_packed_command()),
             (Calls::Cluster(_), _) => Err(Failure::Error),
         };
         let (reason, retry_after, delayed, malformed, flags, _due, early) = match outcome {
@@ -335,17 +336,25 @@ impl RedisStore {
     /// `due` (the check script cannot reach the index's slot). A failure
     /// is counted and noted; the suspect then waits for the network's next
     /// suspect to index it.
-    fn index_suspect(&self, con: &mut dyn ConnectionLike, net_key: u128, due: u32, now: u32) {
-        let indexed = self
-            .admin_script
-            .key(self.suspects_index())
+    fn index_suspect(
+        &self,
+        con: &mut redis::cluster::ClusterConnection,
+        net_key: u128,
+        due: u32,
+        now: u32,
+        stale: &mut bool,
+    ) {
+        let index = self.suspects_index();
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.admin_script.get_hash())
+            .arg(1)
+            .arg(&index)
             .arg("index")
             .arg(now)
             .arg(&script_settings(&self.config)[..])
             .arg(self.base(net_key))
-            .arg(due)
-            .invoke::<i64>(con);
-        if let Err(e) = indexed {
+            .arg(due);
+        if let Err(e) = cluster::eval(con, &index, &call, ADMIN_SCRIPT, stale) {
             self.counters().errors.fetch_add(1, Relaxed);
             self.link.note(format_args!("indexing a suspect: {e}"));
         }
@@ -418,8 +427,15 @@ impl RedisStore {
             none => none.insert(self.link.target.connect_any(timeout).map_err(unavailable)?),
         };
         f(&mut **con).map_err(|e| {
-            // A demoted master (Sentinel) is asked again at the next call.
-            let stale = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+            // A demoted master (Sentinel) is asked again at the next call,
+            // and a cluster connection whose slot map is stale is made anew.
+            let stale = pipeline::is_readonly(e.kind(), e.detail())
+                || matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask
+                    )
+                );
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || stale {
                 *guard = None;
             }
@@ -511,6 +527,18 @@ impl RedisStore {
     /// docs): each lost triplet is counted once, by the MX whose sweep
     /// settled it, which emits its event.
     pub(crate) fn settle(&self, now: u32) -> Result<(), StoreError> {
+        // Rows live `awl_ttl` after their latest lost triplet (the score):
+        // older index entries name rows Redis has expired. The report
+        // prunes only what it reads, so without this the index would grow
+        // with every network that ever lost mail.
+        let expired = i64::from(now) - i64::from(self.config.awl_ttl) - 3600;
+        self.admin(|con| {
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(self.lost_index())
+                .arg("-inf")
+                .arg(format!("({expired}"))
+                .query::<i64>(con)
+        })?;
         let index = self.suspects_index();
         let mut settled = 0;
         while settled < SETTLE_NETWORKS {

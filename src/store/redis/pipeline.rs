@@ -237,8 +237,12 @@ impl Link {
             // A master Sentinel named was demoted: this connection is
             // stale, and the next connect asks Sentinel again.
             Value::ServerError(e)
-                if e.kind() == Some(redis::ServerErrorKind::ReadOnly)
-                    && self.target.follows_master() =>
+                if self.target.follows_master()
+                    && is_readonly(
+                        e.kind()
+                            .map_or(redis::ErrorKind::Client, redis::ErrorKind::Server),
+                        e.details(),
+                    ) =>
             {
                 self.note(format_args!("the master was demoted: {e}"));
                 return Err(Failure::Error);
@@ -274,6 +278,13 @@ impl Link {
     pub(crate) fn note(&self, what: impl std::fmt::Display) {
         *self.last_error.lock() = Some(what.to_string());
     }
+}
+
+/// Whether an error answer says the server is a replica: `READONLY`, or
+/// (Redis before 7, from inside a script) an `ERR` that carries it.
+pub(crate) fn is_readonly(kind: redis::ErrorKind, detail: Option<&str>) -> bool {
+    kind == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        || detail.is_some_and(|d| d.contains("READONLY"))
 }
 
 /// The pipelined connection and its calls.

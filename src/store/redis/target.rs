@@ -65,13 +65,20 @@ fn scheme(url: &str) -> Option<(&str, bool)> {
 }
 
 /// A URL with several hosts, taken apart: the user information (with its
-/// `@`), the hosts, the path after the hosts (without its `/`), and the
-/// fragment (with its `#`).
+/// `@`), the hosts, the path after the hosts (without its `/`), and what
+/// follows the path (a query with its `?`, a fragment with its `#`),
+/// which every one-server URL made from it carries on.
 struct Hosts<'a> {
     userinfo: &'a str,
     hosts: Vec<&'a str>,
     path: &'a str,
-    fragment: &'a str,
+    tail: &'a str,
+}
+
+/// The fragment of a URL's tail (`#insecure`): what a sentinel's URL
+/// keeps (the query, database and password are the master's).
+fn fragment(tail: &str) -> &str {
+    tail.find('#').map_or("", |i| &tail[i..])
 }
 
 fn hosts(url: &str) -> RedisResult<Hosts<'_>> {
@@ -84,18 +91,19 @@ fn hosts(url: &str) -> RedisResult<Hosts<'_>> {
             .into()
     };
     let (_, rest) = url.split_once("://").ok_or_else(|| invalid("no scheme"))?;
-    let (rest, fragment) = match rest.find('#') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
+    // The user information ends at the last `@` (a password may hold
+    // `/`, `?` or `#` only percent-encoded, but a raw one must not make the
+    // password a host); the hosts at the first `/`, `?` or `#` after it.
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, ""),
-    };
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(at) => (&authority[..=at], &authority[at + 1..]),
-        None => ("", authority),
-    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, rest) = rest.split_at(end);
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (path, tail) = rest.split_at(end);
+    let hosts = authority;
     let hosts: Vec<&str> = hosts.split(',').collect();
     if hosts.iter().any(|h| h.is_empty()) {
         return Err(invalid("an empty host in the list (host:port,host:port)"));
@@ -104,7 +112,7 @@ fn hosts(url: &str) -> RedisResult<Hosts<'_>> {
         userinfo,
         hosts,
         path,
-        fragment,
+        tail,
     })
 }
 
@@ -155,11 +163,11 @@ impl Target {
                 let sentinels = h
                     .hosts
                     .iter()
-                    .map(|host| info(&format!("{plain}://{host}/{}", h.fragment)))
+                    .map(|host| info(&format!("{plain}://{host}/{}", fragment(h.tail))))
                     .collect::<RedisResult<Vec<_>>>()?;
                 let master = info(&format!(
                     "{plain}://{}{}/{db}{}",
-                    h.userinfo, h.hosts[0], h.fragment
+                    h.userinfo, h.hosts[0], h.tail
                 ))?;
                 // The TLS settings are checked now, not at the first connect.
                 client(master.clone(), certificates)?;
@@ -180,9 +188,13 @@ impl Target {
                 let nodes = h
                     .hosts
                     .iter()
-                    .map(|host| info(&format!("{plain}://{}{host}/{}", h.userinfo, h.fragment)))
+                    .map(|host| info(&format!("{plain}://{}{host}/{}", h.userinfo, h.tail)))
                     .collect::<RedisResult<Vec<_>>>()?;
-                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes);
+                // No retries: see cluster.rs (a check is sent once).
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .retries(0)
+                    .min_retry_wait(0)
+                    .max_retry_wait(0);
                 if let Some(pem) = certificates {
                     builder = builder.certs(redis::TlsCertificates {
                         client_tls: None,
@@ -215,8 +227,8 @@ impl Target {
         }
     }
 
-    /// A connection to the cluster whose every request gives up after
-    /// `timeout`, with one retry after a redirection.
+    /// A connection to the cluster whose every step (connecting to a
+    /// node, a request) gives up after `timeout`; nothing is retried.
     pub(crate) fn cluster(
         client: &redis::cluster::ClusterClient,
         timeout: Duration,
@@ -257,23 +269,25 @@ fn left(deadline: Instant) -> RedisResult<Duration> {
 
 impl Sentinel {
     /// Asks the sentinels, in turn, where the master is, and connects to it
-    /// if it says it is one, all before `deadline`.
+    /// if it says it is one, all before `deadline`. Each sentinel gets an
+    /// equal share of what is left, so one that does not answer (a host
+    /// that is down drops the connect) cannot use up the time of the
+    /// others; the first that answers moves to the front of the list and
+    /// one that failed to the back.
     fn connect(&self, deadline: Instant) -> RedisResult<redis::Connection> {
         let sentinels = self.sentinels.lock().clone();
         let mut last_error = None;
         for (i, sentinel) in sentinels.iter().enumerate() {
-            match self.ask(sentinel, deadline) {
+            let share = left(deadline)? / u32::try_from(sentinels.len() - i).unwrap_or(u32::MAX);
+            match self.ask(sentinel, Instant::now() + share) {
                 Ok(address) => {
-                    if i > 0 {
-                        let mut list = self.sentinels.lock();
-                        if let Some(at) = list.iter().position(|s| s.addr() == sentinel.addr()) {
-                            let answered = list.remove(at);
-                            list.insert(0, answered);
-                        }
-                    }
+                    self.reorder(sentinel, true);
                     return self.master(address, deadline);
                 }
-                Err(e) => last_error = Some(e),
+                Err(e) => {
+                    self.reorder(sentinel, false);
+                    last_error = Some(e);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| {
@@ -283,6 +297,19 @@ impl Sentinel {
             )
                 .into()
         }))
+    }
+
+    /// Moves a sentinel to the front (it answered) or the back.
+    fn reorder(&self, sentinel: &ConnectionInfo, answered: bool) {
+        let mut list = self.sentinels.lock();
+        if let Some(at) = list.iter().position(|s| s.addr() == sentinel.addr()) {
+            let moved = list.remove(at);
+            if answered {
+                list.insert(0, moved);
+            } else {
+                list.push(moved);
+            }
+        }
     }
 
     /// One sentinel's answer: the master's host and port.
@@ -373,6 +400,44 @@ mod tests {
             target("redis+cluster://127.0.0.1:7000,127.0.0.1:7001"),
             Ok(Target::Cluster(_))
         ));
+    }
+
+    /// Review of issue 18: a query was read as part of the master's name
+    /// (or of a cluster host), and a raw `/` in a password as a host.
+    #[test]
+    fn queries_fragments_and_odd_passwords_stay_where_they_belong() {
+        let Ok(Target::Sentinel(s)) =
+            target("redis+sentinel://127.0.0.1:26379/mymaster?protocol=resp3")
+        else {
+            panic!("a sentinel URL with a query");
+        };
+        assert_eq!(s.service, "mymaster");
+        assert!(matches!(
+            target("redis+cluster://127.0.0.1:7000,127.0.0.1:7001?protocol=resp3"),
+            Ok(Target::Cluster(_))
+        ));
+        // A `/` in a password is written %2F; a raw one is refused, never
+        // read as the end of the hosts.
+        let Ok(Target::Sentinel(s)) = target("redis+sentinel://:pa%2Fss@127.0.0.1:26379/m/2")
+        else {
+            panic!("a password with a slash");
+        };
+        assert_eq!(s.master.redis_settings().password(), Some("pa/ss"));
+        assert_eq!(s.master.redis_settings().db(), 2);
+        let e = target("redis+sentinel://:pa/ss@127.0.0.1:26379/m/2")
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("pa/ss"), "{e}");
+        let Ok(Target::Sentinel(s)) = target("rediss+sentinel://127.0.0.1:26379/m#insecure") else {
+            panic!("a TLS sentinel URL");
+        };
+        for info in s.sentinels.lock().iter().chain([&s.master]) {
+            assert!(
+                matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }),
+                "{:?}",
+                info.addr()
+            );
+        }
     }
 
     #[test]
