@@ -125,6 +125,15 @@ impl Engine {
             .triplet_key)
     }
 
+    /// The keyed 128-bit hash a whole request is stored under, as
+    /// [`check_request`](Self::check_request) keys it (with a verified
+    /// domain or host name where they change the key): what a host keeps a
+    /// deferred request's addresses under, to name them when an event
+    /// ([`Event::triplet`](crate::Event::triplet)) says its mail was lost.
+    pub fn request_key(&self, req: &Request<'_>) -> Result<u128, InputError> {
+        Ok(self.keys(req)?.triplet_key)
+    }
+
     /// The keyed 128-bit hash a client's network is stored under (its
     /// hash tag in Redis, `<prefix>{<32 hex>}:`). Only meaningful with this
     /// engine's secret.
@@ -172,6 +181,7 @@ impl Engine {
             reason: verdict.reason,
             at: now,
             count: 0,
+            triplet: Some(keys.triplet_key),
         });
         Ok(verdict)
     }
@@ -595,6 +605,38 @@ mod tests {
         assert_eq!(report[0].network.to_string(), "192.0.2.0/24");
         assert_eq!((report[0].count, report[0].last_seen), (1, (T0 + 9) as u32));
         assert_eq!(e.stats().lost_mail, 1);
+    }
+
+    /// Issue 19: a host names the sender and recipient of lost mail by the
+    /// triplet key its events carry.
+    #[test]
+    fn events_carry_the_triplet_key() {
+        let e = engine();
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        e.on_event(Some(Box::new(move |ev: &Event| {
+            sink.lock().push((ev.kind, ev.triplet));
+        })))
+        .unwrap();
+        let req = Request::new("192.0.2.10", "a@corp.example", "u@y.net");
+        let key = e.request_key(&req).unwrap();
+        assert_eq!(
+            key,
+            e.triplet_key("192.0.2.10", "a@corp.example", "u@y.net")
+                .unwrap()
+        );
+        for dt in [0, 4] {
+            e.check_request(&req, T0 + dt).unwrap();
+        }
+        e.sweep(T0 + 300 + 3600);
+        assert_eq!(
+            *seen.lock(),
+            [
+                (EventKind::Deferred, Some(key)),
+                (EventKind::Deferred, Some(key)),
+                (EventKind::LostMail, Some(key))
+            ]
+        );
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub struct Event {
     /// For `LostMail` and a blasting `BlockStarted`: the triplet's early
     /// retries; else 0.
     pub count: u32,
+    /// The triplet's keyed hash (see [`Engine::triplet_key`](crate::Engine::triplet_key))
+    /// for the events of one triplet: a verdict, `LostMail` and
+    /// `Recovered` (with a shared store, where the store still knows it).
+    /// A host that kept a deferred request's addresses under this key can
+    /// name the sender and recipient whose mail was lost. `None` for the
+    /// events of a network.
+    pub triplet: Option<u128>,
 }
 
 /// An event callback. It runs on the thread that made the check or sweep,

@@ -475,6 +475,7 @@ impl MemoryStore {
             reason,
             at: now,
             count,
+            triplet: None,
         });
     }
 
@@ -498,6 +499,7 @@ impl MemoryStore {
                 reason: Reason::Retried,
                 at: now,
                 count: 0,
+                triplet: Some(k.triplet_key),
             });
         }
     }
@@ -637,6 +639,7 @@ impl MemoryStore {
             reason: Reason::EarlyRetry,
             at: l.last_seen,
             count: u32::from(l.early_retries),
+            triplet: Some(l.key),
         });
         true
     }
@@ -673,6 +676,7 @@ impl MemoryStore {
                     reason: Reason::Blocked,
                     at,
                     count: 0,
+                    triplet: None,
                 });
             }
         }

@@ -117,7 +117,7 @@ pub fn lost_mail(mx1: &Engine, mx2: &Engine) {
         if e.kind == greylist::EventKind::LostMail {
             sink.lock()
                 .unwrap()
-                .push((e.network.to_string(), e.count, e.at));
+                .push((e.network.to_string(), e.count, e.at, e.triplet));
         }
     })))
     .unwrap();
@@ -149,7 +149,12 @@ pub fn lost_mail(mx1: &Engine, mx2: &Engine) {
     assert_eq!((mx1.stats().lost_mail, mx2.stats().lost_mail), (0, 1));
     assert_eq!(
         *seen.lock().unwrap(),
-        vec![("192.0.2.0/24".to_string(), 2, (T0 + 9) as u32)]
+        vec![(
+            "192.0.2.0/24".to_string(),
+            2,
+            (T0 + 9) as u32,
+            Some(mx2.triplet_key(EX.0, EX.1, EX.2).unwrap())
+        )]
     );
     // A late retry at MX 1 passes after all: recovered, the row goes.
     let v = at(mx1, T0 + 5000);

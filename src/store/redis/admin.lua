@@ -16,10 +16,10 @@
 --                 lost}.
 -- settle          KEYS network; extra = most suspects to judge. Judges the
 --                 suspects that are due: returns {counted, net, last,
---                 next_due, early...}: lost triplets credited, the
---                 network's text and latest lost attempt, when its next
---                 suspect is due (-1: none left), and each one's early
---                 retries.
+--                 next_due, (early, last, key)...}: lost triplets credited,
+--                 the network's text and latest lost attempt, when its next
+--                 suspect is due (-1: none left), and for each one its
+--                 early retries, last attempt and key.
 -- reindex         KEYS the fleet's suspects index; extra = network hex,
 --                 next_due. Replaces the network's entry if it is due (a
 --                 check may have indexed a later one meanwhile).
@@ -178,6 +178,8 @@ if mode == 'settle' then
       counted = counted + 1
       last = max(last, same and t.last or first)
       earlies[#earlies + 1] = same and t.early or 0
+      earlies[#earlies + 1] = same and t.last or first
+      earlies[#earlies + 1] = key
       if same then redis.call('SADD', credited_key, key) end
     end
   end

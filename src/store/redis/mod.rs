@@ -314,6 +314,7 @@ impl RedisStore {
                 reason: Reason::Retried,
                 at: now,
                 count: 0,
+                triplet: Some(k.triplet_key),
             });
         }
         if flags & 2 != 0 {
@@ -327,6 +328,7 @@ impl RedisStore {
                 },
                 at: now,
                 count: if trap { 0 } else { early },
+                triplet: None,
             });
         }
         Some(verdict)
@@ -401,6 +403,14 @@ pub(crate) fn parse_client(text: &str) -> Option<ClientState> {
         rounds,
         last_round,
     })
+}
+
+/// The triplet hash at the end of a triplet's key (`...:t:<32 hex>`).
+fn triplet_of_key(key: &str) -> Option<u128> {
+    let (_, hex) = key.rsplit_once(":t:")?;
+    (hex.len() == 32)
+        .then(|| u128::from_str_radix(hex, 16).ok())
+        .flatten()
 }
 
 /// An integer in a script's answer.
@@ -612,13 +622,19 @@ impl RedisStore {
             self.counters().malformed.fetch_add(1, Relaxed);
             return Ok(());
         };
-        for early in reply[4..].iter().filter_map(int) {
+        for lost in reply[4..].chunks(3) {
+            let [early, at, key] = lost else {
+                self.counters().malformed.fetch_add(1, Relaxed);
+                continue;
+            };
+            let key: Option<String> = redis::from_redis_value(key.clone()).ok();
             self.events.emit(|| Event {
                 kind: EventKind::LostMail,
                 network: network.clone(),
                 reason: Reason::EarlyRetry,
-                at: last,
-                count: u32::try_from(early).unwrap_or(0),
+                at: int(at).and_then(|t| u32::try_from(t).ok()).unwrap_or(last),
+                count: int(early).and_then(|e| u32::try_from(e).ok()).unwrap_or(0),
+                triplet: key.as_deref().and_then(triplet_of_key),
             });
         }
         Ok(())
