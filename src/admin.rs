@@ -89,6 +89,19 @@ impl Engine {
         kind: ListKind,
         paths: &[impl AsRef<Path>],
     ) -> Result<usize, ListError> {
+        self.load_lists_with(kind, paths, &[])
+    }
+
+    /// As [`load_lists`](Self::load_lists), with `extra` entries besides
+    /// the files' (a host's run-time entries), in one replacement: a check
+    /// never sees the list without them. A bad extra entry is named as
+    /// `entry N: ...`.
+    pub fn load_lists_with(
+        &self,
+        kind: ListKind,
+        paths: &[impl AsRef<Path>],
+        extra: &[&str],
+    ) -> Result<usize, ListError> {
         let in_file = |path: &Path, e: ListError| ListError::BadEntry {
             line: 0,
             reason: format!("{}: {e}", path.display()),
@@ -103,9 +116,16 @@ impl Engine {
                 .map_err(|e| in_file(path, e))?;
             texts.push(text);
         }
-        let all = texts.iter().flat_map(|t| file_entries(t));
+        let numbered = || extra.iter().enumerate().map(|(i, e)| (i + 1, *e));
+        crate::lists::Lists::default()
+            .with(kind, numbered(), true)
+            .map_err(|e| ListError::BadEntry {
+                line: 0,
+                reason: format!("run-time entries: {e}"),
+            })?;
+        let all = texts.iter().flat_map(|t| file_entries(t)).chain(numbered());
         self.store_list(kind, all, true)?;
-        Ok(texts.iter().map(|t| file_entries(t).count()).sum())
+        Ok(texts.iter().map(|t| file_entries(t).count()).sum::<usize>() + extra.len())
     }
 
     /// What the engine knows of `client_ip`'s network at `now` (counting its

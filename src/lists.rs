@@ -336,6 +336,14 @@ impl Lists {
 
 /// The entries of a list file's text: (line number, entry) without
 /// comments and blank lines.
+/// The entries of a list file, as [`Engine::load_list`](crate::Engine::load_list)
+/// reads them (comments and blank lines left out), unchecked: for a host
+/// that shows an operator what its files hold.
+pub fn read_list_file(path: &Path) -> Result<Vec<String>, ListError> {
+    let text = read_file(path)?;
+    Ok(file_entries(&text).map(|(_, e)| e.to_string()).collect())
+}
+
 pub(crate) fn file_entries(text: &str) -> impl Iterator<Item = (usize, &str)> + Clone {
     text.lines().enumerate().filter_map(|(i, line)| {
         let entry = line.split('#').next().unwrap_or("").trim();

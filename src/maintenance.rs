@@ -163,6 +163,9 @@ struct Shared {
     failures: AtomicU64,
     failures_in_a_row: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// When the latest save succeeded (Unix seconds, system clock); 0:
+    /// none yet.
+    last_success: AtomicU64,
     observer: Option<SaveObserver>,
 }
 
@@ -251,6 +254,7 @@ impl Maintenance {
             failures: AtomicU64::new(0),
             failures_in_a_row: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            last_success: AtomicU64::new(0),
             observer,
         });
         let thread = interval.map(|every| {
@@ -310,6 +314,15 @@ impl Maintenance {
         self.shared.failures.load(Relaxed)
     }
 
+    /// When the latest successful save ended (Unix seconds, system clock),
+    /// if any.
+    pub fn last_success(&self) -> Option<i64> {
+        match self.shared.last_success.load(Relaxed) {
+            0 => None,
+            t => i64::try_from(t).ok(),
+        }
+    }
+
     /// The message of the latest failed save, if the latest save failed.
     pub fn last_error(&self) -> Option<String> {
         self.shared.last_error.lock().clone()
@@ -337,6 +350,8 @@ fn record<E: ToString>(shared: &Shared, result: Result<(), E>) {
     match result {
         Ok(()) => {
             shared.saves.fetch_add(1, Relaxed);
+            let now = u64::try_from(unix_now()).unwrap_or(0);
+            shared.last_success.store(now, Relaxed);
             *shared.last_error.lock() = None;
         }
         Err(e) => {

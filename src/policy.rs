@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::{self, BufRead};
 use std::ops::Range;
 
-use crate::{Action, Engine, Reason, Request};
+use crate::{Action, Engine, Reason, Request, Verdict};
 
 /// Longest request line accepted, in bytes.
 pub const MAX_LINE: usize = 4096;
@@ -202,6 +202,12 @@ pub struct Answer {
     pub action: String,
     /// One line for the log, `key=value` pairs an operator can grep.
     pub log: String,
+    /// The engine's verdict, when it judged the request.
+    pub verdict: Option<Verdict>,
+    /// What the log line says of it (`action=` and `reason=`): `pass`,
+    /// `defer` or `block` and the verdict's reason; `defer` and
+    /// `cannot-judge`; `dunno` and `not-rcpt`.
+    pub outcome: (&'static str, &'static str),
 }
 
 impl Answer {
@@ -249,7 +255,7 @@ pub fn quote_into(out: &mut String, value: &[u8], max: usize) {
 
 /// Appends ` key=value` to a log line, the value quoted as [`quote_into`]
 /// does.
-fn field(out: &mut String, key: &str, value: &[u8]) {
+pub fn field(out: &mut String, key: &str, value: &[u8]) {
     out.push(' ');
     out.push_str(key);
     out.push('=');
@@ -257,7 +263,7 @@ fn field(out: &mut String, key: &str, value: &[u8]) {
 }
 
 /// Appends ` key=<address>`, the brackets inside any quotes.
-fn address_field(out: &mut String, key: &str, address: &[u8]) {
+pub fn address_field(out: &mut String, key: &str, address: &[u8]) {
     let bare = address
         .strip_prefix(b"<")
         .and_then(|a| a.strip_suffix(b">"))
@@ -275,6 +281,8 @@ fn dunno(why: &str) -> Answer {
     Answer {
         action: "DUNNO".into(),
         log,
+        verdict: None,
+        outcome: ("dunno", "not-rcpt"),
     }
 }
 
@@ -300,7 +308,32 @@ fn cannot_judge(why: &str, request: &PolicyRequest) -> Answer {
             "DEFER_IF_PERMIT 4.3.0 Greylisting cannot judge this request, please try again later"
                 .into(),
         log,
+        verdict: None,
+        outcome: ("defer", "cannot-judge"),
     }
+}
+
+/// The engine's request for an RCPT-stage policy request: the client
+/// address, sender and recipient, and the client's verified name and HELO
+/// where Postfix knows them; `None` without a client address or recipient.
+pub fn engine_request(request: &PolicyRequest) -> Option<Request<'_>> {
+    let (Some(ip), Some(recipient)) = (
+        request.get("client_address"),
+        request.get_bytes("recipient"),
+    ) else {
+        return None;
+    };
+    let sender = request.get_bytes("sender").unwrap_or_default();
+    let named = |k| {
+        request
+            .get_bytes(k)
+            .filter(|v| !v.is_empty() && *v != b"unknown")
+    };
+    Some(Request {
+        client_name: named("client_name"),
+        helo: named("helo_name"),
+        ..Request::new(ip, sender, recipient)
+    })
 }
 
 fn domain_of(address: &[u8]) -> String {
@@ -338,23 +371,10 @@ pub fn answer(
         why.push_str(" is not RCPT");
         return dunno(&why);
     }
-    let (Some(ip), Some(recipient)) = (
-        request.get("client_address"),
-        request.get_bytes("recipient"),
-    ) else {
+    let Some(req) = engine_request(request) else {
         return cannot_judge("client_address or recipient missing", request);
     };
-    let sender = request.get_bytes("sender").unwrap_or_default();
-    let named = |k| {
-        request
-            .get_bytes(k)
-            .filter(|v| !v.is_empty() && *v != b"unknown")
-    };
-    let req = Request {
-        client_name: named("client_name"),
-        helo: named("helo_name"),
-        ..Request::new(ip, sender, recipient)
-    };
+    let (ip, sender, recipient) = (req.client_ip, req.sender, req.recipient);
     let now = match request.get("policy_test_time") {
         Some(t) if options.allow_test_time => t.parse().unwrap_or(now),
         _ => now,
@@ -389,8 +409,7 @@ pub fn answer(
             ),
         },
     };
-    let mut log = format!(
-        "action={} reason={}",
+    let outcome = (
         match verdict.action {
             Action::Pass => "pass",
             Action::Defer => "defer",
@@ -398,6 +417,7 @@ pub fn answer(
         },
         verdict.reason.as_str(),
     );
+    let mut log = format!("action={} reason={}", outcome.0, outcome.1);
     field(&mut log, "client", ip.as_bytes());
     address_field(&mut log, "from", sender);
     address_field(&mut log, "to", recipient);
@@ -410,7 +430,12 @@ pub fn answer(
     if let Some(why) = request.malformed() {
         field(&mut log, "ignored", why.as_bytes());
     }
-    Answer { action, log }
+    Answer {
+        action,
+        log,
+        verdict: Some(verdict),
+        outcome,
+    }
 }
 
 #[cfg(test)]

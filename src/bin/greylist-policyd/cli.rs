@@ -43,8 +43,11 @@ Greylisting (postgrey's names):
   --block-time SECS           how long a blocked network stays blocked (default 3600)
   --lost-after N[s|m|h|d]     a sender that made only early retries and then no attempt
                               for this long after the delay lost its mail: logged as
-                              action=lost-mail and listed by SIGUSR1 (default 1h; a
-                              bare number is seconds). Looked for at each snapshot
+                              action=lost-mail (with its sender and recipient) and
+                              listed by greylistctl lost-mail (default 1h; a bare
+                              number is seconds)
+  --sweep-interval SECS       look for lost mail and expired entries this often
+                              (default 60)
 Several MX hosts (Redis):
   --redis URL                 keep triplets in Redis: redis://[user:password@]host:port/db,
                               rediss://... for TLS, redis+unix:///path/redis.sock,
@@ -58,8 +61,15 @@ Several MX hosts (Redis):
   --redis-fail open|defer     when Redis fails: pass what the local table would
                               defer (default open), or defer it
 Persistence:
-  --snapshot PATH             snapshot file (default ./greylist-policyd.snap)
+  --snapshot PATH             snapshot file (default ./greylist-policyd.snap); run-time
+                              whitelist entries are kept beside it in PATH.whitelist
   --snapshot-interval SECS    save every SECS; 0: only at shutdown (default 300)
+Operating it:
+  --control PATH              greylistctl's socket (default: the snapshot's path with
+                              .ctl added; mode 0600, the daemon's user and root only)
+  --no-control                no control socket
+  --metrics [HOST:]PORT       serve GET /metrics (Prometheus) and GET /health there
+                              (default: off; a bare port is on 127.0.0.1)
 Testing:
   --allow-test-time           honour policy_test_time / policy_test_advance attributes
   --help, --version
@@ -85,6 +95,11 @@ pub struct Options {
     pub snapshot_interval: u64,
     /// The `--redis-secret` file, to warn when others can read it.
     pub redis_secret: Option<PathBuf>,
+    /// `--control`: `None` for the default beside the snapshot.
+    pub control: Option<PathBuf>,
+    pub no_control: bool,
+    pub metrics: Option<String>,
+    pub sweep_interval: u64,
 }
 
 /// A duration in seconds: a whole number with a unit (`90s`, `30m`, `1h`,
@@ -123,8 +138,12 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
         config: Config::builder(),
         policy: PolicyOptions::default(),
         lists: ListKind::ALL.iter().map(|k| (*k, Vec::new())).collect(),
-        snapshot: PathBuf::from("greylist-policyd.snap"),
+        snapshot: PathBuf::from(crate::protocol::DEFAULT_SNAPSHOT),
         snapshot_interval: 300,
+        control: None,
+        no_control: false,
+        metrics: None,
+        sweep_interval: 60,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -242,6 +261,10 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
             }
             "--snapshot" => o.snapshot = value()?.into(),
             "--snapshot-interval" => o.snapshot_interval = number(value()?)?,
+            "--sweep-interval" => o.sweep_interval = number(value()?)?.max(1),
+            "--control" => o.control = Some(value()?.into()),
+            "--no-control" => o.no_control = true,
+            "--metrics" => o.metrics = Some(value()?),
             "--allow-test-time" => o.policy.allow_test_time = true,
             _ => return Err(format!("unknown option {arg:?} (see --help)")),
         }

@@ -8,10 +8,15 @@
 //! would fail later.
 
 mod cli;
+mod control;
 mod log;
+mod metrics;
+mod protocol;
+mod recall;
 mod report;
 mod server;
 mod watch;
+mod whitelist;
 
 use std::net::TcpListener;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -20,43 +25,48 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use greylist::{Engine, ListKind, Maintenance, SaveEvent, SnapshotOptions};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use greylist::{ListKind, Maintenance, SaveEvent, SnapshotOptions};
+use parking_lot::Mutex;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::log::log;
+use crate::recall::Recall;
 use crate::server::{accept_loop, DaemonClock, Limits, Server};
 
 /// How long the final log lines may take to be written at exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(30);
 
-fn load_lists(engine: &Engine, lists: &[(ListKind, Vec<PathBuf>)]) -> Result<(), String> {
-    for (kind, paths) in lists.iter().filter(|(_, p)| !p.is_empty()) {
-        let n = engine.load_lists(*kind, paths).map_err(|e| e.to_string())?;
-        log(format_args!("{kind} list: {n} entries loaded"));
-    }
-    Ok(())
-}
-
-/// Makes way for a unix socket at `path`: removes a stale socket (one
-/// nobody listens on), and refuses anything else there.
-fn clear_socket_path(path: &Path) -> Result<(), String> {
+/// Makes way for a unix socket at `path` (given by `option`): removes a
+/// stale socket (one nobody listens on), and refuses anything else there.
+fn clear_socket_path(option: &str, path: &Path) -> Result<(), String> {
     let shown = path.display();
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("--unix {shown}: {e}")),
+        Err(e) => return Err(format!("{option} {shown}: {e}")),
     };
     if !meta.file_type().is_socket() {
         return Err(format!(
-            "--unix {shown}: something that is not a socket is there; refusing to remove it"
+            "{option} {shown}: something that is not a socket is there; refusing to remove it"
         ));
     }
     if UnixStream::connect(path).is_ok() {
-        return Err(format!("--unix {shown}: another server is listening on it"));
+        return Err(format!(
+            "{option} {shown}: another server is listening on it"
+        ));
     }
     std::fs::remove_file(path)
-        .map_err(|e| format!("--unix {shown}: removing the stale socket: {e}"))
+        .map_err(|e| format!("{option} {shown}: removing the stale socket: {e}"))
+}
+
+/// The list counts, for the log.
+fn log_lists(what: &str, loaded: &[(ListKind, usize)]) {
+    let counts: Vec<String> = loaded.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    log(format_args!("{what}: {}", counts.join(", ")));
 }
 
 /// The connection bound, clamped to what the descriptor limit allows.
@@ -125,8 +135,30 @@ fn run() -> Result<(), String> {
         request_timeout: o.request_timeout,
     };
     if let Some(path) = &o.unix {
-        clear_socket_path(path)?;
+        clear_socket_path("--unix", path)?;
     }
+    let control = (!o.no_control).then(|| {
+        o.control
+            .clone()
+            .unwrap_or_else(|| protocol::control_path(&o.snapshot))
+    });
+    if let Some(path) = &control {
+        clear_socket_path("--control", path)?;
+    }
+    let metrics_listener = match &o.metrics {
+        Some(addr) => {
+            let addr = if addr.contains(':') {
+                addr.clone()
+            } else {
+                format!("127.0.0.1:{addr}")
+            };
+            Some(TcpListener::bind(&addr).map_err(|e| format!("--metrics {addr}: {e}"))?)
+        }
+        None => None,
+    };
+    let mut whitelist_path = o.snapshot.as_os_str().to_owned();
+    whitelist_path.push(".whitelist");
+    let lists = whitelist::Lists::open(o.lists.clone(), whitelist_path.into())?;
     let shared = config.redis().is_some();
     // Before the (perhaps long) snapshot load: a signal then waits for the
     // loop below instead of killing the daemon.
@@ -142,16 +174,48 @@ fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let engine = started.maintenance.engine().clone();
+    let store_down = Arc::new(AtomicBool::new(false));
     if shared {
-        watch::start(engine.clone());
+        watch::start(engine.clone(), store_down.clone());
     }
-    load_lists(&engine, &o.lists)?;
+    log_lists("lists loaded", &lists.apply(&engine)?);
+    let recall = Arc::new(Recall::default());
     engine
-        .on_event(Some(report::event_sink(engine.config())))
+        .on_event(Some(report::event_sink(engine.config(), recall.clone())))
         .map_err(|e| e.to_string())?;
 
-    let server = Arc::new(Server::new(engine.clone(), o.policy.clone(), limits, clock));
+    let live = metrics::Live::default();
+    let server = Arc::new(Server::new(
+        engine.clone(),
+        o.policy.clone(),
+        limits,
+        clock.clone(),
+        live.clone(),
+        recall.clone(),
+    ));
+    let (set_aside, maintenance) = (started.set_aside, started.maintenance);
+    let daemon = Arc::new(control::Daemon {
+        engine: engine.clone(),
+        maintenance: Mutex::new(Some(maintenance)),
+        server: server.clone(),
+        lists,
+        recall,
+        clock: clock.clone(),
+        started: Instant::now(),
+        snapshot: o.snapshot.clone(),
+        snapshot_interval: o.snapshot_interval,
+        store_down,
+    });
     let mut listening = Vec::new();
+    if let Some(path) = &control {
+        control::start(daemon.clone(), path)?;
+        listening.push(format!("control {}", path.display()));
+    }
+    if let Some(listener) = metrics_listener {
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        metrics::start(daemon.clone(), live, listener)?;
+        listening.push(format!("metrics http://{local}/metrics"));
+    }
     let pause = |d| std::thread::sleep(d);
     if let Some(addr) = &o.inet {
         let addr = if addr.contains(':') {
@@ -161,7 +225,7 @@ fn run() -> Result<(), String> {
         };
         let listener = TcpListener::bind(&addr).map_err(|e| format!("--inet {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        listening.push(format!("tcp {local}"));
+        listening.insert(0, format!("tcp {local}"));
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
@@ -176,16 +240,26 @@ fn run() -> Result<(), String> {
     if let Some(path) = &o.unix {
         let listener =
             UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
-        listening.push(format!("unix {}", path.display()));
+        listening.insert(0, format!("unix {}", path.display()));
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
             accept_loop(next, |c| s.admit(c), pause, log);
         });
     }
+    // Lost mail is looked for every sweep interval, not only at saves.
+    let (swept, sweep_clock) = (engine.clone(), clock.clone());
+    let every = Duration::from_secs(o.sweep_interval);
+    std::thread::Builder::new()
+        .name("sweeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            swept.sweep(sweep_clock.now());
+        })
+        .map_err(|e| format!("sweeper: {e}"))?;
     log(format_args!(
         "listening on {}; snapshot {} ({}, every {} s); {} entries; delay {} s; \
-         at most {} connections",
+         lost mail looked for every {} s; at most {} connections",
         listening.join(" and "),
         o.snapshot.display(),
         if engine.is_empty() {
@@ -196,26 +270,26 @@ fn run() -> Result<(), String> {
         o.snapshot_interval,
         engine.len(),
         engine.config().delay(),
+        o.sweep_interval,
         limits.max_connections
     ));
-    if let Some((aside, why)) = &started.set_aside {
+    if let Some((aside, why)) = &set_aside {
         log(format_args!(
             "the old snapshot was unusable ({why}); kept it as {}",
             aside.display()
         ));
     }
-    let maintenance = started.maintenance;
 
     for signal in signals.forever() {
         match signal {
-            SIGHUP => match load_lists(&engine, &o.lists) {
-                Ok(()) => log("SIGHUP: list files reloaded"),
+            SIGHUP => match daemon.reload() {
+                Ok(_) => log("SIGHUP: list files reloaded"),
                 Err(e) => log(format_args!("SIGHUP: lists kept as they were: {e}")),
             },
             SIGUSR1 => report::status(&engine),
             // A failure is logged by the save observer.
             SIGUSR2 => {
-                if maintenance.save_now().is_ok() {
+                if daemon.save().is_ok() {
                     log(format_args!(
                         "SIGUSR2: saved {} entries to {}",
                         engine.len(),
@@ -227,9 +301,15 @@ fn run() -> Result<(), String> {
         }
     }
     log("shutting down: writing the final snapshot");
-    maintenance
-        .stop()
-        .map_err(|e| format!("the final snapshot save failed: {e}"))?;
+    if let Some(path) = &control {
+        let _ = std::fs::remove_file(path);
+    }
+    let maintenance = daemon.maintenance.lock().take();
+    if let Some(maintenance) = maintenance {
+        maintenance
+            .stop()
+            .map_err(|e| format!("the final snapshot save failed: {e}"))?;
+    }
     log(format_args!(
         "saved {} entries to {}",
         engine.len(),

@@ -2,27 +2,46 @@
 //! events (lost mail found, recovered; blocks starting and ending), and
 //! when asked by SIGUSR1 (the status and the lost-mail report).
 
+use std::sync::Arc;
+
 use greylist::{Config, Engine, Event, EventKind, Reason};
 
 use crate::log::{decision, log, utc};
+use crate::recall::Recall;
+use greylist::policy::address_field;
 
 /// Most rows of the lost-mail report a SIGUSR1 writes to the log.
 pub const REPORT_ROWS: usize = 100;
 
 /// The event callback: one line per lost or recovered triplet and per
 /// block start or end (decision lines: a flood of them is dropped and
-/// counted, never queued without bound). Verdicts are logged by the
-/// server, so their events are ignored here.
-pub fn event_sink(config: &Config) -> greylist::EventSink {
+/// counted, never queued without bound). A lost triplet's line names its
+/// sender and recipient when this daemon deferred it (`recall`). Verdicts
+/// are logged by the server; a pass after the delay only tells `recall`
+/// that the triplet is not lost.
+pub fn event_sink(config: &Config, recall: Arc<Recall>) -> greylist::EventSink {
     let (copies, block_time) = (config.blast_copies(), config.block_time());
     Box::new(move |e: &Event| {
         let client = &e.network;
         match e.kind {
-            EventKind::LostMail => decision(format_args!(
-                "action=lost-mail client={client} early_retries={} last_seen={}",
-                e.count,
-                utc(e.at.into())
-            )),
+            EventKind::Passed if e.reason == Reason::Retried => {
+                if let Some(key) = e.triplet {
+                    recall.passed(key);
+                }
+            }
+            EventKind::LostMail => {
+                let mut line = format!("action=lost-mail client={client}");
+                let named = e.triplet.and_then(|k| recall.lost(k, &client.to_string()));
+                if let Some(a) = named {
+                    address_field(&mut line, "from", a.from.as_bytes());
+                    address_field(&mut line, "to", a.to.as_bytes());
+                }
+                decision(format_args!(
+                    "{line} early_retries={} last_seen={}",
+                    e.count,
+                    utc(e.at.into())
+                ))
+            }
             EventKind::Recovered => decision(format_args!(
                 "action=recovered client={client} at={}",
                 utc(e.at.into())

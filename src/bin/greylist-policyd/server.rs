@@ -31,6 +31,8 @@ use greylist::Engine;
 use parking_lot::{Condvar, Mutex};
 
 use crate::log::{decision, log, Episode};
+use crate::metrics::Live;
+use crate::recall::Recall;
 
 /// Descriptors kept for everything but connections: stdio, listeners, the
 /// snapshot and its folder, list files, Redis, signal handling.
@@ -50,6 +52,51 @@ pub fn descriptor_budget() -> Option<(u64, u64)> {
     }
     let soft = limit.current?;
     Some((soft, soft.saturating_sub(RESERVED_DESCRIPTORS)))
+}
+
+/// Serves each connection `accept` gives on a thread of its own, at most
+/// `max` at once (the control socket's and `/metrics`' few clients): one
+/// more is handed to `busy` and closed. The loop runs on a thread named
+/// `name`.
+pub fn serve_each<S: Send + 'static>(
+    name: &str,
+    mut accept: impl FnMut() -> io::Result<S> + Send + 'static,
+    max: usize,
+    busy: impl Fn(S) + Send + 'static,
+    handle: impl Fn(S) + Send + Sync + 'static,
+) -> Result<(), String> {
+    let handle = Arc::new(handle);
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let what = name.to_string();
+    std::thread::Builder::new()
+        .name(what.clone())
+        .spawn(move || loop {
+            let Ok(stream) = accept() else {
+                // Descriptors running out: wait rather than spin.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            if active.fetch_add(1, Ordering::AcqRel) >= max {
+                active.fetch_sub(1, Ordering::AcqRel);
+                busy(stream);
+                continue;
+            }
+            let (handle, done) = (handle.clone(), active.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("{what}-client"))
+                .spawn(move || {
+                    handle(stream);
+                    done.fetch_sub(1, Ordering::AcqRel);
+                });
+            if spawned.is_err() {
+                active.fetch_sub(1, Ordering::AcqRel);
+                log(format_args!(
+                    "{what}: cannot start a thread for a connection"
+                ));
+            }
+        })
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(())
 }
 
 /// The deadlines and bound every connection is served under.
@@ -131,6 +178,10 @@ pub struct Server {
     next_id: AtomicU64,
     refused: Mutex<Episode>,
     clock: Arc<DaemonClock>,
+    /// Answers by action and reason, and their latency (`/metrics`).
+    live: Live,
+    /// Deferred requests' addresses, to name lost mail.
+    recall: Arc<Recall>,
 }
 
 /// The daemon's clock: the system's, moved on by `policy_test_advance` in
@@ -153,6 +204,8 @@ impl Server {
         policy: PolicyOptions,
         limits: Limits,
         clock: Arc<DaemonClock>,
+        live: Live,
+        recall: Arc<Recall>,
     ) -> Server {
         Server {
             engine,
@@ -164,6 +217,33 @@ impl Server {
             next_id: AtomicU64::new(0),
             refused: Mutex::new(Episode::new("refusing connections")),
             clock,
+            live,
+            recall,
+        }
+    }
+
+    /// Connections open now (closed ones until their thread has ended).
+    pub fn open_connections(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// The connection bound.
+    pub fn max_connections(&self) -> usize {
+        self.limits.max_connections
+    }
+
+    /// Remembers a deferred request's addresses under its triplet key.
+    fn remember(&self, request: &policy::PolicyRequest, answer: &policy::Answer) {
+        use greylist::{Action, Reason};
+        let Some(v) = answer.verdict else { return };
+        if v.action != Action::Defer || !matches!(v.reason, Reason::New | Reason::EarlyRetry) {
+            return;
+        }
+        if let Some(req) = policy::engine_request(request) {
+            if let Ok(key) = self.engine.request_key(&req) {
+                self.recall
+                    .deferred(key, req.client_ip, req.sender, req.recipient);
+            }
         }
     }
 
@@ -293,12 +373,15 @@ impl Server {
                     self.clock.offset.fetch_add(secs, Ordering::Relaxed);
                 }
             }
+            let started = Instant::now();
             let now = self.clock.now();
             let answer = policy::answer(&self.engine, &request, &self.policy, now);
+            self.remember(&request, &answer);
             decision(&answer.log);
             if stream.write_all_bytes(answer.to_wire().as_bytes()).is_err() {
                 return;
             }
+            self.live.answered(answer.outcome, started.elapsed());
         }
     }
 }

@@ -3,6 +3,7 @@
 //! once per episode, with the count of checks answered locally. Without
 //! this an outage turned greylisting off (failing open) in silence.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,8 +87,9 @@ fn probe(engine: &Engine, when: &str) {
     }
 }
 
-/// Probes the store at start, then watches it for ever on a thread.
-pub fn start(engine: Arc<Engine>) {
+/// Probes the store at start, then watches it for ever on a thread;
+/// `down` tells whether checks are being answered locally.
+pub fn start(engine: Arc<Engine>, down: Arc<AtomicBool>) {
     probe(&engine, "at start");
     let mut watch = StoreWatch::new(&engine.stats(), engine.config().fail_mode());
     std::thread::Builder::new()
@@ -95,6 +97,7 @@ pub fn start(engine: Arc<Engine>) {
         .spawn(move || loop {
             std::thread::sleep(EVERY);
             let line = watch.observe(&engine.stats(), engine.store_error(), Instant::now());
+            down.store(watch.down.is_some(), Ordering::Relaxed);
             if let Some(line) = line {
                 let recovered = watch.down.is_none();
                 log(line);

@@ -1,0 +1,159 @@
+//! The control socket's protocol, shared by greylist-policyd and
+//! greylistctl: a client connects to the unix socket, writes one request
+//! as a line of JSON, and reads one reply line of JSON; then the daemon
+//! closes the connection.
+//!
+//! ```text
+//! {"command":"release","ip":"192.0.2.1","sender":"a@example.org","recipient":"b@example.net"}
+//! {"ok":true,"result":{"released":true}}
+//! {"ok":false,"error":"client_ip: not an IP address: \"x\""}
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request or reply line, in bytes (a reply is larger: a status
+/// or a lost-mail report of at most [`MAX_ROWS`] rows).
+pub const MAX_REQUEST: usize = 64 << 10;
+#[allow(dead_code)] // what greylistctl reads at most
+pub const MAX_REPLY: usize = 16 << 20;
+
+/// Most rows a report returns.
+pub const MAX_ROWS: usize = 10_000;
+
+/// What an operator asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    /// Uptime, sizes, counters, snapshot and Redis state, connections.
+    Status,
+    /// The lost-mail report, worst network first.
+    LostMail { limit: usize },
+    /// A client network's record.
+    Client { ip: String },
+    /// Let a triplet pass from now on.
+    Release {
+        ip: String,
+        sender: String,
+        recipient: String,
+    },
+    /// Lift a network's block and pass its waiting triplets.
+    ReleaseClient { ip: String },
+    /// Forget a triplet (its next attempt is new).
+    Forget {
+        ip: String,
+        sender: String,
+        recipient: String,
+    },
+    /// Add a run-time whitelist entry (kept across restarts).
+    WhitelistAdd { list: Whitelist, entry: String },
+    /// Remove a run-time whitelist entry.
+    WhitelistRemove { list: Whitelist, entry: String },
+    /// Every whitelist entry, with its origin (a file, or run time).
+    WhitelistList,
+    /// Read the list files again (as SIGHUP).
+    Reload,
+    /// Sweep and write a snapshot now (as SIGUSR2), with the result.
+    Save,
+}
+
+/// The whitelists an operator can add to at run time.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Whitelist {
+    Clients,
+    Senders,
+    Recipients,
+}
+
+impl Whitelist {
+    pub const ALL: [Whitelist; 3] = [
+        Whitelist::Clients,
+        Whitelist::Senders,
+        Whitelist::Recipients,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Whitelist::Clients => "clients",
+            Whitelist::Senders => "senders",
+            Whitelist::Recipients => "recipients",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Whitelist> {
+        Whitelist::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+}
+
+/// The daemon's answer: a result, or why there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(result: serde_json::Value) -> Reply {
+        Reply {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn error(why: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            result: None,
+            error: Some(why.into()),
+        }
+    }
+}
+
+/// The daemon's default snapshot, as `--snapshot` says.
+pub const DEFAULT_SNAPSHOT: &str = "greylist-policyd.snap";
+
+/// The control socket that goes with a snapshot: beside it, `<snapshot>.ctl`.
+pub fn control_path(snapshot: &Path) -> PathBuf {
+    let mut name = snapshot.as_os_str().to_owned();
+    name.push(".ctl");
+    PathBuf::from(name)
+}
+
+/// Unix seconds as `2026-12-02T04:19:36Z`.
+pub fn utc(now: i64) -> String {
+    let (days, secs) = (now.div_euclid(86_400), now.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
