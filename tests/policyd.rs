@@ -272,10 +272,14 @@ fn lost_mail_blocks_and_the_usr_signals_through_the_daemon() {
             assert_eq!(d.lines_with("action=lost-mail"), 0, "sweep {sweep}");
         }
     }
-    d.wait_for_lines(
-        "action=lost-mail client=192.0.2.0/24 early_retries=2 last_seen=",
-        2,
-    );
+    // Each line names the sender and recipient whose mail was lost
+    // (issue 19).
+    for to in ["a@example.net", "b@example.net"] {
+        d.wait_for_log(&format!(
+            "action=lost-mail client=192.0.2.0/24 from=<ceo@corp.example> to=<{to}> \
+             early_retries=2 last_seen="
+        ));
+    }
     d.wait_for_log("action=block-end client=198.18.0.0/24 ended=");
     assert_eq!(d.lines_with("action=lost-mail"), 2, "{}", d.log_text());
 

@@ -63,10 +63,14 @@ fn clear_socket_path(option: &str, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{option} {shown}: removing the stale socket: {e}"))
 }
 
-/// The list counts, for the log.
-fn log_lists(what: &str, loaded: &[(ListKind, usize)]) {
-    let counts: Vec<String> = loaded.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    log(format_args!("{what}: {}", counts.join(", ")));
+/// The list counts, for the log: a kind that has files or entries.
+fn log_lists(loaded: &[(ListKind, usize)], files: &[(ListKind, Vec<PathBuf>)]) {
+    for (kind, n) in loaded {
+        let has_files = files.iter().any(|(k, p)| k == kind && !p.is_empty());
+        if has_files || *n > 0 {
+            log(format_args!("{kind} list: {n} entries loaded"));
+        }
+    }
 }
 
 /// The connection bound, clamped to what the descriptor limit allows.
@@ -142,9 +146,6 @@ fn run() -> Result<(), String> {
             .clone()
             .unwrap_or_else(|| protocol::control_path(&o.snapshot))
     });
-    if let Some(path) = &control {
-        clear_socket_path("--control", path)?;
-    }
     let metrics_listener = match &o.metrics {
         Some(addr) => {
             let addr = if addr.contains(':') {
@@ -178,7 +179,7 @@ fn run() -> Result<(), String> {
     if shared {
         watch::start(engine.clone(), store_down.clone());
     }
-    log_lists("lists loaded", &lists.apply(&engine)?);
+    log_lists(&lists.apply(&engine)?, &o.lists);
     let recall = Arc::new(Recall::default());
     engine
         .on_event(Some(report::event_sink(engine.config(), recall.clone())))
@@ -206,16 +207,17 @@ fn run() -> Result<(), String> {
         snapshot_interval: o.snapshot_interval,
         store_down,
     });
-    let mut listening = Vec::new();
+    let mut operating = Vec::new();
     if let Some(path) = &control {
         control::start(daemon.clone(), path)?;
-        listening.push(format!("control {}", path.display()));
+        operating.push(format!("control {}", path.display()));
     }
     if let Some(listener) = metrics_listener {
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         metrics::start(daemon.clone(), live, listener)?;
-        listening.push(format!("metrics http://{local}/metrics"));
+        operating.push(format!("metrics http://{local}/metrics"));
     }
+    let mut listening = Vec::new();
     let pause = |d| std::thread::sleep(d);
     if let Some(addr) = &o.inet {
         let addr = if addr.contains(':') {
@@ -225,7 +227,7 @@ fn run() -> Result<(), String> {
         };
         let listener = TcpListener::bind(&addr).map_err(|e| format!("--inet {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        listening.insert(0, format!("tcp {local}"));
+        listening.push(format!("tcp {local}"));
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
@@ -240,7 +242,7 @@ fn run() -> Result<(), String> {
     if let Some(path) = &o.unix {
         let listener =
             UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
-        listening.insert(0, format!("unix {}", path.display()));
+        listening.push(format!("unix {}", path.display()));
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
@@ -260,7 +262,11 @@ fn run() -> Result<(), String> {
     log(format_args!(
         "listening on {}; snapshot {} ({}, every {} s); {} entries; delay {} s; \
          lost mail looked for every {} s; at most {} connections",
-        listening.join(" and "),
+        listening
+            .into_iter()
+            .chain(operating)
+            .collect::<Vec<_>>()
+            .join(" and "),
         o.snapshot.display(),
         if engine.is_empty() {
             "new or empty"
@@ -282,8 +288,11 @@ fn run() -> Result<(), String> {
 
     for signal in signals.forever() {
         match signal {
-            SIGHUP => match daemon.reload() {
-                Ok(_) => log("SIGHUP: list files reloaded"),
+            SIGHUP => match daemon.lists.apply(&engine) {
+                Ok(loaded) => {
+                    log_lists(&loaded, &o.lists);
+                    log("SIGHUP: list files reloaded");
+                }
                 Err(e) => log(format_args!("SIGHUP: lists kept as they were: {e}")),
             },
             SIGUSR1 => report::status(&engine),

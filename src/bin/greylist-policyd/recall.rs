@@ -1,5 +1,6 @@
 //! Who lost mail: the daemon remembers the sender and recipient of each
-//! deferred request by its triplet key, so that when the engine reports
+//! early retry (only a triplet with early retries can become lost mail)
+//! by its triplet key, so that when the engine reports
 //! the triplet lost (an event carrying the key) the log line and the
 //! lost-mail report can name them. Only in memory, never in the snapshot
 //! or Redis (where the engine keeps keyed hashes only), and bounded: the
@@ -11,9 +12,9 @@ use std::collections::{HashMap, VecDeque};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// Deferred triplets remembered (the oldest go first): at most about
-/// 50,000 x 3 fields of [`FIELD`] bytes.
-pub const PENDING: usize = 50_000;
+/// Triplets with early retries remembered (the oldest go first): at most
+/// about 20,000 x 3 fields of [`FIELD`] bytes, some 10 MB.
+pub const PENDING: usize = 20_000;
 /// Networks with samples of lost mail, and samples each.
 pub const NETWORKS: usize = 10_000;
 pub const SAMPLES: usize = 3;
@@ -53,7 +54,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 impl Recall {
-    /// A request was deferred (new, or an early retry).
+    /// A request was deferred as an early retry.
     pub fn deferred(&self, key: u128, client: &str, from: &[u8], to: &[u8]) {
         let mut g = self.inner.lock();
         let inner = &mut *g;

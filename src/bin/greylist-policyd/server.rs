@@ -232,11 +232,13 @@ impl Server {
         self.limits.max_connections
     }
 
-    /// Remembers a deferred request's addresses under its triplet key.
+    /// Remembers an early retry's addresses under its triplet key: only a
+    /// triplet with early retries can become lost mail, and a flood of
+    /// first attempts (spam that never retries) costs this nothing.
     fn remember(&self, request: &policy::PolicyRequest, answer: &policy::Answer) {
         use greylist::{Action, Reason};
         let Some(v) = answer.verdict else { return };
-        if v.action != Action::Defer || !matches!(v.reason, Reason::New | Reason::EarlyRetry) {
+        if v.action != Action::Defer || v.reason != Reason::EarlyRetry {
             return;
         }
         if let Some(req) = policy::engine_request(request) {
