@@ -22,25 +22,12 @@ const T0: i64 = 1_700_000_000;
 
 /// greylistctl against the daemon in `dir`.
 fn ctl_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_greylistctl"))
-        .arg("--control")
-        .arg(dir.join("g.snap.ctl"))
-        .args(args)
-        .output()
-        .unwrap()
+    daemon::ctl_at(&dir.join("g.snap.ctl"), args)
 }
 
 /// greylistctl --json, which must succeed: its answer.
 fn json(dir: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = ctl_in(dir, &all);
-    assert!(
-        out.status.success(),
-        "greylistctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    daemon::ctl_json_at(&dir.join("g.snap.ctl"), args)
 }
 
 fn text(out: &Output) -> (String, String) {

@@ -836,6 +836,68 @@ fn two_policy_daemons_share_one_redis() {
     mx2.wait_for_log("reason=auto-whitelisted client=198.51.100.7");
 }
 
+/// Issue 19: greylistctl at either MX answers for the fleet.
+#[test]
+fn greylistctl_at_either_mx_acts_on_the_fleet() {
+    let Some(server) = RedisServer::start("ctl-fleet") else {
+        return;
+    };
+    let quick = ["--delay", "2", "--lost-after", "3", "--sweep-interval", "1"];
+    let mx1 = mx_daemon("ctl-mx1", &server, &quick);
+    let mx2 = mx_daemon("ctl-mx2", &server, &quick);
+    let (mut c1, mut c2) = (mx1.connect(), mx2.connect());
+    // The Exchange 2003 pattern at MX 1.
+    let lost = daemon::rcpt_on_clock("192.0.2.10", "alice@corp.example", "bob@example.net");
+    assert!(daemon::ask(&mut c1, &lost).starts_with("DEFER_IF_PERMIT"));
+    assert!(daemon::ask(&mut c1, &lost).starts_with("DEFER_IF_PERMIT"));
+    // Reported at MX 2 by whichever MX settles it; named where it was seen.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = mx2.ctl(&["lost-mail"]);
+        if rows.as_array().is_some_and(|r| !r.is_empty()) {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lost mail at MX 2:\n{}",
+            mx1.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(rows[0]["network"], "192.0.2.0/24");
+    assert_eq!(rows[0]["count"], 1);
+    let at_mx1 = mx1.ctl(&["lost-mail"]);
+    assert_eq!(at_mx1[0]["count"], 1);
+    assert_eq!(at_mx1[0]["samples"][0]["from"], "alice@corp.example");
+    // A release at MX 2 passes at MX 1 at once.
+    let carol = daemon::rcpt_on_clock("192.0.2.20", "carol@corp.example", "bob@example.net");
+    assert!(daemon::ask(&mut c1, &carol).starts_with("DEFER_IF_PERMIT"));
+    mx2.ctl(&[
+        "release",
+        "192.0.2.20",
+        "carol@corp.example",
+        "bob@example.net",
+    ]);
+    assert_eq!(daemon::ask(&mut c1, &carol), "DUNNO");
+    // Both report the same network record.
+    assert_eq!(
+        mx1.ctl(&["client", "192.0.2.1"]),
+        mx2.ctl(&["client", "192.0.2.200"])
+    );
+    // A forget at MX 1 makes it new at MX 2.
+    mx1.ctl(&[
+        "forget",
+        "192.0.2.20",
+        "carol@corp.example",
+        "bob@example.net",
+    ]);
+    let again = daemon::ask(&mut c2, &carol);
+    assert!(again.contains("try again in 2 seconds"), "{again}");
+    let status = mx2.ctl(&["status"]);
+    assert_eq!(status["store"]["state"], "up");
+    assert!(status["store"]["round_trips"].as_u64().unwrap() > 0);
+}
+
 fn rcpt_at(ip: &str, sender: &str, recipient: &str, now: i64) -> String {
     daemon::rcpt(ip, sender, recipient, now)
 }

@@ -147,7 +147,40 @@ pub fn run_to_exit(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     }
 }
 
+/// greylistctl on the control socket at `socket`.
+pub fn ctl_at(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_greylistctl"))
+        .arg("--control")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `greylistctl --json ARGS`, which must succeed: its answer.
+pub fn ctl_json_at(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl_at(socket, &all);
+    assert!(
+        out.status.success(),
+        "greylistctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 impl Daemon {
+    /// Its control socket (beside its snapshot).
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("g.snap.ctl")
+    }
+
+    /// `greylistctl --json ARGS` against it.
+    pub fn ctl(&self, args: &[&str]) -> serde_json::Value {
+        ctl_json_at(&self.control(), args)
+    }
+
     pub fn start(name: &str, args: &[&str]) -> Daemon {
         Daemon::start_in(&scratch(name), args)
     }
