@@ -475,6 +475,40 @@ fn metrics_are_read_by_a_real_prometheus_parser() {
     assert_eq!((code, body.as_str()), (404, "/metrics or /health\n"));
 }
 
+/// An HTTP client that trickles its request in is cut off when the whole
+/// request has not arrived within 5 s, however often it sends a byte.
+#[test]
+fn a_slow_metrics_client_is_cut_off() {
+    let dir = daemon::scratch("ctl-slow");
+    let d = Daemon::start_in(&dir, &["--metrics", "127.0.0.1:0"]);
+    let mut s = TcpStream::connect(metrics_addr(&d)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    for b in b"GET /metrics HTTP/1.1\r\nX-Slow: yes".iter().cycle() {
+        if s.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let mut probe = [0u8; 1];
+        s.set_nonblocking(true).unwrap();
+        let closed = s.peek(&mut probe).is_ok();
+        s.set_nonblocking(false).unwrap();
+        if closed {
+            break;
+        }
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("did not arrive within 5 s"),
+        "after {sent} bytes: {answer:?}"
+    );
+    // The daemon serves others meanwhile and after.
+    assert_eq!(get(&metrics_addr(&d), "/health").0, 200);
+}
+
 #[test]
 fn health_says_what_is_wrong() {
     let dir = daemon::scratch("ctl-health");

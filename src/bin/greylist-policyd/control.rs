@@ -8,7 +8,7 @@
 //! at once (more are told so and closed), a request must arrive within
 //! [`TIMEOUT`] and fit in [`MAX_REQUEST`] bytes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -282,19 +282,17 @@ fn serve(daemon: &Daemon, stream: UnixStream) {
         log(format_args!("control: refused a connection: {why}"));
         return reply(&stream, Reply::error(format!("refused: {why}")));
     }
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let mut line = Vec::new();
-    let read = BufReader::new((&stream).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line);
-    if let Err(e) = read {
-        return reply(&stream, Reply::error(format!("reading the request: {e}")));
-    }
-    if line.len() > MAX_REQUEST {
-        return reply(
-            &stream,
-            Reply::error(format!("a request is at most {MAX_REQUEST} bytes")),
-        );
-    }
+    let read =
+        crate::server::read_request_within(&stream, MAX_REQUEST, TIMEOUT, |b| b.contains(&b'\n'));
+    let line = match read {
+        Ok(bytes) => bytes
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .to_vec(),
+        Err(why) => return reply(&stream, Reply::error(why)),
+    };
     let command: Command = match serde_json::from_slice(&line) {
         Ok(c) => c,
         Err(e) => return reply(&stream, Reply::error(format!("not a command: {e}"))),

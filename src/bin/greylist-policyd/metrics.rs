@@ -12,7 +12,7 @@
 //! request a connection): at most [`MAX_CLIENTS`] connections at once, a
 //! request head of at most [`MAX_HEAD`] bytes within [`TIMEOUT`].
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -250,24 +250,20 @@ pub fn render(daemon: &Arc<Daemon>, live: &Live) -> Result<String, std::fmt::Err
 
 /// Answers one HTTP request.
 fn serve(daemon: &Arc<Daemon>, live: &Live, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > MAX_HEAD {
+    let ended =
+        |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
+    let head = match crate::server::read_request_within(&stream, MAX_HEAD, TIMEOUT, ended) {
+        Ok(head) => head,
+        Err(why) => {
             return respond(
                 &mut stream,
-                "431 Request Header Fields Too Large",
+                "400 Bad Request",
                 "text/plain",
-                "too long\n",
-            );
+                &format!("{why}\n"),
+            )
         }
-    }
+    };
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut words = line.split(|&b| b == b' ');
     let (method, path) = (

@@ -54,6 +54,62 @@ pub fn descriptor_budget() -> Option<(u64, u64)> {
     Some((soft, soft.saturating_sub(RESERVED_DESCRIPTORS)))
 }
 
+/// Reads a request of at most `max` bytes from a control or HTTP client,
+/// until `complete` says it is whole, all within `timeout` however slowly
+/// the bytes trickle in (each read waits only for what is left).
+pub fn read_request_within<S>(
+    stream: &S,
+    max: usize,
+    timeout: Duration,
+    complete: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, String>
+where
+    S: ?Sized,
+    for<'a> &'a S: Read,
+    S: TimeoutRead,
+{
+    let deadline = Instant::now() + timeout;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !complete(&request) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the request did not arrive within {} s",
+                timeout.as_secs()
+            ));
+        }
+        stream.read_timeout(left).map_err(|e| e.to_string())?;
+        let mut reader: &S = stream;
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+        if request.len() > max {
+            return Err(format!("a request is at most {max} bytes"));
+        }
+    }
+    Ok(request)
+}
+
+/// A socket whose reads can be given a timeout.
+pub trait TimeoutRead {
+    fn read_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl TimeoutRead for TcpStream {
+    fn read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+impl TimeoutRead for UnixStream {
+    fn read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
 /// Serves each connection `accept` gives on a thread of its own, at most
 /// `max` at once (the control socket's and `/metrics`' few clients): one
 /// more is handed to `busy` and closed. The loop runs on a thread named
