@@ -349,14 +349,16 @@ type Sample = (String, Vec<(String, String)>, f64);
 /// parser reads them: `name{labels} value` lines, sorted; `None` (with the
 /// reason recorded) when the parser is not installed outside CI.
 fn parse_metrics(text: &str) -> Option<Vec<Sample>> {
-    const PARSER: &str = "import json, sys\n\
-from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
-out = []\n\
-for family in text_string_to_metric_families(sys.stdin.read()):\n\
-    for s in family.samples:\n\
-        out.append([s.name, sorted(s.labels.items()), s.value])\n\
-print(json.dumps(out))\n";
-    if !real::runs("python3", "-c")
+    const PARSER: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, sorted(s.labels.items()), s.value])
+print(json.dumps(out))
+"#;
+    if !real::runs("python3", "--version")
         || Command::new("python3")
             .args(["-c", "import prometheus_client"])
             .status()
