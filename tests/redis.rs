@@ -898,6 +898,65 @@ fn greylistctl_at_either_mx_acts_on_the_fleet() {
     assert!(status["store"]["round_trips"].as_u64().unwrap() > 0);
 }
 
+/// Review of issue 19: `/health` learned that Redis was back only from a
+/// check answered by it, so with no mail flowing it stayed 503 for ever
+/// (and a load balancer kept the MX out of rotation).
+#[test]
+fn health_comes_back_with_redis_even_without_mail() {
+    let Some(mut server) = RedisServer::start("ctl-health-back") else {
+        return;
+    };
+    let mx = mx_daemon(
+        "ctl-health-back",
+        &server,
+        &["--metrics", "127.0.0.1:0", "--redis-fail", "defer"],
+    );
+    let addr = mx
+        .log_text()
+        .lines()
+        .find_map(|l| {
+            Some(
+                l.split("metrics http://")
+                    .nth(1)?
+                    .split('/')
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .unwrap();
+    let health = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(health().starts_with("HTTP/1.1 200"));
+    server.kill();
+    let mut c = mx.connect();
+    daemon::ask(
+        &mut c,
+        &daemon::rcpt_on_clock("192.0.2.1", "a@x.example", "b@y.example"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !health().starts_with("HTTP/1.1 503") {
+        assert!(Instant::now() < deadline, "never unhealthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Redis comes back; no mail arrives; the daemon finds out by itself.
+    server.restart();
+    while !health().starts_with("HTTP/1.1 200") {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(20),
+            "{}",
+            health()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    mx.wait_for_log("Redis answers again after");
+}
+
 fn rcpt_at(ip: &str, sender: &str, recipient: &str, now: i64) -> String {
     daemon::rcpt(ip, sender, recipient, now)
 }

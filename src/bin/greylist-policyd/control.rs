@@ -34,8 +34,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// What the control socket and `/metrics` see of the running daemon.
 pub struct Daemon {
     pub engine: Arc<Engine>,
-    /// Taken out at shutdown for the final save.
-    pub maintenance: Mutex<Option<Maintenance>>,
+    /// Taken out at shutdown for the final save; see [`Daemon::maintenance`].
+    pub maintenance: Mutex<Option<Arc<Maintenance>>>,
+    /// Set when the daemon starts to shut down: `/health` says so.
+    pub shutting_down: AtomicBool,
     pub server: Arc<Server>,
     pub lists: Lists,
     pub recall: Arc<Recall>,
@@ -52,6 +54,28 @@ fn number_or_null(v: Option<i64>) -> Value {
 }
 
 impl Daemon {
+    /// The maintenance, while the daemon runs (the lock is held only to
+    /// clone it: a long save never holds up a status or `/health`).
+    pub fn maintenance(&self) -> Option<Arc<Maintenance>> {
+        self.maintenance.lock().clone()
+    }
+
+    /// Takes the maintenance out for the final save, once every save in
+    /// progress (an operator's) has finished with it.
+    pub fn take_maintenance(&self) -> Option<Maintenance> {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let mut m = self.maintenance.lock().take()?;
+        loop {
+            match Arc::try_unwrap(m) {
+                Ok(m) => return Some(m),
+                Err(shared) => {
+                    m = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
     /// Reads the list files and run-time entries again.
     pub fn reload(&self) -> Result<Value, String> {
         let loaded = self.lists.apply(&self.engine)?;
@@ -64,8 +88,7 @@ impl Daemon {
 
     /// Sweeps and saves now.
     pub fn save(&self) -> Result<Value, String> {
-        let guard = self.maintenance.lock();
-        let maintenance = guard.as_ref().ok_or("the daemon is shutting down")?;
+        let maintenance = self.maintenance().ok_or("the daemon is shutting down")?;
         maintenance.save_now().map_err(|e| e.to_string())?;
         Ok(json!({
             "path": self.snapshot.display().to_string(),
@@ -105,7 +128,7 @@ impl Daemon {
             .iter()
             .map(|r| (r.as_str().to_string(), Value::from(s.reason(*r))))
             .collect();
-        let (saves, failures, last_success, last_error) = match &*self.maintenance.lock() {
+        let (saves, failures, last_success, last_error) = match self.maintenance() {
             Some(m) => (m.saves(), m.failures(), m.last_success(), m.last_error()),
             None => (0, 0, None, None),
         };
@@ -313,14 +336,43 @@ fn serve(daemon: &Daemon, stream: UnixStream) {
     );
 }
 
-/// Binds the control socket at `path` (private to the daemon's user) and
+/// What would make binding the control socket at `path` fail, checked
+/// before the snapshot is loaded: a path too long for a unix socket. (Its
+/// folder, beside the snapshot by default, is checked with the snapshot's.)
+pub fn check_path(path: &Path) -> Result<(), String> {
+    // sun_path holds 108 bytes with the final NUL.
+    if path.as_os_str().len() > 107 {
+        return Err(format!(
+            "--control {}: {} bytes is longer than a unix socket path may be (107); give a \
+             shorter --control PATH, or --no-control",
+            path.display(),
+            path.as_os_str().len()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the control socket at `path`, private to the daemon's user from
+/// the start (made under umask 0177: never a moment when others may
+/// connect, and no chmod that a link swapped in could redirect), and
 /// serves it on threads of its own.
 pub fn start(daemon: Arc<Daemon>, path: &Path) -> Result<(), String> {
+    use rustix::fs::Mode;
     crate::clear_socket_path("--control", path)?;
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("--control {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("--control {}: {e}", path.display()))?;
+    // Only this thread makes files now (the maintenance thread's saves
+    // make theirs 0600 whatever the umask).
+    let old = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(|e| format!("--control {}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "--control {}: the socket was made with mode {:o}; refusing to serve it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
     crate::server::serve_each(
         "control",
         move || listener.accept().map(|(s, _)| s),

@@ -54,10 +54,16 @@ fn clear_socket_path(option: &str, path: &Path) -> Result<(), String> {
             "{option} {shown}: something that is not a socket is there; refusing to remove it"
         ));
     }
-    if UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "{option} {shown}: another server is listening on it"
-        ));
+    // Only a socket nobody listens on is stale; any other failure (no
+    // permission, say) leaves it alone.
+    match UnixStream::connect(path) {
+        Ok(_) => {
+            return Err(format!(
+                "{option} {shown}: another server is listening on it"
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        Err(e) => return Err(format!("{option} {shown}: {e}; leaving it alone")),
     }
     std::fs::remove_file(path)
         .map_err(|e| format!("{option} {shown}: removing the stale socket: {e}"))
@@ -146,6 +152,9 @@ fn run() -> Result<(), String> {
             .clone()
             .unwrap_or_else(|| protocol::control_path(&o.snapshot))
     });
+    if let Some(path) = &control {
+        control::check_path(path)?;
+    }
     let metrics_listener = match &o.metrics {
         Some(addr) => {
             let addr = if addr.contains(':') {
@@ -197,7 +206,8 @@ fn run() -> Result<(), String> {
     let (set_aside, maintenance) = (started.set_aside, started.maintenance);
     let daemon = Arc::new(control::Daemon {
         engine: engine.clone(),
-        maintenance: Mutex::new(Some(maintenance)),
+        maintenance: Mutex::new(Some(Arc::new(maintenance))),
+        shutting_down: AtomicBool::new(false),
         server: server.clone(),
         lists,
         recall,
@@ -313,8 +323,7 @@ fn run() -> Result<(), String> {
     if let Some(path) = &control {
         let _ = std::fs::remove_file(path);
     }
-    let maintenance = daemon.maintenance.lock().take();
-    if let Some(maintenance) = maintenance {
+    if let Some(maintenance) = daemon.take_maintenance() {
         maintenance
             .stop()
             .map_err(|e| format!("the final snapshot save failed: {e}"))?;

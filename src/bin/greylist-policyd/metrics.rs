@@ -28,10 +28,12 @@ use prometheus_client::registry::Registry;
 
 use crate::control::Daemon;
 
-/// HTTP connections served at once, and what one may send.
-pub const MAX_CLIENTS: usize = 4;
+/// HTTP connections served at once, and what one may send, how fast.
+/// The port is for the monitoring system: keep it on loopback or behind a
+/// firewall (anyone who can hold every connection makes probes see 503).
+pub const MAX_CLIENTS: usize = 16;
 pub const MAX_HEAD: usize = 8 << 10;
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub const TIMEOUT: Duration = Duration::from_secs(3);
 
 type AnswerLabels = [(&'static str, &'static str); 2];
 
@@ -145,7 +147,7 @@ impl Collector for State {
             "Lost triplets whose late retry passed",
             s.lost_recovered,
         )?;
-        let (saves, failures, last) = match &*d.maintenance.lock() {
+        let (saves, failures, last) = match d.maintenance() {
             Some(m) => (m.saves(), m.failures(), m.last_success().unwrap_or(0)),
             None => (0, 0, 0),
         };
@@ -248,76 +250,79 @@ pub fn render(daemon: &Arc<Daemon>, live: &Live) -> Result<String, std::fmt::Err
     Ok(text)
 }
 
+const TEXT: &str = "text/plain";
+
+/// The answer to a request head: status, content type, body.
+fn answer(
+    daemon: &Arc<Daemon>,
+    live: &Live,
+    method: &[u8],
+    path: &[u8],
+) -> (&'static str, &'static str, String) {
+    if method != b"GET" && method != b"HEAD" {
+        return ("405 Method Not Allowed", TEXT, "GET or HEAD only\n".into());
+    }
+    match path {
+        b"/metrics" => match render(daemon, live) {
+            Ok(text) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(_) => (
+                "500 Internal Server Error",
+                TEXT,
+                "encoding failed\n".into(),
+            ),
+        },
+        b"/health" => match daemon.unhealthy() {
+            None => ("200 OK", TEXT, "ok\n".into()),
+            Some(why) => (
+                "503 Service Unavailable",
+                TEXT,
+                format!("unhealthy: {why}\n"),
+            ),
+        },
+        _ => ("404 Not Found", TEXT, "/metrics or /health\n".into()),
+    }
+}
+
 /// Answers one HTTP request.
 fn serve(daemon: &Arc<Daemon>, live: &Live, mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(TIMEOUT));
     let ended =
         |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
-    let head = match crate::server::read_request_within(&stream, MAX_HEAD, TIMEOUT, ended) {
-        Ok(head) => head,
-        Err(why) => {
-            return respond(
-                &mut stream,
-                "400 Bad Request",
-                "text/plain",
-                &format!("{why}\n"),
-            )
-        }
+    let request = match crate::server::read_request_within(&stream, MAX_HEAD, TIMEOUT, ended) {
+        Ok(request) => request,
+        Err(why) => return respond(&mut stream, "400 Bad Request", TEXT, &format!("{why}\n")),
     };
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (
+    let (method, target) = (
         words.next().unwrap_or_default(),
         words.next().unwrap_or_default(),
     );
-    if method != b"GET" {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n",
-        );
-    }
-    match path {
-        b"/metrics" => match render(daemon, live) {
-            Ok(text) => respond(
-                &mut stream,
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &text,
-            ),
-            Err(_) => respond(
-                &mut stream,
-                "500 Internal Server Error",
-                "text/plain",
-                "encoding failed\n",
-            ),
-        },
-        b"/health" => match daemon.unhealthy() {
-            None => respond(&mut stream, "200 OK", "text/plain", "ok\n"),
-            Some(why) => respond(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                &format!("unhealthy: {why}\n"),
-            ),
-        },
-        _ => respond(
-            &mut stream,
-            "404 Not Found",
-            "text/plain",
-            "/metrics or /health\n",
-        ),
-    }
+    // A query string changes nothing (`/health?probe=lb`).
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let (status, kind, body) = answer(daemon, live, method, path);
+    let reply_head = head(status, kind, body.len());
+    let body = if method == b"HEAD" { "" } else { &body };
+    let _ = stream
+        .write_all(reply_head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()));
+}
+
+/// A response's head.
+fn head(status: &str, kind: &str, length: usize) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\
+         Connection: close\r\n\r\n"
+    )
 }
 
 fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
     let _ = stream
-        .write_all(head.as_bytes())
+        .write_all(head(status, kind, body.len()).as_bytes())
         .and_then(|()| stream.write_all(body.as_bytes()));
 }
 

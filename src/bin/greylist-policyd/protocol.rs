@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! {"command":"release","ip":"192.0.2.1","sender":"a@example.org","recipient":"b@example.net"}
-//! {"ok":true,"result":{"released":true}}
+//! {"ok":true,"result":{"released":1}}
 //! {"ok":false,"error":"client_ip: not an IP address: \"x\""}
 //! ```
 

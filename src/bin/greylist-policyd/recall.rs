@@ -1,11 +1,13 @@
 //! Who lost mail: the daemon remembers the sender and recipient of each
 //! early retry (only a triplet with early retries can become lost mail)
-//! by its triplet key, so that when the engine reports
-//! the triplet lost (an event carrying the key) the log line and the
-//! lost-mail report can name them. Only in memory, never in the snapshot
-//! or Redis (where the engine keeps keyed hashes only), and bounded: the
-//! oldest deferred triplets are forgotten first, and each network keeps a
-//! few samples of its lost mail.
+//! by its triplet key, so that when the engine reports the triplet lost
+//! (an event carrying the key) the log line and the lost-mail report can
+//! name them. Only in memory, never in the snapshot or Redis (where the
+//! engine keeps keyed hashes only), and bounded: the oldest triplets are
+//! forgotten first, one client network cannot take more than
+//! [`PER_NETWORK`] places (a sender cannot flush the others out), and each
+//! network keeps a few samples of its lost mail, dropped when that mail
+//! is recovered.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -15,13 +17,15 @@ use serde::Serialize;
 /// Triplets with early retries remembered (the oldest go first): at most
 /// about 20,000 x 3 fields of [`FIELD`] bytes, some 10 MB.
 pub const PENDING: usize = 20_000;
+/// Places one client network may take of [`PENDING`].
+pub const PER_NETWORK: usize = 256;
 /// Networks with samples of lost mail, and samples each.
 pub const NETWORKS: usize = 10_000;
 pub const SAMPLES: usize = 3;
 /// Longest field kept, in bytes (longer ones are cut at a character).
 pub const FIELD: usize = 128;
 
-/// One deferred request's addresses.
+/// One early retry's addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Addresses {
     pub client: String,
@@ -29,12 +33,33 @@ pub struct Addresses {
     pub to: String,
 }
 
+/// A lost triplet this daemon can name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    #[serde(flatten)]
+    pub addresses: Addresses,
+    /// Its last attempt (Unix seconds).
+    pub last_seen: u32,
+    #[serde(skip)]
+    key: u128,
+}
+
+struct Entry {
+    addresses: Addresses,
+    network: Box<str>,
+    /// Its place in `order` (a key that left and came back has a new one).
+    seq: u64,
+}
+
 #[derive(Default)]
 struct Inner {
-    pending: HashMap<u128, Addresses>,
-    /// Keys in the order they were first deferred (some may have left).
-    order: VecDeque<u128>,
-    samples: HashMap<String, VecDeque<Addresses>>,
+    pending: HashMap<u128, Entry>,
+    /// Keys with the place they took, oldest first; a place whose entry
+    /// left (or came back with another) is skipped.
+    order: VecDeque<(u128, u64)>,
+    next_seq: u64,
+    per_network: HashMap<Box<str>, usize>,
+    samples: HashMap<String, VecDeque<Sample>>,
     networks: VecDeque<String>,
 }
 
@@ -53,50 +78,79 @@ fn text(bytes: &[u8]) -> String {
     s[..end].to_string()
 }
 
+impl Inner {
+    /// Takes a key out, giving back its network's place.
+    fn take(&mut self, key: u128) -> Option<Entry> {
+        let entry = self.pending.remove(&key)?;
+        if let Some(n) = self.per_network.get_mut(&entry.network) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_network.remove(&entry.network);
+            }
+        }
+        Some(entry)
+    }
+}
+
 impl Recall {
-    /// A request was deferred as an early retry.
-    pub fn deferred(&self, key: u128, client: &str, from: &[u8], to: &[u8]) {
+    /// A request from `client`, of client network `network`, was deferred
+    /// as an early retry.
+    pub fn deferred(&self, key: u128, network: &str, client: &str, from: &[u8], to: &[u8]) {
         let mut g = self.inner.lock();
         let inner = &mut *g;
-        if inner.pending.contains_key(&key) {
+        if inner.pending.contains_key(&key)
+            || inner
+                .per_network
+                .get(network)
+                .is_some_and(|n| *n >= PER_NETWORK)
+        {
             return;
         }
         while inner.pending.len() >= PENDING {
-            match inner.order.pop_front() {
-                Some(old) => {
-                    inner.pending.remove(&old);
-                }
-                None => break,
+            let Some((old, seq)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.pending.get(&old).is_some_and(|e| e.seq == seq) {
+                inner.take(old);
             }
         }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
         inner.pending.insert(
             key,
-            Addresses {
-                client: text(client.as_bytes()),
-                from: text(from),
-                to: text(to),
+            Entry {
+                addresses: Addresses {
+                    client: text(client.as_bytes()),
+                    from: text(from),
+                    to: text(to),
+                },
+                network: network.into(),
+                seq,
             },
         );
-        inner.order.push_back(key);
-        // Keys that left (passed, lost) stay in the order until they reach
-        // its front: rebuild it when they outnumber the rest.
+        *inner.per_network.entry(network.into()).or_default() += 1;
+        inner.order.push_back((key, seq));
+        // Places whose entries left stay in the order until they reach its
+        // front: drop them when they outnumber the rest.
         if inner.order.len() > 2 * PENDING {
             let pending = &inner.pending;
-            inner.order.retain(|k| pending.contains_key(k));
+            inner
+                .order
+                .retain(|(k, seq)| pending.get(k).is_some_and(|e| e.seq == *seq));
         }
     }
 
     /// A triplet passed: it is not lost mail.
     pub fn passed(&self, key: u128) {
-        self.inner.lock().pending.remove(&key);
+        self.inner.lock().take(key);
     }
 
-    /// A triplet was judged lost: its addresses, if remembered, which
-    /// become one of its network's samples.
-    pub fn lost(&self, key: u128, network: &str) -> Option<Addresses> {
+    /// A triplet was judged lost at `last_seen` (its last attempt): its
+    /// addresses, if remembered, which become one of its network's samples.
+    pub fn lost(&self, key: u128, network: &str, last_seen: u32) -> Option<Addresses> {
         let mut g = self.inner.lock();
         let inner = &mut *g;
-        let found = inner.pending.remove(&key)?;
+        let found = inner.take(key)?.addresses;
         if !inner.samples.contains_key(network) {
             while inner.samples.len() >= NETWORKS {
                 match inner.networks.pop_front() {
@@ -112,12 +166,23 @@ impl Recall {
         if samples.len() >= SAMPLES {
             samples.pop_front();
         }
-        samples.push_back(found.clone());
+        samples.push_back(Sample {
+            addresses: found.clone(),
+            last_seen,
+            key,
+        });
         Some(found)
     }
 
+    /// A lost triplet's late retry passed: it is no sample of lost mail.
+    pub fn recovered(&self, key: u128, network: &str) {
+        if let Some(samples) = self.inner.lock().samples.get_mut(network) {
+            samples.retain(|s| s.key != key);
+        }
+    }
+
     /// The latest lost mail of a network this daemon can name.
-    pub fn samples(&self, network: &str) -> Vec<Addresses> {
+    pub fn samples(&self, network: &str) -> Vec<Sample> {
         self.inner
             .lock()
             .samples
@@ -137,22 +202,73 @@ impl Recall {
 mod tests {
     use super::*;
 
+    const NET: &str = "192.0.2.0/24";
+
     #[test]
-    fn lost_mail_is_named_and_sampled() {
+    fn lost_mail_is_named_sampled_and_unsampled_when_recovered() {
         let r = Recall::default();
-        r.deferred(1, "192.0.2.10", b"a@corp.example", b"u@y.net");
-        r.deferred(1, "192.0.2.10", b"a@corp.example", b"u@y.net");
-        r.deferred(2, "192.0.2.11", b"b@corp.example", b"v@y.net");
+        r.deferred(1, NET, "192.0.2.10", b"a@corp.example", b"u@y.net");
+        r.deferred(1, NET, "192.0.2.10", b"a@corp.example", b"u@y.net");
+        r.deferred(2, NET, "192.0.2.11", b"b@corp.example", b"v@y.net");
         r.passed(2);
-        assert_eq!(r.lost(2, "192.0.2.0/24"), None, "it passed");
-        let a = r.lost(1, "192.0.2.0/24").unwrap();
+        assert_eq!(r.lost(2, NET, 5), None, "it passed");
+        let a = r.lost(1, NET, 7).unwrap();
         assert_eq!(
             (a.from.as_str(), a.to.as_str()),
             ("a@corp.example", "u@y.net")
         );
-        assert_eq!(r.lost(1, "192.0.2.0/24"), None, "judged once");
-        assert_eq!(r.samples("192.0.2.0/24"), [a]);
+        assert_eq!(r.lost(1, NET, 7), None, "judged once");
+        assert_eq!(r.samples(NET).len(), 1);
+        assert_eq!(
+            (r.samples(NET)[0].last_seen, &r.samples(NET)[0].addresses),
+            (7, &a)
+        );
         assert!(r.samples("198.51.100.0/24").is_empty());
+        r.recovered(1, NET);
+        assert!(r.samples(NET).is_empty(), "recovered mail is no sample");
+    }
+
+    /// Review of issue 19: one sender could flush every other network's
+    /// early retries out of the memory.
+    #[test]
+    fn one_network_cannot_flush_the_others() {
+        let r = Recall::default();
+        r.deferred(1, NET, "192.0.2.10", b"a@corp.example", b"u@y.net");
+        for key in 2..(2 * PENDING as u128) {
+            r.deferred(
+                key,
+                "203.0.113.0/24",
+                "203.0.113.9",
+                b"s@spam.example",
+                b"u@y.net",
+            );
+        }
+        assert!(r.lost(1, NET, 9).is_some(), "still remembered");
+        assert_eq!(r.len().0, PER_NETWORK);
+    }
+
+    /// Review of issue 19: a key that left and came back had two places in
+    /// the eviction order, and was evicted by its stale one.
+    #[test]
+    fn a_key_that_comes_back_keeps_its_new_place() {
+        let r = Recall::default();
+        r.deferred(0, NET, "192.0.2.1", b"a@x", b"b@y");
+        r.passed(0);
+        for key in 1..(PENDING as u128) {
+            r.deferred(
+                key,
+                &format!("net{}", key / 200),
+                "192.0.2.1",
+                b"a@x",
+                b"b@y",
+            );
+        }
+        r.deferred(0, NET, "192.0.2.1", b"a@x", b"b@y");
+        // Full: the next one evicts the oldest place, the stale one of
+        // key 0 (skipped), then key 1.
+        r.deferred(u128::MAX, "last", "192.0.2.1", b"a@x", b"b@y");
+        assert!(r.lost(0, NET, 1).is_some(), "key 0 kept its new place");
+        assert!(r.lost(1, "net0", 1).is_none(), "key 1 was the oldest");
     }
 
     #[test]
@@ -160,7 +276,8 @@ mod tests {
         let r = Recall::default();
         let long = vec![b'x'; 10_000];
         for key in 0..(3 * PENDING as u128) {
-            r.deferred(key, "192.0.2.1", &long, b"\xff\xfe@y.net");
+            let net = format!("net{}", key / 100);
+            r.deferred(key, &net, "192.0.2.1", &long, b"\xff\xfe@y.net");
             if key % 2 == 0 {
                 r.passed(key);
             }
@@ -171,17 +288,17 @@ mod tests {
             "{pending} {order}"
         );
         for key in (0..(3 * PENDING as u128)).rev().take(2 * NETWORKS) {
-            let network = format!("net{key}");
+            let network = format!("lost{key}");
             for _ in 0..5 {
-                r.lost(key, &network);
+                r.lost(key, &network, 1);
             }
         }
         let (_, _, networks) = r.len();
         assert!(networks <= NETWORKS);
-        let last = format!("net{}", 3 * PENDING - 1);
+        let last = format!("lost{}", 3 * PENDING - 1);
         let samples = r.samples(&last);
         assert_eq!(samples.len(), 1);
-        assert_eq!(samples[0].from.len(), FIELD);
-        assert_eq!(samples[0].to, "\u{fffd}\u{fffd}@y.net");
+        assert_eq!(samples[0].addresses.from.len(), FIELD);
+        assert_eq!(samples[0].addresses.to, "\u{fffd}\u{fffd}@y.net");
     }
 }

@@ -31,7 +31,9 @@ pub fn event_sink(config: &Config, recall: Arc<Recall>) -> greylist::EventSink {
             }
             EventKind::LostMail => {
                 let mut line = format!("action=lost-mail client={client}");
-                let named = e.triplet.and_then(|k| recall.lost(k, &client.to_string()));
+                let named = e
+                    .triplet
+                    .and_then(|k| recall.lost(k, &client.to_string(), e.at));
                 if let Some(a) = named {
                     address_field(&mut line, "from", a.from.as_bytes());
                     address_field(&mut line, "to", a.to.as_bytes());
@@ -42,10 +44,15 @@ pub fn event_sink(config: &Config, recall: Arc<Recall>) -> greylist::EventSink {
                     utc(e.at.into())
                 ))
             }
-            EventKind::Recovered => decision(format_args!(
-                "action=recovered client={client} at={}",
-                utc(e.at.into())
-            )),
+            EventKind::Recovered => {
+                if let Some(key) = e.triplet {
+                    recall.recovered(key, &client.to_string());
+                }
+                decision(format_args!(
+                    "action=recovered client={client} at={}",
+                    utc(e.at.into())
+                ))
+            }
             EventKind::BlockStarted => {
                 let why = match e.reason {
                     Reason::Trapped => "trap-recipient",

@@ -141,8 +141,16 @@ pub fn serve_each<S: Send + 'static>(
             let spawned = std::thread::Builder::new()
                 .name(format!("{what}-client"))
                 .spawn(move || {
+                    // The slot is given back however the handler ends (a
+                    // panic too), or slots would run out for good.
+                    struct Release(Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Release {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    let _release = Release(done);
                     handle(stream);
-                    done.fetch_sub(1, Ordering::AcqRel);
                 });
             if spawned.is_err() {
                 active.fetch_sub(1, Ordering::AcqRel);
@@ -297,11 +305,15 @@ impl Server {
         if v.action != Action::Defer || v.reason != Reason::EarlyRetry {
             return;
         }
-        if let Some(req) = policy::engine_request(request) {
-            if let Ok(key) = self.engine.request_key(&req) {
-                self.recall
-                    .deferred(key, req.client_ip, req.sender, req.recipient);
-            }
+        let Some(req) = policy::engine_request(request) else {
+            return;
+        };
+        let c = self.engine.config();
+        let network = greylist::ClientNet::parse(req.client_ip, c.ipv4_prefix(), c.ipv6_prefix());
+        if let (Ok(key), Ok(network)) = (self.engine.request_key(&req), network) {
+            let network = network.to_string();
+            self.recall
+                .deferred(key, &network, req.client_ip, req.sender, req.recipient);
         }
     }
 

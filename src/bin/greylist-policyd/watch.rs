@@ -72,6 +72,25 @@ impl StoreWatch {
     }
 }
 
+impl StoreWatch {
+    /// Redis answered a probe while checks were answered locally: with no
+    /// mail flowing no check would have said so, and `/health` would stay
+    /// unhealthy. The line to log, if an outage ends.
+    pub fn probed_up(&mut self, stats: &Stats, now: Instant) -> Option<String> {
+        let (since, at_start) = self.down.take()?;
+        (self.last_local, self.last_trips) = (stats.store_unavailable, stats.store_round_trips);
+        Some(format!(
+            "Redis answers again after {:.0} s (a probe); {} checks were answered from the local \
+             table",
+            now.saturating_duration_since(since).as_secs_f64(),
+            stats.store_unavailable - at_start
+        ))
+    }
+}
+
+/// How often Redis is probed while checks are answered locally.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// Logs why the store cannot be reached, or what could make it lose
 /// records.
 fn probe(engine: &Engine, when: &str) {
@@ -94,15 +113,24 @@ pub fn start(engine: Arc<Engine>, down: Arc<AtomicBool>) {
     let mut watch = StoreWatch::new(&engine.stats(), engine.config().fail_mode());
     std::thread::Builder::new()
         .name("store-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(EVERY);
-            let line = watch.observe(&engine.stats(), engine.store_error(), Instant::now());
-            down.store(watch.down.is_some(), Ordering::Relaxed);
-            if let Some(line) = line {
-                let recovered = watch.down.is_none();
-                log(line);
-                if recovered {
-                    probe(&engine, "again");
+        .spawn(move || {
+            let mut last_probe = Instant::now();
+            loop {
+                std::thread::sleep(EVERY);
+                let mut line = watch.observe(&engine.stats(), engine.store_error(), Instant::now());
+                if line.is_none() && watch.down.is_some() && last_probe.elapsed() >= PROBE_EVERY {
+                    last_probe = Instant::now();
+                    if let Some(Ok(_)) = engine.probe_store(Duration::from_secs(1)) {
+                        line = watch.probed_up(&engine.stats(), Instant::now());
+                    }
+                }
+                down.store(watch.down.is_some(), Ordering::Relaxed);
+                if let Some(line) = line {
+                    let recovered = watch.down.is_none();
+                    log(line);
+                    if recovered {
+                        probe(&engine, "again");
+                    }
                 }
             }
         })

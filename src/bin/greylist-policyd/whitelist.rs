@@ -123,23 +123,37 @@ impl Lists {
     ) -> Result<Vec<(ListKind, usize)>, String> {
         let mut loaded = Vec::new();
         for (kind, paths) in &self.files {
-            let extra: Vec<&str> = runtime
-                .iter()
-                .filter(|(list, _)| self::kind(*list) == *kind)
-                .map(|(_, e)| e.as_str())
-                .collect();
             // A kind without files is loaded too when it can have run-time
             // entries: removing the last one must empty it.
             let runtime_kind = Whitelist::ALL.into_iter().any(|w| self::kind(w) == *kind);
             if paths.is_empty() && !runtime_kind {
                 continue;
             }
-            let n = engine
-                .load_lists_with(*kind, paths, &extra)
-                .map_err(|e| format!("{kind} list: {e}"))?;
-            loaded.push((*kind, n));
+            loaded.push((*kind, self.apply_kind(engine, *kind, runtime)?));
         }
         Ok(loaded)
+    }
+
+    /// Loads one kind's files and run-time entries, in one replacement.
+    fn apply_kind(
+        &self,
+        engine: &Engine,
+        kind: ListKind,
+        runtime: &BTreeSet<(Whitelist, String)>,
+    ) -> Result<usize, String> {
+        let paths = self
+            .files
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[][..], |(_, p)| p.as_slice());
+        let extra: Vec<&str> = runtime
+            .iter()
+            .filter(|(list, _)| self::kind(*list) == kind)
+            .map(|(_, e)| e.as_str())
+            .collect();
+        engine
+            .load_lists_with(kind, paths, &extra)
+            .map_err(|e| format!("{kind} list: {e}"))
     }
 
     /// Adds (or with `add` false removes) a run-time entry: the engine's
@@ -170,10 +184,14 @@ impl Lists {
         if !changed {
             return Ok(false);
         }
-        self.apply_with(engine, &next)?;
+        // Only the edited kind is loaded again (with its files, which may
+        // have changed on disk: then the change is refused and nothing is).
+        self.apply_kind(engine, kind(list), &next)?;
         if let Err(e) = self.save(&next) {
-            // The file is the truth across restarts: undo the lists.
-            let _ = self.apply_with(engine, &runtime);
+            // The file is the truth across restarts: undo the list. (The
+            // same files just loaded, so this load succeeds unless they
+            // changed again in between; then the old list stays anyway.)
+            let _ = self.apply_kind(engine, kind(list), &runtime);
             return Err(e);
         }
         *runtime = next;
@@ -200,14 +218,20 @@ impl Lists {
                 .open(&tmp)?;
             f.write_all(render(entries).as_bytes())?;
             f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            let folder = self.path.parent().filter(|p| !p.as_os_str().is_empty());
-            fs::File::open(folder.unwrap_or(Path::new(".")))?.sync_all()
+            fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             format!("saving the run-time whitelist to {shown}: {e}")
-        })
+        })?;
+        // Renamed: the change is made. A folder that cannot be synced
+        // only makes it less durable across a crash; say so.
+        let folder = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Err(e) = fs::File::open(folder.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+        {
+            crate::log::log(format_args!("warning: syncing the folder of {shown}: {e}"));
+        }
+        Ok(())
     }
 
     /// Every whitelist entry, with its origin: the files' (as they are on

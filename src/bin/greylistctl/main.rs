@@ -171,13 +171,31 @@ fn ask(socket: &Path, command: &Command) -> Result<Value, String> {
     }
 }
 
-/// A JSON value as a table cell.
+/// A JSON value as a table cell. Addresses come from remote senders: a
+/// control or format character (an escape sequence, a bidirectional
+/// override) is shown as `\u{..}`, never sent to the terminal.
 fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
+    let text = match v {
+        Value::Null => return "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    };
+    let hostile = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.contains(hostile) {
+        return text;
     }
+    text.chars()
+        .map(|c| {
+            if hostile(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn time(v: &Value) -> String {
@@ -427,5 +445,21 @@ fn main() -> ExitCode {
             eprintln!("greylistctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_never_carry_terminal_controls() {
+        let hostile = Value::from("a\u{1b}[2J\u{9b}31m\u{202e}b@x");
+        assert_eq!(cell(&hostile), "a\\u{1b}[2J\\u{9b}31m\\u{202e}b@x");
+        assert_eq!(
+            cell(&Value::from("J\u{fc}rgen@b\u{fc}cher.example")),
+            "J\u{fc}rgen@b\u{fc}cher.example"
+        );
+        assert_eq!(cell(&Value::Null), "-");
     }
 }
