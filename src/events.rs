@@ -83,6 +83,21 @@ pub struct Event {
     pub triplet: Option<u128>,
 }
 
+impl Event {
+    /// A lost triplet of `network`, with this key, passed on a late retry
+    /// at `at`.
+    pub(crate) fn recovered(network: ClientNet, at: u32, triplet: u128) -> Event {
+        Event {
+            kind: EventKind::Recovered,
+            network,
+            reason: Reason::Retried,
+            at,
+            count: 0,
+            triplet: Some(triplet),
+        }
+    }
+}
+
 /// An event callback. It runs on the thread that made the check or sweep,
 /// with no lock held, so it may call back into the engine.
 pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;

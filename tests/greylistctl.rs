@@ -55,19 +55,7 @@ fn exchange_2003_lost_mail_is_named_within_seconds() {
     ask(&mut s, &good);
     std::thread::sleep(Duration::from_millis(2100));
     assert!(ask(&mut s, &good).starts_with("PREPEND X-Greylist"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let rows = loop {
-        let rows = json(&dir, &["lost-mail"]);
-        if rows.as_array().is_some_and(|r| !r.is_empty()) {
-            break rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no lost mail reported:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let rows = d.wait_for_lost_mail();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["network"], "192.0.2.0/24");
@@ -307,24 +295,17 @@ fn the_control_socket_is_the_daemons_users_alone() {
             .output()
             .unwrap()
     };
+    let refused = |says: &str| {
+        let out = as_nobody();
+        assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+        assert!(text(&out).1.contains(says), "{:?}", text(&out));
+    };
     // The file mode keeps another user out...
-    let out = as_nobody();
-    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
-    assert!(
-        text(&out).1.contains("permission denied"),
-        "{:?}",
-        text(&out)
-    );
+    refused("permission denied");
     // ...and so does the daemon, by the peer's credentials, if the mode
     // were opened.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = as_nobody();
-    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
-    assert!(
-        text(&out).1.contains("refused: uid 65534"),
-        "{:?}",
-        text(&out)
-    );
+    refused("refused: uid 65534");
     d.wait_for_log("control: refused a connection: uid 65534");
 }
 
@@ -359,27 +340,12 @@ fn greylistctl_says_when_the_daemon_is_not_running() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// GET `path` from `addr`: the status code and the body.
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    let (head, body) = all.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
+    daemon::http(addr, "GET", path)
 }
 
 fn metrics_addr(d: &Daemon) -> String {
-    d.log_text()
-        .lines()
-        .find_map(|l| {
-            let rest = l.split("metrics http://").nth(1)?;
-            Some(rest.split('/').next()?.to_string())
-        })
-        .expect("the metrics address in the log")
+    d.metrics_addr()
 }
 
 /// A sample: its name, its labels, its value.
@@ -452,31 +418,18 @@ fn metrics_are_read_by_a_real_prometheus_parser() {
     let d = Daemon::start_in(&dir, &["--allow-test-time", "--metrics", "127.0.0.1:0"]);
     let addr = metrics_addr(&d);
     let mut s = d.connect();
-    for i in 0..7 {
+    let mut at = |i: u32, now: i64| {
         ask(
             &mut s,
-            &rcpt("192.0.2.1", "a@x.example", &format!("r{i}@y.example"), T0),
+            &rcpt("192.0.2.1", "a@x.example", &format!("r{i}@y.example"), now),
         );
+    };
+    for i in 0..7 {
+        at(i, T0);
     }
     for i in 0..3 {
-        ask(
-            &mut s,
-            &rcpt(
-                "192.0.2.1",
-                "a@x.example",
-                &format!("r{i}@y.example"),
-                T0 + 10,
-            ),
-        );
-        ask(
-            &mut s,
-            &rcpt(
-                "192.0.2.1",
-                "a@x.example",
-                &format!("r{i}@y.example"),
-                T0 + 400,
-            ),
-        );
+        at(i, T0 + 10);
+        at(i, T0 + 400);
     }
     // A request the engine cannot judge, and one at another stage.
     ask(

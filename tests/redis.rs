@@ -851,19 +851,7 @@ fn greylistctl_at_either_mx_acts_on_the_fleet() {
     assert!(daemon::ask(&mut c1, &lost).starts_with("DEFER_IF_PERMIT"));
     assert!(daemon::ask(&mut c1, &lost).starts_with("DEFER_IF_PERMIT"));
     // Reported at MX 2 by whichever MX settles it; named where it was seen.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let rows = loop {
-        let rows = mx2.ctl(&["lost-mail"]);
-        if rows.as_array().is_some_and(|r| !r.is_empty()) {
-            break rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no lost mail at MX 2:\n{}",
-            mx1.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let rows = mx2.wait_for_lost_mail();
     assert_eq!(rows[0]["network"], "192.0.2.0/24");
     assert_eq!(rows[0]["count"], 1);
     let at_mx1 = mx1.ctl(&["lost-mail"]);
@@ -911,28 +899,9 @@ fn health_comes_back_with_redis_even_without_mail() {
         &server,
         &["--metrics", "127.0.0.1:0", "--redis-fail", "defer"],
     );
-    let addr = mx
-        .log_text()
-        .lines()
-        .find_map(|l| {
-            Some(
-                l.split("metrics http://")
-                    .nth(1)?
-                    .split('/')
-                    .next()?
-                    .to_string(),
-            )
-        })
-        .unwrap();
-    let health = || {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        use std::io::{Read, Write};
-        s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        answer
-    };
-    assert!(health().starts_with("HTTP/1.1 200"));
+    let addr = mx.metrics_addr();
+    let health = || daemon::http(&addr, "GET", "/health").0;
+    assert_eq!(health(), 200);
     server.kill();
     let mut c = mx.connect();
     daemon::ask(
@@ -940,17 +909,16 @@ fn health_comes_back_with_redis_even_without_mail() {
         &daemon::rcpt_on_clock("192.0.2.1", "a@x.example", "b@y.example"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !health().starts_with("HTTP/1.1 503") {
+    while health() != 503 {
         assert!(Instant::now() < deadline, "never unhealthy");
         std::thread::sleep(Duration::from_millis(100));
     }
     // Redis comes back; no mail arrives; the daemon finds out by itself.
     server.restart();
-    while !health().starts_with("HTTP/1.1 200") {
+    while health() != 200 {
         assert!(
             Instant::now() < deadline + Duration::from_secs(20),
-            "{}",
-            health()
+            "still unhealthy"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

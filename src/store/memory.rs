@@ -493,14 +493,8 @@ impl MemoryStore {
         };
         if credited {
             self.counters.mine().lost_recovered.fetch_add(1, Relaxed);
-            self.events.emit(|| Event {
-                kind: EventKind::Recovered,
-                network: k.net.clone(),
-                reason: Reason::Retried,
-                at: now,
-                count: 0,
-                triplet: Some(k.triplet_key),
-            });
+            self.events
+                .emit(|| Event::recovered(k.net.clone(), now, k.triplet_key));
         }
     }
 

@@ -170,10 +170,53 @@ pub fn ctl_json_at(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// GET (or HEAD) `path` from `addr`: the status code and the body.
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
 impl Daemon {
+    /// Where it serves `--metrics`, from its log.
+    pub fn metrics_addr(&self) -> String {
+        self.log_text()
+            .lines()
+            .find_map(|l| {
+                let rest = l.split("metrics http://").nth(1)?;
+                Some(rest.split('/').next()?.to_string())
+            })
+            .expect("the metrics address in the log")
+    }
+
     /// Its control socket (beside its snapshot).
     pub fn control(&self) -> PathBuf {
         self.dir.join("g.snap.ctl")
+    }
+
+    /// Polls `greylistctl lost-mail` until it lists a network (within
+    /// 30 s): the rows.
+    pub fn wait_for_lost_mail(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = self.ctl(&["lost-mail"]);
+            if rows.as_array().is_some_and(|r| !r.is_empty()) {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no lost mail reported:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `greylistctl --json ARGS` against it.

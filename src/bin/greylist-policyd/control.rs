@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::log::log;
-use crate::protocol::{Command, Reply, MAX_REQUEST, MAX_ROWS};
+use crate::protocol::{Command, Reply, WhitelistAction, MAX_REQUEST, MAX_ROWS};
 use crate::recall::Recall;
 use crate::server::{DaemonClock, Server};
 use crate::whitelist::Lists;
@@ -240,14 +240,16 @@ impl Daemon {
                 let known = e.forget(ip, sender, recipient).map_err(|e| e.to_string())?;
                 json!({ "forgotten": known })
             }
-            Command::WhitelistAdd { list, entry } | Command::WhitelistRemove { list, entry } => {
-                let add = matches!(command, Command::WhitelistAdd { .. });
-                let changed = self.lists.change(e, *list, entry, add)?;
-                json!({ "changed": changed })
-            }
-            Command::WhitelistList => {
-                serde_json::to_value(self.lists.rows()).map_err(|e| e.to_string())?
-            }
+            Command::Whitelist { action } => match action {
+                WhitelistAction::Add { list, entry } | WhitelistAction::Remove { list, entry } => {
+                    let add = matches!(action, WhitelistAction::Add { .. });
+                    let changed = self.lists.change(e, *list, entry, add)?;
+                    json!({ "changed": changed })
+                }
+                WhitelistAction::List => {
+                    serde_json::to_value(self.lists.rows()).map_err(|e| e.to_string())?
+                }
+            },
             Command::Reload => self.reload()?,
             Command::Save => self.save()?,
         })
@@ -258,7 +260,9 @@ impl Daemon {
 fn audit(command: &Command) -> Option<String> {
     let line = match command {
         Command::Status | Command::LostMail { .. } | Command::Client { .. } => return None,
-        Command::WhitelistList => return None,
+        Command::Whitelist {
+            action: WhitelistAction::List,
+        } => return None,
         Command::Release {
             ip,
             sender,
@@ -270,10 +274,12 @@ fn audit(command: &Command) -> Option<String> {
             sender,
             recipient,
         } => format!("forget client={ip} from=<{sender}> to=<{recipient}>"),
-        Command::WhitelistAdd { list, entry } => format!("whitelist add {} {entry}", list.as_str()),
-        Command::WhitelistRemove { list, entry } => {
-            format!("whitelist remove {} {entry}", list.as_str())
-        }
+        Command::Whitelist {
+            action: WhitelistAction::Add { list, entry },
+        } => format!("whitelist add {} {entry}", list.as_str()),
+        Command::Whitelist {
+            action: WhitelistAction::Remove { list, entry },
+        } => format!("whitelist remove {} {entry}", list.as_str()),
         Command::Reload => "reload".into(),
         Command::Save => "save".into(),
     };

@@ -22,40 +22,61 @@ pub const MAX_REPLY: usize = 16 << 20;
 /// Most rows a report returns.
 pub const MAX_ROWS: usize = 10_000;
 
-/// What an operator asks of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What an operator asks of the daemon: greylistctl's subcommands (their
+/// help is these comments) and the requests on the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Command {
-    /// Uptime, sizes, counters, snapshot and Redis state, connections.
+    /// Uptime, entries and client records with their caps, counters per
+    /// reason, lost mail, evictions, snapshot, Redis, connections, health
     Status,
-    /// The lost-mail report, worst network first.
-    LostMail { limit: usize },
-    /// A client network's record.
+    /// Networks that most likely lost mail (early retries, then silence),
+    /// worst first, with the senders and recipients the daemon saw
+    LostMail {
+        /// Most networks to list
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A client network's record: pending, passed, passes, whitelisted,
+    /// auto-whitelisted, blocked until, lost mail
     Client { ip: String },
-    /// Let a triplet pass from now on.
+    /// Let one triplet pass from now on
     Release {
         ip: String,
         sender: String,
         recipient: String,
     },
-    /// Lift a network's block and pass its waiting triplets.
+    /// Lift a network's block and let its waiting triplets pass
     ReleaseClient { ip: String },
-    /// Forget a triplet (its next attempt is new).
+    /// Forget a triplet: its next attempt is greylisted as new
     Forget {
         ip: String,
         sender: String,
         recipient: String,
     },
-    /// Add a run-time whitelist entry (kept across restarts).
-    WhitelistAdd { list: Whitelist, entry: String },
-    /// Remove a run-time whitelist entry.
-    WhitelistRemove { list: Whitelist, entry: String },
-    /// Every whitelist entry, with its origin (a file, or run time).
-    WhitelistList,
-    /// Read the list files again (as SIGHUP).
+    /// Run-time whitelist entries (kept by the daemon across restarts; the
+    /// list files are never rewritten)
+    Whitelist {
+        #[command(subcommand)]
+        action: WhitelistAction,
+    },
+    /// Read the list files again (as SIGHUP)
     Reload,
-    /// Sweep and write a snapshot now (as SIGUSR2), with the result.
+    /// Sweep and write the snapshot now, and say how it went
     Save,
+}
+
+/// What `whitelist` does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum WhitelistAction {
+    /// Add an entry: a client IP, CIDR or .host.suffix; a sender or
+    /// recipient address or domain
+    Add { list: Whitelist, entry: String },
+    /// Remove a run-time entry
+    Remove { list: Whitelist, entry: String },
+    /// Every entry, with its origin (a list file, or run time)
+    List,
 }
 
 /// The whitelists an operator can add to at run time.

@@ -69,21 +69,29 @@ where
     S: TimeoutRead,
 {
     let deadline = Instant::now() + timeout;
+    let late = || format!("the request did not arrive within {} s", timeout.as_secs());
     let mut request = Vec::new();
     let mut buf = [0u8; 4096];
     while !complete(&request) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
-                "the request did not arrive within {} s",
-                timeout.as_secs()
-            ));
+            return Err(late());
         }
         stream.read_timeout(left).map_err(|e| e.to_string())?;
         let mut reader: &S = stream;
         match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => request.extend_from_slice(&buf[..n]),
+            // The read waited for what was left: the time is up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(late())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.to_string()),
         }
         if request.len() > max {

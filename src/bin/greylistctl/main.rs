@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::Value;
 
-use protocol::{control_path, utc, Command, Reply, Whitelist, DEFAULT_SNAPSHOT, MAX_REPLY};
+use protocol::{control_path, utc, Command, Reply, WhitelistAction, DEFAULT_SNAPSHOT, MAX_REPLY};
 
 /// How long the daemon may take to answer (a save of a large table, or a
 /// report read from Redis).
@@ -42,95 +42,7 @@ struct Cli {
     #[arg(long)]
     json: bool,
     #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Uptime, entries and client records with their caps, counters per
-    /// reason, lost mail, evictions, snapshot, Redis, connections, health
-    Status,
-    /// Networks that most likely lost mail (early retries, then silence),
-    /// worst first, with the senders and recipients the daemon saw
-    LostMail {
-        /// Most networks to list
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
-    /// A client network's record: pending, passed, passes, whitelisted,
-    /// auto-whitelisted, blocked until, lost mail
-    Client { ip: String },
-    /// Let one triplet pass from now on
-    Release {
-        ip: String,
-        sender: String,
-        recipient: String,
-    },
-    /// Lift a network's block and let its waiting triplets pass
-    ReleaseClient { ip: String },
-    /// Forget a triplet: its next attempt is greylisted as new
-    Forget {
-        ip: String,
-        sender: String,
-        recipient: String,
-    },
-    /// Run-time whitelist entries (kept by the daemon across restarts; the
-    /// list files are never rewritten)
-    Whitelist {
-        #[command(subcommand)]
-        action: WhitelistCmd,
-    },
-    /// Read the list files again (as SIGHUP)
-    Reload,
-    /// Sweep and write the snapshot now, and say how it went
-    Save,
-}
-
-#[derive(Subcommand)]
-enum WhitelistCmd {
-    /// Add an entry: a client IP, CIDR or .host.suffix; a sender or
-    /// recipient address or domain
-    Add { list: Whitelist, entry: String },
-    /// Remove a run-time entry
-    Remove { list: Whitelist, entry: String },
-    /// Every entry, with its origin (a list file, or run time)
-    List,
-}
-
-impl Cmd {
-    fn into_command(self) -> Command {
-        match self {
-            Cmd::Status => Command::Status,
-            Cmd::LostMail { limit } => Command::LostMail { limit },
-            Cmd::Client { ip } => Command::Client { ip },
-            Cmd::Release {
-                ip,
-                sender,
-                recipient,
-            } => Command::Release {
-                ip,
-                sender,
-                recipient,
-            },
-            Cmd::ReleaseClient { ip } => Command::ReleaseClient { ip },
-            Cmd::Forget {
-                ip,
-                sender,
-                recipient,
-            } => Command::Forget {
-                ip,
-                sender,
-                recipient,
-            },
-            Cmd::Whitelist { action } => match action {
-                WhitelistCmd::Add { list, entry } => Command::WhitelistAdd { list, entry },
-                WhitelistCmd::Remove { list, entry } => Command::WhitelistRemove { list, entry },
-                WhitelistCmd::List => Command::WhitelistList,
-            },
-            Cmd::Reload => Command::Reload,
-            Cmd::Save => Command::Save,
-        }
-    }
+    command: Command,
 }
 
 /// Sends one command and reads the reply.
@@ -396,13 +308,15 @@ fn render(command: &Command, v: &Value) -> String {
             Some(true) => "forgotten\n".into(),
             _ => "not known (nothing to forget)\n".into(),
         },
-        Command::WhitelistAdd { .. } | Command::WhitelistRemove { .. } => {
-            match v["changed"].as_bool() {
-                Some(true) => "done\n".into(),
-                _ => "nothing to change\n".into(),
-            }
-        }
-        Command::WhitelistList => {
+        Command::Whitelist {
+            action: WhitelistAction::Add { .. } | WhitelistAction::Remove { .. },
+        } => match v["changed"].as_bool() {
+            Some(true) => "done\n".into(),
+            _ => "nothing to change\n".into(),
+        },
+        Command::Whitelist {
+            action: WhitelistAction::List,
+        } => {
             let rows = v
                 .as_array()
                 .map(|rows| {
@@ -430,7 +344,7 @@ fn render(command: &Command, v: &Value) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.into_command();
+    let command = cli.command;
     match ask(&cli.control, &command) {
         Ok(v) => {
             let text = if cli.json {
