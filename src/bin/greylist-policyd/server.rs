@@ -392,11 +392,14 @@ impl Server {
     /// Closes the connection idle the longest (never one mid-request, nor
     /// one already closing) to make room for `peer`; false if there is none.
     fn close_idlest(&self, slots: &mut HashMap<u64, Arc<Slot>>, now: Instant, peer: &str) -> bool {
+        // Idle since the same millisecond (a burst of connections): the
+        // one admitted first goes, not whichever the map yields first.
         let idlest = slots
-            .values()
-            .filter(|s| !s.closing.load(Ordering::Acquire))
-            .filter(|s| s.idle_since.load(Ordering::Acquire) != BUSY)
-            .min_by_key(|s| s.idle_since.load(Ordering::Acquire));
+            .iter()
+            .filter(|(_, s)| !s.closing.load(Ordering::Acquire))
+            .filter(|(_, s)| s.idle_since.load(Ordering::Acquire) != BUSY)
+            .min_by_key(|(id, s)| (s.idle_since.load(Ordering::Acquire), **id))
+            .map(|(_, s)| s);
         let Some(victim) = idlest else {
             return false;
         };
@@ -480,7 +483,15 @@ impl DeadlineReader<'_> {
     fn idle(&mut self) {
         self.deadline = None;
         let now = self.server.millis(Instant::now());
-        self.slot.idle_since.store(now, Ordering::Release);
+        // Idle since its last answer; a new connection since it was
+        // admitted (not since its thread first ran, which can be later
+        // than newer connections' threads under load).
+        let _ = self.slot.idle_since.compare_exchange(
+            BUSY,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// A request has begun: its deadline runs, and the connection is not
