@@ -486,12 +486,10 @@ impl DeadlineReader<'_> {
         // Idle since its last answer; a new connection since it was
         // admitted (not since its thread first ran, which can be later
         // than newer connections' threads under load).
-        let _ = self.slot.idle_since.compare_exchange(
-            BUSY,
-            now,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.slot
+                .idle_since
+                .compare_exchange(BUSY, now, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// A request has begun: its deadline runs, and the connection is not
