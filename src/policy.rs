@@ -177,6 +177,15 @@ pub struct PolicyOptions {
     /// Text of a defer; `%s` is the seconds to wait, `%r` the recipient's
     /// domain (as postgrey's `--greylist-text`).
     pub greylist_text: String,
+    /// The action of a defer (postgrey's `--greylist-action`):
+    /// `DEFER_IF_PERMIT` by default.
+    pub greylist_action: String,
+    /// The header of a message that passed after its delay (postgrey's
+    /// `--x-greylist-header`): `%t` the delay in seconds, `%v` this
+    /// version, `%h` [`hostname`](Self::hostname), `%d` the date (RFC 5322).
+    pub x_greylist_header: String,
+    /// The host name for `%h`.
+    pub hostname: String,
     /// What a blocked client network gets.
     pub block_action: BlockAction,
     /// Honour `policy_test_time` (a request's own `now`) and
@@ -189,6 +198,9 @@ impl Default for PolicyOptions {
     fn default() -> Self {
         PolicyOptions {
             greylist_text: "Greylisted, please try again in %s seconds".into(),
+            greylist_action: "DEFER_IF_PERMIT".into(),
+            x_greylist_header: "X-Greylist: delayed %t seconds by greylist-policyd".into(),
+            hostname: "localhost".into(),
             block_action: BlockAction::Defer,
             allow_test_time: false,
         }
@@ -336,6 +348,43 @@ pub fn engine_request(request: &PolicyRequest) -> Option<Request<'_>> {
     })
 }
 
+/// A text an answer carries, on one line (an operator's option could hold
+/// a line break, which would end the answer early).
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+/// `now` as an RFC 5322 date in UTC: `Wed, 02 Dec 2026 18:00:00 +0000`.
+pub fn rfc5322_date(now: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day, h, m, sec) = civil_time(now);
+    format!(
+        "{}, {day:02} {} {year:04} {h:02}:{m:02}:{sec:02} +0000",
+        DAYS[now.div_euclid(86_400).rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+    )
+}
+
+/// Unix seconds as the UTC calendar: year, month (1-12), day, hour,
+/// minute, second.
+pub fn civil_time(now: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, secs) = (now.div_euclid(86_400), now.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 fn domain_of(address: &[u8]) -> String {
     let domain = address
         .iter()
@@ -385,10 +434,13 @@ pub fn answer(
     };
     let action = match (verdict.action, verdict.reason) {
         (Action::Pass, Reason::Retried) => {
-            format!(
-                "PREPEND X-Greylist: delayed {} seconds by greylist-policyd",
-                verdict.delayed
-            )
+            let header = options
+                .x_greylist_header
+                .replace("%t", &verdict.delayed.to_string())
+                .replace("%v", env!("CARGO_PKG_VERSION"))
+                .replace("%h", &options.hostname)
+                .replace("%d", &rfc5322_date(now));
+            format!("PREPEND {}", one_line(&header))
         }
         (Action::Pass, _) => "DUNNO".into(),
         (Action::Defer, _) => {
@@ -397,7 +449,8 @@ pub fn answer(
                 .replace("%s", &verdict.retry_after.to_string())
                 .replace("%r", &domain_of(recipient));
             format!(
-                "DEFER_IF_PERMIT {} {text}",
+                "{} {} {text}",
+                one_line(&options.greylist_action),
                 engine.config().reply_enhanced()
             )
         }
@@ -441,6 +494,16 @@ pub fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_rfc5322() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_700_000_000),
+            "Tue, 14 Nov 2023 22:13:20 +0000"
+        );
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
     use crate::Config;
 
     const T0: i64 = 1_700_000_000;

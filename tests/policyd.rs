@@ -195,6 +195,54 @@ fn sighup_reloads_lists_and_a_unix_socket_works() {
     assert_eq!(ask("192.0.2.3"), "action=DUNNO");
 }
 
+/// Issue 20: postgrey's options, with postgrey's meaning, through the
+/// daemon.
+#[test]
+fn postgreys_options_work_as_in_postgrey() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = daemon::scratch("postgrey-options");
+    let (pidfile, socket) = (dir.join("p.pid"), dir.join("policy.sock"));
+    let mut d = Daemon::start_in(
+        &dir,
+        &[
+            "--allow-test-time",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "--unix",
+            socket.to_str().unwrap(),
+            "--socketmode=0660",
+            "--greylist-action=451",
+            "--x-greylist-header=X-Greylist: delayed %t seconds by %h at %d (v%v)",
+            "--hostname=mx.example.net",
+            "--privacy",
+            "--lookup-by-host",
+        ],
+    );
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert_eq!(pid.trim(), d.pid().to_string());
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+    d.wait_for_log("--privacy: accepted; keys are always keyed hashes here");
+    let mut c = d.connect();
+    let at = |c: &mut std::net::TcpStream, ip: &str, now: i64| {
+        daemon::ask(c, &rcpt(ip, "a@example.org", "b@example.net", now))
+    };
+    let first = at(&mut c, "192.0.2.1", T0);
+    assert!(first.starts_with("451 4.2.0 Greylisted"), "{first}");
+    // --lookup-by-host: another host of the /24 is another triplet.
+    assert!(at(&mut c, "192.0.2.2", T0 + 300).starts_with("451 "));
+    assert_eq!(
+        at(&mut c, "192.0.2.1", T0 + 300),
+        format!(
+            "PREPEND X-Greylist: delayed 300 seconds by mx.example.net at \
+             Tue, 14 Nov 2023 22:18:20 +0000 (v{})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(d.terminate(), Some(0));
+    assert!(!pidfile.exists(), "the pid file goes at exit");
+}
+
 #[test]
 fn help_version_and_bad_options() {
     let bin = env!("CARGO_BIN_EXE_greylist-policyd");
@@ -203,7 +251,7 @@ fn help_version_and_bad_options() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--whitelist-clients FILE"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--whitelist-clients <FILE>"));
     let out = std::process::Command::new(bin)
         .arg("--version")
         .output()

@@ -1,90 +1,272 @@
-//! The command line: postgrey's option names where they mean the same.
+//! The command line, with `clap`: postgrey 1.37's options with postgrey's
+//! meaning (so its init scripts and `/etc/default/postgrey` lines work),
+//! plus this daemon's own. Options may come in any order: the engine's
+//! settings are built once, after every option is read.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::{ArgAction, Parser, ValueEnum};
 use greylist::policy::{BlockAction, PolicyOptions};
-use greylist::{Config, ListKind};
+use greylist::{Config, FailMode, ListKind};
 
-pub const HELP: &str = "\
-greylist-policyd: greylisting for Postfix (check_policy_service) and Exim (readsocket)
+use crate::protocol;
 
-USAGE: greylist-policyd [OPTIONS]
+/// A duration in seconds: a whole number with a unit (`90s`, `30m`, `1h`,
+/// `2d`), or bare, in `bare` seconds each.
+fn duration(v: &str, bare: u64) -> Result<u64, String> {
+    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, ""),
+    };
+    let unit = match unit {
+        "" => bare,
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{v:?} is not a duration like 90s, 30m, 1h or 2d")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{v:?} is not a duration like 90s, 30m, 1h or 2d"))?;
+    u32::try_from(n.saturating_mul(unit))
+        .map(u64::from)
+        .map_err(|_| format!("{v:?} is too long"))
+}
 
-With no options it listens on 127.0.0.1:10023 and keeps its snapshot in
-./greylist-policyd.snap, saved every 300 s and at shutdown.
+/// postgrey's `--retry-window`: days, or hours with `h` (and here `s`, `m`).
+fn days_or_unit(v: &str) -> Result<u64, String> {
+    duration(v, 86_400)
+}
 
-Listening:
-  --inet [HOST:]PORT          TCP address (default 127.0.0.1:10023)
-  --unix PATH                 a unix socket instead (with --inet: both)
-  --max-connections N         concurrent connections (default 256; at most what
-                              RLIMIT_NOFILE allows). When all are taken, the one
-                              idle longest is closed for a new one
-  --idle-timeout SECS         close a connection idle between requests (default 600)
-  --request-timeout SECS      a whole request must arrive within SECS (default 10)
-Greylisting (postgrey's names):
-  --delay SECS                wait before a retry passes (default 300)
-  --max-age DAYS              lifetime of a passed triplet (default 35)
-  --retry-window N[s|m|h|d]   how long a first retry may take; a bare number is days,
-                              as in postgrey (default 2d)
-  --auto-whitelist-clients N  passed triplets that whitelist a client; 0: off (default 5)
-  --ipv4cidr N, --ipv6cidr N  client network prefixes (default 24, 64)
-  --greylist-text TEXT        defer text; %s: seconds, %r: recipient domain
-  --whitelist-clients FILE    client IPs, CIDRs, host names (repeatable)
-  --whitelist-recipients FILE recipients that opt out (repeatable)
-  --trap-recipients FILE      recipients that block their sender's network
-  --max-entries N             triplet entries kept (default 4000000)
-  --max-clients N             client-network records kept (default 1000000)
-  --block-action reject|defer what a blocked network gets (default defer)
-  --blast-copies N            early retries of one message that block its network
-                              (more than N, however fast; 0: off; default 5)
-  --blast-threshold N         early-retry rounds (distinct seconds) in one delay that
-                              block a network (more than N; 0: off; default 20)
-  --block-time SECS           how long a blocked network stays blocked (default 3600)
-  --lost-after N[s|m|h|d]     a sender that made only early retries and then no attempt
-                              for this long after the delay lost its mail: logged as
-                              action=lost-mail (with its sender and recipient) and
-                              listed by greylistctl lost-mail (default 1h; a bare
-                              number is seconds)
-  --sweep-interval SECS       look for lost mail and expired entries this often
-                              (default 60)
-Several MX hosts (Redis):
-  --redis URL                 keep triplets in Redis: redis://[user:password@]host:port/db,
-                              rediss://... for TLS, redis+unix:///path/redis.sock,
-                              redis+sentinel://host:port[,host:port...]/MASTER[/db],
-                              redis+cluster://host:port[,host:port...]
-  --redis-secret FILE         the key secret every MX shares: 32 hex digits
-                              (openssl rand -hex 16); required with --redis
-  --redis-ca FILE             for rediss://: trust this CA (PEM), not the system's
-  --redis-prefix TEXT         key prefix (default greylist:)
-  --redis-timeout MS          answer from the local table after MS (default 50)
-  --redis-fail open|defer     when Redis fails: pass what the local table would
-                              defer (default open), or defer it
-Persistence:
-  --snapshot PATH             snapshot file (default ./greylist-policyd.snap); run-time
-                              whitelist entries are kept beside it in PATH.whitelist
-  --snapshot-interval SECS    save every SECS; 0: only at shutdown (default 300)
-Operating it:
-  --control PATH              greylistctl's socket (default: the snapshot's path with
-                              .ctl added; mode 0600, the daemon's user and root only)
-  --no-control                no control socket
-  --metrics [HOST:]PORT       serve GET /metrics (Prometheus) and GET /health there
-                              (default: off; a bare port is on 127.0.0.1)
-Testing:
-  --allow-test-time           honour policy_test_time / policy_test_advance attributes
-  --help, --version
+/// `--lost-after`: seconds, or with a unit.
+fn seconds_or_unit(v: &str) -> Result<u64, String> {
+    duration(v, 1)
+}
 
-Signals:
-  SIGTERM, SIGINT  save a final snapshot and exit 0
-  SIGHUP           reload the list files (a bad file keeps the old lists)
-  SIGUSR1          write the status and the lost-mail report to the log
-  SIGUSR2          sweep and save the snapshot now
-";
+/// A file mode in octal (`0666`, `660`).
+fn octal(v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{v:?} is not a file mode like 0666"))
+}
 
-/// Everything the command line sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BlockActionArg {
+    Defer,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisFail {
+    Open,
+    Defer,
+}
+
+// The headings of `--help`.
+const H_LISTENING: &str = "Listening";
+const H_GREYLISTING: &str = "Greylisting (postgrey's options)";
+const H_LISTS: &str = "Lists";
+const H_DEFENCES: &str = "Defences";
+const H_SEVERAL: &str = "Several MX hosts (Redis)";
+const H_PERSISTENCE: &str = "Persistence";
+const H_OPERATING: &str = "Operating it";
+const H_TESTING: &str = "Testing";
+
+/// greylist-policyd: greylisting for Postfix (check_policy_service) and
+/// Exim (readsocket), a drop-in for postgrey.
+///
+/// With no options it listens on 127.0.0.1:10023 and keeps its snapshot in
+/// ./greylist-policyd.snap, saved every 300 s and at shutdown.
+#[derive(Debug, Parser)]
+#[command(
+    name = "greylist-policyd",
+    args_override_self = true,
+    version,
+    after_help = "Signals:\n  SIGTERM, SIGINT  save a final snapshot and exit 0\n  \
+                  SIGHUP           reload the list files (a bad file keeps the old lists)\n  \
+                  SIGUSR1          write the status and the lost-mail report to the log\n  \
+                  SIGUSR2          sweep and save the snapshot now"
+)]
+pub struct Args {
+    /// TCP address (default 127.0.0.1:10023; a bare port is on 127.0.0.1)
+    #[arg(short = 'i', long, value_name = "[HOST:]PORT", help_heading = H_LISTENING)]
+    pub inet: Option<String>,
+    /// A unix socket instead (with --inet: both)
+    #[arg(short = 'u', long, value_name = "PATH", help_heading = H_LISTENING)]
+    pub unix: Option<PathBuf>,
+    /// The --unix socket's mode (Postfix's user must be able to connect)
+    #[arg(long, value_name = "MODE", default_value = "0666", value_parser = octal, help_heading = H_LISTENING)]
+    pub socketmode: u32,
+    /// Concurrent connections (at most what RLIMIT_NOFILE allows); when all
+    /// are taken, the one idle longest is closed for a new one
+    #[arg(long, value_name = "N", default_value_t = 256, help_heading = H_LISTENING)]
+    pub max_connections: usize,
+    /// Close a connection idle between requests after SECS
+    #[arg(long, value_name = "SECS", default_value_t = 600, help_heading = H_LISTENING)]
+    pub idle_timeout: u64,
+    /// A whole request must arrive within SECS
+    #[arg(long, value_name = "SECS", default_value_t = 10, help_heading = H_LISTENING)]
+    pub request_timeout: u64,
+    /// postgrey's listen queue; accepted (the system's default is used)
+    #[arg(long, value_name = "N", help_heading = H_LISTENING)]
+    pub listen_queue_size: Option<u32>,
+    /// postgrey's one-query-a-connection mode for Exim; accepted (every
+    /// connection may carry one or many queries here)
+    #[arg(long, help_heading = H_LISTENING)]
+    pub exim: bool,
+
+    /// Wait before a retry passes, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 300, help_heading = H_GREYLISTING)]
+    pub delay: u32,
+    /// Lifetime of a passed triplet, in days
+    #[arg(long, value_name = "DAYS", default_value_t = 35, help_heading = H_GREYLISTING)]
+    pub max_age: u32,
+    /// How long a first retry may take: days, or N[s|m|h|d] (default 2)
+    #[arg(long, value_name = "N[dh]", default_value = "2", value_parser = days_or_unit, help_heading = H_GREYLISTING)]
+    pub retry_window: u64,
+    /// Passed triplets that whitelist a client network (counted as postgrey
+    /// does); 0: off; without N: 5
+    #[arg(long, value_name = "N", num_args = 0..=1, default_value_t = 5, default_missing_value = "5", help_heading = H_GREYLISTING)]
+    pub auto_whitelist_clients: u32,
+    /// IPv4 client network prefix
+    #[arg(long, value_name = "N", default_value_t = 24, help_heading = H_GREYLISTING)]
+    pub ipv4cidr: u8,
+    /// IPv6 client network prefix
+    #[arg(long, value_name = "N", default_value_t = 64, help_heading = H_GREYLISTING)]
+    pub ipv6cidr: u8,
+    /// Key clients by their network (--ipv4cidr, --ipv6cidr): the default
+    #[arg(long, overrides_with = "lookup_by_host", help_heading = H_GREYLISTING)]
+    pub lookup_by_subnet: bool,
+    /// Key clients by their own address (/32, /128)
+    #[arg(long, overrides_with = "lookup_by_subnet", help_heading = H_GREYLISTING)]
+    pub lookup_by_host: bool,
+    /// postgrey's one-way hashes; accepted (keys are always keyed hashes here)
+    #[arg(long, help_heading = H_GREYLISTING)]
+    pub privacy: bool,
+    /// What Postfix is told of a greylisted triplet
+    #[arg(long, value_name = "ACTION", default_value = "DEFER_IF_PERMIT", help_heading = H_GREYLISTING)]
+    pub greylist_action: String,
+    /// Defer text; %s: seconds left, %r: the recipient's domain
+    #[arg(long, value_name = "TEXT", help_heading = H_GREYLISTING)]
+    pub greylist_text: Option<String>,
+    /// Header of a message that passed after its delay; %t: the delay,
+    /// %v: the version, %h: the host name, %d: the date (default
+    /// "X-Greylist: delayed %t seconds by greylist-policyd")
+    #[arg(long, value_name = "TEXT", help_heading = H_GREYLISTING)]
+    pub x_greylist_header: Option<String>,
+    /// The host name for %h (default: the system's)
+    #[arg(long, value_name = "NAME", help_heading = H_GREYLISTING)]
+    pub hostname: Option<String>,
+    /// Client IPs, CIDRs, host names (repeatable)
+    #[arg(long, value_name = "FILE", help_heading = H_LISTS)]
+    pub whitelist_clients: Vec<PathBuf>,
+    /// Recipients that opt out (repeatable)
+    #[arg(long, value_name = "FILE", help_heading = H_LISTS)]
+    pub whitelist_recipients: Vec<PathBuf>,
+    /// Senders never greylisted (repeatable)
+    #[arg(long, value_name = "FILE", help_heading = H_LISTS)]
+    pub whitelist_senders: Vec<PathBuf>,
+    /// Recipients that block their sender's network at once
+    #[arg(long, value_name = "FILE", help_heading = H_LISTS)]
+    pub trap_recipients: Vec<PathBuf>,
+
+    /// Triplet entries kept
+    #[arg(long, value_name = "N", default_value_t = 4_000_000, help_heading = H_DEFENCES)]
+    pub max_entries: u64,
+    /// Client-network records kept
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, help_heading = H_DEFENCES)]
+    pub max_clients: u64,
+    /// What a blocked network gets
+    #[arg(long, value_enum, default_value_t = BlockActionArg::Defer, help_heading = H_DEFENCES)]
+    pub block_action: BlockActionArg,
+    /// Early retries of one message that block its network (more than N,
+    /// however fast; 0: off)
+    #[arg(long, value_name = "N", default_value_t = 5, help_heading = H_DEFENCES)]
+    pub blast_copies: u32,
+    /// Early-retry rounds (distinct seconds) in one delay that block a
+    /// network (more than N; 0: off)
+    #[arg(long, value_name = "N", default_value_t = 20, help_heading = H_DEFENCES)]
+    pub blast_threshold: u32,
+    /// How long a blocked network stays blocked, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 3600, help_heading = H_DEFENCES)]
+    pub block_time: u32,
+    /// A sender that made only early retries and then no attempt for this
+    /// long after the delay lost its mail: logged as action=lost-mail and
+    /// listed by greylistctl lost-mail (a bare number is seconds)
+    #[arg(long, value_name = "N[s|m|h|d]", default_value = "1h", value_parser = seconds_or_unit, help_heading = H_DEFENCES)]
+    pub lost_after: u64,
+    /// Look for lost mail and expired entries this often
+    #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = H_DEFENCES)]
+    pub sweep_interval: u64,
+
+    /// Keep triplets in Redis: redis://[user:password@]host:port/db,
+    /// rediss://... for TLS, redis+unix:///path, redis+sentinel://host:port[,host:port...]/MASTER[/db],
+    /// redis+cluster://host:port[,host:port...]
+    #[arg(long, value_name = "URL", help_heading = H_SEVERAL)]
+    pub redis: Option<String>,
+    /// The key secret every MX shares: 32 hex digits (openssl rand -hex 16);
+    /// required with --redis
+    #[arg(long, value_name = "FILE", help_heading = H_SEVERAL)]
+    pub redis_secret: Option<PathBuf>,
+    /// For rediss://: trust this CA (PEM), not the system's
+    #[arg(long, value_name = "FILE", help_heading = H_SEVERAL)]
+    pub redis_ca: Option<PathBuf>,
+    /// Key prefix
+    #[arg(long, value_name = "TEXT", default_value = "greylist:", help_heading = H_SEVERAL)]
+    pub redis_prefix: String,
+    /// Answer from the local table after MS
+    #[arg(long, value_name = "MS", default_value_t = 50, help_heading = H_SEVERAL)]
+    pub redis_timeout: u64,
+    /// When Redis fails: pass what the local table would defer, or defer it
+    #[arg(long, value_enum, default_value_t = RedisFail::Open, help_heading = H_SEVERAL)]
+    pub redis_fail: RedisFail,
+
+    /// Snapshot file (default ./greylist-policyd.snap); run-time whitelist
+    /// entries are kept beside it in PATH.whitelist
+    #[arg(long, value_name = "PATH", help_heading = H_PERSISTENCE)]
+    pub snapshot: Option<PathBuf>,
+    /// postgrey's database folder: the snapshot goes there, as
+    /// DIR/greylist-policyd.snap (unless --snapshot names it)
+    #[arg(long, value_name = "DIR", help_heading = H_PERSISTENCE)]
+    pub dbdir: Option<PathBuf>,
+    /// Save every SECS; 0: only at shutdown
+    #[arg(long, value_name = "SECS", default_value_t = 300, help_heading = H_PERSISTENCE)]
+    pub snapshot_interval: u64,
+
+    /// greylistctl's socket (default: the snapshot's path with .ctl added;
+    /// mode 0600, the daemon's user and root only)
+    #[arg(long, value_name = "PATH", help_heading = H_OPERATING)]
+    pub control: Option<PathBuf>,
+    /// No control socket
+    #[arg(long, help_heading = H_OPERATING)]
+    pub no_control: bool,
+    /// Serve GET /metrics (Prometheus) and GET /health there (a bare port
+    /// is on 127.0.0.1)
+    #[arg(long, value_name = "[HOST:]PORT", help_heading = H_OPERATING)]
+    pub metrics: Option<String>,
+    /// Write the daemon's process id to PATH (removed at exit)
+    #[arg(long, value_name = "PATH", help_heading = H_OPERATING)]
+    pub pidfile: Option<PathBuf>,
+    /// More log lines (postgrey's -v); accepted: every decision is logged
+    #[arg(short = 'v', long, action = ArgAction::Count, help_heading = H_OPERATING)]
+    pub verbose: u8,
+    /// Fewer log lines (postgrey's -q); accepted: every decision is logged
+    #[arg(short = 'q', long, action = ArgAction::Count, help_heading = H_OPERATING)]
+    pub quiet: u8,
+
+    /// Honour policy_test_time / policy_test_advance attributes (tests)
+    #[arg(long, help_heading = H_TESTING)]
+    pub allow_test_time: bool,
+}
+
+/// Everything the command line sets, checked.
 pub struct Options {
     pub inet: Option<String>,
     pub unix: Option<PathBuf>,
+    pub socketmode: u32,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -100,177 +282,264 @@ pub struct Options {
     pub no_control: bool,
     pub metrics: Option<String>,
     pub sweep_interval: u64,
+    pub pidfile: Option<PathBuf>,
+    /// Lines for the log at start: postgrey options accepted without
+    /// effect here, and why.
+    pub notes: Vec<String>,
 }
 
-/// A duration in seconds: a whole number with a unit (`90s`, `30m`, `1h`,
-/// `2d`), or bare, in `bare` seconds each.
-fn duration(name: &str, v: &str, bare: u64) -> Result<u64, String> {
-    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => v.split_at(i),
-        None => (v, ""),
-    };
-    let unit = match unit {
-        "" => bare,
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{name}: {v:?} is not a duration like 90s, 30m, 1h or 2d"
-            ))
-        }
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{name}: {v:?} is not a duration like 90s, 30m, 1h or 2d"))?;
-    Ok(n.saturating_mul(unit))
+/// The system's host name, for `%h`.
+fn system_hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
-pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut o = Options {
-        inet: None,
-        unix: None,
-        max_connections: 256,
-        idle_timeout: Duration::from_secs(600),
-        request_timeout: Duration::from_secs(10),
-        redis_secret: None,
-        config: Config::builder(),
-        policy: PolicyOptions::default(),
-        lists: ListKind::ALL.iter().map(|k| (*k, Vec::new())).collect(),
-        snapshot: PathBuf::from(crate::protocol::DEFAULT_SNAPSHOT),
-        snapshot_interval: 300,
-        control: None,
-        no_control: false,
-        metrics: None,
-        sweep_interval: 60,
-    };
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
+impl Args {
+    /// The settings, built after every option was read.
+    pub fn options(self) -> Options {
+        let mut config = Config::builder()
+            .delay(self.delay)
+            .pass_ttl(self.max_age.saturating_mul(86_400))
+            .retry_window(u32::try_from(self.retry_window).unwrap_or(u32::MAX))
+            .lost_after(u32::try_from(self.lost_after).unwrap_or(u32::MAX))
+            .awl_threshold(self.auto_whitelist_clients)
+            .max_entries(self.max_entries)
+            .max_clients(self.max_clients)
+            .blast_copies(self.blast_copies)
+            .blast_threshold(self.blast_threshold)
+            .block_time(self.block_time)
+            .redis_prefix(&self.redis_prefix)
+            .redis_timeout(Duration::from_millis(self.redis_timeout))
+            .fail_mode(match self.redis_fail {
+                RedisFail::Open => FailMode::Open,
+                RedisFail::Defer => FailMode::Defer,
+            });
+        config = if self.lookup_by_host {
+            config.prefixes(32, 128)
+        } else {
+            config.prefixes(self.ipv4cidr, self.ipv6cidr)
         };
-        let mut value = || -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
+        if let Some(url) = &self.redis {
+            config = config.redis(url);
+        }
+        if let Some(secret) = &self.redis_secret {
+            config = config.shared_secret_file(secret);
+        }
+        if let Some(ca) = &self.redis_ca {
+            config = config.redis_ca_file(ca);
+        }
+        let mut policy = PolicyOptions {
+            block_action: match self.block_action {
+                BlockActionArg::Defer => BlockAction::Defer,
+                BlockActionArg::Reject => BlockAction::Reject,
+            },
+            allow_test_time: self.allow_test_time,
+            greylist_action: self.greylist_action,
+            hostname: self.hostname.unwrap_or_else(system_hostname),
+            ..PolicyOptions::default()
         };
-        let number = |v: String| -> Result<u64, String> {
-            v.parse()
-                .map_err(|_| format!("{name}: {v:?} is not a whole number"))
+        if let Some(text) = self.greylist_text {
+            policy.greylist_text = text;
+        }
+        if let Some(header) = self.x_greylist_header {
+            policy.x_greylist_header = header;
+        }
+        let mut notes = Vec::new();
+        let mut note = |on: bool, what: &str| {
+            if on {
+                notes.push(what.to_string());
+            }
         };
-        let to_u32 = |n: u64| u32::try_from(n).map_err(|_| format!("{name}: {n} is too large"));
-        let mut list = |kind: ListKind, path: String| {
-            o.lists
-                .iter_mut()
-                .find(|(k, _)| *k == kind)
-                .expect("every kind")
-                .1
-                .push(path.into());
-        };
-        match name.as_str() {
-            "--help" | "-h" => {
-                print!("{HELP}");
-                std::process::exit(0);
+        note(
+            self.privacy,
+            "--privacy: accepted; keys are always keyed hashes here, no address is stored",
+        );
+        note(
+            self.lookup_by_subnet,
+            "--lookup-by-subnet: accepted; clients are keyed by their network by default",
+        );
+        note(
+            self.exim,
+            "--exim: accepted; a connection may carry one query or many here",
+        );
+        note(
+            self.listen_queue_size.is_some(),
+            "--listen-queue-size: accepted; the system's listen queue is used",
+        );
+        note(
+            self.verbose + self.quiet > 0,
+            "-v/-q: accepted; every decision is logged, one line each",
+        );
+        let snapshot = self.snapshot.unwrap_or_else(|| {
+            let name = PathBuf::from(protocol::DEFAULT_SNAPSHOT);
+            match &self.dbdir {
+                Some(dir) => dir.join(name),
+                None => name,
             }
-            "--version" | "-V" => {
-                println!("greylist-policyd {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            "--inet" => o.inet = Some(value()?),
-            "--unix" => o.unix = Some(value()?.into()),
-            "--max-connections" => o.max_connections = number(value()?)?.max(1) as usize,
-            "--idle-timeout" => o.idle_timeout = Duration::from_secs(number(value()?)?.max(1)),
-            "--request-timeout" => {
-                o.request_timeout = Duration::from_secs(number(value()?)?.max(1))
-            }
-            "--delay" => o.config = o.config.delay(to_u32(number(value()?)?)?),
-            "--max-age" => {
-                o.config = o
-                    .config
-                    .pass_ttl(to_u32(number(value()?)?.saturating_mul(86_400))?)
-            }
-            "--retry-window" => {
-                let secs = duration(&name, &value()?, 86_400)?;
-                o.config = o.config.retry_window(to_u32(secs)?);
-            }
-            "--lost-after" => {
-                let secs = duration(&name, &value()?, 1)?;
-                o.config = o.config.lost_after(to_u32(secs)?);
-            }
-            "--auto-whitelist-clients" => {
-                let n = match inline.clone() {
-                    Some(v) => number(v)?,
-                    None => match args.peek() {
-                        Some(v) if v.parse::<u64>().is_ok() => {
-                            number(args.next().unwrap_or_default())?
-                        }
-                        _ => 5,
-                    },
-                };
-                o.config = o.config.awl_threshold(to_u32(n)?);
-            }
-            "--ipv4cidr" | "--ipv6cidr" => {
-                let n =
-                    u8::try_from(number(value()?)?).map_err(|_| format!("{name}: too large"))?;
-                let c = o.config.clone().build().map_err(|e| e.to_string())?;
-                o.config = if name == "--ipv4cidr" {
-                    o.config.prefixes(n, c.ipv6_prefix())
-                } else {
-                    o.config.prefixes(c.ipv4_prefix(), n)
-                };
-            }
-            "--greylist-text" => o.policy.greylist_text = value()?,
-            "--whitelist-clients" => list(ListKind::Clients, value()?),
-            "--whitelist-recipients" => list(ListKind::Recipients, value()?),
-            "--trap-recipients" => list(ListKind::TrapRecipients, value()?),
-            "--max-entries" => o.config = o.config.max_entries(number(value()?)?),
-            "--max-clients" => o.config = o.config.max_clients(number(value()?)?),
-            "--blast-copies" => o.config = o.config.blast_copies(to_u32(number(value()?)?)?),
-            "--blast-threshold" => o.config = o.config.blast_threshold(to_u32(number(value()?)?)?),
-            "--block-time" => o.config = o.config.block_time(to_u32(number(value()?)?)?),
-            "--block-action" => {
-                o.policy.block_action = match value()?.as_str() {
-                    "reject" => BlockAction::Reject,
-                    "defer" => BlockAction::Defer,
-                    other => {
-                        return Err(format!("--block-action: {other:?} is not reject or defer"))
-                    }
-                }
-            }
-            "--redis" => o.config = o.config.redis(&value()?),
-            "--redis-secret" => {
-                let path = PathBuf::from(value()?);
-                o.config = o.config.shared_secret_file(&path);
-                o.redis_secret = Some(path);
-            }
-            "--redis-ca" => o.config = o.config.redis_ca_file(value()?),
-            "--redis-prefix" => o.config = o.config.redis_prefix(&value()?),
-            "--redis-timeout" => {
-                let ms = number(value()?)?;
-                o.config = o.config.redis_timeout(Duration::from_millis(ms));
-            }
-            "--redis-fail" => {
-                o.config = o.config.fail_mode(match value()?.as_str() {
-                    "open" => greylist::FailMode::Open,
-                    "defer" => greylist::FailMode::Defer,
-                    other => return Err(format!("--redis-fail: {other:?} is not open or defer")),
-                })
-            }
-            "--snapshot" => o.snapshot = value()?.into(),
-            "--snapshot-interval" => o.snapshot_interval = number(value()?)?,
-            "--sweep-interval" => o.sweep_interval = number(value()?)?.max(1),
-            "--control" => o.control = Some(value()?.into()),
-            "--no-control" => o.no_control = true,
-            "--metrics" => o.metrics = Some(value()?),
-            "--allow-test-time" => o.policy.allow_test_time = true,
-            _ => return Err(format!("unknown option {arg:?} (see --help)")),
+        });
+        Options {
+            inet: match (self.inet, &self.unix) {
+                (None, None) => Some("127.0.0.1:10023".into()),
+                (inet, _) => inet,
+            },
+            unix: self.unix,
+            socketmode: self.socketmode,
+            max_connections: self.max_connections.max(1),
+            idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
+            request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+            config,
+            policy,
+            lists: vec![
+                (ListKind::Clients, self.whitelist_clients),
+                (ListKind::Senders, self.whitelist_senders),
+                (ListKind::Recipients, self.whitelist_recipients),
+                (ListKind::TrapRecipients, self.trap_recipients),
+            ],
+            snapshot,
+            snapshot_interval: self.snapshot_interval,
+            redis_secret: self.redis_secret,
+            control: self.control,
+            no_control: self.no_control,
+            metrics: self.metrics,
+            sweep_interval: self.sweep_interval.max(1),
+            pidfile: self.pidfile,
+            notes,
         }
     }
-    if o.inet.is_none() && o.unix.is_none() {
-        o.inet = Some("127.0.0.1:10023".into());
+}
+
+/// Reads the command line: `--help` and `--version` print and exit 0; a
+/// bad option prints clap's error, naming it, and exits 1.
+pub fn parse() -> Options {
+    match Args::try_parse() {
+        Ok(args) => args.options(),
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
     }
-    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let all = std::iter::once("greylist-policyd").chain(args.iter().copied());
+        Args::try_parse_from(all)
+            .map(Args::options)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Issue 20: `--ipv4cidr` built the whole configuration in the middle
+    /// of the command line, so `--redis URL --ipv4cidr 24 --redis-secret F`
+    /// failed for want of a secret that came later.
+    #[test]
+    fn options_are_order_independent() {
+        let o = parse(&[
+            "--redis",
+            "redis://127.0.0.1:6379/0",
+            "--ipv4cidr",
+            "24",
+            "--redis-prefix",
+            "mx:",
+        ])
+        .unwrap();
+        let config = o
+            .config
+            .shared_secret(greylist::Secret::from_bytes([1; 16]))
+            .build()
+            .unwrap();
+        assert_eq!((config.ipv4_prefix(), config.redis_prefix()), (24, "mx:"));
+    }
+
+    /// Debian's init script and /etc/default/postgrey lines.
+    #[test]
+    fn postgreys_options_are_accepted() {
+        let o = parse(&[
+            "--pidfile=/run/postgrey.pid",
+            "--inet=10023",
+            "--delay=60",
+            "--max-age=30",
+            "--retry-window=36h",
+            "--auto-whitelist-clients",
+            "--privacy",
+            "--lookup-by-host",
+            "--greylist-action=451",
+            "--greylist-text=Come back later",
+            "--x-greylist-header=X-Greylist: %t s",
+            "--hostname=mx.example.net",
+            "--exim",
+            "--listen-queue-size=100",
+            "--socketmode=0660",
+            "--dbdir=/var/lib/postgrey",
+            "-v",
+            "-q",
+        ])
+        .unwrap();
+        let c = o.config.build().unwrap();
+        assert_eq!((c.delay(), c.retry_window()), (60, 36 * 3600));
+        assert_eq!((c.ipv4_prefix(), c.ipv6_prefix()), (32, 128));
+        assert_eq!(o.inet.as_deref(), Some("10023"));
+        assert_eq!(o.socketmode, 0o660);
+        assert_eq!(
+            o.snapshot,
+            PathBuf::from("/var/lib/postgrey/greylist-policyd.snap")
+        );
+        assert_eq!(o.policy.greylist_action, "451");
+        assert_eq!(o.policy.hostname, "mx.example.net");
+        assert_eq!(o.notes.len(), 4, "{:?}", o.notes);
+        let o = parse(&[
+            "-i",
+            "127.0.0.1:10030",
+            "-u",
+            "/run/p.sock",
+            "--retry-window",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(o.unix, Some(PathBuf::from("/run/p.sock")));
+        assert_eq!(o.config.build().unwrap().retry_window(), 2 * 86_400);
+    }
+
+    /// As with postgrey's Getopt::Long, an option given again replaces the
+    /// first (an init script's default, then the operator's); list files
+    /// add up.
+    #[test]
+    fn the_last_value_wins_and_lists_add_up() {
+        let o = parse(&[
+            "--snapshot",
+            "a.snap",
+            "--snapshot",
+            "b.snap",
+            "--delay",
+            "1",
+            "--delay",
+            "2",
+            "--whitelist-clients",
+            "one",
+            "--whitelist-clients",
+            "two",
+        ])
+        .unwrap();
+        assert_eq!(o.snapshot, PathBuf::from("b.snap"));
+        assert_eq!(o.config.build().unwrap().delay(), 2);
+        assert_eq!(o.lists[0].1, [PathBuf::from("one"), PathBuf::from("two")]);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        for (args, says) in [
+            (&["--delay", "soon"][..], "--delay"),
+            (&["--retry-window", "2w"], "--retry-window"),
+            (&["--socketmode", "0999"], "--socketmode"),
+            (&["--bogus"], "--bogus"),
+        ] {
+            let e = parse(args).err().unwrap();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
 }

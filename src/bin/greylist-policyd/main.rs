@@ -69,6 +69,33 @@ fn clear_socket_path(option: &str, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{option} {shown}: removing the stale socket: {e}"))
 }
 
+/// `--pidfile`: the process id, written anew (a link or anything but a
+/// regular file there is refused, never followed).
+fn write_pidfile(path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {
+            std::fs::remove_file(path).map_err(|e| format!("--pidfile {shown}: {e}"))?
+        }
+        Ok(_) => {
+            return Err(format!(
+                "--pidfile {shown}: not a regular file; refusing it"
+            ))
+        }
+        Err(_) => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{}", std::process::id()))
+        .map_err(|e| format!("--pidfile {shown}: {e}"))
+}
+
 /// The list counts, for the log: a kind that has files or entries.
 fn log_lists(loaded: &[(ListKind, usize)], files: &[(ListKind, Vec<PathBuf>)]) {
     for (kind, n) in loaded {
@@ -115,7 +142,10 @@ fn save_observer(path: PathBuf) -> greylist::SaveObserver {
 }
 
 fn run() -> Result<(), String> {
-    let o = cli::parse_args(std::env::args().skip(1))?;
+    let o = cli::parse();
+    for note in &o.notes {
+        log(note);
+    }
     let config = o.config.clone().build().map_err(|e| e.to_string())?;
     if let Some(secret) = &o.redis_secret {
         let mode = std::fs::metadata(secret).map_or(0, |m| m.permissions().mode());
@@ -252,12 +282,18 @@ fn run() -> Result<(), String> {
     if let Some(path) = &o.unix {
         let listener =
             UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
+        // Postfix's user must be able to connect (postgrey's default 0666).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(o.socketmode))
+            .map_err(|e| format!("--socketmode for {}: {e}", path.display()))?;
         listening.push(format!("unix {}", path.display()));
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
             accept_loop(next, |c| s.admit(c), pause, log);
         });
+    }
+    if let Some(path) = &o.pidfile {
+        write_pidfile(path)?;
     }
     // Lost mail is looked for every sweep interval, not only at saves.
     let (swept, sweep_clock) = (engine.clone(), clock.clone());
@@ -320,7 +356,7 @@ fn run() -> Result<(), String> {
         }
     }
     log("shutting down: writing the final snapshot");
-    if let Some(path) = &control {
+    for path in control.iter().chain(&o.pidfile) {
         let _ = std::fs::remove_file(path);
     }
     if let Some(maintenance) = daemon.take_maintenance() {
