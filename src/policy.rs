@@ -348,6 +348,26 @@ pub fn engine_request(request: &PolicyRequest) -> Option<Request<'_>> {
     })
 }
 
+/// One `X-Greylist` header per message, as postgrey does: Postfix asks for
+/// each recipient, and each retried recipient's `PREPEND` would add the
+/// header again. A `PREPEND` for the message (`instance`) that got one on
+/// this connection last becomes `DUNNO`; `last` is the connection's memory
+/// of that instance. Postfix sends one session's requests on one connection.
+pub fn prepend_once(answer: &mut Answer, request: &PolicyRequest, last: &mut Option<Vec<u8>>) {
+    if !answer.action.starts_with("PREPEND ") {
+        return;
+    }
+    let Some(instance) = request.get_bytes("instance").filter(|i| !i.is_empty()) else {
+        return;
+    };
+    if last.as_deref() == Some(instance) {
+        answer.action = "DUNNO".into();
+        answer.log.push_str(" header=already-prepended");
+    } else {
+        *last = Some(instance.to_vec());
+    }
+}
+
 /// A text an answer carries, on one line (an operator's option could hold
 /// a line break, which would end the answer early).
 fn one_line(text: &str) -> String {
@@ -494,6 +514,46 @@ pub fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20: a message to three greylisted recipients got three
+    /// X-Greylist headers after its retry.
+    #[test]
+    fn one_header_per_message() {
+        let engine = crate::Engine::default();
+        let options = PolicyOptions::default();
+        let request = |rcpt: &str, instance: &str| {
+            let text = format!(
+                "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n\
+                 sender=a@example.org\nrecipient={rcpt}\ninstance={instance}\n\n"
+            );
+            read_request(&mut text.as_bytes()).unwrap().unwrap()
+        };
+        let mut last = None;
+        let mut actions = Vec::new();
+        for (now, instance) in [(0, "m1"), (400, "m2"), (500, "m3")] {
+            for rcpt in ["a@y.net", "b@y.net", "c@y.net"] {
+                let req = request(rcpt, instance);
+                let mut a = answer(&engine, &req, &options, 1_700_000_000 + now);
+                prepend_once(&mut a, &req, &mut last);
+                actions.push(a.action.split(':').next().unwrap().to_string());
+            }
+        }
+        let defer = "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300 seconds";
+        assert_eq!(
+            actions,
+            [
+                defer,
+                defer,
+                defer,
+                "PREPEND X-Greylist",
+                "DUNNO",
+                "DUNNO",
+                "DUNNO",
+                "DUNNO",
+                "DUNNO"
+            ]
+        );
+    }
 
     #[test]
     fn dates_are_rfc5322() {

@@ -375,6 +375,56 @@ fn postfix_defers_the_first_attempt_and_queues_the_retry() {
     );
 }
 
+/// Issue 20: a message to three greylisted recipients got three
+/// X-Greylist headers after its retry (Postfix asks for each recipient);
+/// postgrey prepends one per message, by the request's `instance`.
+#[test]
+fn postfix_gets_one_x_greylist_header_per_message() {
+    if let Some(why) = missing_tools() {
+        real::skip("the real Postfix three-recipient test", &why);
+        return;
+    }
+    let dir = daemon::scratch("postfix-three");
+    let d = Daemon::start_in(&dir, &["--allow-test-time", "--delay", "300"]);
+    let smtp_port = free_port();
+    let postfix = Postfix::start(&dir, smtp_port, d.addr.as_deref().unwrap());
+    let three = || {
+        let mut c = swaks_command(smtp_port, "client.example", "alice@sender.example".as_ref());
+        c.args(["--to", "a@example.net,b@example.net,c@example.net"]);
+        c.output().unwrap()
+    };
+    let first = three();
+    assert!(!first.status.success(), "{}", text(&first));
+    d.wait_for_lines("action=defer reason=new client=127.0.0.1", 3);
+    let mut control = d.connect();
+    control.write_all(b"policy_test_advance=301\n\n").unwrap();
+    daemon_answer(&mut control);
+    let retry = three();
+    assert!(retry.status.success(), "{}\n{}", text(&retry), d.log_text());
+    d.wait_for_lines("action=pass reason=retried client=127.0.0.1", 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postfix.maillog().matches("status=sent").count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "never delivered:\n{}",
+            postfix.maillog()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = postfix.maillog();
+    assert_eq!(
+        log.matches("warning: header X-Greylist: delayed ").count(),
+        1,
+        "one header for the message:\n{log}"
+    );
+    assert_eq!(
+        d.lines_with("header=already-prepended"),
+        2,
+        "{}",
+        d.log_text()
+    );
+}
+
 fn daemon_answer(stream: &mut std::net::TcpStream) {
     use std::io::BufRead;
     let mut line = String::new();

@@ -431,6 +431,10 @@ impl Server {
             server: self,
             deadline: None,
         });
+        // The message (Postfix's `instance`) whose X-Greylist header this
+        // connection prepended last: one header per message, not one per
+        // retried recipient.
+        let mut last_prepended = None;
         loop {
             // Bytes of the next request already read: its deadline runs.
             if reader.buffer().is_empty() {
@@ -456,7 +460,8 @@ impl Server {
             }
             let started = Instant::now();
             let now = self.clock.now();
-            let answer = policy::answer(&self.engine, &request, &self.policy, now);
+            let mut answer = policy::answer(&self.engine, &request, &self.policy, now);
+            policy::prepend_once(&mut answer, &request, &mut last_prepended);
             self.remember(&request, &answer);
             decision(&answer.log);
             if stream.write_all_bytes(answer.to_wire().as_bytes()).is_err() {
