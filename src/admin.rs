@@ -95,25 +95,68 @@ impl Engine {
     /// As [`load_lists`](Self::load_lists), with `extra` entries besides
     /// the files' (a host's run-time entries), in one replacement: a check
     /// never sees the list without them. A bad extra entry is named as
-    /// `entry N: ...`.
+    /// `run-time entries: entry N: ...`.
     pub fn load_lists_with(
         &self,
         kind: ListKind,
         paths: &[impl AsRef<Path>],
         extra: &[&str],
     ) -> Result<usize, ListError> {
+        Ok(self.load_files(kind, paths, extra, false)?.0)
+    }
+
+    /// As [`load_lists_with`](Self::load_lists_with), for postgrey's list
+    /// files as they are: a line this engine cannot honour (a Perl-only
+    /// regular expression, a typo) is left out instead of refusing the
+    /// file, and returned, naming its file and line, for the host's log.
+    /// A file that cannot be read is still an error, and so is a bad
+    /// `extra` entry. How many entries were loaded, and the lines left out.
+    pub fn load_lists_skipping(
+        &self,
+        kind: ListKind,
+        paths: &[impl AsRef<Path>],
+        extra: &[&str],
+    ) -> Result<(usize, Vec<ListError>), ListError> {
+        self.load_files(kind, paths, extra, true)
+    }
+
+    fn load_files(
+        &self,
+        kind: ListKind,
+        paths: &[impl AsRef<Path>],
+        extra: &[&str],
+        skip: bool,
+    ) -> Result<(usize, Vec<ListError>), ListError> {
         let in_file = |path: &Path, e: ListError| ListError::BadEntry {
             line: 0,
             reason: format!("{}: {e}", path.display()),
         };
         let mut texts = Vec::new();
+        let mut skipped = Vec::new();
+        // Per file, the lines left out.
+        let mut bad: Vec<Vec<usize>> = Vec::new();
         for path in paths {
             let path = path.as_ref();
             let text = read_file(path).map_err(|e| in_file(path, e))?;
-            // Check each file alone first, so the error names it.
-            crate::lists::Lists::default()
-                .with(kind, file_entries(&text), true)
-                .map_err(|e| in_file(path, e))?;
+            // Each file alone first, so an error names it.
+            let (_, errors) =
+                crate::lists::Lists::default().with_skipping(kind, file_entries(&text), true, skip);
+            if !skip {
+                if let Some(e) = errors.into_iter().next() {
+                    return Err(in_file(path, e));
+                }
+            } else {
+                bad.push(
+                    errors
+                        .iter()
+                        .filter_map(|e| match e {
+                            ListError::BadEntry { line, .. } => Some(*line),
+                            ListError::Io(_) => None,
+                        })
+                        .collect(),
+                );
+                skipped.extend(errors.into_iter().map(|e| in_file(path, e)));
+            }
             texts.push(text);
         }
         let numbered = || extra.iter().enumerate().map(|(i, e)| (i + 1, *e));
@@ -123,9 +166,18 @@ impl Engine {
                 line: 0,
                 reason: format!("run-time entries: {e}"),
             })?;
-        let all = texts.iter().flat_map(|t| file_entries(t)).chain(numbered());
+        let good = |file: usize| {
+            let bad = bad.get(file).cloned().unwrap_or_default();
+            move |(line, _): &(usize, &str)| !bad.contains(line)
+        };
+        let all = texts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| file_entries(t).filter(good(i)))
+            .chain(numbered());
+        let loaded = all.clone().count();
         self.store_list(kind, all, true)?;
-        Ok(texts.iter().map(|t| file_entries(t).count()).sum::<usize>() + extra.len())
+        Ok((loaded, skipped))
     }
 
     /// What the engine knows of `client_ip`'s network at `now` (counting its

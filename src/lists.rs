@@ -13,8 +13,18 @@
 //!   or `.example.com`, matching that domain and its subdomains), or local
 //!   parts at any domain (`postmaster@`).
 //!
+//! postgrey's list files load as they are: `/regex/` lines (matched
+//! without regard to case and unanchored unless they anchor themselves,
+//! against the verified client host name for clients, the address for the
+//! others), partial IPv4 addresses (`195.235.39` is a /24, `195.235` a
+//! /16). Regular expressions are the `regex` crate's: linear time, so no
+//! entry can make a check slow; a Perl-only construct (a look-around, a
+//! back-reference) is an entry that cannot be honoured.
+//!
 //! A bad line refuses the whole file with its line number; nothing of it
-//! is applied.
+//! is applied ([`Engine::load_lists`](crate::Engine::load_lists)). A host
+//! loading postgrey's files may instead skip such lines, each with a
+//! warning ([`Engine::load_lists_skipping`](crate::Engine::load_lists_skipping)).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -95,12 +105,55 @@ impl fmt::Display for ListError {
 
 impl std::error::Error for ListError {}
 
-/// Client addresses by prefix length, and host names.
+/// Client addresses by prefix length, host names, and patterns of host
+/// names.
 #[derive(Debug, Default, Clone)]
 struct ClientList {
     v4: Vec<(u8, HashSet<u32>)>,
     v6: Vec<(u8, HashSet<u128>)>,
     names: HashSet<Box<str>>,
+    patterns: Vec<regex::Regex>,
+}
+
+/// A `/regex/` entry, compiled without regard to case; `None` when the
+/// entry is not one. Its compiled size is bounded (1 MiB).
+fn pattern(entry: &str) -> Option<Result<regex::Regex, String>> {
+    let inner = entry.strip_prefix('/')?.strip_suffix('/')?;
+    if inner.is_empty() {
+        return None;
+    }
+    Some(
+        regex::RegexBuilder::new(inner)
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                format!("{entry:?} is not a regular expression this daemon can use ({first})")
+            }),
+    )
+}
+
+/// postgrey's partial IPv4 addresses: `a.b.c` (a /24) and `a.b` (a /16).
+fn partial_v4(entry: &str) -> Option<(u32, u8)> {
+    let octets: Vec<u8> = entry
+        .split('.')
+        .map(|o| (1..=3).contains(&o.len()).then(|| o.parse().ok()).flatten())
+        .collect::<Option<_>>()?;
+    let prefix = match octets.len() {
+        3 => 24,
+        2 => 16,
+        _ => return None,
+    };
+    let mut ip = [0u8; 4];
+    ip[..octets.len()].copy_from_slice(&octets);
+    Some((u32::from_be_bytes(ip), prefix))
 }
 
 fn mask_v4(ip: u32, prefix: u8) -> u32 {
@@ -130,6 +183,14 @@ fn with_parents(name: &str) -> impl Iterator<Item = &str> {
 
 impl ClientList {
     fn add(&mut self, entry: &str) -> Result<(), String> {
+        if let Some(p) = pattern(entry) {
+            self.patterns.push(p?);
+            return Ok(());
+        }
+        if let Some((net, prefix)) = partial_v4(entry) {
+            insert_net(&mut self.v4, prefix, net);
+            return Ok(());
+        }
         let (addr, prefix) = match entry.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (entry, None),
@@ -172,13 +233,16 @@ impl ClientList {
         by_ip
             || host.is_some_and(|h| {
                 let h = h.trim_end_matches('.').to_ascii_lowercase();
-                let found = with_parents(&h).any(|n| self.names.contains(n));
-                found
+                with_parents(&h).any(|n| self.names.contains(n))
+                    || self.patterns.iter().any(|p| p.is_match(&h))
             })
     }
 
     fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty() && self.names.is_empty()
+        self.v4.is_empty()
+            && self.v6.is_empty()
+            && self.names.is_empty()
+            && self.patterns.is_empty()
     }
 }
 
@@ -205,16 +269,22 @@ fn insert_net<T: std::hash::Hash + Eq>(nets: &mut Vec<(u8, HashSet<T>)>, prefix:
     }
 }
 
-/// Addresses, local parts at any domain, and domains with subdomains.
+/// Addresses, local parts at any domain, domains with subdomains, and
+/// patterns of addresses.
 #[derive(Debug, Default, Clone)]
 struct AddressList {
     addresses: HashSet<Box<str>>,
     locals: HashSet<Box<str>>,
     domains: HashSet<Box<str>>,
+    patterns: Vec<regex::Regex>,
 }
 
 impl AddressList {
     fn add(&mut self, entry: &str) -> Result<(), String> {
+        if let Some(p) = pattern(entry) {
+            self.patterns.push(p?);
+            return Ok(());
+        }
         let bad = || format!("{entry:?} is not an address, domain or local part");
         let e = entry.to_ascii_lowercase();
         match e.rsplit_once('@') {
@@ -250,10 +320,14 @@ impl AddressList {
         let (local, domain) = address.rsplit_once('@').unwrap_or(("", address));
         (!local.is_empty() && self.locals.contains(local))
             || (!domain.is_empty() && with_parents(domain).any(|d| self.domains.contains(d)))
+            || self.patterns.iter().any(|p| p.is_match(address))
     }
 
     fn is_empty(&self) -> bool {
-        self.addresses.is_empty() && self.locals.is_empty() && self.domains.is_empty()
+        self.addresses.is_empty()
+            && self.locals.is_empty()
+            && self.domains.is_empty()
+            && self.patterns.is_empty()
     }
 }
 
@@ -312,6 +386,23 @@ impl Lists {
         entries: impl IntoIterator<Item = (usize, &'a str)>,
         replace: bool,
     ) -> Result<Lists, ListError> {
+        let (next, mut skipped) = self.with_skipping(kind, entries, replace, false);
+        match skipped.pop() {
+            Some(e) => Err(e),
+            None => Ok(next),
+        }
+    }
+
+    /// As [`Lists::with`]; with `skip`, a bad entry is left out (and
+    /// returned) instead of refusing them all. Without `skip`, stops at the
+    /// first bad entry and returns it alone.
+    pub(crate) fn with_skipping<'a>(
+        &self,
+        kind: ListKind,
+        entries: impl IntoIterator<Item = (usize, &'a str)>,
+        replace: bool,
+        skip: bool,
+    ) -> (Lists, Vec<ListError>) {
         let mut next = self.clone();
         if replace {
             match kind {
@@ -321,6 +412,7 @@ impl Lists {
                 ListKind::TrapRecipients => next.traps = AddressList::default(),
             }
         }
+        let mut skipped = Vec::new();
         for (line, entry) in entries {
             let result = match kind {
                 ListKind::Clients => next.clients.add(entry),
@@ -328,9 +420,14 @@ impl Lists {
                 ListKind::Recipients => next.recipients.add(entry),
                 ListKind::TrapRecipients => next.traps.add(entry),
             };
-            result.map_err(|reason| ListError::BadEntry { line, reason })?;
+            if let Err(reason) = result {
+                skipped.push(ListError::BadEntry { line, reason });
+                if !skip {
+                    break;
+                }
+            }
         }
-        Ok(next)
+        (next, skipped)
     }
 }
 
@@ -358,6 +455,68 @@ pub(crate) fn read_file(path: &Path) -> Result<String, ListError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20: postgrey's own files use regular expressions and partial
+    /// addresses; they stopped the daemon from starting.
+    #[test]
+    fn postgreys_regex_and_partial_ip_entries() {
+        let l = lists(
+            ListKind::Clients,
+            &[
+                "/^ms-smtp.*\\.rr\\.com$/",
+                "/^mail\\d+\\.telekom\\.de$/",
+                "195.235.39",
+                "10.20",
+            ],
+        );
+        assert!(client(&l, "192.0.2.1", Some("MS-SMTP-03.texas.rr.com")));
+        assert!(client(&l, "192.0.2.1", Some("mail12.telekom.de")));
+        assert!(!client(&l, "192.0.2.1", Some("mailx.telekom.de")));
+        assert!(!client(
+            &l,
+            "192.0.2.1",
+            Some("ms-smtp-03.rr.com.evil.example")
+        ));
+        assert!(client(&l, "195.235.39.200", None));
+        assert!(!client(&l, "195.235.40.1", None));
+        assert!(client(&l, "10.20.255.1", None));
+        assert!(!client(&l, "10.21.0.1", None));
+        // Unanchored unless anchored, as postgrey's qr{}i.
+        let l = lists(ListKind::Recipients, &["/^abuse@/", "/spamtrap/"]);
+        assert_eq!(
+            l.lookup("192.0.2.1".parse().unwrap(), None, "", "abuse@y.net"),
+            Listed::Whitelisted
+        );
+        assert_eq!(
+            l.lookup("192.0.2.1".parse().unwrap(), None, "", "my-spamtrap@y.net"),
+            Listed::Whitelisted
+        );
+        assert_eq!(
+            l.lookup("192.0.2.1".parse().unwrap(), None, "", "noabuse@y.net"),
+            Listed::No
+        );
+    }
+
+    #[test]
+    fn entries_that_cannot_be_honoured_are_named_or_skipped() {
+        let entries = [
+            (1, "192.0.2.0/24"),
+            (2, "/(?<=x)y/"),
+            (3, "not a host"),
+            (4, "example.org"),
+        ];
+        let e = Lists::default()
+            .with(ListKind::Clients, entries, true)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("line 2: "), "{e}");
+        assert!(e.to_string().contains("regular expression"), "{e}");
+        let (l, skipped) = Lists::default().with_skipping(ListKind::Clients, entries, true, true);
+        let lines: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("line 2: ") && lines[1].starts_with("line 3: "));
+        assert!(client(&l, "192.0.2.9", None));
+        assert!(client(&l, "198.51.100.1", Some("mx.example.org")));
+    }
 
     fn lists(kind: ListKind, entries: &[&str]) -> Lists {
         Lists::default()

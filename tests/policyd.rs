@@ -3,6 +3,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/real.rs"]
+mod real;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
@@ -193,6 +195,99 @@ fn sighup_reloads_lists_and_a_unix_socket_works() {
     d.wait_for_log("lists kept as they were");
     d.wait_for_log("clients.txt: line 2: ");
     assert_eq!(ask("192.0.2.3"), "action=DUNNO");
+}
+
+/// Issue 20: Debian's own /etc/postgrey lists (regular expressions,
+/// partial addresses) stopped the daemon from starting. They load as they
+/// are, with their `.local` companions.
+#[test]
+fn debians_own_postgrey_lists_load() {
+    let debian = std::path::Path::new("/etc/postgrey");
+    if !debian.join("whitelist_clients").exists() {
+        real::skip(
+            "debians_own_postgrey_lists_load",
+            "Debian's postgrey is not installed (apt-get install postgrey)",
+        );
+        return;
+    }
+    let dir = daemon::scratch("debian-lists");
+    let (clients, recipients) = (
+        dir.join("whitelist_clients"),
+        dir.join("whitelist_recipients"),
+    );
+    std::fs::copy(debian.join("whitelist_clients"), &clients).unwrap();
+    std::fs::copy(debian.join("whitelist_recipients"), &recipients).unwrap();
+    std::fs::write(dir.join("whitelist_clients.local"), "192.0.2.0/24\n").unwrap();
+    let d = Daemon::start_in(
+        &dir,
+        &[
+            "--allow-test-time",
+            "--whitelist-clients",
+            clients.to_str().unwrap(),
+            "--whitelist-recipients",
+            recipients.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(d.lines_with("left out"), 0, "{}", d.log_text());
+    let mut c = d.connect();
+    let ask_as = |c: &mut std::net::TcpStream, ip: &str, name: &str, to: &str| {
+        daemon::ask(
+            c,
+            &format!(
+                "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={ip}\n\
+                 client_name={name}\nsender=a@example.org\nrecipient={to}\n\
+                 policy_test_time={T0}\n\n"
+            ),
+        )
+    };
+    let to = "bob@example.net";
+    // A regular expression of the file, against the verified host name.
+    assert_eq!(
+        ask_as(&mut c, "198.51.100.7", "ms-smtp-03.texas.rr.com", to),
+        "DUNNO"
+    );
+    // A partial address (195.235.39: a /24), a plain name with its hosts.
+    assert_eq!(ask_as(&mut c, "195.235.39.7", "unknown", to), "DUNNO");
+    assert_eq!(
+        ask_as(&mut c, "198.51.100.8", "mx.lists.debian.org", to),
+        "DUNNO"
+    );
+    // The .local file beside it, and the recipients file (postmaster@).
+    assert_eq!(ask_as(&mut c, "192.0.2.5", "unknown", to), "DUNNO");
+    assert_eq!(
+        ask_as(&mut c, "203.0.113.5", "unknown", "postmaster@example.net"),
+        "DUNNO"
+    );
+    // Anyone else is greylisted.
+    let other = ask_as(&mut c, "203.0.113.5", "mail.example.com", to);
+    assert!(other.starts_with("DEFER_IF_PERMIT 4.2.0"), "{other}");
+}
+
+/// Issue 20: a list line this daemon cannot honour is left out with a
+/// warning naming its file and line, never a refusal to start.
+#[test]
+fn a_list_line_that_cannot_be_honoured_is_left_out() {
+    let dir = daemon::scratch("list-left-out");
+    let clients = dir.join("clients");
+    std::fs::write(&clients, "192.0.2.0/24\n/(?<=mail)x/\nexample.org\n").unwrap();
+    let d = Daemon::start_in(
+        &dir,
+        &[
+            "--allow-test-time",
+            "--whitelist-clients",
+            clients.to_str().unwrap(),
+        ],
+    );
+    d.wait_for_log(&format!(
+        "warning: clients list: {}: line 2: \"/(?<=mail)x/\" is not a regular expression",
+        clients.display()
+    ));
+    d.wait_for_log("clients list: 2 entries loaded");
+    let mut c = d.connect();
+    assert_eq!(
+        daemon::ask(&mut c, &rcpt("192.0.2.9", "a@b.example", "c@d.example", T0)),
+        "DUNNO"
+    );
 }
 
 /// Issue 20: postgrey's options, with postgrey's meaning, through the

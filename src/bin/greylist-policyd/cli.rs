@@ -127,8 +127,7 @@ pub struct Args {
     /// How long a first retry may take: days, or N[s|m|h|d] (default 2)
     #[arg(long, value_name = "N[dh]", default_value = "2", value_parser = days_or_unit, help_heading = H_GREYLISTING)]
     pub retry_window: u64,
-    /// Passed triplets that whitelist a client network (counted as postgrey
-    /// does); 0: off; without N: 5
+    /// Passed triplets that whitelist a client network; 0: off; without N: 5
     #[arg(long, value_name = "N", num_args = 0..=1, default_value_t = 5, default_missing_value = "5", help_heading = H_GREYLISTING)]
     pub auto_whitelist_clients: u32,
     /// IPv4 client network prefix

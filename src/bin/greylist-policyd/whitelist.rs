@@ -134,26 +134,49 @@ impl Lists {
         Ok(loaded)
     }
 
-    /// Loads one kind's files and run-time entries, in one replacement.
+    /// Loads one kind's files (each with its `.local` companion when there
+    /// is one, as postgrey reads them) and run-time entries, in one
+    /// replacement. A line the engine cannot honour is left out, with a
+    /// warning in the log naming its file and line.
     fn apply_kind(
         &self,
         engine: &Engine,
         kind: ListKind,
         runtime: &BTreeSet<(Whitelist, String)>,
     ) -> Result<usize, String> {
-        let paths = self
-            .files
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map_or(&[][..], |(_, p)| p.as_slice());
+        let paths = self.paths(kind);
         let extra: Vec<&str> = runtime
             .iter()
             .filter(|(list, _)| self::kind(*list) == kind)
             .map(|(_, e)| e.as_str())
             .collect();
-        engine
-            .load_lists_with(kind, paths, &extra)
-            .map_err(|e| format!("{kind} list: {e}"))
+        let (loaded, skipped) = engine
+            .load_lists_skipping(kind, &paths, &extra)
+            .map_err(|e| format!("{kind} list: {e}"))?;
+        for e in skipped {
+            crate::log::log(format_args!("warning: {kind} list: {e}: left out"));
+        }
+        Ok(loaded)
+    }
+
+    /// A kind's files, each followed by its `.local` file if one exists.
+    fn paths(&self, kind: ListKind) -> Vec<PathBuf> {
+        let files = self
+            .files
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[][..], |(_, p)| p.as_slice());
+        let mut paths = Vec::new();
+        for file in files {
+            paths.push(file.clone());
+            let mut local = file.as_os_str().to_owned();
+            local.push(".local");
+            let local = PathBuf::from(local);
+            if check_regular(&local).unwrap_or(false) {
+                paths.push(local);
+            }
+        }
+        paths
     }
 
     /// Adds (or with `add` false removes) a run-time entry: the engine's
@@ -239,12 +262,7 @@ impl Lists {
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
         for list in Whitelist::ALL {
-            let files = self
-                .files
-                .iter()
-                .filter(|(k, _)| *k == kind(list))
-                .flat_map(|(_, paths)| paths);
-            for path in files {
+            for path in &self.paths(kind(list)) {
                 match greylist::read_list_file(path) {
                     Ok(entries) => rows.extend(entries.into_iter().map(|entry| Row {
                         list: list.as_str(),
