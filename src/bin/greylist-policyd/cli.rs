@@ -201,9 +201,12 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = H_DEFENCES)]
     pub sweep_interval: u64,
 
-    /// Keep triplets in Redis: redis://[user:password@]host:port/db,
-    /// rediss://... for TLS, redis+unix:///path, redis+sentinel://host:port[,host:port...]/MASTER[/db],
-    /// redis+cluster://host:port[,host:port...]
+    // (The help is given as text: rustdoc would read its brackets as links.)
+    #[arg(
+        help = "Keep triplets in Redis: redis://[user:password@]host:port/db, rediss://... for \
+                TLS, redis+unix:///path, redis+sentinel://host:port[,host:port...]/MASTER[/db], \
+                redis+cluster://host:port[,host:port...]"
+    )]
     #[arg(long, value_name = "URL", help_heading = H_SEVERAL)]
     pub redis: Option<String>,
     /// The key secret every MX shares: 32 hex digits (openssl rand -hex 16);
