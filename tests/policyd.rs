@@ -189,12 +189,22 @@ fn sighup_reloads_lists_and_a_unix_socket_works() {
     // List kinds are named as on the command line, not as Rust types.
     d.wait_for_log("clients list: 1 entries loaded");
     assert_eq!(ask("192.0.2.2"), "action=DUNNO");
-    // A bad file on reload keeps the old list and says so.
-    std::fs::write(&clients, "192.0.2.0/24\nnot a client\n").unwrap();
+    // A bad line is left out, named with its line; the rest applies
+    // (issue 20: as postgrey, a list is never refused for one line).
+    std::fs::write(&clients, "192.0.2.0/24\nnot a client\n198.51.100.0/24\n").unwrap();
+    d.signal(daemon::SIGHUP);
+    d.wait_for_log(
+        "clients.txt: line 2: \"not a client\" is not an IP address, CIDR or host name: left out",
+    );
+    d.wait_for_log("clients list: 2 entries loaded");
+    assert_eq!(ask("192.0.2.3"), "action=DUNNO");
+    assert_eq!(ask("198.51.100.3"), "action=DUNNO");
+    // A file that cannot be read keeps the old list and says so.
+    std::fs::remove_file(&clients).unwrap();
+    std::fs::create_dir(&clients).unwrap();
     d.signal(daemon::SIGHUP);
     d.wait_for_log("lists kept as they were");
-    d.wait_for_log("clients.txt: line 2: ");
-    assert_eq!(ask("192.0.2.3"), "action=DUNNO");
+    assert_eq!(ask("198.51.100.4"), "action=DUNNO");
 }
 
 /// Issue 20: Debian's own /etc/postgrey lists (regular expressions,

@@ -86,7 +86,7 @@ const H_TESTING: &str = "Testing";
     args_override_self = true,
     version,
     after_help = "Signals:\n  SIGTERM, SIGINT  save a final snapshot and exit 0\n  \
-                  SIGHUP           reload the list files (a bad file keeps the old lists)\n  \
+                  SIGHUP           reload the list files (a file that cannot be read keeps the old lists)\n  \
                   SIGUSR1          write the status and the lost-mail report to the log\n  \
                   SIGUSR2          sweep and save the snapshot now"
 )]
