@@ -186,6 +186,10 @@ pub struct PolicyOptions {
     pub x_greylist_header: String,
     /// The host name for `%h`.
     pub hostname: String,
+    /// Decision lines in postgrey's format (`action=greylist, reason=new,
+    /// client_name=..., client_address=..., sender=..., recipient=...`),
+    /// for log watchers written for postgrey.
+    pub postgrey_log: bool,
     /// What a blocked client network gets.
     pub block_action: BlockAction,
     /// Honour `policy_test_time` (a request's own `now`) and
@@ -201,6 +205,7 @@ impl Default for PolicyOptions {
             greylist_action: "DEFER_IF_PERMIT".into(),
             x_greylist_header: "X-Greylist: delayed %t seconds by greylist-policyd".into(),
             hostname: "localhost".into(),
+            postgrey_log: false,
             block_action: BlockAction::Defer,
             allow_test_time: false,
         }
@@ -348,6 +353,55 @@ pub fn engine_request(request: &PolicyRequest) -> Option<Request<'_>> {
     })
 }
 
+/// A decision line as postgrey writes it (`[QUEUE_ID: ]action=greylist,
+/// reason=new, client_name=..., client_address=..., sender=...,
+/// recipient=...`), so that log watchers written for postgrey (mailgraph,
+/// logcheck, postgreyreport) read it. Values are as Postfix sent them, but
+/// for control characters (shown as `?`), so a line stays one line.
+fn postgrey_line(request: &PolicyRequest, v: &Verdict) -> String {
+    let (action, reason) = match v.reason {
+        Reason::New => ("greylist", "new".to_string()),
+        Reason::EarlyRetry => (
+            "greylist",
+            format!("early-retry ({}s missing)", v.retry_after),
+        ),
+        Reason::Retried | Reason::Passed => ("pass", "triplet found".into()),
+        Reason::Whitelisted => ("pass", "whitelist".into()),
+        Reason::AutoWhitelisted => ("pass", "client AWL".into()),
+        Reason::Blocked => ("block", "blocked".into()),
+        Reason::Trapped => ("block", "trap recipient".into()),
+        Reason::StoreUnavailable => (
+            match v.action {
+                Action::Pass => "pass",
+                _ => "greylist",
+            },
+            "store unavailable".into(),
+        ),
+    };
+    let text = |v: &[u8]| -> String {
+        String::from_utf8_lossy(v)
+            .chars()
+            .take(MAX_LOG_VALUE)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    let mut line = String::new();
+    if let Some(id) = request.get_bytes("queue_id").filter(|i| !i.is_empty()) {
+        line.push_str(&text(id));
+        line.push_str(": ");
+    }
+    line.push_str(&format!("action={action}, reason={reason}"));
+    if v.reason == Reason::Retried {
+        line.push_str(&format!(", delay={}", v.delayed));
+    }
+    for name in ["client_name", "client_address", "sender", "recipient"] {
+        if let Some(value) = request.get_bytes(name).filter(|x| !x.is_empty()) {
+            line.push_str(&format!(", {name}={}", text(value)));
+        }
+    }
+    line
+}
+
 /// One `X-Greylist` header per message, as postgrey does: Postfix asks for
 /// each recipient, and each retried recipient's `PREPEND` would add the
 /// header again. A `PREPEND` for the message (`instance`) that got one on
@@ -490,6 +544,14 @@ pub fn answer(
         },
         verdict.reason.as_str(),
     );
+    if options.postgrey_log {
+        return Answer {
+            action,
+            log: postgrey_line(request, &verdict),
+            verdict: Some(verdict),
+            outcome,
+        };
+    }
     let mut log = format!("action={} reason={}", outcome.0, outcome.1);
     field(&mut log, "client", ip.as_bytes());
     address_field(&mut log, "from", sender);
@@ -552,6 +614,40 @@ mod tests {
                 "DUNNO",
                 "DUNNO"
             ]
+        );
+    }
+
+    /// Issue 20: log watchers written for postgrey's lines saw nothing.
+    #[test]
+    fn postgreys_log_lines() {
+        let engine = crate::Engine::default();
+        let options = PolicyOptions {
+            postgrey_log: true,
+            ..PolicyOptions::default()
+        };
+        let req = |extra: &str| {
+            let text = format!(
+                "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n\
+                 client_name=mail.example.org\nsender=a@example.org\nrecipient=b@example.net\n\
+                 queue_id={extra}\n\n"
+            );
+            read_request(&mut text.as_bytes()).unwrap().unwrap()
+        };
+        let log = |now: i64, id: &str| answer(&engine, &req(id), &options, 1_700_000_000 + now).log;
+        let tail = "client_name=mail.example.org, client_address=192.0.2.1, \
+                    sender=a@example.org, recipient=b@example.net";
+        assert_eq!(log(0, ""), format!("action=greylist, reason=new, {tail}"));
+        assert_eq!(
+            log(100, "4F2A1"),
+            format!("4F2A1: action=greylist, reason=early-retry (200s missing), {tail}")
+        );
+        assert_eq!(
+            log(301, ""),
+            format!("action=pass, reason=triplet found, delay=301, {tail}")
+        );
+        assert_eq!(
+            log(302, ""),
+            format!("action=pass, reason=triplet found, {tail}")
         );
     }
 

@@ -300,6 +300,70 @@ fn a_list_line_that_cannot_be_honoured_is_left_out() {
     );
 }
 
+/// Issue 20: logs went to stderr only, so nothing landed in mail.log.
+/// Lines go to a syslog socket (here a datagram socket standing in for
+/// /dev/log) with the facility asked for, the daemon's name and pid, and
+/// the severity of each line; `--log-format postgrey` writes postgrey's
+/// decision lines.
+#[test]
+fn logs_go_to_syslog_in_postgreys_format() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = daemon::scratch("syslog");
+    let socket = dir.join("log.sock");
+    let syslog = UnixDatagram::bind(&socket).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let clients = dir.join("clients");
+    std::fs::write(&clients, "not a client\n").unwrap();
+    let d = Daemon::start_in(
+        &dir,
+        &[
+            "--allow-test-time",
+            "--syslog",
+            "--log-stderr",
+            "--syslog-socket",
+            socket.to_str().unwrap(),
+            "--syslogfacility",
+            "local3",
+            "--log-format",
+            "postgrey",
+            "--whitelist-clients",
+            clients.to_str().unwrap(),
+        ],
+    );
+    let mut c = d.connect();
+    daemon::ask(
+        &mut c,
+        &rcpt("192.0.2.1", "a@example.org", "b@example.net", T0),
+    );
+    let tag = format!("greylist-policyd[{}]: ", d.pid());
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while !seen.iter().any(|l: &String| l.contains("action=greylist")) {
+        let n = syslog.recv(&mut buf).expect("a syslog line within 10 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // local3 is facility 19: info 158, warning 156.
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(&format!("<156>{tag}warning: clients list: "))),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(&format!("<158>{tag}listening on tcp"))),
+        "{seen:#?}"
+    );
+    assert_eq!(
+        seen.last().unwrap(),
+        &format!(
+            "<158>{tag}action=greylist, reason=new, client_name=unknown, \
+             client_address=192.0.2.1, sender=a@example.org, recipient=b@example.net"
+        )
+    );
+}
+
 /// Issue 20: postgrey's options, with postgrey's meaning, through the
 /// daemon.
 #[test]

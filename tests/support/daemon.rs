@@ -96,7 +96,9 @@ pub struct Daemon {
 /// The arguments every test daemon gets: a free TCP port and a snapshot in
 /// its folder, then the test's own.
 fn default_args(dir: &Path, args: &[&str]) -> Vec<String> {
-    let mut all: Vec<String> = vec!["--inet".into(), "127.0.0.1:0".into()];
+    // Its log on stderr, which the test reads (a test that wants syslog
+    // says --syslog after these).
+    let mut all: Vec<String> = vec!["--inet".into(), "127.0.0.1:0".into(), "--no-syslog".into()];
     all.push("--snapshot".into());
     all.push(dir.join("g.snap").to_string_lossy().into_owned());
     all.extend(args.iter().map(|a| a.to_string()));

@@ -59,6 +59,19 @@ pub enum BlockActionArg {
     Reject,
 }
 
+/// A syslog facility by name.
+fn syslog_facility(v: &str) -> Result<u8, String> {
+    crate::log::facility(v).ok_or_else(|| {
+        format!("{v:?} is not a syslog facility (mail, daemon, user, local0 to local7, ...)")
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Native,
+    Postgrey,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RedisFail {
     Open,
@@ -252,6 +265,28 @@ pub struct Args {
     /// Write the daemon's process id to PATH (removed at exit)
     #[arg(long, value_name = "PATH", help_heading = H_OPERATING)]
     pub pidfile: Option<PathBuf>,
+    /// Log to syslog (the default when stderr is not a terminal and
+    /// /dev/log exists)
+    #[arg(long, overrides_with = "no_syslog", help_heading = H_OPERATING)]
+    pub syslog: bool,
+    /// Log to stderr only
+    #[arg(long, overrides_with = "syslog", help_heading = H_OPERATING)]
+    pub no_syslog: bool,
+    /// The syslog facility (postgrey's option)
+    #[arg(long, alias = "syslogfacility", value_name = "FACILITY", default_value = "mail", value_parser = syslog_facility, help_heading = H_OPERATING)]
+    pub syslog_facility: u8,
+    /// The syslog socket (tests)
+    #[arg(long, value_name = "PATH", default_value = "/dev/log", hide = true)]
+    pub syslog_socket: PathBuf,
+    /// Also write the log to stderr when it goes to syslog (it does when
+    /// stderr is a terminal)
+    #[arg(long, help_heading = H_OPERATING)]
+    pub log_stderr: bool,
+    /// Decision lines as this daemon writes them (key=value), or as
+    /// postgrey does (for log watchers written for postgrey: mailgraph,
+    /// logcheck, postgreyreport)
+    #[arg(long, value_enum, default_value_t = LogFormat::Native, help_heading = H_OPERATING)]
+    pub log_format: LogFormat,
     /// More log lines (postgrey's -v); accepted: every decision is logged
     #[arg(short = 'v', long, action = ArgAction::Count, help_heading = H_OPERATING)]
     pub verbose: u8,
@@ -285,6 +320,12 @@ pub struct Options {
     pub metrics: Option<String>,
     pub sweep_interval: u64,
     pub pidfile: Option<PathBuf>,
+    /// `Some(true)` / `Some(false)`: `--syslog` / `--no-syslog`; `None`:
+    /// syslog when stderr is not a terminal and the socket exists.
+    pub syslog: Option<bool>,
+    pub syslog_facility: u8,
+    pub syslog_socket: PathBuf,
+    pub log_stderr: bool,
     /// Lines for the log at start: postgrey options accepted without
     /// effect here, and why.
     pub notes: Vec<String>,
@@ -338,6 +379,7 @@ impl Args {
                 BlockActionArg::Reject => BlockAction::Reject,
             },
             allow_test_time: self.allow_test_time,
+            postgrey_log: self.log_format == LogFormat::Postgrey,
             greylist_action: self.greylist_action,
             hostname: self.hostname.unwrap_or_else(system_hostname),
             ..PolicyOptions::default()
@@ -407,8 +449,45 @@ impl Args {
             metrics: self.metrics,
             sweep_interval: self.sweep_interval.max(1),
             pidfile: self.pidfile,
+            syslog: match (self.syslog, self.no_syslog) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            syslog_facility: self.syslog_facility,
+            syslog_socket: self.syslog_socket,
+            log_stderr: self.log_stderr,
             notes,
         }
+    }
+}
+
+impl Options {
+    /// Where the log goes: syslog when asked (an error if its socket cannot
+    /// be reached), or by default when stderr is not a terminal and the
+    /// socket is there; stderr when syslog is off, stderr is a terminal,
+    /// or `--log-stderr`. A warning for the log, when the default could
+    /// not reach syslog.
+    pub fn log_sink(&self) -> Result<(crate::log::Sink, Option<String>), String> {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        let (syslog, warning) = match self.syslog {
+            Some(false) => (None, None),
+            Some(true) => (
+                Some(crate::log::Syslog::open(
+                    &self.syslog_socket,
+                    self.syslog_facility,
+                )?),
+                None,
+            ),
+            None if terminal || !self.syslog_socket.exists() => (None, None),
+            None => match crate::log::Syslog::open(&self.syslog_socket, self.syslog_facility) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(format!("warning: {e}; logging to stderr"))),
+            },
+        };
+        let stderr = syslog.is_none() || terminal || self.log_stderr;
+        Ok((crate::log::Sink { stderr, syslog }, warning))
     }
 }
 

@@ -1,5 +1,7 @@
-//! The daemon's log: lines on stderr with a UTC timestamp, written by a
-//! thread of their own so that no check waits on a slow log.
+//! The daemon's log: to syslog (`--syslog`, the `mail` facility by
+//! default, as `greylist-policyd[PID]`: what lands in /var/log/mail.log)
+//! and/or to stderr as lines with a UTC timestamp, written by a thread of
+//! their own so that no check waits on a slow log.
 //!
 //! The queue is bounded. Decision lines (one per request, and other lines
 //! a client can cause) are dropped once [`MAX_QUEUED_BYTES`] are waiting,
@@ -10,6 +12,8 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,9 +26,88 @@ pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 /// checking threads nothing (no wake-up call per line).
 const POLL: Duration = Duration::from_millis(10);
 
+/// The longest syslog message sent (longer lines are cut; a datagram of
+/// /dev/log takes some 200 KiB, but receivers truncate long before).
+const MAX_SYSLOG: usize = 8 << 10;
+
+/// Where the log goes.
+pub struct Sink {
+    pub stderr: bool,
+    pub syslog: Option<Syslog>,
+}
+
+/// A syslog socket (`/dev/log`), written datagrams in the form the C
+/// library's `syslog()` uses, without a timestamp: the receiver stamps
+/// each line in the system's time zone.
+pub struct Syslog {
+    socket: UnixDatagram,
+    path: PathBuf,
+    facility: u8,
+    tag: String,
+}
+
+/// A syslog facility by name (`mail`, `daemon`, `local0` ... `local7`).
+pub fn facility(name: &str) -> Option<u8> {
+    const NAMES: [&str; 12] = [
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+        "authpriv", "ftp",
+    ];
+    if let Some(n) = name.strip_prefix("local") {
+        return n.parse::<u8>().ok().filter(|n| *n <= 7).map(|n| 16 + n);
+    }
+    NAMES.iter().position(|n| *n == name).map(|i| i as u8)
+}
+
+impl Syslog {
+    /// Connects to the syslog socket at `path`.
+    pub fn open(path: &Path, facility: u8) -> Result<Syslog, String> {
+        let socket = UnixDatagram::unbound().map_err(|e| e.to_string())?;
+        socket
+            .connect(path)
+            .and_then(|()| socket.set_write_timeout(Some(Duration::from_secs(1))))
+            .map_err(|e| format!("syslog socket {}: {e}", path.display()))?;
+        Ok(Syslog {
+            socket,
+            path: path.to_path_buf(),
+            facility,
+            tag: format!("greylist-policyd[{}]", std::process::id()),
+        })
+    }
+
+    /// Sends one line at the severity its text says (`error:` err,
+    /// `warning:` warning, else info); reconnects once if the receiver was
+    /// restarted.
+    fn send(&self, text: &str) {
+        let severity = if text.starts_with("error:") {
+            3
+        } else if text.starts_with("warning:") {
+            4
+        } else {
+            6
+        };
+        let mut message = format!(
+            "<{}>{}: {text}",
+            u32::from(self.facility) * 8 + severity,
+            self.tag
+        );
+        if message.len() > MAX_SYSLOG {
+            let mut end = MAX_SYSLOG;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        if self.socket.send(message.as_bytes()).is_err() {
+            let _ = self.socket.connect(&self.path);
+            let _ = self.socket.send(message.as_bytes());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    lines: VecDeque<String>,
+    /// Each line's time (Unix seconds) and text.
+    lines: VecDeque<(i64, String)>,
     /// Bytes of decision lines in `lines`.
     decision_bytes: usize,
     /// Decision lines dropped since the writer last said so.
@@ -37,16 +120,18 @@ struct Logger {
     queue: Mutex<Queue>,
     /// Signalled when the writer has written everything it took.
     written: Condvar,
+    sink: Sink,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Starts the writer thread. Lines logged before it starts go straight to
 /// stderr.
-pub fn start() {
+pub fn start(sink: Sink) {
     let logger = LOGGER.get_or_init(|| Logger {
         queue: Mutex::new(Queue::default()),
         written: Condvar::new(),
+        sink,
     });
     std::thread::Builder::new()
         .name("log".into())
@@ -59,6 +144,7 @@ pub fn start() {
 
 impl Logger {
     fn push(&self, text: String, decision: bool) {
+        let now = greylist::unix_now();
         let mut q = self.queue.lock();
         if decision {
             if q.decision_bytes + text.len() > MAX_QUEUED_BYTES {
@@ -67,7 +153,7 @@ impl Logger {
             }
             q.decision_bytes += text.len();
         }
-        q.lines.push_back(text);
+        q.lines.push_back((now, text));
     }
 
     /// Writes every waiting line in one go (only the writer thread calls
@@ -82,17 +168,28 @@ impl Logger {
             q.writing = true;
             (std::mem::take(&mut q.lines), std::mem::take(&mut q.dropped))
         };
-        let mut batch = String::with_capacity(lines.iter().map(String::len).sum::<usize>() + 128);
-        for line in &lines {
-            batch.push_str(line);
-        }
+        let mut lines = lines;
         if dropped > 0 {
-            batch.push_str(&stamp(format_args!(
-                "log: dropped {dropped} decision lines: the log could not keep up (at most {} MiB wait)",
-                MAX_QUEUED_BYTES >> 20
-            )));
+            lines.push_back((
+                greylist::unix_now(),
+                format!(
+                    "log: dropped {dropped} decision lines: the log could not keep up (at most {} MiB wait)",
+                    MAX_QUEUED_BYTES >> 20
+                ),
+            ));
         }
-        let _ = std::io::stderr().lock().write_all(batch.as_bytes());
+        if let Some(syslog) = &self.sink.syslog {
+            for (_, text) in &lines {
+                syslog.send(text);
+            }
+        }
+        if self.sink.stderr {
+            let mut batch = String::with_capacity(lines.iter().map(|(_, l)| l.len() + 40).sum());
+            for (at, text) in &lines {
+                batch.push_str(&stamp(*at, text));
+            }
+            let _ = std::io::stderr().lock().write_all(batch.as_bytes());
+        }
         self.queue.lock().writing = false;
         self.written.notify_all();
     }
@@ -100,19 +197,19 @@ impl Logger {
 
 /// A lifecycle line: never dropped.
 pub fn log(line: impl std::fmt::Display) {
-    send(stamp(line), false);
+    send(line.to_string(), false);
 }
 
 /// A decision line (or another line a client can cause): dropped, and
 /// counted, when the queue is full.
 pub fn decision(line: impl std::fmt::Display) {
-    send(stamp(line), true);
+    send(line.to_string(), true);
 }
 
 fn send(text: String, decision: bool) {
     match LOGGER.get() {
         Some(logger) => logger.push(text, decision),
-        None => eprint!("{text}"),
+        None => eprint!("{}", stamp(greylist::unix_now(), &text)),
     }
 }
 
@@ -135,8 +232,8 @@ pub fn flush(limit: Duration) {
 }
 
 /// `line` with a UTC timestamp and the program's name, ended by a newline.
-fn stamp(line: impl std::fmt::Display) -> String {
-    format!("{} greylist-policyd: {line}\n", utc(greylist::unix_now()))
+fn stamp(at: i64, line: &str) -> String {
+    format!("{} greylist-policyd: {line}\n", utc(at))
 }
 
 pub use crate::protocol::utc;

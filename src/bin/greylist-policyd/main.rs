@@ -141,8 +141,7 @@ fn save_observer(path: PathBuf) -> greylist::SaveObserver {
     })
 }
 
-fn run() -> Result<(), String> {
-    let o = cli::parse();
+fn run(o: cli::Options) -> Result<(), String> {
     for note in &o.notes {
         log(note);
     }
@@ -373,8 +372,19 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
-    log::start();
-    let result = run();
+    let o = cli::parse();
+    let (sink, warning) = match o.log_sink() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("greylist-policyd: error: {e}");
+            std::process::exit(1);
+        }
+    };
+    log::start(sink);
+    if let Some(w) = warning {
+        log(w);
+    }
+    let result = run(o);
     if let Err(e) = &result {
         log(format_args!("error: {e}"));
     }
