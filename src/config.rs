@@ -165,7 +165,9 @@ settings! {
     /// (default 35 days).
     pass_ttl: u32,
     /// Passed triplets that auto-whitelist a client network; 0 turns it off
-    /// (default 5).
+    /// (default 5). At most one pass of a network counts an hour
+    /// ([`AWL_COUNT_INTERVAL`](crate::rules::AWL_COUNT_INTERVAL), postgrey's
+    /// rule), so one message to many recipients is one pass.
     awl_threshold: u32,
     /// Lifetime, in seconds, of an auto-whitelist record, refreshed on each
     /// use (default 35 days).

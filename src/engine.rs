@@ -501,16 +501,21 @@ mod tests {
     #[test]
     fn auto_whitelist_after_five_passes() {
         let e = engine();
+        // One message an hour: postgrey counts at most one pass an hour.
+        let hour = i64::from(crate::rules::AWL_COUNT_INTERVAL);
         for i in 0..5 {
-            let rcpt = format!("user{i}@example.net");
-            e.check("192.0.2.1", "a@example.org", &rcpt, T0).unwrap();
+            let (rcpt, t) = (format!("user{i}@example.net"), T0 + i * hour);
+            e.check("192.0.2.1", "a@example.org", &rcpt, t).unwrap();
             let v = e
-                .check("192.0.2.1", "a@example.org", &rcpt, T0 + 300)
+                .check("192.0.2.1", "a@example.org", &rcpt, t + 300)
                 .unwrap();
             assert_eq!(v.reason, Reason::Retried);
+            let passes = e.client_state("192.0.2.1").unwrap().unwrap().passes;
+            assert_eq!(passes, i as u32 + 1, "one pass an hour");
         }
+        let t = T0 + 4 * hour + 301;
         let v = e
-            .check("192.0.2.200", "new@example.com", "x@example.net", T0 + 301)
+            .check("192.0.2.200", "new@example.com", "x@example.net", t)
             .unwrap();
         assert_eq!(
             (v.action, v.reason),
@@ -522,9 +527,25 @@ mod tests {
         assert_eq!(c.passes, 5);
         // Another network is not whitelisted.
         let v = e
-            .check("192.0.3.1", "new@example.com", "x@example.net", T0 + 301)
+            .check("192.0.3.1", "new@example.com", "x@example.net", t)
             .unwrap();
         assert_eq!(v.reason, Reason::New);
+    }
+
+    #[test]
+    fn one_message_to_many_recipients_is_one_pass() {
+        let e = engine();
+        let rcpts: Vec<String> = (0..20).map(|i| format!("user{i}@example.net")).collect();
+        for r in &rcpts {
+            e.check("192.0.2.1", "a@example.org", r, T0).unwrap();
+        }
+        for r in &rcpts {
+            let v = e.check("192.0.2.1", "a@example.org", r, T0 + 300).unwrap();
+            assert_eq!(v.reason, Reason::Retried);
+        }
+        assert_eq!(e.client_state("192.0.2.1").unwrap().unwrap().passes, 1);
+        let v = e.check("192.0.2.7", "b@example.com", "x@example.net", T0 + 301);
+        assert_eq!(v.unwrap().reason, Reason::New);
     }
 
     #[test]

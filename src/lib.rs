@@ -43,6 +43,11 @@
 //!    ([`Reason::Passed`]), each use refreshing its lifetime.
 //! 5. A pending triplet not retried within the window starts over.
 //!
+//! A pass counts towards its network's auto-whitelist only when the
+//! network's last counted pass is an hour old or more
+//! ([`rules::AWL_COUNT_INTERVAL`], postgrey's rule): one message to many
+//! recipients is one pass.
+//!
 //! A network is blocked for `block_time` when one triplet gets more than
 //! `blast_copies` early retries within its delay (copies of one message
 //! blasted at once), or when its early retries fall in more than
@@ -59,7 +64,7 @@
 //! | delay | 300 s | postgrey, rspamd, sqlgrey |
 //! | retry window | 2 days | postgrey |
 //! | passed-triplet lifetime, refreshed on use | 35 days | postgrey, OpenBSD spamd (36 d) |
-//! | auto-whitelist after N passed triplets | 5 | postgrey |
+//! | auto-whitelist after N passes (one counted an hour at most) | 5 | postgrey |
 //! | auto-whitelist lifetime, refreshed on use | 35 days | postgrey |
 //! | client network | IPv4 /24, IPv6 /64 | postgrey (`--ipv4cidr`), common practice |
 //! | blast copies, blast threshold, block time | 5 early retries, 20 rounds, 1 hour | this project (Exchange 2000/2003 retry 3 times at once) |

@@ -181,6 +181,13 @@ fn remaining(until: i64, now: u32) -> u32 {
 /// a block set one second "ahead" of another thread's `now` is a block.
 pub const CLOCK_GRACE: u32 = 3600;
 
+/// The auto-whitelist counts at most one pass of a client network per this
+/// many seconds (postgrey's rule): the passes of one message's recipients,
+/// which all retry together, count once, and a network earns the
+/// auto-whitelist only over several hours of mail. A pass inside the
+/// interval neither counts nor moves the record's last counted pass.
+pub const AWL_COUNT_INTERVAL: u32 = 3600;
+
 /// Whether a stored time lies further ahead of `now` than the setting it
 /// serves (plus [`CLOCK_GRACE`]): no rule ever stores such a time, so it is
 /// corrupt (a clock that jumped ahead for a moment, or milliseconds given
@@ -353,7 +360,8 @@ pub fn triplet_step(
 }
 
 /// What a triplet's verdict does to its client network: a pass counts
-/// towards the auto-whitelist; an early retry counts as a blast round. The
+/// towards the auto-whitelist (at most one an [`AWL_COUNT_INTERVAL`]); an
+/// early retry counts as a blast round. The
 /// network is blocked when this retry makes the triplet's early retries
 /// (`copies`, this one included) more than `blast_copies` (copies of one
 /// message blasted at once, however many fall in one second), or the
@@ -373,8 +381,13 @@ pub fn client_update(
             if !client.awl_alive(now, config) {
                 client.passes = 0;
             }
-            client.passes = client.passes.saturating_add(1);
-            client.last_seen = client.last_seen.max(now);
+            // postgrey's count: at most one pass an hour, so one message to
+            // many recipients (its triplets all pass within seconds) is one
+            // pass, not a whitelisted network.
+            if client.passes == 0 || age(now, client.last_seen) >= i64::from(AWL_COUNT_INTERVAL) {
+                client.passes = client.passes.saturating_add(1);
+                client.last_seen = client.last_seen.max(now);
+            }
             verdict
         }
         Reason::EarlyRetry if config.blast_threshold > 0 || config.blast_copies > 0 => {
@@ -624,11 +637,12 @@ mod tests {
         let c = cfg();
         let mut client = ClientState::default();
         let retried = Verdict::new(Reason::Retried, 0, 300);
+        let hour = AWL_COUNT_INTERVAL;
         for i in 0..5 {
-            assert_eq!(client_gate(&mut client, T0 + i, &c), None);
-            client_update(&mut client, retried, 0, T0 + i, &c);
+            assert_eq!(client_gate(&mut client, T0 + i * hour, &c), None);
+            client_update(&mut client, retried, 0, T0 + i * hour, &c);
         }
-        let v = client_gate(&mut client, T0 + 10, &c).unwrap();
+        let v = client_gate(&mut client, T0 + 4 * hour + 10, &c).unwrap();
         assert_eq!(
             (v.action, v.reason),
             (Action::Pass, Reason::AutoWhitelisted)
@@ -641,6 +655,31 @@ mod tests {
         // A pass after expiry starts the count again.
         client_update(&mut client, retried, 0, used + 70 * 86_400 + 1, &c);
         assert_eq!(client.passes, 1);
+    }
+
+    #[test]
+    fn auto_whitelist_counts_one_pass_an_hour() {
+        let c = cfg();
+        let mut client = ClientState::default();
+        let retried = Verdict::new(Reason::Retried, 0, 300);
+        // One message to 50 recipients: 50 triplets pass in a few seconds.
+        for i in 0..50 {
+            client_update(&mut client, retried, 0, T0 + i / 10, &c);
+        }
+        assert_eq!((client.passes, client.last_seen), (1, T0));
+        // Passes inside the hour neither count nor move the hour on.
+        client_update(&mut client, retried, 0, T0 + 3599, &c);
+        assert_eq!((client.passes, client.last_seen), (1, T0));
+        client_update(&mut client, retried, 0, T0 + 3600, &c);
+        assert_eq!((client.passes, client.last_seen), (2, T0 + 3600));
+        // A clock stepped back counts nothing until the hour is over.
+        client_update(&mut client, retried, 0, T0 + 100, &c);
+        assert_eq!((client.passes, client.last_seen), (2, T0 + 3600));
+        for h in 2..5 {
+            assert_eq!(client_gate(&mut client, T0 + h * 3600, &c), None);
+            client_update(&mut client, retried, 0, T0 + h * 3600, &c);
+        }
+        assert!(client.is_auto_whitelisted(T0 + 4 * 3600, &c));
     }
 
     #[test]

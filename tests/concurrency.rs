@@ -111,7 +111,7 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
         .shards(4)
         .blast_threshold(5)
         .block_time(60)
-        .awl_threshold(30);
+        .awl_threshold(2);
     let engine = Arc::new(Engine::new(config.build().unwrap()));
     const POOL: usize = 400;
     const CHECKS: usize = 50_000;
@@ -123,15 +123,19 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
                 let mut reasons = [0u64; 16];
                 for k in 0..CHECKS {
                     let x = rng.next();
-                    // Clients on three /24s; time moves forward with
-                    // jitter of up to 20 s back and forth between threads.
+                    // Clients on three /24s; time moves forward (10,000 s,
+                    // so the auto-whitelist's one pass an hour is earned
+                    // twice) with jitter of up to 20 s back and forth
+                    // between threads.
                     let i = (x % POOL as u64) as usize;
                     let ip = format!("192.0.{}.{}", i % 3, x >> 60);
-                    let now = T0 + (k / 25) as i64 + ((x >> 20) % 20) as i64;
+                    let now = T0 + (k / 5) as i64 + ((x >> 20) % 20) as i64;
+                    // New senders every 2,000 s: passes keep coming.
+                    let epoch = k / 10_000;
                     let v = engine
                         .check(
                             &ip,
-                            &format!("{}@example.org", name(i)),
+                            &format!("{}{epoch}@example.org", name(i)),
                             "r@example.net",
                             now,
                         )
@@ -157,14 +161,12 @@ fn chaotic_times_keep_states_valid_and_counts_exact() {
         stats.blocked > 0 && stats.early_retries > 0 && stats.auto_whitelisted > 0,
         "{stats:?}"
     );
-    for i in 0..POOL {
+    for (i, epoch) in (0..POOL).flat_map(|i| (0..CHECKS / 10_000).map(move |e| (i, e))) {
         let ip = format!("192.0.{}.1", i % 3);
-        if let Some(st) = engine
-            .triplet_state(&ip, &format!("{}@example.org", name(i)), "r@example.net")
-            .unwrap()
-        {
+        let sender = format!("{}{epoch}@example.org", name(i));
+        if let Some(st) = engine.triplet_state(&ip, &sender, "r@example.net").unwrap() {
             let (first, last) = (i64::from(st.first_seen), i64::from(st.last_seen));
-            assert!((T0..T0 + 2020).contains(&first), "{st:?}");
+            assert!((T0..T0 + 10_020).contains(&first), "{st:?}");
             assert!(last >= first, "{st:?}");
             // Passed only if some attempt came at least a delay later.
             assert!(!st.passed || last - first >= 300, "{st:?}");

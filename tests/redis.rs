@@ -360,13 +360,14 @@ fn two_engines_share_triplets_and_the_auto_whitelist() {
         .unwrap();
     assert_eq!((v.reason, v.retry_after), (Reason::EarlyRetry, 290));
 
-    // Five passes at MX 1 auto-whitelist the network at MX 2.
+    // Five passes at MX 1 (an hour apart: one counts an hour)
+    // auto-whitelist the network at MX 2.
     for i in 0..5 {
-        let rcpt = format!("user{i}@example.net");
-        mx1.check("198.51.100.1", "news@example.com", &rcpt, T0)
+        let (rcpt, t) = (format!("user{i}@example.net"), T0 + i * 3600);
+        mx1.check("198.51.100.1", "news@example.com", &rcpt, t)
             .unwrap();
         let v = mx1
-            .check("198.51.100.1", "news@example.com", &rcpt, T0 + 400)
+            .check("198.51.100.1", "news@example.com", &rcpt, t + 400)
             .unwrap();
         assert_eq!(v.reason, Reason::Retried);
     }
@@ -375,7 +376,7 @@ fn two_engines_share_triplets_and_the_auto_whitelist() {
             "198.51.100.9",
             "other@example.com",
             "new@example.net",
-            T0 + 500,
+            T0 + 4 * 3600 + 500,
         )
         .unwrap();
     assert_eq!(
@@ -818,13 +819,14 @@ fn two_policy_daemons_share_one_redis() {
     );
     // An auto-whitelist earned at MX 1 counts at MX 2.
     for i in 0..5 {
-        let rcpt = format!("user{i}@example.net");
+        // Five messages an hour apart (one pass counts an hour; one
+        // X-Greylist header each, by Postfix's instance).
+        let (rcpt, t) = (format!("user{i}@example.net"), T0 + i * 3600);
         daemon::ask(
             &mut c1,
-            &rcpt_at("198.51.100.1", "news@example.com", &rcpt, T0),
+            &rcpt_at("198.51.100.1", "news@example.com", &rcpt, t),
         );
-        // Five messages (one X-Greylist header each, by Postfix's instance).
-        let again = rcpt_at("198.51.100.1", "news@example.com", &rcpt, T0 + 400)
+        let again = rcpt_at("198.51.100.1", "news@example.com", &rcpt, t + 400)
             .replace("instance=abc.123", &format!("instance=msg{i}"));
         assert!(daemon::ask(&mut c1, &again).starts_with("PREPEND X-Greylist"));
     }
@@ -832,7 +834,7 @@ fn two_policy_daemons_share_one_redis() {
         "198.51.100.7",
         "someone@example.com",
         "new@example.net",
-        T0 + 500,
+        T0 + 4 * 3600 + 500,
     );
     assert_eq!(daemon::ask(&mut c2, &other), "DUNNO");
     mx2.wait_for_log("reason=auto-whitelisted client=198.51.100.7");

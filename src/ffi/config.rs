@@ -121,7 +121,9 @@ pub unsafe extern "C" fn greylist_config_set_pass_ttl(
 }
 
 /// Passed triplets after which a client network is auto-whitelisted; 0
-/// turns auto-whitelisting off (default 5).
+/// turns auto-whitelisting off (default 5). At most one pass of a network
+/// counts an hour (postgrey's rule), so one message to many recipients is
+/// one pass.
 ///
 /// # Safety
 /// `config` must be NULL or a live config used by this thread only.

@@ -354,8 +354,11 @@ impl Model {
         if c.last_pass.is_none_or(|p| now - p > awl_ttl) {
             c.passes = 0;
         }
-        c.passes += 1;
-        c.last_pass = Some(c.last_pass.map_or(now, |p| p.max(now)));
+        // At most one counted pass an hour (postgrey), from the last counted.
+        if c.passes == 0 || c.last_pass.is_some_and(|p| now - p >= 3600) {
+            c.passes += 1;
+            c.last_pass = Some(c.last_pass.map_or(now, |p| p.max(now)));
+        }
         (Action::Pass, Reason::Retried, 0, waited as u32)
     }
 

@@ -2,8 +2,8 @@
 --
 -- The same decision as `rules::check` in src/rules.rs, step by step: the
 -- client network's gate (rules 1 and 2), the triplet (rules 3 to 7), then
--- what the verdict does to the network (auto-whitelist passes, blast
--- rounds). tests/redis.rs runs both on the same vectors and the model test.
+-- what the verdict does to the network (auto-whitelist passes, at most
+-- one an hour; blast rounds). tests/redis.rs runs both on the same vectors and the model test.
 --
 -- KEYS[1]  triplet record   "first_seen last_seen early_retries passed"
 -- KEYS[2]  network record   "passes last_seen blocked_until round_start rounds last_round"
@@ -44,6 +44,7 @@ local AUTO_WHITELISTED, BLOCKED, TRAPPED = 6, 7, 8
 local U32_MAX, GRACE = 4294967295, 60
 -- rules::CLOCK_GRACE: how far the clock may step back before a time is corrupt.
 local GRACE_BACK = 3600
+local AWL_COUNT_INTERVAL = 3600
 local max, min, tonumber = math.max, math.min, tonumber
 
 local now = tonumber(ARGV[2])
@@ -206,9 +207,14 @@ end
 -- What the verdict does to the network.
 if reason == RETRIED and awl_threshold > 0 then
   if not awl_alive then passes = 0 end
-  passes = min(passes + 1, U32_MAX)
-  c_last = max(c_last, now)
-  save_client()
+  -- At most one pass counted an hour (rules::AWL_COUNT_INTERVAL, postgrey's).
+  if passes == 0 or now - c_last >= AWL_COUNT_INTERVAL then
+    passes = min(passes + 1, U32_MAX)
+    c_last = max(c_last, now)
+    save_client()
+  elseif repaired then
+    save_client()
+  end
 elseif reason == EARLY_RETRY and (blast_threshold > 0 or blast_copies > 0) then
   -- Copies of one message (this triplet's early retries), or rounds of
   -- the network (distinct seconds) within one delay period.
