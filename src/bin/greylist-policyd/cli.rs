@@ -265,6 +265,19 @@ pub struct Args {
     /// Write the daemon's process id to PATH (removed at exit)
     #[arg(long, value_name = "PATH", help_heading = H_OPERATING)]
     pub pidfile: Option<PathBuf>,
+    /// Run in the background (for init scripts): the command returns once
+    /// the daemon serves (exit 0) or failed to start (exit 1, the error on
+    /// stderr); the log then goes to syslog
+    #[arg(short = 'd', long, help_heading = H_OPERATING)]
+    pub daemonize: bool,
+    /// Run as USER (and its groups) once the sockets are bound and the pid
+    /// file is written, as postgrey: the snapshot, the control socket and
+    /// the list files are then opened as USER
+    #[arg(long, value_name = "USER", help_heading = H_OPERATING)]
+    pub user: Option<String>,
+    /// Run with GROUP as the primary group (default: USER's)
+    #[arg(long, value_name = "GROUP", help_heading = H_OPERATING)]
+    pub group: Option<String>,
     /// Log to syslog (the default when stderr is not a terminal and
     /// /dev/log exists)
     #[arg(long, overrides_with = "no_syslog", help_heading = H_OPERATING)]
@@ -320,6 +333,9 @@ pub struct Options {
     pub metrics: Option<String>,
     pub sweep_interval: u64,
     pub pidfile: Option<PathBuf>,
+    pub daemonize: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
     /// `Some(true)` / `Some(false)`: `--syslog` / `--no-syslog`; `None`:
     /// syslog when stderr is not a terminal and the socket exists.
     pub syslog: Option<bool>,
@@ -449,6 +465,9 @@ impl Args {
             metrics: self.metrics,
             sweep_interval: self.sweep_interval.max(1),
             pidfile: self.pidfile,
+            daemonize: self.daemonize,
+            user: self.user,
+            group: self.group,
             syslog: match (self.syslog, self.no_syslog) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
@@ -463,6 +482,26 @@ impl Args {
 }
 
 impl Options {
+    /// Every path made absolute, for a daemon that leaves its working
+    /// folder (`--daemonize`).
+    pub fn make_paths_absolute(&mut self) {
+        use crate::service::absolute;
+        for path in [&mut self.snapshot, &mut self.syslog_socket]
+            .into_iter()
+            .chain(&mut self.unix)
+            .chain(&mut self.control)
+            .chain(&mut self.pidfile)
+            .chain(&mut self.redis_secret)
+            .chain(
+                self.lists
+                    .iter_mut()
+                    .flat_map(|(_, files)| files.iter_mut()),
+            )
+        {
+            *path = absolute(path);
+        }
+    }
+
     /// Where the log goes: syslog when asked (an error if its socket cannot
     /// be reached), or by default when stderr is not a terminal and the
     /// socket is there; stderr when syslog is off, stderr is a terminal,
@@ -480,13 +519,16 @@ impl Options {
                 )?),
                 None,
             ),
-            None if terminal || !self.syslog_socket.exists() => (None, None),
+            // In the background the terminal is left: syslog all the same.
+            None if (terminal && !self.daemonize) || !self.syslog_socket.exists() => (None, None),
             None => match crate::log::Syslog::open(&self.syslog_socket, self.syslog_facility) {
                 Ok(s) => (Some(s), None),
                 Err(e) => (None, Some(format!("warning: {e}; logging to stderr"))),
             },
         };
-        let stderr = syslog.is_none() || terminal || self.log_stderr;
+        // In the background, stderr until the daemon serves (start-up
+        // errors reach the terminal that ran it).
+        let stderr = syslog.is_none() || terminal || self.log_stderr || self.daemonize;
         Ok((crate::log::Sink { stderr, syslog }, warning))
     }
 }
@@ -494,8 +536,8 @@ impl Options {
 /// Reads the command line: `--help` and `--version` print and exit 0; a
 /// bad option prints clap's error, naming it, and exits 1.
 pub fn parse() -> Options {
-    match Args::try_parse() {
-        Ok(args) => args.options(),
+    match parse_from(std::env::args_os()) {
+        Ok(options) => options,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
             let _ = e.print();
@@ -504,15 +546,21 @@ pub fn parse() -> Options {
     }
 }
 
+/// The options of a command line (its first item the program's name).
+/// Empty arguments are left out: Debian's init script for postgrey passes
+/// "$POSTGREY_TEXT_OPT", an empty one when no text is set.
+fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Options, clap::Error> {
+    let args = args.into_iter().filter(|a| !a.is_empty());
+    Args::try_parse_from(args).map(Args::options)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         let all = std::iter::once("greylist-policyd").chain(args.iter().copied());
-        Args::try_parse_from(all)
-            .map(Args::options)
-            .map_err(|e| e.to_string())
+        parse_from(all.map(Into::into)).map_err(|e| e.to_string())
     }
 
     /// Issue 20: `--ipv4cidr` built the whole configuration in the middle
@@ -542,6 +590,10 @@ mod tests {
     fn postgreys_options_are_accepted() {
         let o = parse(&[
             "--pidfile=/run/postgrey.pid",
+            "--daemonize",
+            "--user=postgrey",
+            "--group=nogroup",
+            "",
             "--inet=10023",
             "--delay=60",
             "--max-age=30",
@@ -573,6 +625,11 @@ mod tests {
         assert_eq!(o.policy.greylist_action, "451");
         assert_eq!(o.policy.hostname, "mx.example.net");
         assert_eq!(o.notes.len(), 4, "{:?}", o.notes);
+        assert!(o.daemonize);
+        assert_eq!(
+            (o.user.as_deref(), o.group.as_deref()),
+            (Some("postgrey"), Some("nogroup"))
+        );
         let o = parse(&[
             "-i",
             "127.0.0.1:10030",

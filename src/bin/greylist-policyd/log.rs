@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,9 @@ struct Logger {
     /// Signalled when the writer has written everything it took.
     written: Condvar,
     sink: Sink,
+    /// Whether lines still go to stderr ([`Sink::stderr`] until
+    /// [`stop_stderr`]).
+    stderr: AtomicBool,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -131,6 +135,7 @@ pub fn start(sink: Sink) {
     let logger = LOGGER.get_or_init(|| Logger {
         queue: Mutex::new(Queue::default()),
         written: Condvar::new(),
+        stderr: AtomicBool::new(sink.stderr),
         sink,
     });
     std::thread::Builder::new()
@@ -183,7 +188,7 @@ impl Logger {
                 syslog.send(text);
             }
         }
-        if self.sink.stderr {
+        if self.stderr.load(Ordering::Relaxed) {
             let mut batch = String::with_capacity(lines.iter().map(|(_, l)| l.len() + 40).sum());
             for (at, text) in &lines {
                 batch.push_str(&stamp(*at, text));
@@ -228,6 +233,15 @@ pub fn flush(limit: Duration) {
         if Instant::now() >= deadline {
             return;
         }
+    }
+}
+
+/// Writes what waits, then stops writing to stderr (a daemon that left its
+/// terminal; the log goes on to syslog).
+pub fn stop_stderr() {
+    flush(Duration::from_secs(5));
+    if let Some(logger) = LOGGER.get() {
+        logger.stderr.store(false, Ordering::Relaxed);
     }
 }
 

@@ -15,6 +15,7 @@ mod protocol;
 mod recall;
 mod report;
 mod server;
+mod service;
 mod watch;
 mod whitelist;
 
@@ -141,7 +142,19 @@ fn save_observer(path: PathBuf) -> greylist::SaveObserver {
     })
 }
 
-fn run(o: cli::Options) -> Result<(), String> {
+/// Binds a TCP listener for `option`; a bare port is on 127.0.0.1.
+fn bind_tcp(option: &str, addr: &str) -> Result<TcpListener, String> {
+    let addr = if addr.contains(':') {
+        addr.to_string()
+    } else {
+        format!("127.0.0.1:{addr}")
+    };
+    TcpListener::bind(&addr).map_err(|e| format!("{option} {addr}: {e}"))
+}
+
+/// The daemon, from its options to its exit; `keep_stderr`: whether the
+/// log still goes to stderr once a `--daemonize`d daemon serves.
+fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
     for note in &o.notes {
         log(note);
     }
@@ -173,31 +186,65 @@ fn run(o: cli::Options) -> Result<(), String> {
         idle_timeout: o.idle_timeout,
         request_timeout: o.request_timeout,
     };
-    if let Some(path) = &o.unix {
-        clear_socket_path("--unix", path)?;
+    // Every socket is bound first (a port below 1024 or a root-only folder
+    // needs root), then the pid file written; then root is left, and all
+    // the rest (the snapshot, the control socket, the list files) is
+    // opened as the user the daemon runs as.
+    let mut listening = Vec::new();
+    let metrics_listener = o
+        .metrics
+        .as_deref()
+        .map(|addr| bind_tcp("--metrics", addr))
+        .transpose()?;
+    let inet_listener = match &o.inet {
+        Some(addr) => {
+            let listener = bind_tcp("--inet", addr)?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            listening.push(format!("tcp {local}"));
+            Some(listener)
+        }
+        None => None,
+    };
+    let unix_listener = match &o.unix {
+        Some(path) => {
+            clear_socket_path("--unix", path)?;
+            let listener =
+                UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
+            // Postfix's user must be able to connect (postgrey's default 0666).
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(o.socketmode))
+                .map_err(|e| format!("--socketmode for {}: {e}", path.display()))?;
+            listening.push(format!("unix {}", path.display()));
+            Some(listener)
+        }
+        None => None,
+    };
+    if let Some(path) = &o.pidfile {
+        write_pidfile(path)?;
     }
+    let user = service::drop_privileges(o.user.as_deref(), o.group.as_deref())?;
+    match &user {
+        Some(who) => log(format_args!("running as {who}")),
+        None if rustix::process::geteuid().is_root() => {
+            log("warning: running as root: --user (a user of its own) is safer")
+        }
+        None => {}
+    }
+    // What fails from here on may be the user's rights: the error says who.
+    let as_user = |e: String| match &user {
+        Some(who) => format!("{e} (running as {who})"),
+        None => e,
+    };
     let control = (!o.no_control).then(|| {
         o.control
             .clone()
             .unwrap_or_else(|| protocol::control_path(&o.snapshot))
     });
     if let Some(path) = &control {
-        control::check_path(path)?;
+        control::check_path(path).map_err(as_user)?;
     }
-    let metrics_listener = match &o.metrics {
-        Some(addr) => {
-            let addr = if addr.contains(':') {
-                addr.clone()
-            } else {
-                format!("127.0.0.1:{addr}")
-            };
-            Some(TcpListener::bind(&addr).map_err(|e| format!("--metrics {addr}: {e}"))?)
-        }
-        None => None,
-    };
     let mut whitelist_path = o.snapshot.as_os_str().to_owned();
     whitelist_path.push(".whitelist");
-    let lists = whitelist::Lists::open(o.lists.clone(), whitelist_path.into())?;
+    let lists = whitelist::Lists::open(o.lists.clone(), whitelist_path.into()).map_err(as_user)?;
     let shared = config.redis().is_some();
     // Before the (perhaps long) snapshot load: a signal then waits for the
     // loop below instead of killing the daemon.
@@ -211,13 +258,13 @@ fn run(o: cli::Options) -> Result<(), String> {
         Arc::new(move || sweeps.now()),
         Some(save_observer(o.snapshot.clone())),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| as_user(e.to_string()))?;
     let engine = started.maintenance.engine().clone();
     let store_down = Arc::new(AtomicBool::new(false));
     if shared {
         watch::start(engine.clone(), store_down.clone());
     }
-    log_lists(&lists.apply(&engine)?, &o.lists);
+    log_lists(&lists.apply(&engine).map_err(as_user)?, &o.lists);
     let recall = Arc::new(Recall::default());
     engine
         .on_event(Some(report::event_sink(engine.config(), recall.clone())))
@@ -248,7 +295,7 @@ fn run(o: cli::Options) -> Result<(), String> {
     });
     let mut operating = Vec::new();
     if let Some(path) = &control {
-        control::start(daemon.clone(), path)?;
+        control::start(daemon.clone(), path).map_err(as_user)?;
         operating.push(format!("control {}", path.display()));
     }
     if let Some(listener) = metrics_listener {
@@ -256,17 +303,8 @@ fn run(o: cli::Options) -> Result<(), String> {
         metrics::start(daemon.clone(), live, listener)?;
         operating.push(format!("metrics http://{local}/metrics"));
     }
-    let mut listening = Vec::new();
     let pause = |d| std::thread::sleep(d);
-    if let Some(addr) = &o.inet {
-        let addr = if addr.contains(':') {
-            addr.clone()
-        } else {
-            format!("127.0.0.1:{addr}")
-        };
-        let listener = TcpListener::bind(&addr).map_err(|e| format!("--inet {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        listening.push(format!("tcp {local}"));
+    if let Some(listener) = inet_listener {
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
@@ -278,21 +316,12 @@ fn run(o: cli::Options) -> Result<(), String> {
             accept_loop(next, admit, pause, log);
         });
     }
-    if let Some(path) = &o.unix {
-        let listener =
-            UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
-        // Postfix's user must be able to connect (postgrey's default 0666).
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(o.socketmode))
-            .map_err(|e| format!("--socketmode for {}: {e}", path.display()))?;
-        listening.push(format!("unix {}", path.display()));
+    if let Some(listener) = unix_listener {
         let s = server.clone();
         std::thread::spawn(move || {
             let next = || Some(listener.accept().map(|(c, _)| c));
             accept_loop(next, |c| s.admit(c), pause, log);
         });
-    }
-    if let Some(path) = &o.pidfile {
-        write_pidfile(path)?;
     }
     // Lost mail is looked for every sweep interval, not only at saves.
     let (swept, sweep_clock) = (engine.clone(), clock.clone());
@@ -330,6 +359,12 @@ fn run(o: cli::Options) -> Result<(), String> {
             aside.display()
         ));
     }
+    if o.daemonize {
+        if !keep_stderr {
+            log::stop_stderr();
+        }
+        service::detach(keep_stderr)?;
+    }
 
     for signal in signals.forever() {
         match signal {
@@ -356,7 +391,14 @@ fn run(o: cli::Options) -> Result<(), String> {
     }
     log("shutting down: writing the final snapshot");
     for path in control.iter().chain(&o.pidfile) {
-        let _ = std::fs::remove_file(path);
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => log(format_args!(
+                "warning: could not remove {}: {}",
+                path.display(),
+                as_user(e.to_string())
+            )),
+            _ => {}
+        }
     }
     if let Some(maintenance) = daemon.take_maintenance() {
         maintenance
@@ -372,19 +414,25 @@ fn run(o: cli::Options) -> Result<(), String> {
 }
 
 fn main() {
-    let o = cli::parse();
-    let (sink, warning) = match o.log_sink() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("greylist-policyd: error: {e}");
-            std::process::exit(1);
-        }
+    let mut o = cli::parse();
+    let fail = |e: String| -> ! {
+        eprintln!("greylist-policyd: error: {e}");
+        std::process::exit(1);
     };
+    if o.daemonize {
+        if !service::is_child() {
+            std::process::exit(service::start_in_background());
+        }
+        service::leave_terminal().unwrap_or_else(|e| fail(e));
+        o.make_paths_absolute();
+    }
+    let (sink, warning) = o.log_sink().unwrap_or_else(|e| fail(e));
+    let keep_stderr = sink.syslog.is_none() || o.log_stderr;
     log::start(sink);
     if let Some(w) = warning {
         log(w);
     }
-    let result = run(o);
+    let result = run(o, keep_stderr);
     if let Err(e) = &result {
         log(format_args!("error: {e}"));
     }
