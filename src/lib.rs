@@ -134,7 +134,7 @@ pub use config::{Config, ConfigBuilder, ConfigError, FailMode, MAX_SHARDS};
 pub use engine::{unix_now, Engine, Request};
 pub use events::{CallbackError, Event, EventKind, EventSink};
 pub use key::Secret;
-pub use lists::{read_list_file, ListError, ListKind};
+pub use lists::{list_entries, read_list_file, ListError, ListKind};
 pub use maintenance::{
     Clock, Maintenance, Opened, SaveEvent, SaveObserver, SnapshotOptions, Started,
 };

@@ -438,7 +438,13 @@ impl Lists {
 /// that shows an operator what its files hold.
 pub fn read_list_file(path: &Path) -> Result<Vec<String>, ListError> {
     let text = read_file(path)?;
-    Ok(file_entries(&text).map(|(_, e)| e.to_string()).collect())
+    Ok(list_entries(&text).into_iter().map(String::from).collect())
+}
+
+/// The entries of a list file's text (comments and blank lines left out),
+/// unchecked: for a list that is not a file (one built into a program).
+pub fn list_entries(text: &str) -> Vec<&str> {
+    file_entries(text).map(|(_, e)| e).collect()
 }
 
 pub(crate) fn file_entries(text: &str) -> impl Iterator<Item = (usize, &str)> + Clone {

@@ -273,6 +273,105 @@ fn debians_own_postgrey_lists_load() {
     assert!(other.starts_with("DEFER_IF_PERMIT 4.2.0"), "{other}");
 }
 
+/// Issue 20: the client whitelist built in (senders known to retry badly)
+/// is used when no --whitelist-clients is given: every entry loads, it
+/// lets a Google or Outlook pool host through, `greylistctl whitelist
+/// list` says where the entries come from, `--show-default-whitelist`
+/// prints it, and --no-default-whitelist or a list file of one's own
+/// replaces it.
+#[test]
+fn the_built_in_client_whitelist() {
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_greylist-policyd"))
+        .arg("--show-default-whitelist")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let text = String::from_utf8(printed.stdout).unwrap();
+    let entries = greylist::list_entries(&text);
+    assert!(entries.len() >= 100, "{} entries", entries.len());
+    // Each entry says why it is there: a comment on its line or on the
+    // lines just above it.
+    let mut explained = false;
+    for line in text.lines() {
+        let entry = line.split('#').next().unwrap().trim();
+        if entry.is_empty() {
+            explained = line.trim_start().starts_with('#') || (explained && line.is_empty());
+            continue;
+        }
+        assert!(
+            explained || line.contains('#'),
+            "no reason given for {line:?}"
+        );
+    }
+    let ask_as = |c: &mut std::net::TcpStream, ip: &str, name: &str| {
+        daemon::ask(
+            c,
+            &format!(
+                "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={ip}\n\
+                 client_name={name}\nsender=a@example.org\nrecipient=b@example.net\n\
+                 policy_test_time={T0}\n\n"
+            ),
+        )
+    };
+    let d = Daemon::start("built-in-whitelist", &["--allow-test-time"]);
+    d.wait_for_log(&format!(
+        "clients list: {} entries loaded (the built-in list)",
+        entries.len()
+    ));
+    assert_eq!(d.lines_with("left out"), 0, "{}", d.log_text());
+    let mut c = d.connect();
+    assert_eq!(
+        ask_as(&mut c, "209.85.220.41", "mail-sor-f41.google.com"),
+        "DUNNO"
+    );
+    assert_eq!(
+        ask_as(
+            &mut c,
+            "40.107.22.51",
+            "mail-db8eur05on2051.outbound.protection.outlook.com"
+        ),
+        "DUNNO"
+    );
+    let other = ask_as(&mut c, "203.0.113.5", "mail.example.com");
+    assert!(other.starts_with("DEFER_IF_PERMIT 4.2.0"), "{other}");
+    let rows = d.ctl(&["whitelist", "list"]);
+    let built_in = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["origin"] == "built in")
+        .count();
+    assert_eq!(built_in, entries.len(), "{rows}");
+    drop(d);
+
+    for args in [
+        &["--allow-test-time", "--no-default-whitelist"][..],
+        &["--allow-test-time", "--whitelist-clients", "/dev/null/none"][..],
+    ] {
+        let dir = daemon::scratch("no-built-in-whitelist");
+        let own = dir.join("mine");
+        std::fs::write(&own, "192.0.2.0/24\n").unwrap();
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| {
+                if *a == "/dev/null/none" {
+                    own.to_str().unwrap()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let d = Daemon::start_in(&dir, &args);
+        let mut c = d.connect();
+        let google = ask_as(&mut c, "209.85.220.41", "mail-sor-f41.google.com");
+        assert!(
+            google.starts_with("DEFER_IF_PERMIT 4.2.0"),
+            "{args:?}: {google}"
+        );
+        assert_eq!(d.lines_with("(the built-in list)"), 0);
+    }
+}
+
 /// Issue 20: a list line this daemon cannot honour is left out with a
 /// warning naming its file and line, never a refusal to start.
 #[test]

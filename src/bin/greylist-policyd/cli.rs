@@ -172,9 +172,17 @@ pub struct Args {
     /// The host name for %h (default: the system's)
     #[arg(long, value_name = "NAME", help_heading = H_GREYLISTING)]
     pub hostname: Option<String>,
-    /// Client IPs, CIDRs, host names (repeatable)
+    /// Client IPs, CIDRs, host names (repeatable); without it, the list
+    /// built in is used (see --show-default-whitelist)
     #[arg(long, value_name = "FILE", help_heading = H_LISTS)]
     pub whitelist_clients: Vec<PathBuf>,
+    /// No built-in client whitelist when no --whitelist-clients is given
+    #[arg(long, help_heading = H_LISTS)]
+    pub no_default_whitelist: bool,
+    /// Print the built-in client whitelist (senders known to retry badly)
+    /// and exit
+    #[arg(long, help_heading = H_LISTS)]
+    pub show_default_whitelist: bool,
     /// Recipients that opt out (repeatable)
     #[arg(long, value_name = "FILE", help_heading = H_LISTS)]
     pub whitelist_recipients: Vec<PathBuf>,
@@ -286,7 +294,7 @@ pub struct Args {
     #[arg(long, overrides_with = "syslog", help_heading = H_OPERATING)]
     pub no_syslog: bool,
     /// The syslog facility (postgrey's option)
-    #[arg(long, alias = "syslogfacility", value_name = "FACILITY", default_value = "mail", value_parser = syslog_facility, help_heading = H_OPERATING)]
+    #[arg(long, aliases = ["syslogfacility", "facility"], value_name = "FACILITY", default_value = "mail", value_parser = syslog_facility, help_heading = H_OPERATING)]
     pub syslog_facility: u8,
     /// The syslog socket (tests)
     #[arg(long, value_name = "PATH", default_value = "/dev/log", hide = true)]
@@ -310,6 +318,13 @@ pub struct Args {
     /// Honour policy_test_time / policy_test_advance attributes (tests)
     #[arg(long, help_heading = H_TESTING)]
     pub allow_test_time: bool,
+    /// postgrey's --man: prints this help (the manual page is
+    /// greylist-policyd(8))
+    #[arg(long, hide = true, action = ArgAction::HelpLong)]
+    pub man: Option<bool>,
+    /// postgrey's -n: refused, as postgrey refuses it
+    #[arg(short = 'n', long, aliases = ["noaction"], hide = true)]
+    pub no_action: bool,
 }
 
 /// Everything the command line sets, checked.
@@ -323,6 +338,9 @@ pub struct Options {
     pub config: greylist::ConfigBuilder,
     pub policy: PolicyOptions,
     pub lists: Vec<(ListKind, Vec<PathBuf>)>,
+    /// Whether the built-in client whitelist is used.
+    pub default_clients: bool,
+    pub show_default_whitelist: bool,
     pub snapshot: PathBuf,
     pub snapshot_interval: u64,
     /// The `--redis-secret` file, to warn when others can read it.
@@ -451,6 +469,8 @@ impl Args {
             request_timeout: Duration::from_secs(self.request_timeout.max(1)),
             config,
             policy,
+            default_clients: self.whitelist_clients.is_empty() && !self.no_default_whitelist,
+            show_default_whitelist: self.show_default_whitelist,
             lists: vec![
                 (ListKind::Clients, self.whitelist_clients),
                 (ListKind::Senders, self.whitelist_senders),
@@ -550,8 +570,15 @@ pub fn parse() -> Options {
 /// Empty arguments are left out: Debian's init script for postgrey passes
 /// "$POSTGREY_TEXT_OPT", an empty one when no text is set.
 fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Options, clap::Error> {
-    let args = args.into_iter().filter(|a| !a.is_empty());
-    Args::try_parse_from(args).map(Args::options)
+    use clap::{error::ErrorKind, CommandFactory};
+    let args = Args::try_parse_from(args.into_iter().filter(|a| !a.is_empty()))?;
+    if args.no_action {
+        return Err(Args::command().error(
+            ErrorKind::ArgumentConflict,
+            "--no-action: postgrey refuses it too (\"don't know how to no-action\")",
+        ));
+    }
+    Ok(args.options())
 }
 
 #[cfg(test)]
@@ -641,6 +668,19 @@ mod tests {
         .unwrap();
         assert_eq!(o.unix, Some(PathBuf::from("/run/p.sock")));
         assert_eq!(o.config.build().unwrap().retry_window(), 2 * 86_400);
+    }
+
+    /// postgrey's remaining spellings: --facility, --syslogfacility; -n is
+    /// refused as postgrey refuses it.
+    #[test]
+    fn postgreys_other_spellings() {
+        for spelling in ["--facility=local3", "--syslogfacility=local3"] {
+            assert_eq!(parse(&[spelling]).unwrap().syslog_facility, 19);
+        }
+        for refused in ["-n", "--no-action", "--noaction"] {
+            let e = parse(&[refused]).err().unwrap();
+            assert!(e.contains("--no-action: postgrey refuses it too"), "{e}");
+        }
     }
 
     /// As with postgrey's Getopt::Long, an option given again replaces the

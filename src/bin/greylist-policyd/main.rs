@@ -98,11 +98,13 @@ fn write_pidfile(path: &Path) -> Result<(), String> {
 }
 
 /// The list counts, for the log: a kind that has files or entries.
-fn log_lists(loaded: &[(ListKind, usize)], files: &[(ListKind, Vec<PathBuf>)]) {
+fn log_lists(loaded: &[(ListKind, usize)], o: &cli::Options) {
     for (kind, n) in loaded {
-        let has_files = files.iter().any(|(k, p)| k == kind && !p.is_empty());
-        if has_files || *n > 0 {
-            log(format_args!("{kind} list: {n} entries loaded"));
+        let has_files = o.lists.iter().any(|(k, p)| k == kind && !p.is_empty());
+        let built_in = *kind == ListKind::Clients && o.default_clients;
+        if has_files || built_in || *n > 0 {
+            let origin = if built_in { " (the built-in list)" } else { "" };
+            log(format_args!("{kind} list: {n} entries loaded{origin}"));
         }
     }
 }
@@ -244,7 +246,8 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
     }
     let mut whitelist_path = o.snapshot.as_os_str().to_owned();
     whitelist_path.push(".whitelist");
-    let lists = whitelist::Lists::open(o.lists.clone(), whitelist_path.into()).map_err(as_user)?;
+    let lists = whitelist::Lists::open(o.lists.clone(), o.default_clients, whitelist_path.into())
+        .map_err(as_user)?;
     let shared = config.redis().is_some();
     // Before the (perhaps long) snapshot load: a signal then waits for the
     // loop below instead of killing the daemon.
@@ -264,7 +267,7 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
     if shared {
         watch::start(engine.clone(), store_down.clone());
     }
-    log_lists(&lists.apply(&engine).map_err(as_user)?, &o.lists);
+    log_lists(&lists.apply(&engine).map_err(as_user)?, &o);
     let recall = Arc::new(Recall::default());
     engine
         .on_event(Some(report::event_sink(engine.config(), recall.clone())))
@@ -370,7 +373,7 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
         match signal {
             SIGHUP => match daemon.lists.apply(&engine) {
                 Ok(loaded) => {
-                    log_lists(&loaded, &o.lists);
+                    log_lists(&loaded, &o);
                     log("SIGHUP: list files reloaded");
                 }
                 Err(e) => log(format_args!("SIGHUP: lists kept as they were: {e}")),
@@ -415,6 +418,10 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
 
 fn main() {
     let mut o = cli::parse();
+    if o.show_default_whitelist {
+        print!("{}", whitelist::DEFAULT_CLIENTS);
+        std::process::exit(0);
+    }
     let fail = |e: String| -> ! {
         eprintln!("greylist-policyd: error: {e}");
         std::process::exit(1);

@@ -38,8 +38,17 @@ pub struct Row {
     pub origin: String,
 }
 
+/// The client whitelist built into the daemon (`whitelist_clients` beside
+/// this file): used when no `--whitelist-clients` is given.
+pub const DEFAULT_CLIENTS: &str = include_str!("whitelist_clients");
+
+/// Where [`DEFAULT_CLIENTS`] entries come from, for `whitelist list`.
+pub const BUILT_IN: &str = "built in";
+
 pub struct Lists {
     files: Vec<(ListKind, Vec<PathBuf>)>,
+    /// The built-in client entries, when they are used.
+    default_clients: Vec<&'static str>,
     path: PathBuf,
     runtime: Mutex<BTreeSet<(Whitelist, String)>>,
 }
@@ -73,9 +82,14 @@ fn check_regular(path: &Path) -> Result<bool, String> {
 }
 
 impl Lists {
-    /// The list files of the command line and the run-time entries kept at
+    /// The list files of the command line (with the built-in client
+    /// whitelist when `default_clients`) and the run-time entries kept at
     /// `path` (none when there is no such file yet).
-    pub fn open(files: Vec<(ListKind, Vec<PathBuf>)>, path: PathBuf) -> Result<Lists, String> {
+    pub fn open(
+        files: Vec<(ListKind, Vec<PathBuf>)>,
+        default_clients: bool,
+        path: PathBuf,
+    ) -> Result<Lists, String> {
         let mut runtime = BTreeSet::new();
         if check_regular(&path)? {
             let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -101,8 +115,14 @@ impl Lists {
                 }
             }
         }
+        let default_clients = if default_clients {
+            greylist::list_entries(DEFAULT_CLIENTS)
+        } else {
+            Vec::new()
+        };
         Ok(Lists {
             files,
+            default_clients,
             path,
             runtime: Mutex::new(runtime),
         })
@@ -145,10 +165,19 @@ impl Lists {
         runtime: &BTreeSet<(Whitelist, String)>,
     ) -> Result<usize, String> {
         let paths = self.paths(kind);
-        let extra: Vec<&str> = runtime
+        let built_in = match kind {
+            ListKind::Clients => &self.default_clients[..],
+            _ => &[],
+        };
+        let extra: Vec<&str> = built_in
             .iter()
-            .filter(|(list, _)| self::kind(*list) == kind)
-            .map(|(_, e)| e.as_str())
+            .copied()
+            .chain(
+                runtime
+                    .iter()
+                    .filter(|(list, _)| self::kind(*list) == kind)
+                    .map(|(_, e)| e.as_str()),
+            )
             .collect();
         let (loaded, skipped) = engine
             .load_lists_skipping(kind, &paths, &extra)
@@ -260,7 +289,13 @@ impl Lists {
     /// Every whitelist entry, with its origin: the files' (as they are on
     /// disk now), then the run-time ones.
     pub fn rows(&self) -> Vec<Row> {
-        let mut rows = Vec::new();
+        let mut rows: Vec<Row> = (self.default_clients.iter())
+            .map(|entry| Row {
+                list: Whitelist::Clients.as_str(),
+                entry: entry.to_string(),
+                origin: BUILT_IN.into(),
+            })
+            .collect();
         for list in Whitelist::ALL {
             for path in &self.paths(kind(list)) {
                 match greylist::read_list_file(path) {
