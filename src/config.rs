@@ -528,6 +528,17 @@ impl ConfigBuilder {
                 "must be at least 1 second while auto-whitelisting is on",
             ));
         }
+        let interval = crate::rules::AWL_COUNT_INTERVAL;
+        if c.awl_threshold > 1 && c.awl_ttl < interval {
+            return Err(ConfigError::new(
+                "awl_ttl",
+                format!(
+                    "{} s is shorter than the {interval} s between two counted passes: \
+                     {} passes could never add up",
+                    c.awl_ttl, c.awl_threshold
+                ),
+            ));
+        }
         if (c.blast_threshold > 0 || c.blast_copies > 0) && c.block_time == 0 {
             return Err(ConfigError::new(
                 "block_time",
@@ -682,11 +693,24 @@ mod tests {
     }
 
     #[test]
+    fn a_short_awl_ttl_is_fine_when_one_pass_whitelists() {
+        let c = Config::builder().awl_threshold(1).awl_ttl(60).build();
+        assert_eq!(c.map(|c| c.awl_ttl()).ok(), Some(60));
+        assert!(Config::builder()
+            .awl_threshold(2)
+            .awl_ttl(3600)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let cases: Vec<(ConfigBuilder, &str)> = vec![
             (Config::builder().delay(100).retry_window(100), "delay"),
             (Config::builder().pass_ttl(0), "pass_ttl"),
             (Config::builder().awl_ttl(0), "awl_ttl"),
+            // Two passes an hour apart cannot fit in a shorter lifetime.
+            (Config::builder().awl_ttl(3599), "awl_ttl"),
             (Config::builder().block_time(0), "block_time"),
             (Config::builder().lost_after(0), "lost_after"),
             (Config::builder().prefixes(0, 64), "ipv4_prefix"),

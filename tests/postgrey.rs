@@ -695,9 +695,9 @@ fn answers_as_postgrey_does() {
     );
 }
 
-/// Debian's init script for postgrey, pointed at this daemon, with
-/// Debian's /etc/default/postgrey line (its port made free, its folders
-/// this test's, `--user=postgrey`, which postgrey assumes by default):
+/// Debian's init script for postgrey, pointed at this daemon, with the
+/// /etc/default/postgrey line the README gives (its port made free, its
+/// folders this test's):
 /// `start` runs `--pidfile=... --daemonize --inet=... ""` through
 /// start-stop-daemon and returns once it serves, as user postgrey;
 /// `status`, `reload` (SIGHUP) and `stop` work on it.
@@ -724,16 +724,25 @@ fn debians_init_script_for_postgrey_runs_it() {
     )
     .unwrap();
     let port = real::free_port();
+    // The README's /etc/default/postgrey, as written there, but for the
+    // port, the folder and the log (a datagram socket of this test's).
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("# /etc/default/postgrey, for greylist-policyd")
+        .expect("the README's /etc/default/postgrey");
+    let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert!(snippet.contains("--inet=10023 ") && snippet.contains("--dbdir=/var/lib/postgrey"));
     let defaults = tmp.0.join("default");
+    let text = snippet
+        .replace("--inet=10023 ", &format!("--inet=127.0.0.1:{port} "))
+        .replace(
+            "--dbdir=/var/lib/postgrey",
+            &format!("--dbdir={}", db.display()),
+        );
+    let log_to = format!("--syslog --syslog-socket={}/log", tmp.0.display());
     std::fs::write(
         &defaults,
-        format!(
-            "# /etc/default/postgrey, as Debian ships it but for the port and folders\n\
-             POSTGREY_OPTS=\"--inet=127.0.0.1:{port} --dbdir={} --user=postgrey --syslog \
-             --syslog-socket={}/log\"\n",
-            db.display(),
-            tmp.0.display()
-        ),
+        format!("{text}POSTGREY_OPTS=\"$POSTGREY_OPTS {log_to}\"\n"),
     )
     .unwrap();
     let text = std::fs::read_to_string(script).unwrap();
@@ -806,6 +815,16 @@ fn debians_init_script_for_postgrey_runs_it() {
         "i1",
     );
     assert!(daemon::ask(&mut s, &first).starts_with("DEFER_IF_PERMIT 4.2.0 "));
+    // Debian's list files, read as user postgrey.
+    let abuse = request(
+        "192.0.2.1",
+        "unknown",
+        "a@example.org",
+        "abuse@example.net",
+        T0,
+        "i2",
+    );
+    assert_eq!(daemon::ask(&mut s, &abuse), "DUNNO");
     drop(s);
     wait_for_line("running as user postgrey");
     assert_eq!(init("status").0, Some(0), "status");

@@ -68,10 +68,11 @@ fn populated(n: u64) -> Engine {
             }
         }
     }
+    // A message an hour (one pass counts an hour), the last one at T0.
     for r in 0..6 {
-        let rcpt = format!("{}@y.net", letters(r));
-        e.check("192.0.2.1", "friend@x.example", &rcpt, T0).unwrap();
-        e.check("192.0.2.1", "friend@x.example", &rcpt, T0 + 300)
+        let (rcpt, t) = (format!("{}@y.net", letters(r)), T0 - (5 - r as i64) * 3600);
+        e.check("192.0.2.1", "friend@x.example", &rcpt, t).unwrap();
+        e.check("192.0.2.1", "friend@x.example", &rcpt, t + 300)
             .unwrap();
     }
     for s in 0..30 {

@@ -119,7 +119,13 @@ pub fn settings() -> impl Strategy<Value = Settings> {
                     retry_window,
                     pass_ttl,
                     awl_threshold,
-                    awl_ttl,
+                    // Passes count an hour apart: with more than one
+                    // needed, a shorter lifetime is refused.
+                    awl_ttl: if awl_threshold > 1 {
+                        awl_ttl.max(3_600)
+                    } else {
+                        awl_ttl
+                    },
                     blast_threshold,
                     block_time,
                     blast_copies,

@@ -134,7 +134,8 @@ pub struct Args {
     /// Wait before a retry passes, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 300, help_heading = H_GREYLISTING)]
     pub delay: u32,
-    /// Lifetime of a passed triplet, in days
+    /// Lifetime of a passed triplet and of an auto-whitelisted client's
+    /// record (as postgrey), in days, refreshed on each use
     #[arg(long, value_name = "DAYS", default_value_t = 35, help_heading = H_GREYLISTING)]
     pub max_age: u32,
     /// How long a first retry may take: days, or N[s|m|h|d] (default 2)
@@ -379,6 +380,7 @@ impl Args {
         let mut config = Config::builder()
             .delay(self.delay)
             .pass_ttl(self.max_age.saturating_mul(86_400))
+            .awl_ttl(self.max_age.saturating_mul(86_400))
             .retry_window(u32::try_from(self.retry_window).unwrap_or(u32::MAX))
             .lost_after(u32::try_from(self.lost_after).unwrap_or(u32::MAX))
             .awl_threshold(self.auto_whitelist_clients)
@@ -642,6 +644,8 @@ mod tests {
         .unwrap();
         let c = o.config.build().unwrap();
         assert_eq!((c.delay(), c.retry_window()), (60, 36 * 3600));
+        // postgrey's --max-age expires auto-whitelisted clients too.
+        assert_eq!((c.pass_ttl(), c.awl_ttl()), (30 * 86_400, 30 * 86_400));
         assert_eq!((c.ipv4_prefix(), c.ipv6_prefix()), (32, 128));
         assert_eq!(o.inet.as_deref(), Some("10023"));
         assert_eq!(o.socketmode, 0o660);

@@ -9,8 +9,7 @@
 //! [`TIMEOUT`] and fit in [`MAX_REQUEST`] bytes.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -363,22 +362,7 @@ pub fn check_path(path: &Path) -> Result<(), String> {
 /// connect, and no chmod that a link swapped in could redirect), and
 /// serves it on threads of its own.
 pub fn start(daemon: Arc<Daemon>, path: &Path) -> Result<(), String> {
-    use rustix::fs::Mode;
-    crate::clear_socket_path("--control", path)?;
-    // Only this thread makes files now (the maintenance thread's saves
-    // make theirs 0600 whatever the umask).
-    let old = rustix::process::umask(Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = bound.map_err(|e| format!("--control {}: {e}", path.display()))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "--control {}: the socket was made with mode {:o}; refusing to serve it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
-    }
+    let listener = crate::bind_unix("--control", path, 0o600)?;
     crate::server::serve_each(
         "control",
         move || listener.accept().map(|(s, _)| s),

@@ -70,6 +70,30 @@ fn clear_socket_path(option: &str, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{option} {shown}: removing the stale socket: {e}"))
 }
 
+/// Binds a unix socket for `option` at `path` with `mode` from the start:
+/// made under the umask that gives that mode (never a moment with more,
+/// and no chmod after, which a link swapped in could redirect to another
+/// file), then checked. A stale socket there is removed first.
+fn bind_unix(option: &str, path: &Path, mode: u32) -> Result<UnixListener, String> {
+    use rustix::fs::Mode;
+    clear_socket_path(option, path)?;
+    // The files other threads make are made with explicit modes (0600),
+    // whatever the umask for this moment.
+    let old = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(|e| format!("{option} {}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{option}: {e}"))?;
+    let made = meta.permissions().mode() & 0o777;
+    if !meta.file_type().is_socket() || made != mode & 0o777 {
+        return Err(format!(
+            "{option} {}: the socket was made with mode {made:o}, not {mode:o}; refusing to serve it",
+            path.display()
+        ));
+    }
+    Ok(listener)
+}
+
 /// `--pidfile`: the process id, written anew (a link or anything but a
 /// regular file there is refused, never followed).
 fn write_pidfile(path: &Path) -> Result<(), String> {
@@ -209,12 +233,8 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
     };
     let unix_listener = match &o.unix {
         Some(path) => {
-            clear_socket_path("--unix", path)?;
-            let listener =
-                UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
             // Postfix's user must be able to connect (postgrey's default 0666).
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(o.socketmode))
-                .map_err(|e| format!("--socketmode for {}: {e}", path.display()))?;
+            let listener = bind_unix("--unix", path, o.socketmode)?;
             listening.push(format!("unix {}", path.display()));
             Some(listener)
         }
@@ -224,12 +244,11 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
         write_pidfile(path)?;
     }
     let user = service::drop_privileges(o.user.as_deref(), o.group.as_deref())?;
-    match &user {
-        Some(who) => log(format_args!("running as {who}")),
-        None if rustix::process::geteuid().is_root() => {
-            log("warning: running as root: --user (a user of its own) is safer")
-        }
-        None => {}
+    if let Some(who) = &user {
+        log(format_args!("running as {who}"));
+    }
+    if rustix::process::geteuid().is_root() {
+        log("warning: running as root: --user (a user of its own) is safer");
     }
     // What fails from here on may be the user's rights: the error says who.
     let as_user = |e: String| match &user {
@@ -363,10 +382,11 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
         ));
     }
     if o.daemonize {
-        if !keep_stderr {
-            log::stop_stderr();
-        }
-        service::detach(keep_stderr)?;
+        service::detach(keep_stderr, || {
+            if !keep_stderr {
+                log::stop_stderr();
+            }
+        })?;
     }
 
     for signal in signals.forever() {
@@ -395,6 +415,19 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
     log("shutting down: writing the final snapshot");
     for path in control.iter().chain(&o.pidfile) {
         match std::fs::remove_file(path) {
+            // A pid file written as root, in a folder of root's, stays
+            // after root was left: init scripts remove it themselves.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && user.is_some()
+                    && Some(path) == o.pidfile.as_ref() =>
+            {
+                log(format_args!(
+                    "{} stays: written as root, it cannot be removed as {}",
+                    path.display(),
+                    user.as_deref().unwrap_or_default()
+                ))
+            }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => log(format_args!(
                 "warning: could not remove {}: {}",
                 path.display(),
@@ -439,9 +472,18 @@ fn main() {
     if let Some(w) = warning {
         log(w);
     }
+    let pidfile = o.pidfile.clone();
     let result = run(o, keep_stderr);
     if let Err(e) = &result {
         log(format_args!("error: {e}"));
+        // A pid file this process wrote names no running daemon now.
+        if let Some(path) = pidfile {
+            let ours = std::fs::read_to_string(&path)
+                .is_ok_and(|text| text.trim() == std::process::id().to_string());
+            if ours {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
     log::flush(FINAL_FLUSH);
     std::process::exit(i32::from(result.is_err()));

@@ -85,8 +85,9 @@ pub fn leave_terminal() -> Result<(), String> {
 /// `keep_stderr`) at `/dev/null`, so that a closed terminal or pipe can
 /// never hold up or kill the daemon. Also leaves the working folder for
 /// `/` (every path was made absolute at start), so that it does not hold a
-/// file system busy.
-pub fn detach(keep_stderr: bool) -> Result<(), String> {
+/// file system busy. `quiet_log` (the log leaving stderr) runs once
+/// nothing can fail any more, so that a failure still reaches the terminal.
+pub fn detach(keep_stderr: bool, quiet_log: impl FnOnce()) -> Result<(), String> {
     use std::io::Write;
     let err = |what: &str, e: std::io::Error| format!("--daemonize: {what}: {e}");
     let null = std::fs::OpenOptions::new()
@@ -95,6 +96,7 @@ pub fn detach(keep_stderr: bool) -> Result<(), String> {
         .open("/dev/null")
         .map_err(|e| err("/dev/null", e))?;
     rustix::process::chdir("/").map_err(|e| err("chdir /", e.into()))?;
+    quiet_log();
     let mut out = std::io::stdout().lock();
     // The parent may be gone (killed): then nobody waits, and that is fine.
     let _ = writeln!(out, "{READY}").and_then(|()| out.flush());
