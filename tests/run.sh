@@ -4,7 +4,8 @@
 # AddressSanitizer + UBSan and under valgrind; the C++ wrapper test; the
 # install + pkg-config test of the README's C and C++ examples; the Python
 # binding's unittest suite and the README's Python example against a
-# pip-installed copy; the .NET binding's test under Mono.
+# pip-installed copy; the .NET binding's test under Mono; the Debian
+# package, built, installed, run and purged.
 #
 # Each part runs on its own: a failing part is named at the end and the
 # others still run. A part or test whose tool is missing is skipped and
@@ -110,7 +111,7 @@ part() {
 cargo_tests() {
   # tests/redis.rs starts its own redis-servers; without redis-server it
   # says why it skipped (and fails under CI=true).
-  cargo test --lib --bins --tests -- --skip postfix_ --skip exim_
+  cargo test --lib --bins --tests -- --skip postfix_ --skip exim_ --skip debian_
   cargo test --doc
   # The benchmarks, once each on small tables: they must not rot.
   cargo test --benches
@@ -119,6 +120,16 @@ cargo_tests() {
 real_mtas() {
   # Their own run, so a skip's reason (no postfix, swaks or exim) is shown.
   cargo test --test postfix --test exim -- --show-output
+}
+
+debian_package() {
+  # Built from the release build; tests/debian.rs installs, runs and purges it.
+  need cargo-deb "the Debian package" "cargo install cargo-deb" || return
+  rm -f target/debian/greylist_*.deb
+  cargo deb --strip
+  local deb
+  deb=$(ls target/debian/greylist_*.deb)
+  GREYLIST_DEB="$deb" cargo test --test debian -- --show-output
 }
 
 build_library() {
@@ -249,6 +260,7 @@ start_redis() {
 part "cargo test (unit, model, concurrency, snapshot, defence, daemon, Redis, header, doc tests, bench smoke)" cargo_tests
 part "real Postfix and real Exim through greylist-policyd" real_mtas
 part "the release library for C, C++, Python and .NET" build_library
+part "the Debian package (cargo deb, lintian, apt install, its unit serving Postfix, purge)" debian_package
 
 # The bindings' shared-store tests share one redis-server, started in this
 # shell (so its environment reaches them, and cleanup stops it).

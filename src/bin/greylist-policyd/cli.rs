@@ -366,6 +366,36 @@ pub struct Options {
     pub notes: Vec<String>,
 }
 
+/// The command line's definitions (for the manual page).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Args::command()
+}
+
+/// greylist-policyd(8)'s sections that --help has no place for.
+pub const MAN_SECTIONS: &str = r#".SH "EXIT STATUS"
+0 after SIGTERM or SIGINT once the final snapshot is written; 1 when the daemon could not
+start (the reason is logged) or its final snapshot failed. With \fB\-\-daemonize\fR the
+command's status is the start's: 0 once the daemon serves, 1 with the error on stderr.
+.SH FILES
+.TP
+\fI/etc/default/greylist\-policyd\fR
+The options the systemd unit, \fIgreylist\-policyd.service\fR, starts the daemon with.
+.TP
+\fI/etc/greylist/whitelist_clients\fR, \fI/etc/greylist/whitelist_clients.local\fR
+The shipped client whitelist (senders known to retry badly) and the site's own entries, in
+postgrey's format. Without \fB\-\-whitelist\-clients\fR the same list, built in, is used.
+.TP
+\fI/var/lib/greylist/greylist.snap\fR
+The snapshot, with the run\-time whitelist entries beside it (\fIgreylist.snap.whitelist\fR).
+.TP
+\fI/run/greylist/policy.sock\fR, \fI/run/greylist/greylist\-policyd.ctl\fR
+The policy socket and greylistctl's control socket.
+.SH "SEE ALSO"
+\fBgreylistctl\fR(8), \fBpostconf\fR(5) (check_policy_service), \fBpostgrey\fR(8),
+\fBsystemd.exec\fR(5)
+"#;
+
 /// The system's host name, for `%h`.
 fn system_hostname() -> String {
     rustix::system::uname()

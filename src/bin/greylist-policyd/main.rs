@@ -10,6 +10,7 @@
 mod cli;
 mod control;
 mod log;
+mod manual;
 mod metrics;
 mod protocol;
 mod recall;
@@ -388,6 +389,10 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
             }
         })?;
     }
+    let probed = engine.clone();
+    service::tell_systemd_ready(move || {
+        probed.len();
+    });
 
     for signal in signals.forever() {
         match signal {
@@ -412,6 +417,7 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
             _ => break,
         }
     }
+    service::tell_systemd_stopping();
     log("shutting down: writing the final snapshot");
     for path in control.iter().chain(&o.pidfile) {
         match std::fs::remove_file(path) {
@@ -450,6 +456,9 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
 }
 
 fn main() {
+    if manual::requested() {
+        manual::print(cli::command(), cli::MAN_SECTIONS);
+    }
     let mut o = cli::parse();
     if o.show_default_whitelist {
         print!("{}", whitelist::DEFAULT_CLIENTS);

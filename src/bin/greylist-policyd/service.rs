@@ -108,6 +108,38 @@ pub fn detach(keep_stderr: bool, quiet_log: impl FnOnce()) -> Result<(), String>
     Ok(())
 }
 
+/// Under systemd (`Type=notify`), once the daemon serves: `READY=1`; and
+/// when the unit asks for a watchdog (`WatchdogSec=`), a thread that pings
+/// it at half the interval, each time after `probe` returned (it takes
+/// the engine's locks: a daemon stuck on one is restarted). Nothing
+/// happens without systemd (no `NOTIFY_SOCKET`).
+pub fn tell_systemd_ready(probe: impl Fn() + Send + 'static) {
+    use sd_notify::NotifyState;
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        crate::log::log(format_args!("warning: telling systemd it is ready: {e}"));
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) {
+        let every = std::time::Duration::from_micros(usec / 2);
+        let pinger = move || loop {
+            std::thread::sleep(every);
+            probe();
+            let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(pinger)
+        {
+            crate::log::log(format_args!("warning: the systemd watchdog thread: {e}"));
+        }
+    }
+}
+
+/// Under systemd: `STOPPING=1` (the final snapshot is being written).
+pub fn tell_systemd_stopping() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}
+
 /// A user by name, or by number when no user has that name.
 fn user(name: &str) -> Result<User, String> {
     let found = User::from_name(name).map_err(|e| format!("--user {name}: {e}"))?;

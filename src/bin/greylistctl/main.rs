@@ -5,6 +5,8 @@
 
 #![deny(unsafe_code)]
 
+#[path = "../greylist-policyd/manual.rs"]
+mod manual;
 #[path = "../greylist-policyd/protocol.rs"]
 #[allow(dead_code)]
 mod protocol;
@@ -34,10 +36,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
                   or the command failed (the reason is on stderr)."
 )]
 struct Cli {
-    /// The daemon's control socket (its --control; by default its snapshot
-    /// path with .ctl added)
-    #[arg(long, value_name = "PATH", default_value_os_t = control_path(Path::new(DEFAULT_SNAPSHOT)))]
-    control: PathBuf,
+    /// The daemon's control socket (its --control). Default: the Debian
+    /// package's, /run/greylist/greylist-policyd.ctl, when it is there;
+    /// else the one a daemon started in this folder with no options makes,
+    /// ./greylist-policyd.snap.ctl
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// Print the daemon's answer as JSON, for scripts
     #[arg(long)]
     json: bool,
@@ -342,10 +346,38 @@ fn render(command: &Command, v: &Value) -> String {
     }
 }
 
+/// The Debian package's control socket.
+const SYSTEM_CONTROL: &str = "/run/greylist/greylist-policyd.ctl";
+
+/// greylistctl(8)'s sections that --help has no place for.
+const MAN_SECTIONS: &str = r#".SH FILES
+.TP
+\fI/run/greylist/greylist\-policyd.ctl\fR
+The control socket of the daemon the Debian package starts (mode 0600: its user and root).
+.SH "SEE ALSO"
+\fBgreylist\-policyd\fR(8)
+"#;
+
+/// `--control`, or the default socket.
+fn control_socket(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let system = Path::new(SYSTEM_CONTROL);
+        if std::fs::symlink_metadata(system).is_ok() {
+            system.to_path_buf()
+        } else {
+            control_path(Path::new(DEFAULT_SNAPSHOT))
+        }
+    })
+}
+
 fn main() -> ExitCode {
+    if manual::requested() {
+        use clap::CommandFactory;
+        manual::print(Cli::command(), MAN_SECTIONS);
+    }
     let cli = Cli::parse();
     let command = cli.command;
-    match ask(&cli.control, &command) {
+    match ask(&control_socket(cli.control), &command) {
         Ok(v) => {
             let text = if cli.json {
                 serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
