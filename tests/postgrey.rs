@@ -154,424 +154,174 @@ struct Step {
     request: String,
 }
 
-/// The sequence both daemons get: every case the issue names, in time
+/// A request of the side-by-side run: what it tests, the client's address
+/// and name, sender, recipient, seconds after T0, Postfix's `instance`
+/// (one per message), and an attribute it leaves out ("" for none).
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    &'a str,
+    &'a str,
+);
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.net";
+const CAROL_BATV1: &str = "prvs=0123456789=carol@example.org";
+const CAROL_BATV2: &str = "prvs=9876543210=carol@example.org";
+const SRS1: &str = "SRS0=HHH1=TT=orig.example=user@forwarder.example";
+const SRS2: &str = "SRS0=KKK2=UU=orig.example=user@forwarder.example";
+const U: &str = "unknown";
+
+/// Every case the issue names but the two multi-recipient ones, in time
 /// order.
+#[rustfmt::skip]
+const ROWS: &[Row] = &[
+    ("new triplet", "192.0.2.1", U, ALICE, BOB, 0, "a1", ""),
+    ("early retry", "192.0.2.1", U, ALICE, BOB, 100, "a2", ""),
+    ("early retry again", "192.0.2.1", U, ALICE, BOB, 200, "a3", ""),
+    ("retry after the delay", "192.0.2.1", U, ALICE, BOB, 301, "a4", ""),
+    ("passed, next message", "192.0.2.1", U, ALICE, BOB, 400, "a5", ""),
+    ("same /24, another host", "192.0.2.77", U, ALICE, BOB, 410, "a6", ""),
+    ("another /24, same sender", "198.51.100.1", U, ALICE, BOB, 420, "a7", ""),
+    ("upper case", "192.0.2.1", U, "Alice@Example.ORG", "BOB@EXAMPLE.NET", 430, "a8", ""),
+    ("+ext of a passed sender", "192.0.2.1", U, "alice+news@example.org", BOB, 440, "a9", ""),
+    ("null sender", "192.0.2.1", U, "", BOB, 500, "n1", ""),
+    ("null sender, early", "192.0.2.1", U, "", BOB, 560, "n2", ""),
+    ("null sender, retried", "192.0.2.1", U, "", BOB, 800, "n3", ""),
+    ("BATV", "192.0.2.1", U, CAROL_BATV1, BOB, 900, "b1", ""),
+    ("BATV, new tag, retried", "192.0.2.1", U, CAROL_BATV2, BOB, 1200, "b2", ""),
+    ("BATV, plain address", "192.0.2.1", U, "carol@example.org", BOB, 1210, "b3", ""),
+    ("VERP digits", "192.0.2.1", U, "bounce-12345@lists.example.com", BOB, 1300, "v1", ""),
+    ("VERP digits, other number, retried", "192.0.2.1", U, "bounce-67890@lists.example.com", BOB, 1600, "v2", ""),
+    ("SRS", "192.0.2.1", U, SRS1, BOB, 1700, "s1", ""),
+    ("SRS, new hash and day, retried", "192.0.2.1", U, SRS2, BOB, 2000, "s2", ""),
+    ("IPv6", "2001:db8:1::5", U, ALICE, BOB, 2100, "6a", ""),
+    ("IPv6, same /64, retried", "2001:db8:1::99", U, ALICE, BOB, 2400, "6b", ""),
+    ("IPv6, another /64", "2001:db8:2::5", U, ALICE, BOB, 2410, "6c", ""),
+    ("IPv4-mapped IPv6 of a passed /24", "::ffff:192.0.2.1", U, ALICE, BOB, 2420, "m1", ""),
+    ("postmaster@ (recipient whitelist)", "203.0.113.200", U, "x@spam.example", "postmaster@example.net", 2500, "p1", ""),
+    ("abuse@ (recipient whitelist)", "203.0.113.200", U, "x@spam.example", "abuse@example.net", 2510, "p2", ""),
+    ("whitelisted host name", "209.85.220.41", "mail-sor-f41.google.com", "x@gmail.com", BOB, 2600, "w1", ""),
+    ("whitelisted domain, upper case name", "209.85.220.42", "MAIL.GNU.ORG", "x@gnu.org", BOB, 2610, "w2", ""),
+    ("regex entry", "24.24.2.57", "ms-smtp-03.rr.com", "x@rr.com", BOB, 2620, "w3", ""),
+    ("regex entry, no match", "24.24.2.58", "smtp-03.rr.com", "x@rr.com", BOB, 2630, "w4", ""),
+    ("partial-IP entry", "195.235.39.7", U, "x@example.es", BOB, 2640, "w5", ""),
+    ("IP entry", "66.216.126.174", U, "x@example.com", BOB, 2650, "w6", ""),
+    ("unlisted client", "66.216.126.175", U, "x@example.com", BOB, 2660, "w7", ""),
+    ("missing client_name", "192.0.2.1", U, "dave@example.org", BOB, 2700, "x1", "client_name"),
+    ("missing sender", "192.0.2.1", U, "", "erin@example.net", 2710, "x2", "sender"),
+    ("missing recipient", "192.0.2.1", U, ALICE, "", 2720, "x3", "recipient"),
+];
+
+/// The sequence both daemons get, in time order: [`ROWS`], one message to
+/// three recipients and its retry (one X-Greylist), then the
+/// auto-whitelist: five messages from one client an hour apart, each to two
+/// recipients and retried after the delay (one pass counts each hour).
 fn steps() -> Vec<Step> {
-    let mut steps = Vec::new();
-    let mut n = 0;
-    let mut add = |what: &str, request: String| {
-        n += 1;
-        steps.push(Step {
-            what: format!("{n:02} {what}"),
-            request,
-        });
-    };
-    let msg = |i: &str| format!("msg-{i}");
-    let r = request;
-    let (alice, bob) = ("alice@example.org", "bob@example.net");
-    add(
-        "new triplet",
-        r("192.0.2.1", "unknown", alice, bob, T0, &msg("a1")),
-    );
-    add(
-        "early retry",
-        r("192.0.2.1", "unknown", alice, bob, T0 + 100, &msg("a2")),
-    );
-    add(
-        "early retry again",
-        r("192.0.2.1", "unknown", alice, bob, T0 + 200, &msg("a3")),
-    );
-    add(
-        "retry after the delay",
-        r("192.0.2.1", "unknown", alice, bob, T0 + 301, &msg("a4")),
-    );
-    add(
-        "passed, next message",
-        r("192.0.2.1", "unknown", alice, bob, T0 + 400, &msg("a5")),
-    );
-    add(
-        "same /24, another host",
-        r("192.0.2.77", "unknown", alice, bob, T0 + 410, &msg("a6")),
-    );
-    add(
-        "another /24, same sender",
-        r("198.51.100.1", "unknown", alice, bob, T0 + 420, &msg("a7")),
-    );
-    add(
-        "upper case",
-        r(
-            "192.0.2.1",
-            "unknown",
-            "Alice@Example.ORG",
-            "BOB@EXAMPLE.NET",
-            T0 + 430,
-            &msg("a8"),
-        ),
-    );
-    add(
-        "+ext of a passed sender",
-        r(
-            "192.0.2.1",
-            "unknown",
-            "alice+news@example.org",
-            bob,
-            T0 + 440,
-            &msg("a9"),
-        ),
-    );
-    add(
-        "null sender",
-        r("192.0.2.1", "unknown", "", bob, T0 + 500, &msg("n1")),
-    );
-    add(
-        "null sender, early",
-        r("192.0.2.1", "unknown", "", bob, T0 + 560, &msg("n2")),
-    );
-    add(
-        "null sender, retried",
-        r("192.0.2.1", "unknown", "", bob, T0 + 800, &msg("n3")),
-    );
-    let carol = "carol@example.org";
-    add(
-        "BATV",
-        r(
-            "192.0.2.1",
-            "unknown",
-            &format!("prvs=0123456789={carol}"),
-            bob,
-            T0 + 900,
-            &msg("b1"),
-        ),
-    );
-    add(
-        "BATV, new tag, retried",
-        r(
-            "192.0.2.1",
-            "unknown",
-            &format!("prvs=9876543210={carol}"),
-            bob,
-            T0 + 1200,
-            &msg("b2"),
-        ),
-    );
-    add(
-        "BATV, plain address",
-        r("192.0.2.1", "unknown", carol, bob, T0 + 1210, &msg("b3")),
-    );
-    add(
-        "VERP digits",
-        r(
-            "192.0.2.1",
-            "unknown",
-            "bounce-12345@lists.example.com",
-            bob,
-            T0 + 1300,
-            &msg("v1"),
-        ),
-    );
-    add(
-        "VERP digits, other number, retried",
-        r(
-            "192.0.2.1",
-            "unknown",
-            "bounce-67890@lists.example.com",
-            bob,
-            T0 + 1600,
-            &msg("v2"),
-        ),
-    );
-    let (srs1, srs2) = (
-        "SRS0=HHH1=TT=orig.example=user@forwarder.example",
-        "SRS0=KKK2=UU=orig.example=user@forwarder.example",
-    );
-    add(
-        "SRS",
-        r("192.0.2.1", "unknown", srs1, bob, T0 + 1700, &msg("s1")),
-    );
-    add(
-        "SRS, new hash and day, retried",
-        r("192.0.2.1", "unknown", srs2, bob, T0 + 2000, &msg("s2")),
-    );
-    add(
-        "IPv6",
-        r(
-            "2001:db8:1::5",
-            "unknown",
-            alice,
-            bob,
-            T0 + 2100,
-            &msg("6a"),
-        ),
-    );
-    add(
-        "IPv6, same /64, retried",
-        r(
-            "2001:db8:1::99",
-            "unknown",
-            alice,
-            bob,
-            T0 + 2400,
-            &msg("6b"),
-        ),
-    );
-    add(
-        "IPv6, another /64",
-        r(
-            "2001:db8:2::5",
-            "unknown",
-            alice,
-            bob,
-            T0 + 2410,
-            &msg("6c"),
-        ),
-    );
-    add(
-        "IPv4-mapped IPv6 of a passed /24",
-        r(
-            "::ffff:192.0.2.1",
-            "unknown",
-            alice,
-            bob,
-            T0 + 2420,
-            &msg("m1"),
-        ),
-    );
-    add(
-        "postmaster@ (recipient whitelist)",
-        r(
-            "203.0.113.200",
-            "unknown",
-            "x@spam.example",
-            "postmaster@example.net",
-            T0 + 2500,
-            &msg("p1"),
-        ),
-    );
-    add(
-        "abuse@ (recipient whitelist)",
-        r(
-            "203.0.113.200",
-            "unknown",
-            "x@spam.example",
-            "abuse@example.net",
-            T0 + 2510,
-            &msg("p2"),
-        ),
-    );
-    add(
-        "whitelisted host name",
-        r(
-            "209.85.220.41",
-            "mail-sor-f41.google.com",
-            "x@gmail.com",
-            bob,
-            T0 + 2600,
-            &msg("w1"),
-        ),
-    );
-    add(
-        "whitelisted domain, upper case name",
-        r(
-            "209.85.220.42",
-            "MAIL.GNU.ORG",
-            "x@gnu.org",
-            bob,
-            T0 + 2610,
-            &msg("w2"),
-        ),
-    );
-    add(
-        "regex entry",
-        r(
-            "24.24.2.57",
-            "ms-smtp-03.rr.com",
-            "x@rr.com",
-            bob,
-            T0 + 2620,
-            &msg("w3"),
-        ),
-    );
-    add(
-        "regex entry, no match",
-        r(
-            "24.24.2.58",
-            "smtp-03.rr.com",
-            "x@rr.com",
-            bob,
-            T0 + 2630,
-            &msg("w4"),
-        ),
-    );
-    add(
-        "partial-IP entry",
-        r(
-            "195.235.39.7",
-            "unknown",
-            "x@example.es",
-            bob,
-            T0 + 2640,
-            &msg("w5"),
-        ),
-    );
-    add(
-        "IP entry",
-        r(
-            "66.216.126.174",
-            "unknown",
-            "x@example.com",
-            bob,
-            T0 + 2650,
-            &msg("w6"),
-        ),
-    );
-    add(
-        "unlisted client",
-        r(
-            "66.216.126.175",
-            "unknown",
-            "x@example.com",
-            bob,
-            T0 + 2660,
-            &msg("w7"),
-        ),
-    );
-    add(
-        "missing client_name",
-        r(
-            "192.0.2.1",
-            "unknown",
-            "dave@example.org",
-            bob,
-            T0 + 2700,
-            &msg("x1"),
-        )
-        .replace("client_name=unknown\n", ""),
-    );
-    add(
-        "missing sender",
-        r(
-            "192.0.2.1",
-            "unknown",
-            "",
-            "erin@example.net",
-            T0 + 2710,
-            &msg("x2"),
-        )
-        .replace("sender=\n", ""),
-    );
-    add(
-        "missing recipient",
-        r("192.0.2.1", "unknown", alice, "", T0 + 2720, &msg("x3")).replace("recipient=\n", ""),
-    );
-    // One message to three recipients, then its retry: one X-Greylist.
+    let mut rows: Vec<(String, &str, &str, String, String, i64, String, &str)> = ROWS
+        .iter()
+        .map(|&(what, ip, name, from, to, t, inst, drop)| {
+            (
+                what.into(),
+                ip,
+                name,
+                from.into(),
+                to.into(),
+                t,
+                inst.into(),
+                drop,
+            )
+        })
+        .collect();
     let news = "news@lists.example.com";
-    for (i, rcpt) in ["r1@example.net", "r2@example.net", "r3@example.net"]
-        .iter()
-        .enumerate()
-    {
-        add(
-            &format!("message to 3, recipient {}", i + 1),
-            r("198.51.100.20", "unknown", news, rcpt, T0 + 3000, "three-1"),
-        );
-    }
-    for (i, rcpt) in ["r1@example.net", "r2@example.net", "r3@example.net"]
-        .iter()
-        .enumerate()
-    {
-        add(
-            &format!("its retry, recipient {}", i + 1),
-            r("198.51.100.20", "unknown", news, rcpt, T0 + 3400, "three-2"),
-        );
-    }
-    // The auto-whitelist: five messages from one client, an hour apart,
-    // each retried after the delay (the first message's pass is counted,
-    // so are the next four). A message to several recipients counts once.
-    let client = "203.0.113.5";
-    for hour in 0..5 {
-        let t = T0 + 2 * HOUR + hour * HOUR;
-        let sender = format!("sender{hour}@example.com");
-        add(
-            &format!("awl: message {}", hour + 1),
-            r(
-                client,
-                "unknown",
-                &sender,
-                "u1@example.net",
-                t,
-                &format!("awl-{hour}"),
-            ),
-        );
-        add(
-            &format!("awl: message {}, second recipient", hour + 1),
-            r(
-                client,
-                "unknown",
-                &sender,
-                "u2@example.net",
-                t,
-                &format!("awl-{hour}"),
-            ),
-        );
-        add(
-            &format!("awl: message {} retried", hour + 1),
-            r(
-                client,
-                "unknown",
-                &sender,
-                "u1@example.net",
-                t + 300,
-                &format!("awl-{hour}b"),
-            ),
-        );
-        add(
-            &format!("awl: message {} retried, second recipient", hour + 1),
-            r(
-                client,
-                "unknown",
-                &sender,
-                "u2@example.net",
-                t + 300,
-                &format!("awl-{hour}b"),
-            ),
-        );
-        if hour == 3 {
-            add(
-                "awl: not yet (4 passes)",
-                r(
-                    client,
-                    "unknown",
-                    "early@example.com",
-                    "u1@example.net",
-                    t + 310,
-                    "awl-x",
-                ),
+    for (when, t, inst) in [
+        ("message to 3", 3000, "three-1"),
+        ("its retry", 3400, "three-2"),
+    ] {
+        for i in 1..=3 {
+            let (what, to) = (
+                format!("{when}, recipient {i}"),
+                format!("r{i}@example.net"),
             );
+            rows.push((
+                what,
+                "198.51.100.20",
+                U,
+                news.into(),
+                to,
+                t,
+                inst.into(),
+                "",
+            ));
         }
     }
-    let after = T0 + 7 * HOUR;
-    add(
-        "awl: whitelisted client, new sender",
-        r(
-            client,
-            "unknown",
-            "new@example.com",
-            "u9@example.net",
-            after,
-            "awl-y",
-        ),
-    );
-    add(
-        "awl: another host of the /24",
-        r(
-            "203.0.113.9",
-            "unknown",
-            "new@example.com",
-            "u9@example.net",
-            after + 10,
-            "awl-z",
-        ),
-    );
-    steps
+    let client = "203.0.113.5";
+    for hour in 0..5 {
+        let (t, from) = (2 * HOUR + hour * HOUR, format!("sender{hour}@example.com"));
+        for (retry, inst) in [
+            ("", format!("awl-{hour}")),
+            (" retried", format!("awl-{hour}b")),
+        ] {
+            for (second, to) in [
+                ("", "u1@example.net"),
+                (", second recipient", "u2@example.net"),
+            ] {
+                let what = format!("awl: message {}{retry}{second}", hour + 1);
+                let at = t + if retry.is_empty() { 0 } else { 300 };
+                rows.push((
+                    what,
+                    client,
+                    U,
+                    from.clone(),
+                    to.into(),
+                    at,
+                    inst.clone(),
+                    "",
+                ));
+            }
+        }
+        if hour == 3 {
+            let what = "awl: not yet (4 passes)".to_string();
+            let (from, to) = ("early@example.com".into(), "u1@example.net".into());
+            rows.push((what, client, U, from, to, t + 310, "awl-x".into(), ""));
+        }
+    }
+    let (after, from, to) = (7 * HOUR, "new@example.com", "u9@example.net");
+    for (what, ip, t) in [
+        ("awl: whitelisted client, new sender", client, after),
+        ("awl: another host of the /24", "203.0.113.9", after + 10),
+    ] {
+        rows.push((
+            what.into(),
+            ip,
+            U,
+            from.into(),
+            to.into(),
+            t,
+            format!("awl-{t}"),
+            "",
+        ));
+    }
+    rows.into_iter()
+        .enumerate()
+        .map(|(n, (what, ip, name, from, to, t, inst, drop))| {
+            let full = request(ip, name, &from, &to, T0 + t, &format!("msg-{inst}"));
+            let request = full
+                .lines()
+                .filter(|l| drop.is_empty() || !l.starts_with(&format!("{drop}=")))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                + "\n";
+            Step {
+                what: format!("{:02} {what}", n + 1),
+                request,
+            }
+        })
+        .collect()
 }
 
 /// Answers that differ on purpose (README, "postgrey side by side"): the
