@@ -168,6 +168,18 @@ type Row<'a> = (
     &'a str,
 );
 
+/// A [`Row`] with the texts the sequence makes.
+type OwnedRow<'a> = (
+    String,
+    &'a str,
+    &'a str,
+    String,
+    String,
+    i64,
+    String,
+    &'a str,
+);
+
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.net";
 const CAROL_BATV1: &str = "prvs=0123456789=carol@example.org";
@@ -222,7 +234,7 @@ const ROWS: &[Row] = &[
 /// auto-whitelist: five messages from one client an hour apart, each to two
 /// recipients and retried after the delay (one pass counts each hour).
 fn steps() -> Vec<Step> {
-    let mut rows: Vec<(String, &str, &str, String, String, i64, String, &str)> = ROWS
+    let mut rows: Vec<OwnedRow> = ROWS
         .iter()
         .map(|&(what, ip, name, from, to, t, inst, drop)| {
             (
