@@ -88,8 +88,8 @@ const H_PERSISTENCE: &str = "Persistence";
 const H_OPERATING: &str = "Operating it";
 const H_TESTING: &str = "Testing";
 
-/// greylist-policyd: greylisting for Postfix (check_policy_service) and
-/// Exim (readsocket), a drop-in for postgrey.
+/// Greylisting for Postfix (check_policy_service) and Exim (readsocket), a
+/// drop-in for postgrey.
 ///
 /// With no options it listens on 127.0.0.1:10023 and keeps its snapshot in
 /// ./greylist-policyd.snap, saved every 300 s and at shutdown.

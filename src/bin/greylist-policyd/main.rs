@@ -469,6 +469,13 @@ fn main() {
         std::process::exit(1);
     };
     if o.daemonize {
+        if std::env::var_os("NOTIFY_SOCKET").is_some() && !service::is_child() {
+            fail(
+                "--daemonize: systemd runs this daemon in the foreground (its unit is \
+                  Type=notify): leave --daemonize out"
+                    .into(),
+            );
+        }
         if !service::is_child() {
             std::process::exit(service::start_in_background());
         }

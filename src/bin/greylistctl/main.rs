@@ -377,7 +377,16 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let command = cli.command;
-    match ask(&control_socket(cli.control), &command) {
+    let guessed = cli.control.is_none();
+    let socket = control_socket(cli.control);
+    let asked = ask(&socket, &command).map_err(|e| {
+        if guessed && socket != Path::new(SYSTEM_CONTROL) {
+            format!("{e}; nor is one at {SYSTEM_CONTROL} (the Debian package's)")
+        } else {
+            e
+        }
+    });
+    match asked {
         Ok(v) => {
             let text = if cli.json {
                 serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
