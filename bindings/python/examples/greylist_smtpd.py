@@ -29,7 +29,9 @@ class GreylistHandler:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: List[str]) -> str:
         client_ip = session.peer[0]
         try:
-            verdict = self.engine.check(client_ip, envelope.mail_from or "", address, now=self.clock())
+            # acheck: the check runs off the event loop (a Redis-backed
+            # engine may wait on the network).
+            verdict = await self.engine.acheck(client_ip, envelope.mail_from or "", address, now=self.clock())
         except greylist.InvalidInputError as e:
             return f"501 5.1.3 {e}"
         if verdict.action is greylist.Action.PASS:

@@ -12,9 +12,11 @@ the GIL during each call, and the library is thread-safe.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import enum
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -434,7 +436,7 @@ class _Config:
         unknown = set(s) - _SETTINGS
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        self.ptr = _lib.greylist_config_new()
+        self.ptr: int = _lib.greylist_config_new()
         if not self.ptr:
             raise GreylistError(Status.PANIC, "greylist_config_new failed")
         try:
@@ -693,6 +695,22 @@ class Engine:
         finally:
             self._leave()
         return Verdict(Action(raw.action), Reason(raw.reason), raw.retry_after, raw.delayed, reply)
+
+    async def acheck(
+        self,
+        client_ip: str,
+        sender: Union[str, bytes],
+        recipient: Union[str, bytes],
+        now: Optional[float] = None,
+        client_name: Union[str, bytes, None] = None,
+        helo: Union[str, bytes, None] = None,
+        verified_domain: Union[str, bytes, None] = None,
+    ) -> Verdict:
+        """:meth:`check` for asyncio code (an aiosmtpd handler, say): the call
+        runs on the loop's default executor, so a check that waits (on Redis,
+        up to its timeout) never holds up the event loop."""
+        call = functools.partial(self.check, client_ip, sender, recipient, now, client_name, helo, verified_domain)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
     # -- lists ------------------------------------------------------------
 

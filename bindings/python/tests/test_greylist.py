@@ -13,6 +13,7 @@ import tempfile
 import threading
 import unittest
 from pathlib import Path
+from typing import List
 
 import greylist
 from greylist import Action, Reason
@@ -54,6 +55,33 @@ class Cycle(unittest.TestCase):
             self.assertEqual((stats["checks"], stats["new_triplets"], stats["retried"]), (4, 1, 1))
             self.assertEqual(engine.sweep(now=T0 + 400 * 86_400), 1)
             self.assertEqual(len(engine), 0)
+
+    def test_acheck_runs_off_the_event_loop(self) -> None:
+        import asyncio
+
+        async def scenario(engine: greylist.Engine) -> List[greylist.Verdict]:
+            # The loop keeps running while checks run on its executor.
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(ticker())
+            verdicts = await asyncio.gather(
+                *(engine.acheck("192.0.2.1", f"s{i}@example.org", "b@example.net", now=T0) for i in range(8))
+            )
+            verdicts.append(await engine.acheck("192.0.2.9", "s3@example.org", "b@example.net", now=T0 + 300))
+            task.cancel()
+            self.assertGreater(ticks, 0)
+            return verdicts
+
+        with greylist.Engine() as engine:
+            verdicts = asyncio.run(scenario(engine))
+        reasons = [v.reason for v in verdicts]
+        self.assertEqual(reasons, [Reason.NEW] * 8 + [Reason.RETRIED])
 
     def test_settings_and_system_clock(self) -> None:
         engine = greylist.Engine(delay=60, retry_window=3600, awl_threshold=0, ipv4_prefix=32,
