@@ -14,8 +14,9 @@ using System.Text;
 
 namespace Greylist
 {
-    /// <summary>What the mail server should do.</summary>
-    public enum Action : uint { Pass = 0, Defer = 1, Block = 2 }
+    /// <summary>What the mail server should do (not named Action, which
+    /// every file that says <c>using System;</c> has as System.Action).</summary>
+    public enum VerdictAction : uint { Pass = 0, Defer = 1, Block = 2 }
 
     /// <summary>Why the engine decided so.</summary>
     public enum Reason : uint
@@ -47,7 +48,7 @@ namespace Greylist
     /// <summary>The answer for one triplet.</summary>
     public sealed class Verdict
     {
-        public Action Action { get; }
+        public VerdictAction Action { get; }
         public Reason Reason { get; }
         /// <summary>For a defer: seconds until a retry passes; for a block: until it ends.</summary>
         public uint RetryAfter { get; }
@@ -58,11 +59,104 @@ namespace Greylist
 
         internal Verdict(Native.VerdictRaw raw, string reply)
         {
-            Action = (Action)raw.action;
+            Action = (VerdictAction)raw.action;
             Reason = (Reason)raw.reason;
             RetryAfter = raw.retry_after;
             Delayed = raw.delayed;
             Reply = reply;
+        }
+    }
+
+    /// <summary>What an event reports (<see cref="Engine.Event"/>).</summary>
+    public enum EventKind : uint
+    {
+        Deferred = 1, Passed = 2, Blocked = 3,
+        /// <summary>A triplet with only early retries expired unretried: most likely lost mail.</summary>
+        LostMail = 4,
+        /// <summary>A triplet judged lost passed after all.</summary>
+        Recovered = 5,
+        BlockStarted = 6, BlockEnded = 7,
+    }
+
+    /// <summary>One event: a copy, valid after the callback too.</summary>
+    public sealed class GreylistEvent
+    {
+        public EventKind Kind { get; }
+        public Reason Reason { get; }
+        /// <summary>The client network (<c>192.0.2.0/24</c>) or verified domain.</summary>
+        public string Network { get; }
+        /// <summary>The check's time, the lost triplet's last attempt, or the end of a block.</summary>
+        public DateTimeOffset At { get; }
+        /// <summary>For LostMail and a blasting BlockStarted: the triplet's early retries; else 0.</summary>
+        public uint Count { get; }
+
+        internal GreylistEvent(EventKind kind, Reason reason, string network, long at, uint count)
+        {
+            Kind = kind; Reason = reason; Network = network;
+            At = DateTimeOffset.FromUnixTimeSeconds(at); Count = count;
+        }
+    }
+
+    /// <summary>One row of the lost-mail report: a network whose mail was most likely lost.</summary>
+    public sealed class LostMail
+    {
+        public string Network { get; }
+        /// <summary>Its triplets that expired having seen only early retries.</summary>
+        public ulong Count { get; }
+        /// <summary>The last attempt of the latest one.</summary>
+        public DateTimeOffset LastSeen { get; }
+
+        internal LostMail(string network, ulong count, long lastSeen)
+        {
+            Network = network; Count = count; LastSeen = DateTimeOffset.FromUnixTimeSeconds(lastSeen);
+        }
+    }
+
+    /// <summary>What the engine knows of one client network.</summary>
+    public sealed class ClientReport
+    {
+        public string Network { get; }
+        public bool Whitelisted { get; }
+        public bool AutoWhitelisted { get; }
+        /// <summary>When its block ends; null when not blocked.</summary>
+        public DateTimeOffset? BlockedUntil { get; }
+        /// <summary>Its triplets waiting for a retry.</summary>
+        public ulong Pending { get; }
+        public ulong Passed { get; }
+        /// <summary>Its triplets that expired having seen only early retries.</summary>
+        public ulong LostMail { get; }
+        /// <summary>Passes counted towards the auto-whitelist (one an hour at most).</summary>
+        public uint Passes { get; }
+
+        internal ClientReport(Native.ClientReportRaw raw)
+        {
+            Network = Native.Text(raw.network);
+            Whitelisted = (raw.flags & 1) != 0;
+            AutoWhitelisted = (raw.flags & 2) != 0;
+            if ((raw.flags & 4) != 0) BlockedUntil = DateTimeOffset.FromUnixTimeSeconds(raw.blocked_until);
+            Pending = raw.pending; Passed = raw.passed; LostMail = raw.lost_mail; Passes = raw.passes;
+        }
+    }
+
+    /// <summary>The engine's counters (greylist_stats).</summary>
+    public sealed class Stats
+    {
+        public ulong Checks, NewTriplets, EarlyRetries, Retried, Passed, Whitelisted, AutoWhitelisted,
+            Blocked, Expired, Evicted, LostMail, Entries, Clients, Trapped, StoreUnavailable,
+            StoreRoundTrips, StoreErrors, StoreTimeouts, CacheHits, ClientsEvicted, StoreMalformed,
+            LostRecovered;
+
+        internal Stats(Native.StatsRaw r)
+        {
+            Checks = r.checks; NewTriplets = r.new_triplets; EarlyRetries = r.early_retries;
+            Retried = r.retried; Passed = r.passed; Whitelisted = r.whitelisted;
+            AutoWhitelisted = r.auto_whitelisted; Blocked = r.blocked; Expired = r.expired;
+            Evicted = r.evicted; LostMail = r.lost_mail; Entries = r.entries; Clients = r.clients;
+            Trapped = r.trapped; StoreUnavailable = r.store_unavailable;
+            StoreRoundTrips = r.store_round_trips; StoreErrors = r.store_errors;
+            StoreTimeouts = r.store_timeouts; CacheHits = r.cache_hits;
+            ClientsEvicted = r.clients_evicted; StoreMalformed = r.store_malformed;
+            LostRecovered = r.lost_recovered;
         }
     }
 
@@ -76,6 +170,74 @@ namespace Greylist
         public struct VerdictRaw
         {
             public uint action, reason, retry_after, delayed;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        public struct StatsRaw
+        {
+            public uint struct_size, reserved;
+            public ulong checks, new_triplets, early_retries, retried, passed, whitelisted,
+                auto_whitelisted, blocked, expired, evicted, lost_mail, entries, clients, trapped,
+                store_unavailable, store_round_trips, store_errors, store_timeouts, cache_hits,
+                clients_evicted, store_malformed, lost_recovered;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        public struct LostMailRaw
+        {
+            [MarshalAs(UnmanagedType.ByValArray, SizeConst = 256)] public byte[] network;
+            public ulong count;
+            public long last_seen;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        public struct ClientReportRaw
+        {
+            public uint struct_size, flags;
+            [MarshalAs(UnmanagedType.ByValArray, SizeConst = 64)] public byte[] network;
+            public ulong pending, passed, lost_mail;
+            public long blocked_until;
+            public uint passes, reserved;
+        }
+
+        [StructLayout(LayoutKind.Sequential)]
+        public struct EventRaw
+        {
+            public uint kind, reason;
+            public IntPtr network;
+            public long at;
+            public uint count;
+        }
+
+        [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+        public delegate void EventFn(IntPtr userData, ref EventRaw ev);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_awl_ttl(IntPtr config, uint seconds);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_pass_cache(IntPtr config, uint entries, uint seconds);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_key_by_verified_domain(IntPtr config, [MarshalAs(UnmanagedType.U1)] bool enable);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_stats(EngineHandle engine, ref StatsRaw stats);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_lost_mail_report(EngineHandle engine, [Out] LostMailRaw[] rows, UIntPtr capacity, out UIntPtr count);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_client_report(EngineHandle engine, byte[] ip, byte[] name, long now, ref ClientReportRaw report);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_release(EngineHandle engine, byte[] ip, byte[] sender, byte[] recipient, long now);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_release_client(EngineHandle engine, byte[] ip, long now, out ulong released);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_forget(EngineHandle engine, byte[] ip, byte[] sender, byte[] recipient, [MarshalAs(UnmanagedType.U1)] out bool found);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_set_event_callback(EngineHandle engine, EventFn callback, IntPtr userData);
+
+        /// <summary>A NUL-terminated UTF-8 string the library owns.</summary>
+        public static string PtrToUtf8(IntPtr p)
+        {
+            int n = 0;
+            while (Marshal.ReadByte(p, n) != 0) n++;
+            var bytes = new byte[n];
+            Marshal.Copy(p, bytes, 0, n);
+            return Encoding.UTF8.GetString(bytes);
+        }
+
+        /// <summary>A NUL-terminated UTF-8 field.</summary>
+        public static string Text(byte[] field)
+        {
+            int n = Array.IndexOf(field, (byte)0);
+            return Encoding.UTF8.GetString(field, 0, n < 0 ? field.Length : n);
         }
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern IntPtr greylist_version();
@@ -185,6 +347,12 @@ namespace Greylist
         public uint? RedisTimeoutMs { get; set; }
         /// <summary>When Redis fails, keep the local table's defer instead of passing (default false).</summary>
         public bool? RedisFailDefer { get; set; }
+        /// <summary>Lifetime of an auto-whitelist record, refreshed on each use (default 35 days); at least an hour when more than one pass is needed.</summary>
+        public uint? AwlTtl { get; set; }
+        /// <summary>The local cache of triplets Redis said passed: entries (0: off; default 100000) ...</summary>
+        public uint? PassCacheEntries { get; set; }
+        /// <summary>... each kept this many seconds (default 300).</summary>
+        public uint? PassCacheSeconds { get; set; }
 
         /// <summary>Builds a native config, calls use with it, frees it.</summary>
         internal T With<T>(Func<IntPtr, T> use)
@@ -215,6 +383,9 @@ namespace Greylist
                 if (RedisPrefix != null) Native.Check(Native.greylist_config_set_redis_prefix(c, Native.Utf8(RedisPrefix, "RedisPrefix")));
                 if (RedisTimeoutMs.HasValue) Native.Check(Native.greylist_config_set_redis_timeout_ms(c, RedisTimeoutMs.Value));
                 if (RedisFailDefer.HasValue) Native.Check(Native.greylist_config_set_redis_fail_defer(c, RedisFailDefer.Value));
+                if (AwlTtl.HasValue) Native.Check(Native.greylist_config_set_awl_ttl(c, AwlTtl.Value));
+                if (PassCacheEntries.HasValue || PassCacheSeconds.HasValue)
+                    Native.Check(Native.greylist_config_set_pass_cache(c, PassCacheEntries ?? 100000, PassCacheSeconds ?? 300));
                 return use(c);
             }
             finally
@@ -285,7 +456,7 @@ namespace Greylist
             Native.Check(Native.greylist_engine_check(h, Native.Utf8(ip, "client_ip"),
                 Native.Utf8(sender, "sender"), Native.Utf8(recipient, "recipient"), Seconds(now), out raw));
             string reply = null;
-            if (raw.action != (uint)Action.Pass)
+            if (raw.action != (uint)VerdictAction.Pass)
             {
                 var buf = new byte[640];
                 Native.Check(Native.greylist_verdict_reply(h, ref raw, buf, (UIntPtr)buf.Length));
@@ -340,9 +511,122 @@ namespace Greylist
             return (ulong)loaded;
         }
 
-        /// <summary>Frees the native engine; safe to call twice.</summary>
+        /// <summary>The engine's counters, read while checks go on.</summary>
+        public Stats Stats()
+        {
+            var raw = new Native.StatsRaw { struct_size = (uint)Marshal.SizeOf(typeof(Native.StatsRaw)) };
+            Native.Check(Native.greylist_engine_stats(Live(), ref raw));
+            return new Stats(raw);
+        }
+
+        /// <summary>Networks whose mail was most likely lost, worst first (at most <paramref name="max"/>).</summary>
+        public IList<LostMail> LostMailReport(int max = 100)
+        {
+            if (max < 0) throw new ArgumentOutOfRangeException("max");
+            var rows = new Native.LostMailRaw[max];
+            UIntPtr count;
+            Native.Check(Native.greylist_engine_lost_mail_report(Live(), rows, (UIntPtr)max, out count));
+            var report = new List<LostMail>();
+            for (int i = 0; i < (int)count; i++)
+                report.Add(new LostMail(Native.Text(rows[i].network), rows[i].count, rows[i].last_seen));
+            return report;
+        }
+
+        /// <summary>What the engine knows of <paramref name="ip"/>'s network; <paramref name="clientName"/>
+        /// (or null) is checked against host-name whitelist entries.</summary>
+        public ClientReport ClientReport(string ip, string clientName = null, DateTimeOffset? now = null)
+        {
+            var raw = new Native.ClientReportRaw { struct_size = (uint)Marshal.SizeOf(typeof(Native.ClientReportRaw)) };
+            Native.Check(Native.greylist_engine_client_report(Live(), Native.Utf8(ip, "client_ip"),
+                Native.Utf8(clientName, "client_name"), Seconds(now), ref raw));
+            return new ClientReport(raw);
+        }
+
+        /// <summary>Lets a triplet pass from now on, as if retried after the delay (a user's "my mail never arrived").</summary>
+        public void Release(string ip, string sender, string recipient, DateTimeOffset? now = null)
+        {
+            Native.Check(Native.greylist_engine_release(Live(), Native.Utf8(ip, "client_ip"),
+                Native.Utf8(sender, "sender"), Native.Utf8(recipient, "recipient"), Seconds(now)));
+        }
+
+        /// <summary>Lifts a network's block and lets its waiting triplets pass; returns how many.</summary>
+        public ulong ReleaseClient(string ip, DateTimeOffset? now = null)
+        {
+            ulong released;
+            Native.Check(Native.greylist_engine_release_client(Live(), Native.Utf8(ip, "client_ip"), Seconds(now), out released));
+            return released;
+        }
+
+        /// <summary>Forgets a triplet (its next attempt is new); returns whether it was known.</summary>
+        public bool Forget(string ip, string sender, string recipient)
+        {
+            bool found;
+            Native.Check(Native.greylist_engine_forget(Live(), Native.Utf8(ip, "client_ip"),
+                Native.Utf8(sender, "sender"), Native.Utf8(recipient, "recipient"), out found));
+            return found;
+        }
+
+        // The delegate the library calls: kept referenced here (so the GC
+        // never collects it while the library may call it) until the library
+        // has let go of it (setting another callback waits for calls in
+        // flight), and raised as the Event.
+        Native.EventFn callback;
+        EventHandler<GreylistEvent> listeners;
+        readonly object eventLock = new object();
+
+        /// <summary>Events (defers, passes, blocks, lost mail, recoveries), raised on the thread
+        /// that made the check or sweep. A handler must be thread-safe; an exception it throws is
+        /// caught and dropped (it cannot cross into the library).</summary>
+        public event EventHandler<GreylistEvent> Event
+        {
+            add { lock (eventLock) { listeners += value; Subscribe(); } }
+            remove { lock (eventLock) { listeners -= value; Subscribe(); } }
+        }
+
+        void Subscribe()
+        {
+            if (listeners != null && callback == null)
+            {
+                var fn = new Native.EventFn(OnEvent);
+                Native.Check(Native.greylist_engine_set_event_callback(Live(), fn, IntPtr.Zero));
+                callback = fn;
+            }
+            else if (listeners == null && callback != null)
+            {
+                // Returns once no call of the old callback is running: only
+                // then may the delegate be let go.
+                Native.Check(Native.greylist_engine_set_event_callback(Live(), null, IntPtr.Zero));
+                callback = null;
+            }
+        }
+
+        void OnEvent(IntPtr userData, ref Native.EventRaw raw)
+        {
+            try
+            {
+                string network = raw.network == IntPtr.Zero ? "" : Native.PtrToUtf8(raw.network);
+                var ev = new GreylistEvent((EventKind)raw.kind, (Reason)raw.reason, network, raw.at, raw.count);
+                var handlers = listeners;
+                if (handlers != null) handlers(this, ev);
+            }
+            catch (Exception)
+            {
+                // Never across the native frame.
+            }
+        }
+
+        /// <summary>Frees the native engine (after its event callback is let go); safe to call twice.</summary>
         public void Dispose()
         {
+            lock (eventLock)
+            {
+                if (callback != null && !handle.IsClosed)
+                {
+                    Native.greylist_engine_set_event_callback(handle, null, IntPtr.Zero);
+                    callback = null;
+                }
+                listeners = null;
+            }
             handle.Dispose();
         }
     }

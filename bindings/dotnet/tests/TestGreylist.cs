@@ -46,12 +46,12 @@ static class TestGreylist
             using (var engine = new Engine())
             {
                 var v = engine.Check("192.0.2.1", "alice@example.org", "bob@example.net", T0);
-                Check(v.Action == Greylist.Action.Defer && v.Reason == Reason.New && v.RetryAfter == 300, "new");
+                Check(v.Action == VerdictAction.Defer && v.Reason == Reason.New && v.RetryAfter == 300, "new");
                 Check(v.Reply == "450 4.2.0 Greylisted, please try again in 300 seconds", v.Reply);
                 v = engine.Check("192.0.2.1", "alice@example.org", "bob@example.net", T0.AddSeconds(100));
                 Check(v.Reason == Reason.EarlyRetry && v.RetryAfter == 200, "early retry");
                 v = engine.Check("192.0.2.9", "Alice+x@example.org", "bob@example.net", T0.AddSeconds(300));
-                Check(v.Action == Greylist.Action.Pass && v.Reason == Reason.Retried && v.Delayed == 300 && v.Reply == null, "retried");
+                Check(v.Action == VerdictAction.Pass && v.Reason == Reason.Retried && v.Delayed == 300 && v.Reply == null, "retried");
                 Check(engine.Check("192.0.2.1", "alice@example.org", "bob@example.net", T0.AddDays(1)).Reason == Reason.Passed, "passed");
                 Check(engine.Count == 1, "count");
                 Check(engine.Sweep(T0.AddDays(400)) == 1 && engine.Count == 0, "sweep");
@@ -81,9 +81,9 @@ static class TestGreylist
             using (var engine = new Engine(new Config { BlastCopies = 1, BlockTime = 600 }))
             {
                 for (int i = 0; i < 2; i++)
-                    Check(engine.Check("203.0.113.9", "s@spam.example", "v@y.net", T0).Action == Greylist.Action.Defer, "copy " + i);
+                    Check(engine.Check("203.0.113.9", "s@spam.example", "v@y.net", T0).Action == VerdictAction.Defer, "copy " + i);
                 var v = engine.Check("203.0.113.9", "s@spam.example", "v@y.net", T0);
-                Check(v.Action == Greylist.Action.Block && v.Reason == Reason.Blocked && v.RetryAfter == 600, "blocked");
+                Check(v.Action == VerdictAction.Block && v.Reason == Reason.Blocked && v.RetryAfter == 600, "blocked");
                 Check(engine.Check("203.0.113.200", "x@y.example", "w@y.net", T0).Reason == Reason.Blocked, "whole network");
             }
         });
@@ -102,12 +102,12 @@ static class TestGreylist
                 using (var engine = new Engine(new Config { Redis = "redis://127.0.0.1:1/0", RedisSecretFile = secret }))
                 {
                     var v = engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0);
-                    Check(v.Action == Greylist.Action.Pass && v.Reason == Reason.StoreUnavailable && v.Reply == null, "fail open");
+                    Check(v.Action == VerdictAction.Pass && v.Reason == Reason.StoreUnavailable && v.Reply == null, "fail open");
                 }
                 using (var engine = new Engine(new Config { Redis = "redis://127.0.0.1:1/0", RedisSecretFile = secret, RedisFailDefer = true }))
                 {
                     var v = engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0);
-                    Check(v.Action == Greylist.Action.Defer && v.Reason == Reason.StoreUnavailable, "defer");
+                    Check(v.Action == VerdictAction.Defer && v.Reason == Reason.StoreUnavailable, "defer");
                     Check(v.Reply == "450 4.2.0 Greylisted, please try again in 300 seconds", v.Reply);
                 }
                 var url = Environment.GetEnvironmentVariable("GREYLIST_TEST_REDIS_URL");
@@ -149,7 +149,7 @@ static class TestGreylist
                 Check(engine.Count == 0, "nothing recorded");
                 // Legal in SMTP, only long: greylisted, keyed by its bytes (issue 15).
                 var v = engine.Check("192.0.2.1", "a@x.org", new string('x', 65536), T0);
-                Check(v.Action == Greylist.Action.Defer && v.Reason == Reason.New, v.Reason.ToString());
+                Check(v.Action == VerdictAction.Defer && v.Reason == Reason.New, v.Reason.ToString());
                 Check(engine.Count == 1, "the long recipient is one triplet");
             }
         });
@@ -214,6 +214,90 @@ static class TestGreylist
                 Check(errors == 0, "errors: " + errors);
                 Check(engine.Count == 50, "count " + engine.Count);
             }
+        });
+
+        // Issue 22: what an Exchange admin needs: stats, the lost-mail report and
+        // its events, a client's record, release, release of a client, forget.
+        Run("lost_mail_report_and_events", () =>
+        {
+            using (var engine = new Engine())
+            {
+                var seen = new System.Collections.Generic.List<GreylistEvent>();
+                EventHandler<GreylistEvent> handler = (sender, ev) => { lock (seen) seen.Add(ev); };
+                engine.Event += handler;
+                // Exchange 2003 SP2: two quick retries, then silence.
+                engine.Check("192.0.2.1", "ceo@corp.example", "bob@example.net", T0);
+                engine.Check("192.0.2.1", "ceo@corp.example", "bob@example.net", T0.AddSeconds(10));
+                engine.Check("192.0.2.1", "ceo@corp.example", "bob@example.net", T0.AddSeconds(20));
+                engine.Sweep(T0.AddSeconds(300 + 3600 + 1));
+                var report = engine.LostMailReport();
+                Check(report.Count == 1 && report[0].Network == "192.0.2.0/24" && report[0].Count == 1, "report");
+                Check(report[0].LastSeen == T0.AddSeconds(20), "last seen " + report[0].LastSeen);
+                var lost = seen.Find(e => e.Kind == EventKind.LostMail);
+                Check(lost != null && lost.Network == "192.0.2.0/24" && lost.Count == 2, "lost-mail event");
+                Check(seen.FindAll(e => e.Kind == EventKind.Deferred).Count == 3, "deferred events");
+                var stats = engine.Stats();
+                Check(stats.Checks == 3 && stats.NewTriplets == 1 && stats.EarlyRetries == 2 && stats.LostMail == 1, "stats");
+                // Unsubscribed: no more events.
+                engine.Event -= handler;
+                int before = seen.Count;
+                engine.Check("192.0.2.50", "x@corp.example", "bob@example.net", T0.AddSeconds(5000));
+                Check(seen.Count == before, "an event after unsubscribing");
+                Check(engine.LostMailReport(0).Count == 0, "capacity 0");
+                Throws<ArgumentOutOfRangeException>(() => engine.LostMailReport(-1));
+            }
+        });
+
+        Run("client_report_release_forget", () =>
+        {
+            var config = new Config { AwlTtl = 7 * 86400, PassCacheEntries = 10, PassCacheSeconds = 60 };
+            using (var engine = new Engine(config))
+            {
+                engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0);
+                var c = engine.ClientReport("192.0.2.77", null, T0.AddSeconds(1));
+                Check(c.Network == "192.0.2.0/24" && c.Pending == 1 && c.Passed == 0 && c.BlockedUntil == null, "pending");
+                Check(!c.Whitelisted && !c.AutoWhitelisted && c.Passes == 0, "flags");
+                // A user says the mail never arrived: released, it passes at once.
+                engine.Release("192.0.2.1", "a@example.org", "b@example.net", T0.AddSeconds(2));
+                Check(engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0.AddSeconds(3)).Action == VerdictAction.Pass, "released");
+                Check(engine.Forget("192.0.2.1", "a@example.org", "b@example.net"), "forgotten");
+                Check(!engine.Forget("192.0.2.1", "a@example.org", "b@example.net"), "already forgotten");
+                Check(engine.Check("192.0.2.1", "a@example.org", "b@example.net", T0.AddSeconds(4)).Reason == Reason.New, "new again");
+                // Six copies block the network; releasing the client lifts it.
+                for (int i = 0; i < 7; i++) engine.Check("198.51.100.7", "spam@x.example", "v@example.net", T0.AddSeconds(10 + i));
+                var blocked = engine.ClientReport("198.51.100.7", null, T0.AddSeconds(20));
+                Check(blocked.BlockedUntil.HasValue && blocked.BlockedUntil.Value > T0.AddSeconds(20), "blocked");
+                Check(engine.ReleaseClient("198.51.100.7", T0.AddSeconds(21)) == 1, "one waiting triplet released");
+                Check(engine.ClientReport("198.51.100.7", null, T0.AddSeconds(22)).BlockedUntil == null, "unblocked");
+                var ex = Throws<GreylistException>(() => engine.ClientReport("not-an-ip"));
+                Check(ex.Status == Status.InvalidArgument, "bad ip");
+            }
+            Throws<GreylistException>(() => new Engine(new Config { AwlThreshold = 5, AwlTtl = 60 }));
+        });
+
+        Run("events_from_threads_and_dispose", () =>
+        {
+            var engine = new Engine();
+            long events = 0;
+            engine.Event += (sender, ev) => Interlocked.Increment(ref events);
+            var threads = new Thread[4];
+            for (int t = 0; t < threads.Length; t++)
+            {
+                int id = t;
+                threads[t] = new Thread(() =>
+                {
+                    for (int i = 0; i < 2000; i++)
+                        engine.Check("10.1." + id + "." + (i % 200), "s" + i + "@example.org", "r@example.net", T0);
+                });
+                threads[t].Start();
+            }
+            foreach (var th in threads) th.Join();
+            Check(Interlocked.Read(ref events) == 8000, "events " + events);
+            // A handler that throws never reaches the library.
+            engine.Event += (sender, ev) => { throw new InvalidOperationException("handler"); };
+            engine.Check("10.9.9.9", "s@example.org", "r@example.net", T0);
+            engine.Dispose();
+            Throws<ObjectDisposedException>(() => engine.Stats());
         });
 
         Console.WriteLine(passed + " passed, " + failed + " failed");
