@@ -254,8 +254,10 @@ python_binding() {
 dotnet_binding() {
   need mcs "the .NET binding test" "apt-get install mono-devel" || return
   mkdir -p "$root/target/dotnet"
+  # With the sample Exchange agent, against a stand-in for Exchange's API.
   mcs -langversion:7.2 -warnaserror -out:"$root/target/dotnet/TestGreylist.exe" \
-    bindings/dotnet/Greylist.cs bindings/dotnet/tests/TestGreylist.cs
+    bindings/dotnet/Greylist.cs bindings/dotnet/examples/ExchangeAgent.cs \
+    bindings/dotnet/tests/ExchangeStandIn.cs bindings/dotnet/tests/TestGreylist.cs
   LD_LIBRARY_PATH="$root/target/release" mono "$root/target/dotnet/TestGreylist.exe"
 }
 

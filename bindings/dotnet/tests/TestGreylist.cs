@@ -4,8 +4,12 @@
 
 using System;
 using System.IO;
+using System.Net;
 using System.Threading;
 using Greylist;
+using Greylist.Exchange;
+using Microsoft.Exchange.Data.Transport;
+using Microsoft.Exchange.Data.Transport.Smtp;
 
 static class TestGreylist
 {
@@ -298,6 +302,33 @@ static class TestGreylist
             engine.Check("10.9.9.9", "s@example.org", "r@example.net", T0);
             engine.Dispose();
             Throws<ObjectDisposedException>(() => engine.Stats());
+        });
+
+        // The sample Exchange agent (examples/ExchangeAgent.cs), through the
+        // stand-in for Exchange's transport API.
+        Run("exchange_agent", () =>
+        {
+            using (var engine = new Engine())
+            {
+                var now = T0;
+                var agent = new GreylistAgent(engine, () => now);
+                Func<string, SmtpResponse?> rcpt = ip =>
+                {
+                    var source = new ReceiveCommandEventSource();
+                    agent.RaiseRcptCommand(source, new RcptCommandEventArgs
+                    {
+                        SmtpSession = new SmtpSession { RemoteEndPoint = new IPEndPoint(IPAddress.Parse(ip), 25) },
+                        MailItem = new MailItem { FromAddress = new RoutingAddress("ceo@corp.example") },
+                        RecipientAddress = new RoutingAddress("bob@example.net"),
+                    });
+                    return source.Rejected;
+                };
+                var first = rcpt("192.0.2.1");
+                Check(first.HasValue && first.Value.StatusCode == "450" && first.Value.EnhancedStatusCode == "4.2.0", "first attempt");
+                Check(first.Value.StatusText[0] == "Greylisted, please try again in 300 seconds", first.Value.StatusText[0]);
+                now = T0.AddSeconds(301);
+                Check(!rcpt("192.0.2.9").HasValue, "the retry after the delay is accepted");
+            }
         });
 
         Console.WriteLine(passed + " passed, " + failed + " failed");
