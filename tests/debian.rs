@@ -358,6 +358,35 @@ fn debian_package_installs_serves_postfix_and_purges() {
     // greylistctl finds the installed daemon's control socket by itself.
     let status = ok("greylistctl", &["--json", "status"]);
     assert!(status.contains("\"entries\": 1"), "{status}");
+    // The unit's ExecReload, as its user: the lists are read again, and a
+    // list file that cannot be read makes the reload fail (the old lists
+    // stay).
+    let fields = unit_fields(&std::fs::read_to_string(UNIT).unwrap());
+    let reload: Vec<&str> = fields["ExecReload"].split_whitespace().collect();
+    let as_user = |argv: &[&str]| {
+        let mut args = vec![
+            "--reuid=greylist",
+            "--regid=greylist",
+            "--init-groups",
+            "--",
+        ];
+        args.extend_from_slice(argv);
+        run("setpriv", &args)
+    };
+    let reloaded = as_user(&reload);
+    assert!(reloaded.status.success(), "{}", text(&reloaded));
+    let list = Path::new("/etc/greylist/whitelist_clients");
+    let aside = dir.join("whitelist_clients");
+    std::fs::copy(list, &aside).unwrap();
+    std::fs::remove_file(list).unwrap();
+    std::fs::create_dir(list).unwrap();
+    let refused = as_user(&reload);
+    std::fs::remove_dir(list).unwrap();
+    std::fs::copy(&aside, list).unwrap();
+    assert!(
+        !refused.status.success(),
+        "a reload with an unreadable list file succeeded"
+    );
     drop(mx);
     assert_eq!(service.stop(), Some(0));
     let snapshot = Path::new("/var/lib/greylist/greylist.snap");
