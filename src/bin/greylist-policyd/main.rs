@@ -469,14 +469,14 @@ fn main() {
         std::process::exit(1);
     };
     if o.daemonize {
-        if std::env::var_os("NOTIFY_SOCKET").is_some() && !service::is_child() {
-            fail(
-                "--daemonize: systemd runs this daemon in the foreground (its unit is \
-                  Type=notify): leave --daemonize out"
-                    .into(),
-            );
-        }
         if !service::is_child() {
+            if std::env::var_os("NOTIFY_SOCKET").is_some() {
+                fail(
+                    "--daemonize: systemd runs this daemon in the foreground (its unit is \
+                      Type=notify): leave --daemonize out"
+                        .into(),
+                );
+            }
             std::process::exit(service::start_in_background());
         }
         service::leave_terminal().unwrap_or_else(|e| fail(e));
