@@ -10,23 +10,202 @@
 //! `O_NONBLOCK` (a FIFO or device answers at once), then checks with
 //! `fstat` on the open descriptor, so nothing can be swapped between the
 //! check and the use.
+//!
+//! On Windows the same opens use `FILE_FLAG_OPEN_REPARSE_POINT` (a
+//! symbolic link or junction is opened as itself, then refused or removed,
+//! never followed), and a file's identity is its volume and file index.
+//! Windows has no modes: a file there takes the access list of its
+//! folder, so the snapshot's folder must be one only the service's account
+//! can write (README, "Windows").
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// The mode of every file that holds the key secret.
-pub(crate) const PRIVATE_MODE: u32 = 0o600;
+#[cfg(unix)]
+mod sys {
+    use std::fs::{File, Metadata, OpenOptions, Permissions};
+    use std::io;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::path::Path;
 
-const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    /// The mode of every file that holds the key secret.
+    const PRIVATE_MODE: u32 = 0o600;
+
+    /// Opens refuse a link (`ELOOP`) and never block on a FIFO.
+    pub(super) fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+    }
+
+    /// A file made by this open is private whatever the umask.
+    pub(super) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+        options.mode(PRIVATE_MODE)
+    }
+
+    /// Sets the private mode exactly (the umask can only take bits away).
+    pub(super) fn make_private(file: &File) -> io::Result<()> {
+        file.set_permissions(Permissions::from_mode(PRIVATE_MODE))
+    }
+
+    /// The open failed because the name is a symbolic link.
+    pub(super) fn is_link_error(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(libc::ELOOP)
+    }
+
+    /// The name can be removed rather than opened: a link, or a FIFO
+    /// nobody reads (`ENXIO`).
+    pub(super) fn is_removable_error(e: &io::Error) -> bool {
+        is_link_error(e) || e.raw_os_error() == Some(libc::ENXIO)
+    }
+
+    /// A regular file owned by this process's user with no other name.
+    pub(super) fn is_ours(_file: &File, meta: &Metadata) -> io::Result<bool> {
+        Ok(
+            meta.is_file()
+                && meta.uid() == rustix::process::geteuid().as_raw()
+                && meta.nlink() == 1,
+        )
+    }
+
+    /// Whether `file` is the file named `path` (same device and inode).
+    pub(crate) fn is_named(file: &File, path: &Path) -> io::Result<bool> {
+        let (a, b) = (file.metadata()?, std::fs::metadata(path)?);
+        Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+    }
+
+    /// What special file a non-regular, non-folder file is.
+    pub(super) fn special_kind(meta: &Metadata) -> Option<&'static str> {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            Some("a FIFO")
+        } else if t.is_socket() {
+            Some("a socket")
+        } else if t.is_block_device() || t.is_char_device() {
+            Some("a device")
+        } else {
+            None
+        }
+    }
+
+    /// Makes a folder's renames durable.
+    pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    /// Positioned I/O: the file's cursor is not used.
+    pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+
+    pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+}
+
+#[cfg(windows)]
+mod sys {
+    use std::fs::{File, Metadata, OpenOptions};
+    use std::io;
+    use std::os::windows::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    /// `FILE_FLAG_OPEN_REPARSE_POINT` (winbase.h): a symbolic link or
+    /// junction is opened as itself, not followed.
+    const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+
+    pub(super) fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+        options.custom_flags(OPEN_REPARSE_POINT)
+    }
+
+    /// No modes on Windows: the file takes its folder's access list.
+    pub(super) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+        options
+    }
+
+    pub(super) fn make_private(_file: &File) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A link opens (as itself) and is refused after the open.
+    pub(super) fn is_link_error(_e: &io::Error) -> bool {
+        false
+    }
+
+    pub(super) fn is_removable_error(_e: &io::Error) -> bool {
+        false
+    }
+
+    /// A regular file (not a reparse point) with no other name.
+    pub(super) fn is_ours(file: &File, meta: &Metadata) -> io::Result<bool> {
+        Ok(meta.is_file()
+            && !meta.is_symlink()
+            && winapi_util::file::information(file)?.number_of_links() == 1)
+    }
+
+    /// Whether `file` is the file named `path` (same volume and index).
+    pub(crate) fn is_named(file: &File, path: &Path) -> io::Result<bool> {
+        // No access asked: a file another process has locked still opens.
+        let named = OpenOptions::new().access_mode(0).open(path)?;
+        let (a, b) = (
+            winapi_util::file::information(file)?,
+            winapi_util::file::information(&named)?,
+        );
+        Ok(
+            (a.volume_serial_number(), a.file_index())
+                == (b.volume_serial_number(), b.file_index()),
+        )
+    }
+
+    pub(super) fn special_kind(_meta: &Metadata) -> Option<&'static str> {
+        None
+    }
+
+    /// NTFS journals its metadata, and a folder cannot be opened as a
+    /// file to flush it: the rename is durable once it returns.
+    pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Positioned I/O. Unlike `pread`, `seek_read` moves the cursor to
+    /// where it ended: a caller that reads on from the cursor seeks first.
+    pub(crate) fn read_exact_at(
+        file: &File,
+        mut buf: &mut [u8],
+        mut offset: u64,
+    ) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match file.seek_read(buf, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match file.seek_write(buf, offset)? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) use sys::{is_named, read_exact_at, sync_dir, write_all_at};
 
 fn refused(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what)
-}
-
-fn is_link_error(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ELOOP)
 }
 
 /// Opens an existing regular file for reading, refusing a symbolic link,
@@ -39,15 +218,15 @@ pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
 /// link, and then anything but a regular file, with an error that says
 /// which it was.
 fn open_regular_with(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
-    let file = options.custom_flags(NO_FOLLOW).open(path).map_err(|e| {
-        if is_link_error(&e) {
+    let file = sys::no_follow(options).open(path).map_err(|e| {
+        if sys::is_link_error(&e) {
             refused("is a symbolic link; refusing to follow it".into())
         } else {
             e
         }
     })?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
+    if !meta.is_file() || meta.is_symlink() {
         return Err(refused(format!(
             "is not a regular file ({}); refusing it",
             kind(&meta)
@@ -58,20 +237,13 @@ fn open_regular_with(options: &mut OpenOptions, path: &Path) -> io::Result<File>
 
 /// What a file is, for an error message.
 fn kind(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
-    if t.is_dir() {
-        "a folder"
-    } else if t.is_symlink() {
+    if t.is_symlink() {
         "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device"
+    } else if t.is_dir() {
+        "a folder"
     } else {
-        "not a plain file"
+        sys::special_kind(meta).unwrap_or("not a plain file")
     }
 }
 
@@ -92,21 +264,15 @@ pub(crate) fn exists(path: &Path) -> io::Result<bool> {
 /// file) is unlinked, never written through, and a new file is made with
 /// `O_EXCL`. Returns the file and whether it was made new.
 pub(crate) fn open_private_for_write(path: &Path) -> io::Result<(File, bool)> {
-    let existing = OpenOptions::new()
-        .write(true)
-        .custom_flags(NO_FOLLOW)
-        .open(path);
+    let existing = sys::no_follow(OpenOptions::new().write(true)).open(path);
     match existing {
         Ok(file) => {
             let meta = file.metadata()?;
-            let ours = meta.is_file()
-                && meta.uid() == rustix::process::geteuid().as_raw()
-                && meta.nlink() == 1;
-            if ours {
-                file.set_permissions(Permissions::from_mode(PRIVATE_MODE))?;
+            if sys::is_ours(&file, &meta)? {
+                sys::make_private(&file)?;
                 return Ok((file, false));
             }
-            if meta.is_dir() {
+            if meta.is_dir() && !meta.is_symlink() {
                 return Err(refused("is a folder".into()));
             }
             drop(file);
@@ -115,19 +281,16 @@ pub(crate) fn open_private_for_write(path: &Path) -> io::Result<(File, bool)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         // A symbolic link (ELOOP) or a FIFO nobody reads (ENXIO): remove
         // the name, which never touches what a link points to.
-        Err(e) if is_link_error(&e) || e.raw_os_error() == Some(libc::ENXIO) => {
+        Err(e) if sys::is_removable_error(&e) => {
             fs::remove_file(path)?;
         }
         Err(e) => return Err(e),
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(PRIVATE_MODE)
-        .custom_flags(NO_FOLLOW)
-        .open(path)?;
-    // The umask can only take bits away; set the mode exactly anyway.
-    file.set_permissions(Permissions::from_mode(PRIVATE_MODE))?;
+    let file = sys::no_follow(sys::private(
+        OpenOptions::new().write(true).create_new(true),
+    ))
+    .open(path)?;
+    sys::make_private(&file)?;
     Ok((file, true))
 }
 
@@ -152,19 +315,13 @@ impl PathLock {
         let shown =
             |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", lock_path.display()));
         let mut file = open_regular_with(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .mode(PRIVATE_MODE),
+            sys::private(OpenOptions::new().read(true).write(true).create(true)),
             lock_path,
         )
         .map_err(shown)?;
         if let Err(e) = file.try_lock() {
             let mut holder = String::new();
-            let _ = OpenOptions::new()
-                .read(true)
-                .custom_flags(NO_FOLLOW)
+            let _ = sys::no_follow(OpenOptions::new().read(true))
                 .open(lock_path)
                 .and_then(|mut f| f.read_to_string(&mut holder));
             let holder = holder.trim();
@@ -191,10 +348,12 @@ impl PathLock {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
     use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir =

@@ -60,9 +60,8 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -476,11 +475,12 @@ fn decode_client(b: &[u8], strings: &[u8], secret: &Secret) -> Result<ClientEntr
     })
 }
 
-/// `<path><suffix>`, beside the snapshot.
+/// `<path><suffix>`, beside the snapshot, spelt as the caller spelt the
+/// path (an error names `C:/data/g.snap.tmp`, not `C:/data\g.snap.tmp`).
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
-    path.with_file_name(name)
+    PathBuf::from(name)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -502,7 +502,6 @@ fn restore_workers() -> usize {
 /// checks that the locked file is still the one named `path` (another
 /// saver may have renamed it into place meanwhile).
 fn lock_exclusive(file: &File, path: &Path) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::MetadataExt;
     let busy = || {
         io_err(path)(io::Error::new(
             io::ErrorKind::WouldBlock,
@@ -513,9 +512,8 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<(), SnapshotError> {
         fs::TryLockError::WouldBlock => busy(),
         fs::TryLockError::Error(e) => io_err(path)(e),
     })?;
-    let (ours, named) = (file.metadata(), fs::metadata(path));
-    match (ours, named) {
-        (Ok(a), Ok(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()) => Ok(()),
+    match files::is_named(file, path) {
+        Ok(true) => Ok(()),
         _ => Err(busy()),
     }
 }
@@ -600,8 +598,7 @@ impl Engine {
             key_settings: KeySettings::of(self.config()),
             body_crc: crc.finalize(),
         };
-        file.write_all_at(&header.encode(), 0)
-            .map_err(io_err(&tmp))?;
+        files::write_all_at(&file, &header.encode(), 0).map_err(io_err(&tmp))?;
         let len = header.file_len().expect("sizes of records in memory fit");
         file.set_len(len).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
@@ -616,9 +613,7 @@ impl Engine {
             fs::rename(&old, &tmp).map_err(io_err(&old))?;
         }
         let dir = parent_dir(path);
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
+        files::sync_dir(dir).map_err(io_err(dir))?;
         Ok(())
     }
 
@@ -636,7 +631,7 @@ impl Engine {
         let file = files::open_regular(path).map_err(io_err(path))?;
         let len = file.metadata().map_err(io_err(path))?.len();
         let mut head = vec![0u8; HEADER_SIZE.min(len as usize)];
-        file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
+        files::read_exact_at(&file, &mut head, 0).map_err(io_err(path))?;
         let header = Header::decode(&head, path)?;
         let wanted = KeySettings::of(&config);
         let mut differences = header.key_settings.differences(&wanted);
@@ -661,8 +656,7 @@ impl Engine {
         // table (last in the file) is read first, so client records can be
         // checked as they stream by.
         let mut strings = vec![0u8; header.strings as usize];
-        file.read_exact_at(&mut strings, len - header.strings)
-            .map_err(io_err(path))?;
+        files::read_exact_at(&file, &mut strings, len - header.strings).map_err(io_err(path))?;
         let engine = Engine::with_secret(config, header.secret.clone());
         engine
             .local()
@@ -670,7 +664,9 @@ impl Engine {
         let now = clamp_time(header.created_at);
         let mut reader = BufReader::with_capacity(1 << 16, file);
         reader
-            .seek_relative(HEADER_SIZE as i64)
+            // From the start: the positioned reads above leave the cursor
+            // where they ended on Windows.
+            .seek(SeekFrom::Start(HEADER_SIZE as u64))
             .map_err(io_err(path))?;
         let mut crc = crc32fast::Hasher::new();
         let sections: [(u64, usize); 2] = [

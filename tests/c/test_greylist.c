@@ -1,9 +1,11 @@
 /*
  * C tests of the greylist ABI. Built with -std=c11 -Wall -Wextra -Werror and
  * run under AddressSanitizer + UndefinedBehaviorSanitizer, and under
- * valgrind (see tests/run.sh). Exits non-zero when any test fails.
+ * valgrind (see tests/run.sh); cross-built with mingw-w64 and run under Wine
+ * against greylist.dll, 64- and 32-bit. Exits non-zero when any test fails.
  */
 #define _POSIX_C_SOURCE 200809L /* pthread_barrier_t, mkdtemp */
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -15,6 +17,40 @@
 #include <unistd.h>
 
 #include "greylist.h"
+
+#ifdef _WIN32
+#include <direct.h>
+#include <windows.h>
+#endif
+
+/* A new private folder for a test's files, named after `name`. */
+static bool make_temp_dir(char *dir, size_t size, const char *name) {
+#ifdef _WIN32
+  char base[MAX_PATH];
+  DWORD n = GetTempPathA(sizeof base, base);
+  if (n == 0 || n >= sizeof base) return false;
+  for (unsigned i = 0; i < 1000; i++) {
+    snprintf(dir, size, "%sgreylist-c-%s-%lu-%u", base, name, (unsigned long)GetCurrentProcessId(), i);
+    if (_mkdir(dir) == 0) return true;
+    if (errno != EEXIST) return false;
+  }
+  return false;
+#else
+  snprintf(dir, size, "/tmp/greylist-c-%s-XXXXXX", name);
+  return mkdtemp(dir) != NULL;
+#endif
+}
+
+/* Removes a folder made by make_temp_dir, with what is in it. */
+static bool remove_tree(const char *dir) {
+  char cmd[500];
+#ifdef _WIN32
+  snprintf(cmd, sizeof cmd, "rmdir /s /q \"%s\"", dir);
+#else
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+#endif
+  return system(cmd) == 0;
+}
 
 #define T0 1700000000
 
@@ -39,6 +75,16 @@ static int runs = 0;
       fprintf(stderr, "  %s:%d: %s gave %s, expected %s (last error: %s)\n",   \
               __FILE__, __LINE__, #call, greylist_status_str(got_),            \
               greylist_status_str(expected), msg_);                            \
+      return false;                                                            \
+    }                                                                          \
+  } while (0)
+
+/* The last error message names `needle`; else it is shown. */
+#define CHECK_LAST_ERROR(needle)                                               \
+  do {                                                                         \
+    if (strstr(last_error(), (needle)) == NULL) {                              \
+      fprintf(stderr, "  %s:%d: the last error \"%s\" does not say \"%s\"\n",   \
+              __FILE__, __LINE__, last_error(), (needle));                     \
       return false;                                                            \
     }                                                                          \
   } while (0)
@@ -143,7 +189,7 @@ static bool test_config(void) {
   CHECK_STATUS(greylist_config_set_reply(config, 451, "4.7.1", "Wait %s s"), GREYLIST_STATUS_OK);
 
   CHECK_STATUS(greylist_config_set_prefixes(config, 33, 64), GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "ipv4_prefix") != NULL);
+  CHECK_LAST_ERROR("ipv4_prefix");
   CHECK_STATUS(greylist_config_set_reply(config, 550, "5.7.1", "x"),
                GREYLIST_STATUS_INVALID_ARGUMENT);
   CHECK_STATUS(greylist_config_set_max_entries(config, 0), GREYLIST_STATUS_INVALID_ARGUMENT);
@@ -175,7 +221,7 @@ static bool test_config(void) {
   engine = (greylist_engine *)0x1;
   CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
   CHECK(engine == (greylist_engine *)0x1);
-  CHECK(strstr(last_error(), "delay") != NULL);
+  CHECK_LAST_ERROR("delay");
   greylist_config_free(config);
   return true;
 }
@@ -292,7 +338,7 @@ static bool test_bad_input(void) {
   memset(buf, 'x', sizeof buf);
   CHECK_STATUS(greylist_verdict_reply(engine, &defer, buf, 10), GREYLIST_STATUS_BUFFER_TOO_SMALL);
   CHECK(buf[0] == 'x' && buf[9] == 'x');
-  CHECK(strstr(last_error(), "bytes needed") != NULL);
+  CHECK_LAST_ERROR("bytes needed");
 
   /* A truncated last-error copy is NUL-terminated and reports the full length. */
   char tiny[8];
@@ -365,9 +411,9 @@ static bool write_file(const char *path, const unsigned char *data, size_t len) 
 }
 
 static bool test_snapshots(void) {
-  char dir[] = "/tmp/greylist-c-XXXXXX";
-  CHECK(mkdtemp(dir) != NULL);
-  char path[256], bad[256];
+  char dir[300];
+  CHECK(make_temp_dir(dir, sizeof dir, "snap"));
+  char path[400], bad[400];
   snprintf(path, sizeof path, "%s/g.snap", dir);
   snprintf(bad, sizeof bad, "%s/bad.snap", dir);
   greylist_verdict v;
@@ -408,7 +454,7 @@ static bool test_snapshots(void) {
   CHECK_STATUS(greylist_engine_load(NULL, path, &engine), GREYLIST_STATUS_OK);
   CHECK(greylist_engine_len(engine) == 200);
   CHECK_STATUS(greylist_engine_save(engine, "/nonexistent-dir/g.snap"), GREYLIST_STATUS_IO);
-  CHECK(strstr(last_error(), "/nonexistent-dir/g.snap") != NULL);
+  CHECK_LAST_ERROR("/nonexistent-dir/g.snap");
   CHECK_STATUS(greylist_engine_save(NULL, path), GREYLIST_STATUS_NULL_ARGUMENT);
   CHECK_STATUS(greylist_engine_save(engine, NULL), GREYLIST_STATUS_NULL_ARGUMENT);
   greylist_engine_free(engine);
@@ -420,7 +466,7 @@ static bool test_snapshots(void) {
   greylist_config *rekeyed = greylist_config_new();
   CHECK_STATUS(greylist_config_set_prefixes(rekeyed, 16, 48), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_engine_load(rekeyed, path, &engine), GREYLIST_STATUS_INCOMPATIBLE);
-  CHECK(strstr(last_error(), "prefixes /24 /64 vs /16 /48") != NULL);
+  CHECK_LAST_ERROR("prefixes /24 /64 vs /16 /48");
   greylist_config_free(rekeyed);
 
   /* 64 truncations and 1,000 single-bit flips: each refused as corrupt. */
@@ -459,9 +505,7 @@ static bool test_snapshots(void) {
                GREYLIST_STATUS_NULL_ARGUMENT);
   greylist_config_free(config);
 
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  CHECK(system(cmd) == 0);
+  CHECK(remove_tree(dir));
   return true;
 }
 
@@ -515,7 +559,7 @@ static bool test_lost_after(void) {
   greylist_config *config = greylist_config_new();
   CHECK_STATUS(greylist_config_set_lost_after(config, 60), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_config_set_lost_after(config, 0), GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "lost_after") != NULL);
+  CHECK_LAST_ERROR("lost_after");
   greylist_engine *engine = NULL;
   CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
   greylist_config_free(config);
@@ -576,16 +620,17 @@ static bool test_defences(void) {
                GREYLIST_STATUS_OK);
   CHECK(v.reason == GREYLIST_REASON_NEW);
 
-  char dir[] = "/tmp/greylist-c-lists-XXXXXX";
-  CHECK(mkdtemp(dir) != NULL);
-  char path[256];
+  char dir[300];
+  CHECK(make_temp_dir(dir, sizeof dir, "lists"));
+  char path[400];
   snprintf(path, sizeof path, "%s/recipients.txt", dir);
   const char *text = "# opted out\npostmaster@\nexample.org\n\nbad entry here\n";
   CHECK(write_file(path, (const unsigned char *)text, strlen(text)));
   size_t loaded = 99;
   CHECK_STATUS(greylist_engine_load_list(engine, GREYLIST_LIST_RECIPIENTS, path, &loaded),
                GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "line 5: ") != NULL && loaded == 99);
+  CHECK_LAST_ERROR("line 5: ");
+  CHECK(loaded == 99);
   text = "# opted out\npostmaster@\nexample.org\n";
   CHECK(write_file(path, (const unsigned char *)text, strlen(text)));
   CHECK_STATUS(greylist_engine_load_list(engine, GREYLIST_LIST_RECIPIENTS, path, &loaded),
@@ -722,9 +767,7 @@ static bool test_defences(void) {
                GREYLIST_STATUS_NULL_ARGUMENT);
 
   greylist_engine_free(engine);
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  CHECK(system(cmd) == 0);
+  CHECK(remove_tree(dir));
   return true;
 }
 
@@ -813,6 +856,7 @@ struct checker {
   greylist_engine *engine;
   int id;
   atomic_bool *stop;
+  atomic_uint checks;
   int failures;
 };
 
@@ -825,6 +869,7 @@ static void *checker_main(void *arg) {
     greylist_verdict v;
     if (greylist_engine_check(c->engine, ip, "a@x.org", rcpt, T0 + i, &v) != GREYLIST_STATUS_OK)
       c->failures++;
+    atomic_fetch_add(&c->checks, 1);
   }
   return NULL;
 }
@@ -836,8 +881,16 @@ static bool test_replaced_callback_user_data_can_be_freed(void) {
   pthread_t threads[THREADS];
   struct checker checkers[THREADS];
   for (int i = 0; i < THREADS; i++) {
-    checkers[i] = (struct checker){engine, i, &stop, 0};
+    checkers[i] = (struct checker){engine, i, &stop, 0, 0};
     CHECK(pthread_create(&threads[i], NULL, checker_main, &checkers[i]) == 0);
+  }
+  /* The rounds start once every checker runs (threads start slowly under
+   * Wine: the rounds were over before the first check). */
+  for (int i = 0; i < THREADS; i++) {
+    for (int waited = 0; atomic_load(&checkers[i].checks) < 10; waited++) {
+      CHECK(waited < 100000); /* 10 s */
+      nanosleep(&(struct timespec){0, 100000}, NULL);
+    }
   }
   uint64_t calls = 0;
   for (int round = 0; round < 300; round++) {
@@ -880,9 +933,9 @@ static greylist_engine *redis_engine(const char *url, const char *secret_path) {
  * tests/run.sh started a redis-server: GREYLIST_TEST_REDIS_URL) two engines
  * sharing triplets through it. */
 static bool test_redis(void) {
-  char dir[] = "/tmp/greylist-c-redis-XXXXXX";
-  CHECK(mkdtemp(dir) != NULL);
-  char secret[256], bad_secret[256];
+  char dir[300];
+  CHECK(make_temp_dir(dir, sizeof dir, "redis"));
+  char secret[400], bad_secret[400];
   snprintf(secret, sizeof secret, "%s/secret", dir);
   snprintf(bad_secret, sizeof bad_secret, "%s/bad", dir);
   const char *hex = "00112233445566778899aabbccddeeff\n";
@@ -892,13 +945,13 @@ static bool test_redis(void) {
   greylist_config *config = greylist_config_new();
   CHECK_STATUS(greylist_config_set_redis(config, "http://example.com/"),
                GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "redis") != NULL);
+  CHECK_LAST_ERROR("redis");
   CHECK_STATUS(greylist_config_set_secret_file(config, "/nonexistent/secret"),
                GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "/nonexistent/secret") != NULL);
+  CHECK_LAST_ERROR("/nonexistent/secret");
   CHECK_STATUS(greylist_config_set_secret_file(config, bad_secret),
                GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "32 hex digits") != NULL);
+  CHECK_LAST_ERROR("32 hex digits");
   CHECK_STATUS(greylist_config_set_redis_timeout_ms(config, 0), GREYLIST_STATUS_INVALID_ARGUMENT);
   CHECK_STATUS(greylist_config_set_redis(config, NULL), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_config_set_redis(NULL, "redis://127.0.0.1/"),
@@ -912,14 +965,15 @@ static bool test_redis(void) {
   CHECK_STATUS(greylist_config_set_redis(config, "redis://127.0.0.1:1/0"), GREYLIST_STATUS_OK);
   greylist_engine *engine = NULL;
   CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "shared_secret") != NULL && engine == NULL);
+  CHECK_LAST_ERROR("shared_secret");
+  CHECK(engine == NULL);
   /* A CA file is read when the engine is made; NULL goes back to the
    * system's roots. */
   CHECK_STATUS(greylist_config_set_redis(config, "rediss://127.0.0.1:1/0"), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_config_set_secret_file(config, secret), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_config_set_redis_ca_file(config, "/nonexistent/ca.pem"), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_INVALID_ARGUMENT);
-  CHECK(strstr(last_error(), "redis_ca_file: cannot read /nonexistent/ca.pem") != NULL);
+  CHECK_LAST_ERROR("redis_ca_file: cannot read /nonexistent/ca.pem");
   CHECK_STATUS(greylist_config_set_redis_ca_file(config, NULL), GREYLIST_STATUS_OK);
   CHECK_STATUS(greylist_engine_new(config, &engine), GREYLIST_STATUS_OK);
   greylist_engine_free(engine);
@@ -941,7 +995,7 @@ static bool test_redis(void) {
   /* An operator's call that Redis cannot carry out says so. */
   CHECK_STATUS(greylist_engine_release(engine, "192.0.2.1", "a@example.org", "b@example.net", T0),
                GREYLIST_STATUS_UNAVAILABLE);
-  CHECK(strstr(last_error(), "shared store") != NULL);
+  CHECK_LAST_ERROR("shared store");
   CHECK(strcmp(greylist_status_str(GREYLIST_STATUS_UNAVAILABLE), "GREYLIST_STATUS_UNAVAILABLE") == 0);
   greylist_engine_free(engine);
 
@@ -1013,9 +1067,7 @@ static bool test_redis(void) {
     greylist_engine_free(mx1);
     greylist_engine_free(mx2);
   }
-  remove(secret);
-  remove(bad_secret);
-  rmdir(dir);
+  CHECK(remove_tree(dir));
   return true;
 }
 
