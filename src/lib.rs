@@ -110,7 +110,7 @@
 //! shard of the client-network table and one of the triplet table, never
 //! both at once, and never while calling out.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod admin;
@@ -145,4 +145,3 @@ pub use rules::{Action, ClientState, Reason, TripletState, Verdict};
 pub use snapshot::SnapshotError;
 pub use stats::Stats;
 pub use store::{LostMail, StoreError};
-pub mod ffi;

@@ -2,10 +2,11 @@
 # The whole test suite, in parts: Rust unit, model, concurrency, daemon,
 # Redis, header and doc tests; real Postfix and Exim; the C ABI test under
 # AddressSanitizer + UBSan and under valgrind; the C++ wrapper test; the
-# install + pkg-config test of the README's C and C++ examples; the Python
-# binding's unittest suite and the README's Python example against a
-# pip-installed copy; the .NET binding's test under Mono; the Debian
-# package, built, installed, run and purged.
+# cargo-c install + pkg-config test of the README's C and C++ examples; the
+# Python binding's unittest suite and the README's Python example against a
+# pip-installed copy; the .NET binding's test under Mono; greylist.dll for
+# 64- and 32-bit Windows with the C and engine tests under Wine; the NuGet
+# package; the Debian package, built, installed, run and purged.
 #
 # Each part runs on its own: a failing part is named at the end and the
 # others still run. A part or test whose tool is missing is skipped and
@@ -112,6 +113,8 @@ cargo_tests() {
   # tests/redis.rs starts its own redis-servers; without redis-server it
   # says why it skipped (and fails under CI=true).
   cargo test --lib --bins --tests -- --skip postfix_ --skip exim_ --skip debian_
+  # The C ABI crate's own unit tests (Miri runs them too, in .ci/run).
+  cargo test -p greylist-c --lib
   cargo test --doc
   # The benchmarks, once each on small tables: they must not rot.
   cargo test --benches
@@ -132,12 +135,18 @@ debian_package() {
   GREYLIST_DEB="$deb" cargo test --test debian -- --show-output
 }
 
+# The C ABI crate (bindings/c), built by cargo; the tests below see it
+# under the names cargo-c installs (libgreylist.so, libgreylist.a).
+libdir="$out/lib"
 build_library() {
-  cargo build --release --lib
-  cargo rustc -q --release --lib --crate-type staticlib -- --print native-static-libs 2>&1 \
+  cargo build --release -p greylist-c
+  cargo rustc -q --release -p greylist-c --lib --crate-type staticlib -- --print native-static-libs 2>&1 \
     | sed -n 's/.*native-static-libs: //p' | head -n1 >"$out/native-static-libs"
+  mkdir -p "$libdir"
+  ln -sf "$root/target/release/libgreylist_c.so" "$libdir/libgreylist.so"
+  ln -sf "$root/target/release/libgreylist_c.a" "$libdir/libgreylist.a"
 }
-lib="$root/target/release/libgreylist.a"
+lib="$libdir/libgreylist.a"
 static_libs() { cat "$out/native-static-libs"; }
 
 c_asan() {
@@ -180,34 +189,60 @@ expect() {
   fi
 }
 
+# cargo cinstall as the README says (multiarch libdir under /usr/local),
+# first into a staging folder, checked, then for real (as root, only when
+# nothing of ours is there yet, and removed afterwards): the README's C and
+# C++ examples build with pkg-config and run with no LD_LIBRARY_PATH.
 install_examples() {
   need pkg-config "the install test" "apt-get install pkg-config" || return
-  prefix=$(mktemp -d)
+  need cargo-cinstall "the install test" "cargo install cargo-c --locked --version 0.10.24" || return
+  local multiarch stage libdir_installed got f
+  multiarch=$(gcc -print-multiarch)
+  libdir_installed="/usr/local/lib/$multiarch"
+  stage=$(mktemp -d)
   # shellcheck disable=SC2064
-  trap "rm -rf '$prefix'" EXIT
-  bash bindings/c/install.sh "$prefix" >/dev/null
-  export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
-  # The README's C and C++ examples must build against the installed copy
-  # and print what the README says.
-  local got
+  trap "rm -rf '$stage'" EXIT
+  cargo cinstall --profile capi -p greylist-c --prefix=/usr/local --libdir="$libdir_installed" \
+    --destdir="$stage"
+  (cd "$stage" && find . ! -type d | sort) | tee "$out/installed-files"
+  expect "the installed files" "$(cat "$out/installed-files")" "$(printf '%s\n' \
+    "./usr/local/include/greylist.h" "./usr/local/include/greylist.hpp" \
+    ".$libdir_installed/libgreylist.a" ".$libdir_installed/libgreylist.so" \
+    ".$libdir_installed/libgreylist.so.1" ".$libdir_installed/libgreylist.so.1.0.0" \
+    ".$libdir_installed/pkgconfig/greylist.pc")"
+  [ "$(readelf -d "$stage$libdir_installed/libgreylist.so.1.0.0" | sed -n 's/.*soname: \[\(.*\)\]/\1/p')" = libgreylist.so.1 ]
+  # Stripped, as distributions install libraries: no debug sections.
+  for f in libgreylist.so.1.0.0 libgreylist.a; do
+    if readelf -S "$stage$libdir_installed/$f" 2>/dev/null | grep -q '\.debug_info'; then
+      echo "FAILED: the installed $f has debug info" >&2
+      return 1
+    fi
+  done
+  cmp include/greylist.h "$stage/usr/local/include/greylist.h"
+  if [ "$(id -u)" != 0 ]; then
+    skip "the install into /usr/local" "needs root (ldconfig, /usr/local)" || return
+  fi
+  if [ -e "$libdir_installed/libgreylist.so.1" ] || [ -e /usr/local/include/greylist.h ]; then
+    skip "the install into /usr/local" "a libgreylist is installed there already" || return
+  fi
+  # shellcheck disable=SC2064
+  trap "sed 's|^\\.||' '$out/installed-files' | xargs rm -f; rmdir '$libdir_installed/pkgconfig' 2>/dev/null; ldconfig; rm -rf '$stage'" EXIT
+  cp -a "$stage/usr/local/." /usr/local/
+  ldconfig
   readme_block c >"$out/example.c"
   # shellcheck disable=SC2046
   gcc -std=c11 -Wall -Wextra -Werror "$out/example.c" -o "$out/example" $(pkg-config --cflags --libs greylist)
   # (An assignment of its own, so the example's exit status counts.)
-  got=$(LD_LIBRARY_PATH="$prefix/lib" "$out/example")
+  got=$(env -u LD_LIBRARY_PATH "$out/example")
   expect "the README's C example" "$got" \
     $'450 4.2.0 Greylisted, please try again in 300 seconds\n450 4.2.0 Greylisted, please try again in 240 seconds\n250 OK'
   readme_block cpp >"$out/example.cpp"
   # shellcheck disable=SC2046
   g++ -std=c++17 -Wall -Wextra -Werror "$out/example.cpp" -o "$out/example_cpp" $(pkg-config --cflags --libs greylist)
-  got=$(LD_LIBRARY_PATH="$prefix/lib" "$out/example_cpp")
+  got=$(env -u LD_LIBRARY_PATH "$out/example_cpp")
   expect "the README's C++ example" "$got" $'450 4.2.0 Greylisted, please try again in 300 seconds\n250 OK'
-  [ "$(readelf -d "$prefix/lib/libgreylist.so" | sed -n 's/.*soname: \[\(.*\)\]/\1/p')" = libgreylist.so.1 ]
-  # Installed stripped: no debug sections.
-  if readelf -S "$prefix/lib/libgreylist.so" | grep -q '\.debug_info'; then
-    echo "FAILED: the installed libgreylist.so has debug info" >&2
-    return 1
-  fi
+  # Linked against the SONAME, found by the loader's cache.
+  ldd "$out/example" | grep "libgreylist.so.1 => $libdir_installed/libgreylist.so.1"
 }
 
 python_binding() {
@@ -258,7 +293,7 @@ dotnet_binding() {
   mcs -langversion:7.2 -warnaserror -out:"$root/target/dotnet/TestGreylist.exe" \
     bindings/dotnet/Greylist.cs bindings/dotnet/examples/ExchangeAgent.cs \
     bindings/dotnet/tests/ExchangeStandIn.cs bindings/dotnet/tests/TestGreylist.cs
-  LD_LIBRARY_PATH="$root/target/release" mono "$root/target/dotnet/TestGreylist.exe"
+  LD_LIBRARY_PATH="$libdir" mono "$root/target/dotnet/TestGreylist.exe"
 }
 
 # greylist.dll for 64- and 32-bit Windows (the 32-bit one for 32-bit hosts
@@ -272,6 +307,7 @@ windows_wine() {
   done
   need wine "the Windows builds under Wine" \
     "dpkg --add-architecture i386; apt-get install wine wine64 wine32:i386" || return
+  need cargo-cbuild "the Windows builds under Wine" "cargo install cargo-c --locked --version 0.10.24" || return
   for target in x86_64-pc-windows-gnu i686-pc-windows-gnu; do
     if ! rustup target list --installed | grep -qx "$target"; then
       missing="the Rust standard library for $target (rustup target add $target)"
@@ -287,14 +323,18 @@ windows_wine() {
   [ -f "$WINEPREFIX/system.reg" ] || { wineboot -i >/dev/null 2>&1; wineserver -w; }
   for target in x86_64-pc-windows-gnu i686-pc-windows-gnu; do
     cc="${target%%-*}-w64-mingw32-gcc"
-    local dir="$root/target/wine/$target" built="$root/target/$target/release"
+    local dir="$root/target/wine/$target" built="$root/target/$target/capi"
     echo "-- $target"
-    cargo build -q --release --lib --target "$target" --no-default-features --features redis
+    # greylist.dll, its import library and .def, as cargo-c makes them.
+    cargo cbuild --profile capi -p greylist-c --target "$target"
     rm -rf "$dir" && mkdir -p "$dir"
     cp "$built/greylist.dll" "$dir/"
+    # The import library from cargo-c's .def by mingw's dlltool: cargo-c's
+    # own greylist.dll.a makes a 32-bit program crash at its first call.
+    "${cc%gcc}dlltool" -d "$built/greylist.def" -D greylist.dll -l "$dir/greylist.dll.a"
     # Static C runtime and winpthreads: the program needs greylist.dll only.
     "$cc" -std=c11 -Wall -Wextra -Werror -O1 -Iinclude tests/c/test_greylist.c \
-      "$built/libgreylist.dll.a" -static -pthread -o "$dir/test_greylist.exe"
+      "$dir/greylist.dll.a" -static -pthread -o "$dir/test_greylist.exe"
     # Wine 8.0 lacks Windows 10's bcryptprimitives.dll (ProcessPrng, which
     # Rust's standard library imports): a shim beside the program.
     "$cc" -shared -O2 -Wall -Wextra -Werror -Wl,--kill-at -o "$dir/bcryptprimitives.dll" \
@@ -317,6 +357,52 @@ windows_wine() {
     env "$runner=wine" cargo test -q --target "$target" --no-default-features "${tests[@]}" 2>&1 \
       | tr -d '\r' | grep -v '^\.*$'
   done
+}
+
+# The Greylist NuGet package (bindings/dotnet/Greylist.nuspec, Debian's
+# nuget): the assembly (Mono's mcs, net45) and the native library of
+# linux-x64, win-x64 and win-x86; then unpacked, and the .NET tests built
+# against the packaged assembly and run on the packaged Linux library.
+nuget_package() {
+  need nuget "the NuGet package" "apt-get install nuget" || return
+  need mcs "the NuGet package" "apt-get install mono-devel" || return
+  need cargo-cbuild "the NuGet package" "cargo install cargo-c --locked --version 0.10.24" || return
+  local pkg="$root/target/nuget" rid target
+  local stage="$pkg/stage" unpacked="$pkg/unpacked"
+  rm -rf "$pkg" && mkdir -p "$stage/lib/net46"
+  cargo cbuild --profile capi -p greylist-c
+  mkdir -p "$stage/runtimes/linux-x64/native"
+  cp -L "$root/target/x86_64-unknown-linux-gnu/capi/libgreylist.so" "$stage/runtimes/linux-x64/native/"
+  for rid in win-x64:x86_64-pc-windows-gnu win-x86:i686-pc-windows-gnu; do
+    target=${rid#*:}
+    rid=${rid%%:*}
+    # Built by the windows_wine part; else built here.
+    [ -f "$root/target/$target/capi/greylist.dll" ] \
+      || cargo cbuild --profile capi -p greylist-c --target "$target"
+    mkdir -p "$stage/runtimes/$rid/native"
+    cp "$root/target/$target/capi/greylist.dll" "$stage/runtimes/$rid/native/"
+  done
+  mcs -target:library -sdk:4.6 -langversion:7.2 -warnaserror -out:"$stage/lib/net46/Greylist.dll" \
+    bindings/dotnet/Greylist.cs
+  nuget pack bindings/dotnet/Greylist.nuspec -BasePath "$stage" -OutputDirectory "$pkg" \
+    -NonInteractive -NoPackageAnalysis >/dev/null
+  local nupkg="$pkg/Greylist.0.1.0.nupkg"
+  unzip -Z1 "$nupkg" | sort | tee "$pkg/listing.txt"
+  for f in lib/net46/Greylist.dll runtimes/linux-x64/native/libgreylist.so \
+    runtimes/win-x64/native/greylist.dll runtimes/win-x86/native/greylist.dll Greylist.nuspec; do
+    grep -qx "$f" "$pkg/listing.txt" || { echo "FAILED: $f is not in $nupkg" >&2; return 1; }
+  done
+  mkdir -p "$unpacked" && (cd "$unpacked" && unzip -q "$nupkg")
+  # Each native library is for its platform.
+  objdump -f "$unpacked/runtimes/win-x64/native/greylist.dll" | grep -q "file format pei-x86-64"
+  objdump -f "$unpacked/runtimes/win-x86/native/greylist.dll" | grep -q "file format pei-i386"
+  readelf -h "$unpacked/runtimes/linux-x64/native/libgreylist.so" | grep -q "Advanced Micro Devices X86-64"
+  # The tests against the packaged assembly and library.
+  cp "$unpacked/lib/net46/Greylist.dll" "$pkg/"
+  mcs -langversion:7.2 -warnaserror -r:"$pkg/Greylist.dll" -out:"$pkg/TestGreylist.exe" \
+    bindings/dotnet/examples/ExchangeAgent.cs bindings/dotnet/tests/ExchangeStandIn.cs \
+    bindings/dotnet/tests/TestGreylist.cs
+  (cd "$pkg" && LD_LIBRARY_PATH="$unpacked/runtimes/linux-x64/native" mono TestGreylist.exe)
 }
 
 start_redis() {
@@ -360,10 +446,11 @@ esac
 part "C ABI test (gcc -std=c11 -Wall -Wextra -Werror, ASan + UBSan)" c_asan
 part "C++ wrapper test (g++ -std=c++17, ASan + UBSan)" cpp_asan
 part "C ABI test under valgrind (no errors, no leaks)" c_valgrind
-part "install into a temporary prefix; build the README's C and C++ examples with pkg-config" install_examples
+part "cargo cinstall (staged, then into /usr/local); the README's C and C++ examples with pkg-config, no LD_LIBRARY_PATH" install_examples
 part "Python binding (unittest) and the README's example, pip-installed into a virtualenv" python_binding
 part ".NET binding under Mono (mcs, C# 7.2 language level)" dotnet_binding
 part "greylist.dll for x86_64 and i686 Windows (mingw-w64); the C ABI test under Wine" windows_wine
+part "the NuGet package (nuget pack): packed, unpacked, its assembly tested on its Linux library" nuget_package
 
 [ -z "$redis_pid" ] || { kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; }
 redis_pid=""

@@ -200,7 +200,7 @@ pub fn rss_bytes() -> usize {
 /// The engine through its C ABI, on triplets prepared as C strings once
 /// (as a C mail server holds them), to measure the call's own cost.
 pub struct CAbiEngine {
-    handle: *mut greylist::ffi::engine::greylist_engine,
+    handle: *mut greylist_c::greylist_engine,
     strings: Vec<[std::ffi::CString; 3]>,
 }
 
@@ -212,8 +212,7 @@ impl CAbiEngine {
     pub fn new(set: &[Triplet]) -> Self {
         let mut handle = std::ptr::null_mut();
         // SAFETY: NULL config (defaults) and a writable out pointer.
-        let status =
-            unsafe { greylist::ffi::engine::greylist_engine_new(std::ptr::null(), &mut handle) };
+        let status = unsafe { greylist_c::greylist_engine_new(std::ptr::null(), &mut handle) };
         assert_eq!(status, 0);
         let strings = set
             .iter()
@@ -231,9 +230,9 @@ impl CAbiEngine {
     }
 
     /// Checks prepared triplet `i`.
-    pub fn check_index(&self, i: usize, now: i64) -> greylist::ffi::engine::greylist_verdict {
+    pub fn check_index(&self, i: usize, now: i64) -> greylist_c::greylist_verdict {
         let s = &self.strings[i % self.strings.len()];
-        let mut v = greylist::ffi::engine::greylist_verdict {
+        let mut v = greylist_c::greylist_verdict {
             action: 0,
             reason: 0,
             retry_after: 0,
@@ -241,7 +240,7 @@ impl CAbiEngine {
         };
         // SAFETY: a live engine, NUL-terminated strings, a writable verdict.
         let status = unsafe {
-            greylist::ffi::engine::greylist_engine_check(
+            greylist_c::greylist_engine_check(
                 self.handle,
                 s[0].as_ptr(),
                 s[1].as_ptr(),
@@ -258,6 +257,6 @@ impl CAbiEngine {
 impl Drop for CAbiEngine {
     fn drop(&mut self) {
         // SAFETY: the engine came from greylist_engine_new and is freed once.
-        unsafe { greylist::ffi::engine::greylist_engine_free(self.handle) };
+        unsafe { greylist_c::greylist_engine_free(self.handle) };
     }
 }

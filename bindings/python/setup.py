@@ -1,13 +1,16 @@
 """Builds the package with the Rust library inside it.
 
 `pip install bindings/python` (or `pip wheel`) runs `cargo build --release
---lib` on this repository's crate and puts the library (libgreylist.so,
-libgreylist.dylib or greylist.dll) into the `greylist` package, so that
+-p greylist-c` (the C ABI crate, bindings/c) and puts the library, named
+libgreylist.so, libgreylist.dylib or greylist.dll, into the `greylist`
+package, so that
 `import greylist` finds it in any folder with no environment variable. The
 wheel is tagged `py3-none-<platform>`: it holds no Python extension (the
 binding is ctypes), only the platform's library. The rest of the metadata is
 in pyproject.toml.
 """
+
+from __future__ import annotations
 
 import os
 import shutil
@@ -26,13 +29,19 @@ except ImportError:  # pragma: no cover
 HERE = Path(__file__).resolve().parent
 CRATE = HERE.parent.parent  # bindings/python -> the repository root
 
-LIBRARIES = {"linux": "libgreylist.so", "darwin": "libgreylist.dylib", "win32": "greylist.dll"}
+# What cargo builds (the crate's library is greylist_c) and the name the
+# binding loads.
+LIBRARIES = {
+    "linux": ("libgreylist_c.so", "libgreylist.so"),
+    "darwin": ("libgreylist_c.dylib", "libgreylist.dylib"),
+    "win32": ("greylist_c.dll", "greylist.dll"),
+}
 
 
-def library_name() -> str:
-    for prefix, name in LIBRARIES.items():
+def library_names() -> tuple[str, str]:
+    for prefix, names in LIBRARIES.items():
         if sys.platform.startswith(prefix):
-            return name
+            return names
     return LIBRARIES["linux"]
 
 
@@ -48,16 +57,17 @@ class BuildWithLibrary(build_py):
         # The library alone, with the shared store (Redis) and without the
         # daemon's dependencies.
         command = [
-            cargo, "build", "--release", "--lib", "--manifest-path", str(manifest),
-            "--no-default-features", "--features", "redis",
+            cargo, "build", "--release", "-p", "greylist-c", "--lib",
+            "--manifest-path", str(manifest),
         ]
         try:
             subprocess.run(command, check=True)
         except FileNotFoundError:
             raise SystemExit("greylist: building the library needs Rust's cargo (https://rustup.rs)")
         target = Path(os.environ.get("CARGO_TARGET_DIR", CRATE / "target"))
-        built = target / "release" / library_name()
-        destination = Path(self.build_lib) / "greylist" / library_name()
+        built_name, name = library_names()
+        built = target / "release" / built_name
+        destination = Path(self.build_lib) / "greylist" / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(built, destination)
         # Stripped, as a packaged library is (the debug information is most

@@ -6,8 +6,7 @@
 
 use std::ffi::c_char;
 
-use greylist::ffi::engine::*;
-use greylist::ffi::error::*;
+use greylist_c::*;
 use libfuzzer_sys::fuzz_target;
 
 const T0: i64 = 1_700_000_000;

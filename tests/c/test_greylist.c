@@ -886,11 +886,17 @@ static bool test_replaced_callback_user_data_can_be_freed(void) {
   }
   /* The rounds start once every checker runs (threads start slowly under
    * Wine: the rounds were over before the first check). */
-  for (int i = 0; i < THREADS; i++) {
-    for (int waited = 0; atomic_load(&checkers[i].checks) < 10; waited++) {
-      CHECK(waited < 100000); /* 10 s */
+  time_t deadline = time(NULL) + 30;
+  bool running = true;
+  for (int i = 0; i < THREADS && running; i++) {
+    while (atomic_load(&checkers[i].checks) < 10 && (running = time(NULL) < deadline)) {
       nanosleep(&(struct timespec){0, 100000}, NULL);
     }
+  }
+  if (!running) {
+    atomic_store(&stop, true); /* the threads use `stop`: join them first */
+    for (int i = 0; i < THREADS; i++) pthread_join(threads[i], NULL);
+    CHECK(!"every checker thread made 10 checks within 30 s");
   }
   uint64_t calls = 0;
   for (int round = 0; round < 300; round++) {
@@ -900,7 +906,13 @@ static bool test_replaced_callback_user_data_can_be_freed(void) {
     atomic_init(&d->calls, 0);
     CHECK_STATUS(greylist_engine_set_event_callback(engine, touch_user_data, d),
                  GREYLIST_STATUS_OK);
-    nanosleep(&(struct timespec){0, 100000}, NULL);
+    /* Until the callback is being called (or 2 s): a window of a fixed
+     * 0.1 ms could pass with every checker descheduled (Wine, 32-bit; and
+     * mingw's nanosleep may return at once). */
+    time_t until = time(NULL) + 2;
+    while (atomic_load(&d->calls) == 0 && time(NULL) < until) {
+      nanosleep(&(struct timespec){0, 100000}, NULL);
+    }
     CHECK_STATUS(greylist_engine_set_event_callback(engine, NULL, NULL), GREYLIST_STATUS_OK);
     /* The header's promise: the old callback is done, its data may go. */
     calls += atomic_load(&d->calls);

@@ -1,17 +1,17 @@
 //! Gives the shared library a SONAME that carries the C ABI version
-//! (`libgreylist.so.1`), read from its one definition in `src/ffi/mod.rs`.
+//! (`libgreylist.so.1`), read from its one definition in `src/lib.rs`.
 
 use std::fs;
 
 fn main() {
-    const SOURCE: &str = "src/ffi/mod.rs";
+    const SOURCE: &str = "src/lib.rs";
     println!("cargo:rerun-if-changed={SOURCE}");
-    let text = fs::read_to_string(SOURCE).expect("src/ffi/mod.rs is readable");
+    let text = fs::read_to_string(SOURCE).expect("src/lib.rs is readable");
     let abi: u32 = text
         .lines()
         .find_map(|l| l.strip_prefix("pub const GREYLIST_ABI_VERSION: u32 = "))
         .and_then(|rest| rest.trim_end_matches(';').trim().parse().ok())
-        .expect("src/ffi/mod.rs defines GREYLIST_ABI_VERSION as a number");
+        .expect("src/lib.rs defines GREYLIST_ABI_VERSION as a number");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if matches!(
         os.as_str(),

@@ -3,9 +3,9 @@
 use std::ffi::c_char;
 use std::time::Duration;
 
-use super::error::{greylist_status, status_of, value_of, Failure};
-use super::{arg_mut, arg_str, free_handle, into_handle};
-use crate::{ConfigBuilder, FailMode, SnapshotOptions};
+use crate::errors::{greylist_status, status_of, value_of, Failure};
+use crate::{arg_mut, arg_str, free_handle, into_handle};
+use greylist_core::{ConfigBuilder, FailMode, SnapshotOptions};
 
 /// Engine settings under construction. Create with `greylist_config_new()`,
 /// change with the `greylist_config_set_*()` functions, pass to
@@ -464,7 +464,7 @@ pub unsafe extern "C" fn greylist_config_set_secret_file(
     unsafe {
         set(config, &["shared_secret_file"], |b| {
             let path = arg_str(path, "path")?;
-            let secret = crate::Secret::from_file(path.as_ref())
+            let secret = greylist_core::Secret::from_file(path.as_ref())
                 .map_err(|e| Failure::invalid(format!("shared_secret_file: {e}")))?;
             Ok(b.shared_secret(secret))
         })
@@ -541,8 +541,8 @@ pub unsafe extern "C" fn greylist_config_set_start_empty_if_corrupt(
 
 #[cfg(test)]
 mod tests {
-    use super::super::error::*;
     use super::*;
+    use crate::errors::*;
 
     #[test]
     fn setters_check_their_own_range_at_once() {

@@ -1,23 +1,48 @@
-//! The C ABI: a thin translation layer over the safe Rust API.
+//! libgreylist: the C ABI of the greylist engine, a thin translation layer
+//! over its safe Rust API (`include/greylist.h`, generated from this crate
+//! by cbindgen; built and installed with cargo-c).
 //!
 //! Conventions (the README's "C API conventions" says the same for C users):
 //! every exported function runs inside the panic boundary of
-//! `error::status_of` / `error::value_of`; fallible functions return a
+//! `errors::status_of` / `errors::value_of`; fallible functions return a
 //! `greylist_status` and write their outputs only on success; NULL,
 //! malformed or over-long input is a status, never a crash; the message of
 //! the last failure on a thread is copied out by `greylist_last_error()`.
 //! All pointer casting happens in this file.
+//!
+//! The modules follow the header: status and errors, config, engine, check,
+//! lists, reports, events.
 
 #![allow(unsafe_code, non_camel_case_types)]
 
 use std::ffi::{c_char, CStr};
 
-pub mod admin;
-pub mod config;
-pub mod engine;
-pub mod error;
+// In the header's order (cbindgen reads them in this order): one per
+// group, so rustfmt keeps it.
+pub mod errors;
 
-use error::Failure;
+pub mod config;
+
+pub mod engine;
+
+pub mod check;
+
+pub mod lists;
+
+pub mod reports;
+
+pub mod events;
+
+pub use check::*;
+pub use config::*;
+pub use engine::*;
+pub use errors::*;
+pub use events::*;
+pub use lists::*;
+pub use reports::*;
+
+#[cfg(test)]
+mod tests;
 
 /// The version of the C ABI. It changes only when a released function,
 /// type or constant changes incompatibly; additions keep it. The shared
@@ -49,7 +74,7 @@ pub extern "C" fn greylist_abi_version() -> u32 {
 /// Resolves the `now` argument of an exported function.
 pub(crate) fn resolve_now(now: i64) -> i64 {
     if now == GREYLIST_NOW {
-        crate::unix_now()
+        greylist_core::unix_now()
     } else {
         now
     }
@@ -154,7 +179,7 @@ pub(crate) unsafe fn write_str(buf: *mut c_char, len: usize, text: &str) -> Resu
     let buf = out_ptr(buf, "buf")?;
     if text.len() >= len {
         return Err(Failure::new(
-            error::GREYLIST_STATUS_BUFFER_TOO_SMALL,
+            errors::GREYLIST_STATUS_BUFFER_TOO_SMALL,
             format!("buf: {} bytes needed, {len} given", text.len() + 1),
         ));
     }
@@ -230,7 +255,7 @@ pub(crate) unsafe fn free_handle<T>(ptr: *mut T) {
 }
 
 #[cfg(test)]
-mod tests {
+mod lib_tests {
     use super::*;
 
     #[test]
@@ -259,13 +284,13 @@ mod tests {
         let bad = [0xC3u8, 0x28, 0];
         // SAFETY: NUL-terminated arrays that outlive the calls.
         let e = unsafe { arg_str(bad.as_ptr().cast(), "sender") }.unwrap_err();
-        assert_eq!(e.status, error::GREYLIST_STATUS_INVALID_ARGUMENT);
+        assert_eq!(e.status, errors::GREYLIST_STATUS_INVALID_ARGUMENT);
         assert!(e.message.starts_with("sender: is not valid UTF-8"));
         // SAFETY: NULL is allowed.
         let e = unsafe { arg_str(std::ptr::null(), "recipient") }.unwrap_err();
         assert_eq!(
             (e.status, e.message.as_str()),
-            (error::GREYLIST_STATUS_NULL_ARGUMENT, "recipient: is NULL")
+            (errors::GREYLIST_STATUS_NULL_ARGUMENT, "recipient: is NULL")
         );
         // SAFETY: a static NUL-terminated string.
         assert_eq!(unsafe { arg_str(c"ok".as_ptr(), "x") }.unwrap(), "ok");

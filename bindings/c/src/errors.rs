@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::{ConfigError, InputError, SnapshotError, StoreError};
+use greylist_core::{ConfigError, InputError, SnapshotError, StoreError};
 
 /// The result of a fallible call: `GREYLIST_STATUS_OK` (0) or one of the
 /// `GREYLIST_STATUS_*` codes. Numbers are never reused. On any other value
@@ -186,7 +186,7 @@ pub unsafe extern "C" fn greylist_last_error(buf: *mut c_char, len: usize) -> us
                 // SAFETY: the caller guarantees `buf` points to `len`
                 // writable bytes; it is not NULL and `len > 0`.
                 let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
-                super::copy_truncated(&message, out);
+                crate::copy_truncated(&message, out);
             }
             message.len()
         })
