@@ -161,8 +161,9 @@ mod sys {
         None
     }
 
-    /// NTFS journals its metadata, and a folder cannot be opened as a
-    /// file to flush it: the rename is durable once it returns.
+    /// A folder cannot be opened as a file to flush it. NTFS journals its
+    /// metadata, so a crash leaves the old or the new generation, never a
+    /// mix; right after a save returns, a crash may still keep the old one.
     pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
         Ok(())
     }

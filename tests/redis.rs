@@ -26,10 +26,16 @@ fn secret() -> Secret {
     Secret::from_bytes(*b"shared-by-mx-1-2")
 }
 
+/// A fleet member on `server`. Its timeout is long: these tests are about
+/// what the store keeps, and under a loaded CI machine a round trip took
+/// more than the default 50 ms, so checks went to the local fallback table
+/// and a sweep at the other MX found nothing. The outage tests set their
+/// own timeout.
 fn shared(server: &RedisServer, prefix: &str) -> ConfigBuilder {
     Config::builder()
         .redis(&server.url())
         .redis_prefix(prefix)
+        .redis_timeout(Duration::from_secs(5))
         .shared_secret(secret())
         .shards(4)
 }

@@ -222,12 +222,24 @@ install_examples() {
   if [ "$(id -u)" != 0 ]; then
     skip "the install into /usr/local" "needs root (ldconfig, /usr/local)" || return
   fi
-  if [ -e "$libdir_installed/libgreylist.so.1" ] || [ -e /usr/local/include/greylist.h ]; then
-    skip "the install into /usr/local" "a libgreylist is installed there already" || return
-  fi
+  # Nothing of a greylist already installed there is touched.
+  sed 's|^\.||' "$out/installed-files" >"$out/installed-paths"
+  while read -r f; do
+    if [ -e "$f" ] || [ -L "$f" ]; then
+      skip "the install into /usr/local" "$f is there already" || return
+    fi
+  done <"$out/installed-paths"
+  # Folders this test makes are removed with the files (rmdir: only empty).
+  local made=()
+  for f in "$libdir_installed/pkgconfig" "$libdir_installed" /usr/local/include; do
+    [ -d "$f" ] || made+=("$f")
+  done
   # shellcheck disable=SC2064
-  trap "sed 's|^\\.||' '$out/installed-files' | xargs rm -f; rmdir '$libdir_installed/pkgconfig' 2>/dev/null; ldconfig; rm -rf '$stage'" EXIT
-  cp -a "$stage/usr/local/." /usr/local/
+  trap "xargs rm -f <'$out/installed-paths'; rmdir ${made[*]} 2>/dev/null || true; ldconfig; rm -rf '$stage'" EXIT
+  # Files and links only: the folders' modes and owners stay as they are.
+  install -d "$libdir_installed/pkgconfig" /usr/local/include
+  # shellcheck disable=SC2046
+  (cd "$stage" && tar cf - --no-recursion $(cat "$out/installed-files")) | tar xf - -C / --no-overwrite-dir
   ldconfig
   readme_block c >"$out/example.c"
   # shellcheck disable=SC2046
@@ -253,7 +265,7 @@ python_binding() {
   # System site-packages stay visible, for aiosmtpd and mypy where .ci/run
   # installed them.
   [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
-  # pip builds the library (cargo build --release --lib) into the package:
+  # pip builds the library (cargo build --release -p greylist-c) into the package:
   # no GREYLIST_LIBRARY anywhere below.
   unset GREYLIST_LIBRARY
   "$venv/bin/python" -m pip install -q --no-deps --force-reinstall bindings/python
@@ -296,30 +308,35 @@ dotnet_binding() {
   LD_LIBRARY_PATH="$libdir" mono "$root/target/dotnet/TestGreylist.exe"
 }
 
-# greylist.dll for 64- and 32-bit Windows (the 32-bit one for 32-bit hosts
-# such as Exchange 2003's IIS SMTP service), cross-built with mingw-w64, and
+# greylist.dll for 64- and 32-bit Windows (the 32-bit one for 32-bit
+# programs, which 64-bit Windows runs too), cross-built with mingw-w64, and
 # the C ABI test cross-built against it and run under Wine, Redis part too.
-windows_wine() {
-  local target cc missing
+# need_windows PART: mingw-w64, cargo-c and the Rust Windows targets.
+need_windows() {
+  local cc target
   for cc in x86_64-w64-mingw32-gcc i686-w64-mingw32-gcc; do
-    need "$cc" "the Windows builds under Wine" \
-      "apt-get install gcc-mingw-w64-x86-64 gcc-mingw-w64-i686" || return
+    need "$cc" "$1" "apt-get install gcc-mingw-w64-x86-64 gcc-mingw-w64-i686" || return
   done
-  need wine "the Windows builds under Wine" \
-    "dpkg --add-architecture i386; apt-get install wine wine64 wine32:i386" || return
-  need cargo-cbuild "the Windows builds under Wine" "cargo install cargo-c --locked --version 0.10.24" || return
+  need cargo-cbuild "$1" "cargo install cargo-c --locked --version 0.10.24" || return
   for target in x86_64-pc-windows-gnu i686-pc-windows-gnu; do
     if ! rustup target list --installed | grep -qx "$target"; then
-      missing="the Rust standard library for $target (rustup target add $target)"
-      skip "the Windows builds under Wine" "$missing" || return
+      skip "$1" "the Rust standard library for $target (rustup target add $target)" || return
     fi
   done
+}
+
+windows_wine() {
+  local target cc
+  need_windows "the Windows builds under Wine" || return
+  need wine "the Windows builds under Wine" \
+    "dpkg --add-architecture i386; apt-get install wine wine64 wine32:i386" || return
   # One Wine prefix for both (a 64-bit prefix runs 32-bit programs too), and
   # its wineserver stopped when the part ends, however it ends.
   export WINEPREFIX="$root/target/wine/prefix" WINEDEBUG=-all
   mkdir -p "$root/target/wine"
   # shellcheck disable=SC2064
-  trap "wineserver -k 2>/dev/null; wineserver -w 2>/dev/null" EXIT
+  # (|| true: set -e is on in the trap too, and no wineserver may be left.)
+  trap "wineserver -k 2>/dev/null || true; wineserver -w 2>/dev/null || true" EXIT
   [ -f "$WINEPREFIX/system.reg" ] || { wineboot -i >/dev/null 2>&1; wineserver -w; }
   for target in x86_64-pc-windows-gnu i686-pc-windows-gnu; do
     cc="${target%%-*}-w64-mingw32-gcc"
@@ -354,8 +371,15 @@ windows_wine() {
     cp "$dir/bcryptprimitives.dll" "$root/target/$target/debug/deps/"
     local runner
     runner="CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUNNER"
+    set +e
     env "$runner=wine" cargo test -q --target "$target" --no-default-features "${tests[@]}" 2>&1 \
       | tr -d '\r' | grep -v '^\.*$'
+    local status=${PIPESTATUS[0]}
+    set -e
+    if [ "$status" != 0 ]; then
+      echo "FAILED: the Rust tests under Wine for $target (exit $status)" >&2
+      return 1
+    fi
   done
 }
 
@@ -366,19 +390,20 @@ windows_wine() {
 nuget_package() {
   need nuget "the NuGet package" "apt-get install nuget" || return
   need mcs "the NuGet package" "apt-get install mono-devel" || return
-  need cargo-cbuild "the NuGet package" "cargo install cargo-c --locked --version 0.10.24" || return
-  local pkg="$root/target/nuget" rid target
+  need_windows "the NuGet package" || return
+  local pkg="$root/target/nuget" rid target host
   local stage="$pkg/stage" unpacked="$pkg/unpacked"
-  rm -rf "$pkg" && mkdir -p "$stage/lib/net46"
+  rm -rf "$pkg" && mkdir -p "$stage/lib/net46" "$stage/build/net46"
+  host=$(rustc -vV | sed -n 's/^host: //p')
   cargo cbuild --profile capi -p greylist-c
   mkdir -p "$stage/runtimes/linux-x64/native"
-  cp -L "$root/target/x86_64-unknown-linux-gnu/capi/libgreylist.so" "$stage/runtimes/linux-x64/native/"
+  cp -L "$root/target/$host/capi/libgreylist.so" "$stage/runtimes/linux-x64/native/"
+  cp bindings/dotnet/build/Greylist.targets "$stage/build/net46/"
   for rid in win-x64:x86_64-pc-windows-gnu win-x86:i686-pc-windows-gnu; do
     target=${rid#*:}
     rid=${rid%%:*}
-    # Built by the windows_wine part; else built here.
-    [ -f "$root/target/$target/capi/greylist.dll" ] \
-      || cargo cbuild --profile capi -p greylist-c --target "$target"
+    # (Incremental: nothing to do after the windows_wine part.)
+    cargo cbuild --profile capi -p greylist-c --target "$target"
     mkdir -p "$stage/runtimes/$rid/native"
     cp "$root/target/$target/capi/greylist.dll" "$stage/runtimes/$rid/native/"
   done
@@ -389,7 +414,8 @@ nuget_package() {
   local nupkg="$pkg/Greylist.0.1.0.nupkg"
   unzip -Z1 "$nupkg" | sort | tee "$pkg/listing.txt"
   for f in lib/net46/Greylist.dll runtimes/linux-x64/native/libgreylist.so \
-    runtimes/win-x64/native/greylist.dll runtimes/win-x86/native/greylist.dll Greylist.nuspec; do
+    runtimes/win-x64/native/greylist.dll runtimes/win-x86/native/greylist.dll \
+    build/net46/Greylist.targets Greylist.nuspec; do
     grep -qx "$f" "$pkg/listing.txt" || { echo "FAILED: $f is not in $nupkg" >&2; return 1; }
   done
   mkdir -p "$unpacked" && (cd "$unpacked" && unzip -q "$nupkg")

@@ -168,6 +168,7 @@ class InvalidInputError(GreylistError, ValueError):
 # --- loading the library -----------------------------------------------------
 
 _LIB_NAMES = ("libgreylist.so", "libgreylist.dylib", "greylist.dll")
+_CHECKOUT_NAMES = ("libgreylist_c.so", "libgreylist_c.dylib", "greylist_c.dll")
 
 
 def _candidates() -> List[str]:
@@ -180,11 +181,12 @@ def _candidates() -> List[str]:
     system = ctypes.util.find_library("greylist")
     if system:
         found.append(system)
-    # Run from a checkout (not an installed copy): its cargo build.
+    # Run from a checkout (not an installed copy): its cargo build of the C
+    # ABI crate (`cargo build -p greylist-c`, which names it greylist_c).
     repo = here.parent.parent.parent  # bindings/python/greylist -> repository root
     if (repo / "Cargo.toml").is_file() and (repo / "include" / "greylist.h").is_file():
         for profile in ("release", "debug"):
-            found += [str(repo / "target" / profile / name) for name in _LIB_NAMES]
+            found += [str(repo / "target" / profile / name) for name in _CHECKOUT_NAMES]
     return found
 
 
