@@ -201,6 +201,7 @@ fn a_replaced_callback_is_never_called_after_on_event_returns() {
         .collect();
     for _ in 0..2_000 {
         let retired = Arc::new(AtomicBool::new(false));
+        let before = calls.load(Ordering::Relaxed);
         let (flag, late, n) = (retired.clone(), late_calls.clone(), calls.clone());
         e.on_event(Some(Box::new(move |_| {
             n.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +212,12 @@ fn a_replaced_callback_is_never_called_after_on_event_returns() {
             }
         })))
         .unwrap();
-        std::thread::yield_now();
+        // Until this callback is being called (or 2 s): a bare yield let
+        // whole rounds pass with every checker descheduled (under Wine).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while calls.load(Ordering::Relaxed) == before && std::time::Instant::now() < until {
+            std::thread::yield_now();
+        }
         e.on_event(None).unwrap();
         // From here on, that callback must never run again.
         retired.store(true, Ordering::SeqCst);
