@@ -20,7 +20,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[cfg(unix)]
 mod sys {
@@ -205,6 +205,15 @@ mod sys {
 
 pub(crate) use sys::{is_named, read_exact_at, sync_dir, write_all_at};
 
+/// `<path><suffix>`, beside `path`, spelt as the caller spelt the path (an
+/// error names `C:/data/g.snap.tmp`, not `C:/data\g.snap.tmp`): the
+/// snapshot's temporary file, previous generation and lock file.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 fn refused(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what)
 }
@@ -308,9 +317,7 @@ impl PathLock {
     /// Takes the lock beside `path`, or says who holds it.
     pub(crate) fn take(path: &Path) -> io::Result<PathLock> {
         use std::io::{Read, Seek, Write};
-        let mut name = path.as_os_str().to_os_string();
-        name.push(".lock");
-        let lock_path = Path::new(&name);
+        let lock_path = &sibling(path, ".lock");
         // Never removed or replaced (another user's lock file must still
         // lock), never through a link, only a regular file.
         let shown =

@@ -475,14 +475,6 @@ fn decode_client(b: &[u8], strings: &[u8], secret: &Secret) -> Result<ClientEntr
     })
 }
 
-/// `<path><suffix>`, beside the snapshot, spelt as the caller spelt the
-/// path (an error names `C:/data/g.snap.tmp`, not `C:/data\g.snap.tmp`).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -530,7 +522,7 @@ fn open_temp(tmp: &Path) -> Result<File, SnapshotError> {
 /// be opened for writing in its folder. For start-up, so that a folder
 /// that cannot be written is an error at once, not at the first save.
 pub fn check_writable(path: impl AsRef<Path>) -> Result<(), SnapshotError> {
-    open_temp(&sibling(path.as_ref(), ".tmp")).map(drop)
+    open_temp(&files::sibling(path.as_ref(), ".tmp")).map(drop)
 }
 
 impl Engine {
@@ -544,7 +536,7 @@ impl Engine {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), SnapshotError> {
         let path = path.as_ref();
         let _one_at_a_time = self.save_lock.lock();
-        let (tmp, old) = (sibling(path, ".tmp"), sibling(path, ".old"));
+        let (tmp, old) = (files::sibling(path, ".tmp"), files::sibling(path, ".old"));
         // A save killed between its renames leaves `.old`: recycle it.
         if files::exists(&old).map_err(io_err(&old))? {
             if files::exists(&tmp).map_err(io_err(&tmp))? {

@@ -311,6 +311,9 @@ dotnet_binding() {
 # greylist.dll for 64- and 32-bit Windows (the 32-bit one for 32-bit
 # programs, which 64-bit Windows runs too), cross-built with mingw-w64, and
 # the C ABI test cross-built against it and run under Wine, Redis part too.
+# The Windows targets: 64-bit, then 32-bit.
+windows_targets=(x86_64-pc-windows-gnu i686-pc-windows-gnu)
+
 # need_windows PART: mingw-w64, cargo-c and the Rust Windows targets.
 need_windows() {
   local cc target
@@ -318,7 +321,7 @@ need_windows() {
     need "$cc" "$1" "apt-get install gcc-mingw-w64-x86-64 gcc-mingw-w64-i686" || return
   done
   need cargo-cbuild "$1" "cargo install cargo-c --locked --version 0.10.24" || return
-  for target in x86_64-pc-windows-gnu i686-pc-windows-gnu; do
+  for target in "${windows_targets[@]}"; do
     if ! rustup target list --installed | grep -qx "$target"; then
       skip "$1" "the Rust standard library for $target (rustup target add $target)" || return
     fi
@@ -338,7 +341,7 @@ windows_wine() {
   # (|| true: set -e is on in the trap too, and no wineserver may be left.)
   trap "wineserver -k 2>/dev/null || true; wineserver -w 2>/dev/null || true" EXIT
   [ -f "$WINEPREFIX/system.reg" ] || { wineboot -i >/dev/null 2>&1; wineserver -w; }
-  for target in x86_64-pc-windows-gnu i686-pc-windows-gnu; do
+  for target in "${windows_targets[@]}"; do
     cc="${target%%-*}-w64-mingw32-gcc"
     local dir="$root/target/wine/$target" built="$root/target/$target/capi"
     echo "-- $target"
@@ -384,7 +387,7 @@ windows_wine() {
 }
 
 # The Greylist NuGet package (bindings/dotnet/Greylist.nuspec, Debian's
-# nuget): the assembly (Mono's mcs, net45) and the native library of
+# nuget): the assembly (Mono's mcs, net46) and the native library of
 # linux-x64, win-x64 and win-x86; then unpacked, and the .NET tests built
 # against the packaged assembly and run on the packaged Linux library.
 nuget_package() {
