@@ -8,14 +8,18 @@
 //!
 //! Each caller counts itself in a per-stripe counter (threads keep to
 //! their stripe, so the counters' cache lines stay with their cores) of
-//! the current *parity*, before it loads the callback. A replacement
-//! stores the new callback, flips the parity, and waits until no call
-//! counted under the old parity is left. A call that loaded the old
-//! callback counted itself before that load, so under the old parity and
-//! before the replacement read the counters (sequentially consistent
-//! order): the wait covers it. A call that counts itself after the flip
-//! loads the callback after the store, and gets the new one. Calls are
-//! never blocked; only a replacement waits (one at a time).
+//! the *parity* it read, loads the callback, and then reads the parity
+//! again: when it changed, it counts itself out and starts over. A
+//! replacement stores the new callback, flips the parity, and waits until
+//! no call counted under the old parity is left. A call that goes on saw
+//! the same parity before and after its load, so the flip that retires
+//! the callback it loaded comes after its second read (sequentially
+//! consistent order), and the replacement's wait, which reads the counters
+//! after that flip, covers it. (Without the second read, a call that read
+//! the parity before one flip and counted itself after the next landed in
+//! the counter nobody waited for: a callback was called after its
+//! replacement had returned, seen under Wine.) Calls are never blocked;
+//! only a replacement waits (one at a time).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -208,17 +212,27 @@ impl Events {
         if !self.on.load(Relaxed) {
             return;
         }
-        let parity = self.parity.load(SeqCst) & 1;
-        let counter = &self.in_flight[stripe % self.in_flight.len()].0[parity];
-        counter.fetch_add(1, SeqCst);
-        own_calls(self.id, parity, true);
-        let _counted = InFlight {
-            counter,
-            slot: self.id,
-            parity,
-        };
-        if let Some(sink) = self.sink.load_full() {
-            sink(&make());
+        let counters = &self.in_flight[stripe % self.in_flight.len()].0;
+        loop {
+            let seen = self.parity.load(SeqCst);
+            let parity = seen & 1;
+            counters[parity].fetch_add(1, SeqCst);
+            own_calls(self.id, parity, true);
+            let _counted = InFlight {
+                counter: &counters[parity],
+                slot: self.id,
+                parity,
+            };
+            let sink = self.sink.load_full();
+            if self.parity.load(SeqCst) != seen {
+                // A replacement flipped the parity meanwhile: the count may
+                // be under the parity nobody waits for. Again.
+                continue;
+            }
+            if let Some(sink) = sink {
+                sink(&make());
+            }
+            return;
         }
     }
 
