@@ -854,7 +854,11 @@ fn greylistctl_at_either_mx_acts_on_the_fleet() {
     };
     let quick = ["--delay", "2", "--lost-after", "3", "--sweep-interval", "1"];
     let mx1 = mx_daemon("ctl-mx1", &server, &quick);
-    let mx2 = mx_daemon("ctl-mx2", &server, &quick);
+    // MX 2 sweeps rarely, so MX 1 (which saw the early retries and so
+    // knows the addresses) settles the lost triplet: with both sweeping
+    // every second, whichever came first settled it, and MX 1's samples
+    // were missing when MX 2 won (a race the CI run lost twice).
+    let mx2 = mx_daemon("ctl-mx2", &server, &["--delay", "2", "--lost-after", "3"]);
     let (mut c1, mut c2) = (mx1.connect(), mx2.connect());
     // The Exchange 2003 pattern at MX 1.
     let lost = daemon::rcpt_on_clock("192.0.2.10", "alice@corp.example", "bob@example.net");
