@@ -171,6 +171,12 @@ typedef struct greylist_verdict {
 } greylist_verdict;
 
 /**
+ * What the client part of a request's key was
+ * (`greylist_request.key_used`). Numbers are never reused.
+ */
+typedef uint32_t greylist_key_kind;
+
+/**
  * A check request with what the MTA knows of the client. Append-only:
  * set `struct_size` to `sizeof(greylist_request)`; fields a caller's
  * older header lacks count as NULL.
@@ -208,6 +214,12 @@ typedef struct greylist_request {
    * Unix seconds, or `GREYLIST_NOW`.
    */
   int64_t now;
+  /**
+   * NULL, or where the engine writes what the client part of the key
+   * was: `GREYLIST_KEY_NETWORK`, `_HOST_DOMAIN` or `_VERIFIED_DOMAIN`
+   * (written only when the call succeeds).
+   */
+  greylist_key_kind *key_used;
 } greylist_request;
 
 /**
@@ -527,6 +539,23 @@ typedef void (*greylist_event_fn)(void *user_data, const struct greylist_event *
  */
 #define GREYLIST_REASON_STORE_UNAVAILABLE 9
 
+/**
+ * The client's network (its address masked to the configured prefix).
+ */
+#define GREYLIST_KEY_NETWORK 1
+
+/**
+ * The registrable domain of the client's verified host name
+ * (`greylist_config_set_key_by_host_name()`).
+ */
+#define GREYLIST_KEY_HOST_DOMAIN 2
+
+/**
+ * A sender domain the MTA verified, by SPF or DKIM
+ * (`greylist_config_set_key_by_verified_domain()`).
+ */
+#define GREYLIST_KEY_VERIFIED_DOMAIN 3
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -741,6 +770,20 @@ greylist_status greylist_config_set_reply(struct greylist_config *config,
  */
 greylist_status greylist_config_set_key_by_verified_domain(struct greylist_config *config,
                                                            bool enable);
+
+/**
+ * Keys a request that carries the client's verified host name
+ * (`greylist_request.client_name`: Postfix's `client_name`, Exim's
+ * `$sender_host_name`) by the name's registrable domain instead of the
+ * client network (`mail-sor-f41.google.com` keys as `google.com`), unless
+ * the name is generic (carries the client's address, or a word such as
+ * `dsl`, `dyn` or `pool`), so pools that retry from another host pass on
+ * their first retry after the delay. On by default.
+ *
+ * # Safety
+ * `config` must be NULL or a live config used by this thread only.
+ */
+greylist_status greylist_config_set_key_by_host_name(struct greylist_config *config, bool enable);
 
 /**
  * Keeps triplets in Redis, shared by every MX host with the same URL,
@@ -988,16 +1031,18 @@ greylist_status greylist_verdict_reply(const struct greylist_engine *engine,
  * Decides one request (see `greylist_request`): a whitelisted client (by
  * address or verified host name), sender or recipient passes
  * (`GREYLIST_REASON_WHITELISTED`); a trap recipient blocks the client
- * network (`GREYLIST_REASON_TRAPPED`); with
- * `greylist_config_set_key_by_verified_domain()`, a verified sender
- * domain replaces the client network in the key. Errors as for
+ * network (`GREYLIST_REASON_TRAPPED`); the registrable domain of a
+ * verified `client_name` (`greylist_config_set_key_by_host_name()`, on by
+ * default) or, with `greylist_config_set_key_by_verified_domain()`, a
+ * verified sender domain replaces the client network in the key
+ * (`key_used` says which). Errors as for
  * `greylist_engine_check()`; a `struct_size` smaller than the first seven
  * fields is `GREYLIST_STATUS_INVALID_ARGUMENT`. Thread-safe.
  *
  * # Safety
  * `engine` must be NULL or a live engine; `request` NULL or readable for
- * `request->struct_size` bytes, its strings NULL or NUL-terminated; `out`
- * NULL or writable.
+ * `request->struct_size` bytes, its strings NULL or NUL-terminated, its
+ * `key_used` NULL or writable; `out` NULL or writable.
  */
 greylist_status greylist_engine_check_request(struct greylist_engine *engine,
                                               const struct greylist_request *request,

@@ -123,6 +123,7 @@ pub struct Config {
     pub(crate) greylist_text: String,
     pub(crate) block_text: String,
     pub(crate) key_by_verified_domain: bool,
+    pub(crate) key_by_host_name: bool,
     pub(crate) redis: Option<RedisUrl>,
     pub(crate) redis_ca: Option<Pem>,
     pub(crate) redis_prefix: String,
@@ -204,6 +205,15 @@ settings! {
     /// that retry from unrelated addresses pass on their first retry
     /// (default off).
     key_by_verified_domain: bool,
+    /// When the MTA passes the client's verified host name (Postfix's
+    /// `client_name`, forward-confirmed reverse DNS), key triplets by its
+    /// registrable domain instead of the client network
+    /// ([`host_name_domain`](crate::host_name_domain): `mail-sor-f41.google.com`
+    /// keys as `google.com`), unless the name is generic (carries the
+    /// client's address, or a word of dynamic pools such as `dsl` or
+    /// `pool`). Pools that retry from another host pass on their first
+    /// retry after the delay (default on).
+    key_by_host_name: bool,
     /// How long a check waits for the shared store before the local table
     /// answers (default 50 ms).
     redis_timeout: Duration,
@@ -345,6 +355,7 @@ impl ConfigBuilder {
                 greylist_text: "Greylisted, please try again in %s seconds".to_string(),
                 block_text: "Client network blocked, please try again in %s seconds".to_string(),
                 key_by_verified_domain: false,
+                key_by_host_name: true,
                 redis: None,
                 redis_ca: None,
                 redis_prefix: "greylist:".to_string(),

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::events::{CallbackError, Event, EventKind, EventSink, Events};
 pub use crate::key::Request;
-use crate::key::{Keys, Secret};
+use crate::key::{KeyKind, Keys, Secret};
 use crate::lists::Lists;
 use crate::normalize::InputError;
 use crate::rules::{ClientState, Reason, TripletState, Verdict};
@@ -163,13 +163,18 @@ impl Engine {
     /// `key_by_verified_domain`, a verified sender domain replaces the
     /// client network in the key.
     pub fn check_request(&self, req: &Request<'_>, now: i64) -> Result<Verdict, InputError> {
-        let keys = self.keys(req)?;
+        let mut keys = self.keys(req)?;
         let now = clamp_time(now);
-        let verdict = if keys.whitelisted() {
+        let mut verdict = if keys.whitelisted() {
             Verdict::new(Reason::Whitelisted, 0, 0)
-        } else {
+        } else if keys.kind == KeyKind::Network {
             self.store.check(&keys, now)
+        } else {
+            let (k, v) = self.check_by_domain(req, keys, now);
+            keys = k;
+            v
         };
+        verdict.key = keys.kind;
         self.counters.mine().reasons[verdict.reason.index()].fetch_add(1, Relaxed);
         self.events.emit(|| Event {
             kind: match verdict.action {
@@ -184,6 +189,80 @@ impl Engine {
             triplet: Some(keys.triplet_key),
         });
         Ok(verdict)
+    }
+
+    /// Decides a request keyed by a domain (a verified host name's or
+    /// sender's). The client's network still counts where it decides
+    /// alone: a blocked network (a trap hit, blasting) stays blocked under
+    /// any name, and an auto-whitelisted one passes. A domain triplet
+    /// never seen before passes when the network passed that triplet
+    /// (typically: keyed by network until host names or verified domains
+    /// were used), and the new domain entry is dropped: turning
+    /// `key_by_host_name` on (or upgrading to a version where it is on)
+    /// greylists no known correspondent again. A store that does not
+    /// answer about the network leaves the domain to decide.
+    fn check_by_domain(&self, req: &Request<'_>, keys: Keys, now: u32) -> (Keys, Verdict) {
+        let by_network = Request {
+            client_name: None,
+            verified_domain: None,
+            ..*req
+        };
+        let Ok(net_keys) = self.keys(&by_network) else {
+            let v = self.store.check(&keys, now);
+            return (keys, v);
+        };
+        let network = self.store.client_state(&net_keys).ok().flatten();
+        if network.is_some_and(|c| {
+            c.blocks(now, &self.config) || c.is_auto_whitelisted(now, &self.config)
+        }) {
+            let v = self.store.check(&net_keys, now);
+            return (net_keys, v);
+        }
+        let v = self.store.check(&keys, now);
+        if v.reason != Reason::New {
+            return (keys, v);
+        }
+        let passed = self
+            .store
+            .triplet_state(&net_keys)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.passed && !t.is_expired(now, &self.config));
+        if !passed {
+            return (keys, v);
+        }
+        // Best effort: a domain entry left behind only expires.
+        let _ = self.store.forget(&keys);
+        let v = self.store.check(&net_keys, now);
+        (net_keys, v)
+    }
+
+    /// Whether [`check_request`](Self::check_request) would pass `req` at
+    /// `now` as it is (without a verified domain): a static whitelist
+    /// matches it, its triplet passed and has not expired, or its client is
+    /// auto-whitelisted. Changes nothing. A host that verifies senders
+    /// itself (SPF, as the daemon's `--spf`) asks this first, and verifies
+    /// only what would not pass. An error when the shared store does not
+    /// answer (or for input [`check_request`](Self::check_request) refuses).
+    pub fn would_pass(&self, req: &Request<'_>, now: i64) -> Result<bool, StoreError> {
+        let req = Request {
+            verified_domain: None,
+            ..*req
+        };
+        let keys = self.keys(&req)?;
+        let now = clamp_time(now);
+        if keys.whitelisted() {
+            return Ok(true);
+        }
+        let passed = self
+            .store
+            .triplet_state(&keys)?
+            .is_some_and(|t| t.passed && !t.is_expired(now, &self.config));
+        Ok(passed
+            || self
+                .store
+                .client_state(&keys)?
+                .is_some_and(|c| c.is_auto_whitelisted(now, &self.config)))
     }
 
     /// Sets (or with `None` removes) the event callback. It receives every

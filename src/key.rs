@@ -165,9 +165,45 @@ thread_local! {
     static KEY_MATERIAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
 }
 
+/// What the client part of a request's key is (see
+/// [`Verdict::key`](crate::Verdict::key)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeyKind {
+    /// The client's network (its address masked to `ipv4_prefix` or
+    /// `ipv6_prefix`): no usable verified name or domain, or a trap hit.
+    #[default]
+    Network,
+    /// The registrable domain of the client's verified host name
+    /// (`key_by_host_name`).
+    HostDomain,
+    /// A sender domain the MTA verified, by SPF or DKIM
+    /// (`key_by_verified_domain`).
+    VerifiedDomain,
+}
+
+impl KeyKind {
+    /// The name logs use: `network`, `host-domain`, `verified-domain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Network => "network",
+            KeyKind::HostDomain => "host-domain",
+            KeyKind::VerifiedDomain => "verified-domain",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One request, parsed and keyed once.
 pub(crate) struct Keys {
+    /// The client part of the key: the network, or a domain (`kind`).
     pub(crate) net: ClientNet,
+    pub(crate) kind: KeyKind,
     pub(crate) net_key: u128,
     pub(crate) triplet_key: u128,
     pub(crate) listed: Listed,
@@ -202,8 +238,12 @@ pub struct Request<'a> {
     /// The envelope recipient.
     pub recipient: &'a [u8],
     /// The client's host name, as the MTA verified it (forward-confirmed
-    /// reverse DNS); matched against host-name whitelist entries. Ignored
-    /// when it is not UTF-8 or longer than 1 KiB.
+    /// reverse DNS; `unknown` or absent when it could not); matched against
+    /// host-name whitelist entries and, with `key_by_host_name` on (the
+    /// default), its registrable domain replaces the client network in the
+    /// key unless the name is generic (see
+    /// [`host_name_domain`](crate::host_name_domain)). Ignored when it is
+    /// not UTF-8 or longer than 1 KiB.
     pub client_name: Option<&'a [u8]>,
     /// The HELO/EHLO name. It is unverified, so it never decides anything,
     /// and any value is accepted.
@@ -261,6 +301,11 @@ impl<'a> Request<'a> {
 /// [`MAX_ADDRESS_LEN`](crate::MAX_ADDRESS_LEN) is keyed by a hash of its
 /// exact bytes (and matches no list). An unusable optional attribute
 /// (client name, verified domain) is ignored.
+///
+/// The client part is a verified sender domain, else the verified host
+/// name's registrable domain, else the network (see [`KeyKind`]); a trap
+/// recipient always keys by network, so a trap hit from one host of a pool
+/// blocks that host's network, never the pool's domain.
 pub(crate) fn keys(
     c: &Config,
     secret: &Secret,
@@ -273,19 +318,35 @@ pub(crate) fn keys(
             .and_then(|v| std::str::from_utf8(v).ok())
     }
     let client_name = text(req.client_name);
-    let domain = text(req.verified_domain.filter(|_| c.key_by_verified_domain))
-        .and_then(|d| ClientNet::domain(d).ok());
-    let net = domain.unwrap_or_else(|| ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix));
+    let verified = || {
+        text(req.verified_domain.filter(|_| c.key_by_verified_domain))
+            .and_then(|d| ClientNet::domain(d).ok())
+            .map(|d| (d, KeyKind::VerifiedDomain))
+    };
+    let host = || {
+        client_name
+            .filter(|_| c.key_by_host_name)
+            .and_then(|name| crate::hostname::host_name_domain(name, ip))
+            .and_then(|d| ClientNet::domain(&d).ok())
+            .map(|d| (d, KeyKind::HostDomain))
+    };
+    let network = || {
+        (
+            ClientNet::from_ip(ip, c.ipv4_prefix, c.ipv6_prefix),
+            KeyKind::Network,
+        )
+    };
+    let (mut net, mut kind) = verified().or_else(host).unwrap_or_else(network);
     let delimiters = c.extension_delimiters.as_bytes();
     // Key material is built in a per-thread buffer: no allocation and
     // one hasher call per key.
     KEY_MATERIAL.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.clear();
-        buf.push(NET_TAG);
+        buf.push(TRIPLET_TAG);
+        let client_at = buf.len();
         net.encode_into(&mut buf);
-        let net_key = secret.hash(&buf);
-        buf[0] = TRIPLET_TAG;
+        let mut client_end = buf.len();
         let sender = push_part_or_hash(&mut buf, secret, req.sender, |b| {
             normalize::sender_into(req.sender, delimiters, b);
             Ok(())
@@ -303,10 +364,23 @@ pub(crate) fn keys(
             });
             lists.lookup(ip, client_name, &sender, &recipient)
         };
+        if listed == Listed::Trap && kind != KeyKind::Network {
+            (net, kind) = network();
+            let mut client = Vec::new();
+            net.encode_into(&mut client);
+            let len = client.len();
+            buf.splice(client_at..client_end, client);
+            client_end = client_at + len;
+        }
+        let triplet_key = secret.hash(&buf);
+        buf.truncate(client_end);
+        buf[0] = NET_TAG;
+        let net_key = secret.hash(&buf[..]);
         Ok(Keys {
-            triplet_key: secret.hash(&buf),
+            triplet_key,
             net_key,
             net,
+            kind,
             listed,
         })
     })

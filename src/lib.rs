@@ -118,6 +118,7 @@ mod config;
 mod engine;
 mod events;
 mod files;
+mod hostname;
 mod key;
 mod lists;
 mod maintenance;
@@ -133,7 +134,8 @@ pub use admin::ClientReport;
 pub use config::{Config, ConfigBuilder, ConfigError, FailMode, MAX_SHARDS};
 pub use engine::{unix_now, Engine, Request};
 pub use events::{CallbackError, Event, EventKind, EventSink};
-pub use key::Secret;
+pub use hostname::host_name_domain;
+pub use key::{KeyKind, Secret};
 pub use lists::{list_entries, read_list_file, ListError, ListKind};
 pub use maintenance::{
     Clock, Maintenance, Opened, SaveEvent, SaveObserver, SnapshotOptions, Started,

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::{self, BufRead};
 use std::ops::Range;
 
-use crate::{Action, Engine, Reason, Request, Verdict};
+use crate::{Action, Engine, KeyKind, Reason, Request, Verdict};
 
 /// Longest request line accepted, in bytes.
 pub const MAX_LINE: usize = 4096;
@@ -459,6 +459,31 @@ pub fn civil_time(now: i64) -> (i64, i64, i64, i64, i64, i64) {
     (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// Appends what keyed a request: ` key=network`, or ` key=host-domain`
+/// or ` key=spf-domain` (the daemon's only verified domains come from
+/// SPF) with ` domain=...`.
+fn key_fields(log: &mut String, req: &Request<'_>, kind: KeyKind) {
+    let domain = match kind {
+        KeyKind::HostDomain => req
+            .client_name
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .zip(crate::normalize::parse_ip(req.client_ip).ok())
+            .and_then(|(name, ip)| crate::host_name_domain(name, ip)),
+        KeyKind::VerifiedDomain => req
+            .verified_domain
+            .map(|d| String::from_utf8_lossy(d).to_ascii_lowercase()),
+        _ => None,
+    };
+    log.push_str(match kind {
+        KeyKind::HostDomain => " key=host-domain",
+        KeyKind::VerifiedDomain => " key=spf-domain",
+        _ => " key=network",
+    });
+    if let Some(domain) = domain {
+        field(log, "domain", domain.as_bytes());
+    }
+}
+
 fn domain_of(address: &[u8]) -> String {
     let domain = address
         .iter()
@@ -474,6 +499,15 @@ fn domain_of(address: &[u8]) -> String {
         .collect()
 }
 
+/// What verifies a request's sender domain for its client before the
+/// engine decides (the daemon's `--spf`): asked only for a request the
+/// engine would not pass as it is.
+pub trait SenderCheck {
+    /// The verified sender domain, if the check passed, and what the log
+    /// line says of the check (`pass`, `fail`, `timeout`, ...), if it ran.
+    fn verify(&self, request: &Request<'_>) -> (Option<String>, Option<&'static str>);
+}
+
 /// Answers one request at `now` (Unix seconds). Requests that are not an
 /// RCPT-stage `smtpd_access_policy` get `DUNNO`; every RCPT-stage request
 /// is greylisted unless the engine passes it, including one it cannot
@@ -483,6 +517,21 @@ pub fn answer(
     request: &PolicyRequest,
     options: &PolicyOptions,
     now: i64,
+) -> Answer {
+    answer_with(engine, request, options, now, None)
+}
+
+/// [`answer`], with a [`SenderCheck`] asked first for a request the engine
+/// would not pass as it is (its triplet not passed, its client not
+/// whitelisted): a domain it verifies keys the request (the engine must
+/// have `key_by_verified_domain` on); anything else leaves the key as it
+/// was, never a penalty.
+pub fn answer_with(
+    engine: &Engine,
+    request: &PolicyRequest,
+    options: &PolicyOptions,
+    now: i64,
+    sender_check: Option<&dyn SenderCheck>,
 ) -> Answer {
     if request.get_bytes("request") != Some(b"smtpd_access_policy") {
         return dunno("not a smtpd_access_policy request");
@@ -501,6 +550,14 @@ pub fn answer(
     let now = match request.get("policy_test_time") {
         Some(t) if options.allow_test_time => t.parse().unwrap_or(now),
         _ => now,
+    };
+    let (verified, check_log) = match sender_check {
+        Some(check) if !engine.would_pass(&req, now).unwrap_or(false) => check.verify(&req),
+        _ => (None, None),
+    };
+    let req = Request {
+        verified_domain: verified.as_deref().map(str::as_bytes),
+        ..req
     };
     let verdict = match engine.check_request(&req, now) {
         Ok(v) => v,
@@ -562,6 +619,11 @@ pub fn answer(
         " retry_after={} delayed={}",
         verdict.retry_after, verdict.delayed
     );
+    key_fields(&mut log, &req, verdict.key);
+    if let Some(result) = check_log {
+        log.push_str(" spf=");
+        log.push_str(result);
+    }
     if let Some(why) = request.malformed() {
         field(&mut log, "ignored", why.as_bytes());
     }

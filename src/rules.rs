@@ -124,6 +124,9 @@ pub struct Verdict {
     /// For [`Reason::Retried`], seconds between the first attempt and this
     /// one (what an `X-Greylist: delayed N seconds` header states); else 0.
     pub delayed: u32,
+    /// What the client part of the triplet's key was: the network, the
+    /// verified host name's domain or a verified sender domain.
+    pub key: crate::KeyKind,
 }
 
 impl Verdict {
@@ -133,6 +136,7 @@ impl Verdict {
             reason,
             retry_after,
             delayed,
+            key: crate::KeyKind::Network,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 #[path = "support/names.rs"]
 mod names;
 
-use greylist::{Action, Config, Engine, Event, EventKind, ListKind, Reason, Request};
+use greylist::{Action, Config, Engine, Event, EventKind, KeyKind, ListKind, Reason, Request};
 
 const T0: i64 = 1_700_000_000;
 
@@ -132,6 +132,143 @@ fn a_pool_retrying_from_another_address_passes_with_verified_domains() {
             "key_by_verified_domain = {on}"
         );
     }
+}
+
+/// Issue 23: a pool retrying from other hosts in other networks passes
+/// on its first retry when keyed by its verified host names' domain, and
+/// the verdict says so; without a verified name (`unknown`) each new
+/// network is greylisted, and a generic name keeps its network.
+#[test]
+fn a_pool_retrying_from_another_host_passes_by_its_host_names() {
+    let e = Engine::new(Config::default());
+    let at = |ip, name, now| {
+        let req = Request::new(ip, "alice@gmail.com", "bob@example.net").client_name(name);
+        e.check_request(&req, now).unwrap()
+    };
+    let v = at("209.85.220.41", "mail-sor-f41.google.com", T0);
+    assert_eq!((v.reason, v.key), (Reason::New, KeyKind::HostDomain));
+    let v = at("74.125.0.5", "mail-yw1-f5.google.com", T0 + 301);
+    assert_eq!((v.reason, v.key), (Reason::Retried, KeyKind::HostDomain));
+    let v = at("172.217.0.9", "mail-qt1-f9.google.com", T0 + 400);
+    assert_eq!((v.reason, v.key), (Reason::Passed, KeyKind::HostDomain));
+    // No verified name: every new network is a new triplet.
+    for (i, ip) in ["209.85.220.41", "74.125.0.5", "172.217.0.9"]
+        .iter()
+        .enumerate()
+    {
+        let v = e
+            .check_request(
+                &Request::new(ip, "carol@gmail.com", "bob@example.net").client_name("unknown"),
+                T0 + 301 * i as i64,
+            )
+            .unwrap();
+        assert_eq!((v.reason, v.key), (Reason::New, KeyKind::Network), "{ip}");
+    }
+    // A generic name keeps its /24: the same /24 passes, another does not.
+    let dsl = |ip, name, now| {
+        let req = Request::new(ip, "dave@example.org", "bob@example.net").client_name(name);
+        e.check_request(&req, now).unwrap()
+    };
+    let v = dsl("203.0.113.7", "host-203-0-113-7.dsl.example.net", T0);
+    assert_eq!((v.reason, v.key), (Reason::New, KeyKind::Network));
+    let v = dsl("203.0.113.8", "host-203-0-113-8.dsl.example.net", T0 + 301);
+    assert_eq!((v.reason, v.key), (Reason::Retried, KeyKind::Network));
+    let v = dsl(
+        "198.51.100.8",
+        "host-198-51-100-8.dsl.example.net",
+        T0 + 302,
+    );
+    assert_eq!((v.reason, v.key), (Reason::New, KeyKind::Network));
+    // Off: the network keys it.
+    let off = Engine::new(Config::builder().key_by_host_name(false).build().unwrap());
+    let req = Request::new("209.85.220.41", "a@gmail.com", "b@example.net")
+        .client_name("mail-sor-f41.google.com");
+    let v = off.check_request(&req, T0).unwrap();
+    assert_eq!(v.key, KeyKind::Network);
+}
+
+/// A trap hit or a blast from one host of a pool blocks that host's
+/// network, never the pool's domain (every other host of it still passes).
+#[test]
+fn a_pool_domain_is_never_blocked() {
+    let e = Engine::new(Config::builder().blast_copies(2).build().unwrap());
+    e.set_list(ListKind::TrapRecipients, &["trap@example.net"])
+        .unwrap();
+    let google = |ip, name, rcpt, now| {
+        let req = Request::new(ip, "spammer@gmail.com", rcpt).client_name(name);
+        e.check_request(&req, now).unwrap()
+    };
+    let v = google(
+        "209.85.220.41",
+        "mail-sor-f41.google.com",
+        "trap@example.net",
+        T0,
+    );
+    assert_eq!((v.reason, v.key), (Reason::Trapped, KeyKind::Network));
+    let v = google(
+        "209.85.220.42",
+        "mail-sor-f42.google.com",
+        "x@example.net",
+        T0 + 1,
+    );
+    assert_eq!(
+        v.reason,
+        Reason::Blocked,
+        "the trapped host's /24 is blocked"
+    );
+    let v = google(
+        "74.125.0.5",
+        "mail-yw1-f5.google.com",
+        "x@example.net",
+        T0 + 1,
+    );
+    assert_eq!((v.reason, v.key), (Reason::New, KeyKind::HostDomain));
+    // Copies of one message from the pool, over blast_copies: deferred,
+    // never blocked.
+    for i in 0..6 {
+        let v = google(
+            "74.125.0.6",
+            "mail-yw1-f6.google.com",
+            "y@example.net",
+            T0 + 2 + i,
+        );
+        assert_eq!(v.action, Action::Defer, "copy {i}: {v:?}");
+    }
+    let v = google(
+        "172.217.0.9",
+        "mail-qt1-f9.google.com",
+        "z@example.net",
+        T0 + 10,
+    );
+    assert_eq!(v.reason, Reason::New);
+}
+
+/// Turning host names on (the default since issue 23) greylists no known
+/// correspondent again: a triplet that passed by network, or a network on
+/// the auto-whitelist, still passes when its client now has a name.
+#[test]
+fn correspondents_known_by_network_pass_when_keyed_by_name() {
+    let e = Engine::new(Config::builder().key_by_host_name(false).build().unwrap());
+    let req = Request::new("209.85.220.41", "alice@gmail.com", "bob@example.net")
+        .client_name("mail-sor-f41.google.com");
+    e.check_request(&req, T0).unwrap();
+    assert_eq!(
+        e.check_request(&req, T0 + 301).unwrap().reason,
+        Reason::Retried
+    );
+    let dir = std::env::temp_dir().join(format!("greylist-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("g.snap");
+    e.save(&path).unwrap();
+    let upgraded = Engine::load(&path, Config::default()).unwrap();
+    let v = upgraded.check_request(&req, T0 + 500).unwrap();
+    assert_eq!((v.reason, v.key), (Reason::Passed, KeyKind::Network));
+    // Another recipient is new, for the host name's domain.
+    let other = Request::new("209.85.220.41", "alice@gmail.com", "carol@example.net")
+        .client_name("mail-sor-f41.google.com");
+    let v = upgraded.check_request(&other, T0 + 500).unwrap();
+    assert_eq!((v.reason, v.key), (Reason::New, KeyKind::HostDomain));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// 25 copies of one message within a minute from one /24: blocked by the

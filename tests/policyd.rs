@@ -9,7 +9,7 @@ mod real;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
 
-use daemon::{answers, rcpt, Daemon};
+use daemon::{answers, ask, rcpt, rcpt_named, Daemon};
 
 const T0: i64 = 1_700_000_000;
 
@@ -640,4 +640,84 @@ fn a_second_daemon_on_one_snapshot_is_refused() {
     drop(first);
     let again = Daemon::start_in(&dir, &[]);
     again.wait_for_log("listening on");
+}
+
+/// Issue 23: Gmail's pool retries from other hosts in other networks.
+/// Keyed by the verified host names' domain, the first retry after the
+/// delay passes, from any host of the pool; with `client_name=unknown`
+/// each new network is greylisted again (as before); a generic name keeps
+/// its /24; `--no-key-by-host-name` keys by network. The built-in list
+/// (which has google.com) is off, so the keys decide.
+#[test]
+fn a_pool_passes_on_its_first_retry_by_its_verified_host_names() {
+    let d = Daemon::start(
+        "host-names",
+        &["--allow-test-time", "--no-default-whitelist"],
+    );
+    let mut s = d.connect();
+    let gmail = [
+        ("209.85.220.41", "mail-sor-f41.google.com", T0),
+        ("74.125.0.5", "mail-yw1-f5.google.com", T0 + 300),
+        ("172.217.0.9", "mail-qk1-f9.google.com", T0 + 400),
+    ];
+    let got: Vec<String> = gmail
+        .iter()
+        .map(|(ip, name, t)| {
+            ask(
+                &mut s,
+                &rcpt_named(ip, name, "alice@gmail.com", "bob@example.net", *t),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300 seconds",
+            "PREPEND X-Greylist: delayed 300 seconds by greylist-policyd",
+            "DUNNO",
+        ]
+    );
+    d.wait_for_lines("key=host-domain domain=google.com", 3);
+    // Unverified: every network is new.
+    for (ip, _, t) in gmail {
+        assert_eq!(
+            ask(&mut s, &rcpt(ip, "carol@gmail.com", "bob@example.net", t)),
+            "DEFER_IF_PERMIT 4.2.0 Greylisted, please try again in 300 seconds",
+            "{ip}"
+        );
+    }
+    // A generic (dynamic) name keeps its /24.
+    let dsl = |ip: &str, t| {
+        let name = format!("host-{}.dsl.example.net", ip.replace('.', "-"));
+        rcpt_named(ip, &name, "dave@example.org", "bob@example.net", t)
+    };
+    assert!(ask(&mut s, &dsl("203.0.113.7", T0)).starts_with("DEFER_IF_PERMIT"));
+    // (One X-Greylist header per message instance: this pass says DUNNO.)
+    assert_eq!(ask(&mut s, &dsl("203.0.113.8", T0 + 300)), "DUNNO");
+    assert!(ask(&mut s, &dsl("198.51.100.8", T0 + 300)).starts_with("DEFER_IF_PERMIT"));
+    d.wait_for_log("client=198.51.100.8");
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("client=203.0.113.7"))
+        .unwrap();
+    assert!(line.ends_with(" key=network"), "{line}");
+
+    let off = Daemon::start(
+        "host-names-off",
+        &[
+            "--allow-test-time",
+            "--no-default-whitelist",
+            "--no-key-by-host-name",
+        ],
+    );
+    let mut s = off.connect();
+    for (ip, name, t) in gmail {
+        let a = ask(
+            &mut s,
+            &rcpt_named(ip, name, "alice@gmail.com", "bob@example.net", t),
+        );
+        assert!(a.starts_with("DEFER_IF_PERMIT"), "{ip}: {a}");
+    }
+    off.wait_for_lines("key=network", 3);
 }

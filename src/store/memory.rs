@@ -11,7 +11,7 @@ use hashbrown::HashTable;
 use crate::config::Config;
 use crate::events::{Event, EventKind, Events};
 use crate::key::net_id;
-use crate::key::Keys;
+use crate::key::{KeyKind, Keys};
 use crate::lists::Listed;
 use crate::normalize::ClientNet;
 use crate::rules::{
@@ -446,8 +446,17 @@ impl MemoryStore {
 
         if touches_client(&verdict, config) {
             let early = verdict.reason == Reason::EarlyRetry;
+            // A domain key (a pool's many hosts) is never blocked for early
+            // retries: one sender of the pool blasting would block them
+            // all. Its record still credits lost mail; the hosts' networks
+            // can still be blocked, by their own keys and by traps.
+            let may_block = k.kind == KeyKind::Network;
             let v = self.with_client(k, now, early, |c| {
-                client_update(c, verdict, copies, now, config)
+                if early && !may_block {
+                    verdict
+                } else {
+                    client_update(c, verdict, copies, now, config)
+                }
             });
             if early && v.reason == Reason::Blocked {
                 self.block_started(k, Reason::Blocked, now, u32::from(copies));

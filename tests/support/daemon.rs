@@ -32,6 +32,12 @@ pub fn rcpt(ip: &str, sender: &str, recipient: &str, now: i64) -> String {
     )
 }
 
+/// [`rcpt`] from a client whose host name Postfix verified (`client_name`).
+pub fn rcpt_named(ip: &str, name: &str, sender: &str, recipient: &str, now: i64) -> String {
+    rcpt(ip, sender, recipient, now)
+        .replace("client_name=unknown\n", &format!("client_name={name}\n"))
+}
+
 /// A policy request at the RCPT stage, judged by the daemon's clock (moved
 /// on by `policy_test_advance`, which its sweeps follow too).
 pub fn rcpt_on_clock(ip: &str, sender: &str, recipient: &str) -> String {

@@ -9,7 +9,7 @@ use crate::{
     arg_bytes, arg_ref, arg_str, copy_versioned, opt_bytes, out_ptr, resolve_now, versioned_size,
     write_out, write_str,
 };
-use greylist_core::{Action, Reason, Request, Verdict};
+use greylist_core::{Action, KeyKind, Reason, Request, Verdict};
 
 /// What the mail server should do (`greylist_verdict.action`).
 #[allow(non_camel_case_types)]
@@ -58,6 +58,30 @@ pub const GREYLIST_REASON_TRAPPED: greylist_reason = 8;
 /// engine fails open (the default), see `greylist_config_set_redis_fail_defer()`.
 pub const GREYLIST_REASON_STORE_UNAVAILABLE: greylist_reason = 9;
 
+/// What the client part of a request's key was
+/// (`greylist_request.key_used`). Numbers are never reused.
+#[allow(non_camel_case_types)]
+pub type greylist_key_kind = u32;
+
+/// The client's network (its address masked to the configured prefix).
+pub const GREYLIST_KEY_NETWORK: greylist_key_kind = 1;
+
+/// The registrable domain of the client's verified host name
+/// (`greylist_config_set_key_by_host_name()`).
+pub const GREYLIST_KEY_HOST_DOMAIN: greylist_key_kind = 2;
+
+/// A sender domain the MTA verified, by SPF or DKIM
+/// (`greylist_config_set_key_by_verified_domain()`).
+pub const GREYLIST_KEY_VERIFIED_DOMAIN: greylist_key_kind = 3;
+
+fn key_kind_number(kind: KeyKind) -> greylist_key_kind {
+    match kind {
+        KeyKind::HostDomain => GREYLIST_KEY_HOST_DOMAIN,
+        KeyKind::VerifiedDomain => GREYLIST_KEY_VERIFIED_DOMAIN,
+        _ => GREYLIST_KEY_NETWORK,
+    }
+}
+
 /// The answer for one triplet.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +128,7 @@ impl greylist_verdict {
             reason,
             retry_after: v.retry_after,
             delayed: v.delayed,
+            key: KeyKind::Network,
         })
     }
 }
@@ -204,6 +229,10 @@ pub struct greylist_request {
     pub verified_domain: *const c_char,
     /// Unix seconds, or `GREYLIST_NOW`.
     pub now: i64,
+    /// NULL, or where the engine writes what the client part of the key
+    /// was: `GREYLIST_KEY_NETWORK`, `_HOST_DOMAIN` or `_VERIFIED_DOMAIN`
+    /// (written only when the call succeeds).
+    pub key_used: *mut greylist_key_kind,
 }
 
 /// Reads an optional string field: NULL is `None`.
@@ -225,16 +254,18 @@ pub(crate) unsafe fn opt_str<'a>(
 /// Decides one request (see `greylist_request`): a whitelisted client (by
 /// address or verified host name), sender or recipient passes
 /// (`GREYLIST_REASON_WHITELISTED`); a trap recipient blocks the client
-/// network (`GREYLIST_REASON_TRAPPED`); with
-/// `greylist_config_set_key_by_verified_domain()`, a verified sender
-/// domain replaces the client network in the key. Errors as for
+/// network (`GREYLIST_REASON_TRAPPED`); the registrable domain of a
+/// verified `client_name` (`greylist_config_set_key_by_host_name()`, on by
+/// default) or, with `greylist_config_set_key_by_verified_domain()`, a
+/// verified sender domain replaces the client network in the key
+/// (`key_used` says which). Errors as for
 /// `greylist_engine_check()`; a `struct_size` smaller than the first seven
 /// fields is `GREYLIST_STATUS_INVALID_ARGUMENT`. Thread-safe.
 ///
 /// # Safety
 /// `engine` must be NULL or a live engine; `request` NULL or readable for
-/// `request->struct_size` bytes, its strings NULL or NUL-terminated; `out`
-/// NULL or writable.
+/// `request->struct_size` bytes, its strings NULL or NUL-terminated, its
+/// `key_used` NULL or writable; `out` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn greylist_engine_check_request(
     engine: *mut greylist_engine,
@@ -258,6 +289,7 @@ pub unsafe extern "C" fn greylist_engine_check_request(
             helo: std::ptr::null(),
             verified_domain: std::ptr::null(),
             now: super::GREYLIST_NOW,
+            key_used: std::ptr::null_mut(),
         };
         // SAFETY: the caller guarantees `size` readable bytes; fields an
         // older caller lacks keep the defaults set above.
@@ -276,6 +308,10 @@ pub unsafe extern "C" fn greylist_engine_check_request(
         let verdict = engine.engine.check_request(&req, resolve_now(r.now))?;
         // SAFETY: checked non-NULL; the caller guarantees it is writable.
         unsafe { write_out(out, verdict.into()) };
+        if !r.key_used.is_null() {
+            // SAFETY: not NULL; the caller guarantees it is writable.
+            unsafe { write_out(r.key_used, key_kind_number(verdict.key)) };
+        }
         Ok(())
     })
 }

@@ -321,6 +321,25 @@ pub unsafe extern "C" fn greylist_config_set_key_by_verified_domain(
     unsafe { set(config, &[], |b| Ok(b.key_by_verified_domain(enable))) }
 }
 
+/// Keys a request that carries the client's verified host name
+/// (`greylist_request.client_name`: Postfix's `client_name`, Exim's
+/// `$sender_host_name`) by the name's registrable domain instead of the
+/// client network (`mail-sor-f41.google.com` keys as `google.com`), unless
+/// the name is generic (carries the client's address, or a word such as
+/// `dsl`, `dyn` or `pool`), so pools that retry from another host pass on
+/// their first retry after the delay. On by default.
+///
+/// # Safety
+/// `config` must be NULL or a live config used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn greylist_config_set_key_by_host_name(
+    config: *mut greylist_config,
+    enable: bool,
+) -> greylist_status {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { set(config, &[], |b| Ok(b.key_by_host_name(enable))) }
+}
+
 /// Keeps triplets in Redis, shared by every MX host with the same URL,
 /// prefix and key secret (`greylist_config_set_secret_file()`, needed
 /// too): `redis://[user:password@]host:port/db`, `rediss://...` for TLS

@@ -212,6 +212,80 @@ mod admin_calls {
         }
     }
 
+    /// Issue 23: a pool retrying from another host and network passes,
+    /// keyed by its verified host name's domain, and `key_used` says so;
+    /// an older caller's request (no `key_used`) is answered the same.
+    #[test]
+    fn host_names_key_pools_and_say_so() {
+        let mut e = null_mut();
+        // SAFETY: live pointers; `e` is freed last.
+        unsafe {
+            assert_eq!(greylist_engine_new(null(), &mut e), GREYLIST_STATUS_OK);
+            let mut used = 0;
+            let mut req = greylist_request {
+                struct_size: std::mem::size_of::<greylist_request>(),
+                client_ip: c"209.85.220.41".as_ptr(),
+                sender: c"alice@gmail.com".as_ptr(),
+                recipient: c"bob@example.net".as_ptr(),
+                client_name: c"mail-sor-f41.google.com".as_ptr(),
+                helo: null(),
+                verified_domain: null(),
+                now: T0,
+                key_used: &mut used,
+            };
+            let mut v = std::mem::zeroed::<greylist_verdict>();
+            assert_eq!(
+                greylist_engine_check_request(e, &req, &mut v),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(
+                (v.reason, used),
+                (GREYLIST_REASON_NEW, GREYLIST_KEY_HOST_DOMAIN)
+            );
+            req.client_ip = c"74.125.0.5".as_ptr();
+            req.client_name = c"mail-yw1-f5.google.com".as_ptr();
+            req.now = T0 + 301;
+            req.struct_size = std::mem::offset_of!(greylist_request, key_used);
+            used = 0;
+            assert_eq!(
+                greylist_engine_check_request(e, &req, &mut v),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!((v.reason, used), (GREYLIST_REASON_RETRIED, 0));
+            req.struct_size = std::mem::size_of::<greylist_request>();
+            req.client_name = c"unknown".as_ptr();
+            assert_eq!(
+                greylist_engine_check_request(e, &req, &mut v),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(
+                (v.reason, used),
+                (GREYLIST_REASON_NEW, GREYLIST_KEY_NETWORK)
+            );
+            let config = greylist_config_new();
+            assert!(!config.is_null());
+            assert_eq!(
+                greylist_config_set_key_by_host_name(config, false),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(
+                greylist_config_set_key_by_host_name(null_mut(), false),
+                GREYLIST_STATUS_NULL_ARGUMENT
+            );
+            let mut off = null_mut();
+            assert_eq!(greylist_engine_new(config, &mut off), GREYLIST_STATUS_OK);
+            req.client_name = c"mail-yw1-f5.google.com".as_ptr();
+            assert_eq!(
+                greylist_engine_check_request(off, &req, &mut v),
+                GREYLIST_STATUS_OK
+            );
+            assert_eq!(used, GREYLIST_KEY_NETWORK);
+            greylist_engine_free(off);
+            greylist_config_free(config);
+            greylist_engine_free(e);
+        }
+    }
+
     #[test]
     fn requests_events_lists_and_reports_through_the_c_abi() {
         let mut e = null_mut();
@@ -234,6 +308,7 @@ mod admin_calls {
                 helo: c"mx.x.org".as_ptr(),
                 verified_domain: null(),
                 now: T0,
+                key_used: null_mut(),
             };
             let mut v = greylist_verdict {
                 action: 9,

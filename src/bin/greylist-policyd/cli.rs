@@ -156,6 +156,23 @@ pub struct Args {
     /// Key clients by their own address (/32, /128)
     #[arg(long, overrides_with = "lookup_by_subnet", help_heading = H_GREYLISTING)]
     pub lookup_by_host: bool,
+    /// Key clients by their network even when Postfix verified their host
+    /// name (client_name). By default a verified, non-generic name keys by
+    /// its registrable domain (mail-sor-f41.google.com: google.com), so a
+    /// pool retrying from another host passes on its first retry
+    #[arg(long, help_heading = H_GREYLISTING)]
+    pub no_key_by_host_name: bool,
+    /// Check the envelope sender's SPF for the client's address when its
+    /// triplet has not passed: a pass keys the request by the sender's
+    /// domain (never a penalty otherwise)
+    #[arg(long, help_heading = H_GREYLISTING)]
+    pub spf: bool,
+    /// Deadline of one SPF check, DNS included, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=30_000), help_heading = H_GREYLISTING)]
+    pub spf_timeout: u64,
+    /// The DNS server SPF asks (IP[:PORT]); default: /etc/resolv.conf's
+    #[arg(long, value_name = "ADDR", value_parser = crate::spf::parse_server, help_heading = H_GREYLISTING)]
+    pub dns_server: Option<std::net::SocketAddr>,
     /// postgrey's one-way hashes; accepted (keys are always keyed hashes here)
     #[arg(long, help_heading = H_GREYLISTING)]
     pub privacy: bool,
@@ -338,6 +355,8 @@ pub struct Options {
     pub request_timeout: Duration,
     pub config: greylist::ConfigBuilder,
     pub policy: PolicyOptions,
+    /// `--spf`: the deadline of one check and the DNS server, if given.
+    pub spf: Option<(Duration, Option<std::net::SocketAddr>)>,
     pub lists: Vec<(ListKind, Vec<PathBuf>)>,
     /// Whether the built-in client whitelist is used.
     pub default_clients: bool,
@@ -419,6 +438,8 @@ impl Args {
             .blast_copies(self.blast_copies)
             .blast_threshold(self.blast_threshold)
             .block_time(self.block_time)
+            .key_by_host_name(!self.no_key_by_host_name)
+            .key_by_verified_domain(self.spf)
             .redis_prefix(&self.redis_prefix)
             .redis_timeout(Duration::from_millis(self.redis_timeout))
             .fail_mode(match self.redis_fail {
@@ -501,6 +522,9 @@ impl Args {
             request_timeout: Duration::from_secs(self.request_timeout.max(1)),
             config,
             policy,
+            spf: self
+                .spf
+                .then(|| (Duration::from_millis(self.spf_timeout), self.dns_server)),
             default_clients: self.whitelist_clients.is_empty() && !self.no_default_whitelist,
             show_default_whitelist: self.show_default_whitelist,
             lists: vec![

@@ -17,6 +17,7 @@ mod recall;
 mod report;
 mod server;
 mod service;
+mod spf;
 mod watch;
 mod whitelist;
 
@@ -293,10 +294,23 @@ fn run(o: cli::Options, keep_stderr: bool) -> Result<(), String> {
         .on_event(Some(report::event_sink(engine.config(), recall.clone())))
         .map_err(|e| e.to_string())?;
 
+    let spf = match o.spf {
+        Some((deadline, server)) => {
+            let spf = spf::Spf::new(server, deadline, &o.policy.hostname).map_err(as_user)?;
+            log(format_args!(
+                "SPF: sender domains that pass key their requests (DNS {}, deadline {} ms)",
+                server.map_or_else(|| "from /etc/resolv.conf".to_string(), |s| s.to_string()),
+                deadline.as_millis()
+            ));
+            Some(Arc::new(spf))
+        }
+        None => None,
+    };
     let live = metrics::Live::default();
     let server = Arc::new(Server::new(
         engine.clone(),
         o.policy.clone(),
+        spf,
         limits,
         clock.clone(),
         live.clone(),

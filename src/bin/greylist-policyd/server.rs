@@ -242,6 +242,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub struct Server {
     engine: Arc<Engine>,
     policy: PolicyOptions,
+    /// `--spf`'s checker.
+    spf: Option<Arc<crate::spf::Spf>>,
     limits: Limits,
     started: Instant,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
@@ -274,6 +276,7 @@ impl Server {
     pub fn new(
         engine: Arc<Engine>,
         policy: PolicyOptions,
+        spf: Option<Arc<crate::spf::Spf>>,
         limits: Limits,
         clock: Arc<DaemonClock>,
         live: Live,
@@ -282,6 +285,7 @@ impl Server {
         Server {
             engine,
             policy,
+            spf,
             limits,
             started: Instant::now(),
             slots: Mutex::new(HashMap::new()),
@@ -460,7 +464,8 @@ impl Server {
             }
             let started = Instant::now();
             let now = self.clock.now();
-            let mut answer = policy::answer(&self.engine, &request, &self.policy, now);
+            let spf = self.spf.as_deref().map(|s| s as &dyn policy::SenderCheck);
+            let mut answer = policy::answer_with(&self.engine, &request, &self.policy, now, spf);
             policy::prepend_once(&mut answer, &request, &mut last_prepended);
             self.remember(&request, &answer);
             decision(&answer.log);

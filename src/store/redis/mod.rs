@@ -45,7 +45,7 @@ use redis::{ConnectionLike, Value};
 
 use crate::config::{Config, FailMode};
 use crate::events::{Event, EventKind, Events};
-use crate::key::Keys;
+use crate::key::{KeyKind, Keys};
 use crate::normalize::ClientNet;
 use crate::rules::{Action, ClientState, Reason, TripletState, Verdict};
 use crate::stats::{Counters, Stats};
@@ -260,7 +260,12 @@ impl RedisStore {
             command.arg(self.suspects_index());
         }
         command
-            .arg(if trap { "trap" } else { "check" })
+            .arg(match (trap, k.kind) {
+                (true, _) => "trap",
+                (false, KeyKind::Network) => "check",
+                // A domain key never blocks (see memory.rs).
+                (false, _) => "check-domain",
+            })
             .arg(now)
             .arg(&script_settings(&self.config)[..])
             .arg(k.net.to_string());
@@ -723,7 +728,7 @@ pub(crate) fn fallback(local: Verdict, mode: FailMode) -> Verdict {
         action,
         reason: Reason::StoreUnavailable,
         retry_after,
-        delayed: local.delayed,
+        ..local
     }
 }
 
