@@ -194,13 +194,14 @@ impl Engine {
     /// Decides a request keyed by a domain (a verified host name's or
     /// sender's). The client's network still counts where it decides
     /// alone: a blocked network (a trap hit, blasting) stays blocked under
-    /// any name, and an auto-whitelisted one passes. A domain triplet
-    /// never seen before passes when the network passed that triplet
-    /// (typically: keyed by network until host names or verified domains
-    /// were used), and the new domain entry is dropped: turning
-    /// `key_by_host_name` on (or upgrading to a version where it is on)
-    /// greylists no known correspondent again. A store that does not
-    /// answer about the network leaves the domain to decide.
+    /// any name, and an auto-whitelisted one passes. A domain triplet that
+    /// would be deferred (new, or retried early) passes when the network
+    /// passed that triplet, and the domain's entry is dropped: a triplet
+    /// known by network before host names or verified domains were used
+    /// (turning `key_by_host_name` on, or upgrading to a version where it
+    /// is on, greylists no known correspondent again), or one an operator
+    /// released by its client address. A store that does not answer about
+    /// the network leaves the domain to decide.
     fn check_by_domain(&self, req: &Request<'_>, keys: Keys, now: u32) -> (Keys, Verdict) {
         let by_network = Request {
             client_name: None,
@@ -219,7 +220,7 @@ impl Engine {
             return (net_keys, v);
         }
         let v = self.store.check(&keys, now);
-        if v.reason != Reason::New {
+        if !matches!(v.reason, Reason::New | Reason::EarlyRetry) {
             return (keys, v);
         }
         let passed = self

@@ -225,12 +225,41 @@ pub struct Answer {
     /// `defer` or `block` and the verdict's reason; `defer` and
     /// `cannot-judge`; `dunno` and `not-rcpt`.
     pub outcome: (&'static str, &'static str),
+    /// The sender domain a [`SenderCheck`] verified, which keyed the
+    /// request with the engine's `key_by_verified_domain` (see
+    /// [`Answer::client_key`]).
+    pub verified_domain: Option<String>,
 }
 
 impl Answer {
     /// The bytes to send: `action=...` and a blank line.
     pub fn to_wire(&self) -> String {
         format!("action={}\n\n", self.action)
+    }
+
+    /// The engine's request for `request` as it was judged (with the
+    /// verified domain, if any), its triplet key, and the client part of
+    /// the key as text (`192.0.2.0/24`, `google.com`): what a host keeps
+    /// a deferred request's addresses under, to name them when its mail
+    /// is lost. `None` when the engine did not judge it.
+    pub fn client_key(&self, engine: &Engine, request: &PolicyRequest) -> Option<(u128, String)> {
+        let v = self.verdict?;
+        let req = engine_request(request)?;
+        let req = Request {
+            verified_domain: self.verified_domain.as_deref().map(str::as_bytes),
+            ..req
+        };
+        let key = engine.request_key(&req).ok()?;
+        let client = match v.key {
+            KeyKind::Network => {
+                let c = engine.config();
+                crate::ClientNet::parse(req.client_ip, c.ipv4_prefix(), c.ipv6_prefix())
+                    .ok()?
+                    .to_string()
+            }
+            kind => key_domain(&req, kind)?,
+        };
+        Some((key, client))
     }
 }
 
@@ -300,6 +329,7 @@ fn dunno(why: &str) -> Answer {
         log,
         verdict: None,
         outcome: ("dunno", "not-rcpt"),
+        verified_domain: None,
     }
 }
 
@@ -327,6 +357,7 @@ fn cannot_judge(why: &str, request: &PolicyRequest) -> Answer {
         log,
         verdict: None,
         outcome: ("defer", "cannot-judge"),
+        verified_domain: None,
     }
 }
 
@@ -463,17 +494,7 @@ pub fn civil_time(now: i64) -> (i64, i64, i64, i64, i64, i64) {
 /// or ` key=spf-domain` (the daemon's only verified domains come from
 /// SPF) with ` domain=...`.
 fn key_fields(log: &mut String, req: &Request<'_>, kind: KeyKind) {
-    let domain = match kind {
-        KeyKind::HostDomain => req
-            .client_name
-            .and_then(|n| std::str::from_utf8(n).ok())
-            .zip(crate::normalize::parse_ip(req.client_ip).ok())
-            .and_then(|(name, ip)| crate::host_name_domain(name, ip)),
-        KeyKind::VerifiedDomain => req
-            .verified_domain
-            .map(|d| String::from_utf8_lossy(d).to_ascii_lowercase()),
-        _ => None,
-    };
+    let domain = key_domain(req, kind);
     log.push_str(match kind {
         KeyKind::HostDomain => " key=host-domain",
         KeyKind::VerifiedDomain => " key=spf-domain",
@@ -481,6 +502,23 @@ fn key_fields(log: &mut String, req: &Request<'_>, kind: KeyKind) {
     });
     if let Some(domain) = domain {
         field(log, "domain", domain.as_bytes());
+    }
+}
+
+/// The domain that keyed a request of key kind `kind`, if a domain did.
+fn key_domain(req: &Request<'_>, kind: KeyKind) -> Option<String> {
+    match kind {
+        KeyKind::HostDomain => req
+            .client_name
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .zip(crate::normalize::parse_ip(req.client_ip).ok())
+            .and_then(|(name, ip)| crate::host_name_domain(name, ip)),
+        KeyKind::VerifiedDomain => req
+            .verified_domain
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| crate::ClientNet::domain(d).ok())
+            .map(|d| d.to_string()),
+        _ => None,
     }
 }
 
@@ -607,6 +645,7 @@ pub fn answer_with(
             log: postgrey_line(request, &verdict),
             verdict: Some(verdict),
             outcome,
+            verified_domain: verified.clone(),
         };
     }
     let mut log = format!("action={} reason={}", outcome.0, outcome.1);
@@ -632,6 +671,7 @@ pub fn answer_with(
         log,
         verdict: Some(verdict),
         outcome,
+        verified_domain: verified.clone(),
     }
 }
 
@@ -901,7 +941,7 @@ mod tests {
             log,
             "action=defer reason=new client=192.0.2.1 \
              from=\"<\\\"x> action=pass reason=whitelisted client=10.0.0.1 from=<y\\\"@spam.example>\" \
-             to=<b@y.net> retry_after=300 delayed=0"
+             to=<b@y.net> retry_after=300 delayed=0 key=network"
         );
         // Parsed as key=value fields with quoted strings: one action, one from.
         let fields = parse_fields(&log);

@@ -721,3 +721,64 @@ fn a_pool_passes_on_its_first_retry_by_its_verified_host_names() {
     }
     off.wait_for_lines("key=network", 3);
 }
+
+/// Issue 23: a pool keyed by its host names' domain has its lost mail
+/// reported under the domain, with the addresses; `greylistctl client
+/// --name` shows the domain's record; `greylistctl release` by a client
+/// address lets the pool's waiting triplet pass from that network.
+#[test]
+fn a_pools_lost_mail_and_release_work_by_its_domain() {
+    use daemon::{advance, rcpt_on_clock};
+    let d = Daemon::start(
+        "host-names-lost",
+        &["--allow-test-time", "--no-default-whitelist"],
+    );
+    let mut c = d.connect();
+    let named = |ip: &str, name: &str, to: &str| {
+        rcpt_on_clock(ip, "ceo@corp.example", to)
+            .replace("client_name=unknown\n", &format!("client_name={name}\n"))
+    };
+    // Early retries from two hosts of the pool, then silence.
+    for (dt, ip, name) in [
+        (0, "192.0.2.25", "out-a.mail.example.com"),
+        (4, "198.51.100.9", "out-b.mail.example.com"),
+    ] {
+        advance(&mut c, dt);
+        let answer = ask(&mut c, &named(ip, name, "lost@example.net"));
+        assert!(answer.starts_with("DEFER_IF_PERMIT 4.2.0 "), "{answer}");
+        let answer = ask(&mut c, &named(ip, name, "held@example.net"));
+        assert!(answer.starts_with("DEFER_IF_PERMIT 4.2.0 "), "{answer}");
+    }
+    // The operator releases one of them by the client's address.
+    let released = d.ctl(&[
+        "release",
+        "198.51.100.9",
+        "ceo@corp.example",
+        "held@example.net",
+    ]);
+    assert_eq!(released["released"], 1);
+    let answer = ask(
+        &mut c,
+        &named(
+            "198.51.100.10",
+            "out-c.mail.example.com",
+            "held@example.net",
+        ),
+    );
+    assert_eq!(
+        answer, "DUNNO",
+        "released: passes from the released network"
+    );
+    let record = d.ctl(&["client", "192.0.2.25", "--name", "out-a.mail.example.com"]);
+    assert_eq!(record["network"], "example.com", "{record}");
+    assert_eq!(record["pending"], 1, "{record}");
+    assert_eq!(d.ctl(&["client", "192.0.2.25"])["network"], "192.0.2.0/24");
+
+    advance(&mut c, 3 * 3600);
+    d.signal("USR2");
+    let rows = d.wait_for_lost_mail();
+    assert_eq!(rows[0]["network"], "example.com", "{rows}");
+    assert_eq!(rows[0]["count"], 1, "{rows}");
+    let samples = rows[0]["samples"].to_string();
+    assert!(samples.contains("lost@example.net"), "{samples}");
+}

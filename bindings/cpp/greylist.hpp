@@ -82,6 +82,17 @@ enum class Reason : uint32_t {
   StoreUnavailable = GREYLIST_REASON_STORE_UNAVAILABLE,
 };
 
+/// What the client part of a request's key was (`Verdict::key()`).
+enum class KeyKind : uint32_t {
+  /// The client's network (its address masked to the configured prefix).
+  Network = GREYLIST_KEY_NETWORK,
+  /// The registrable domain of the client's verified host name
+  /// (`Config::key_by_host_name()`).
+  HostDomain = GREYLIST_KEY_HOST_DOMAIN,
+  /// A sender domain the MTA verified (`Config::key_by_verified_domain()`).
+  VerifiedDomain = GREYLIST_KEY_VERIFIED_DOMAIN,
+};
+
 enum class List : uint32_t {
   Clients = GREYLIST_LIST_CLIENTS,
   Senders = GREYLIST_LIST_SENDERS,
@@ -106,10 +117,14 @@ struct LostMail {
 /// The answer for one triplet.
 struct Verdict {
   greylist_verdict raw;
+  /// What keyed the check (`greylist_request.key_used`); a check of the
+  /// bare triplet is keyed by the client network.
+  greylist_key_kind key_used = GREYLIST_KEY_NETWORK;
   Action action() const noexcept { return static_cast<Action>(raw.action); }
   Reason reason() const noexcept { return static_cast<Reason>(raw.reason); }
   uint32_t retry_after() const noexcept { return raw.retry_after; }
   uint32_t delayed() const noexcept { return raw.delayed; }
+  KeyKind key() const noexcept { return static_cast<KeyKind>(key_used); }
 };
 
 /// Engine settings; every setter checks its value and throws on a bad one.
@@ -160,8 +175,17 @@ class Config {
     return set(greylist_config_set_extension_delimiters(
         config_, detail::c_str(delimiters, "delimiters")));
   }
+  /// Key a request with a verified sender domain (`ClientInfo::verified_domain`)
+  /// by that domain instead of the client network (default off).
   Config &key_by_verified_domain(bool enable) {
     return set(greylist_config_set_key_by_verified_domain(config_, enable));
+  }
+  /// Key a request with a verified, non-generic host name
+  /// (`ClientInfo::client_name`) by the name's registrable domain instead of
+  /// the client network: `mail-sor-f41.google.com` keys as `google.com`
+  /// (default on).
+  Config &key_by_host_name(bool enable) {
+    return set(greylist_config_set_key_by_host_name(config_, enable));
   }
   /// Load `path` at start if it exists, save every `interval_seconds` (0:
   /// only) and when the engine is destroyed.
@@ -234,7 +258,9 @@ class Engine {
     return v;
   }
 
-  /// Decides one request with what the MTA knows of the client.
+  /// Decides one request with what the MTA knows of the client; the
+  /// verdict's `key()` says what keyed it (a host or verified domain, or
+  /// the network).
   Verdict check(const std::string &client_ip, const std::string &sender,
                 const std::string &recipient, const ClientInfo &info,
                 int64_t now = GREYLIST_NOW) {
@@ -251,6 +277,7 @@ class Engine {
     req.verified_domain = opt(info.verified_domain, "verified_domain");
     req.now = now;
     Verdict v{};
+    req.key_used = &v.key_used;
     detail::check(greylist_engine_check_request(engine_, &req, &v.raw));
     return v;
   }

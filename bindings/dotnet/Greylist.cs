@@ -28,6 +28,36 @@ namespace Greylist
         StoreUnavailable = 9,
     }
 
+    /// <summary>What the client part of a check's key was (<see cref="Verdict.Key"/>).</summary>
+    public enum KeyKind : uint
+    {
+        /// <summary>The client's network (its address masked to the configured prefix).</summary>
+        Network = 1,
+        /// <summary>The registrable domain of the client's verified host name
+        /// (<see cref="Config.KeyByHostName"/>).</summary>
+        HostDomain = 2,
+        /// <summary>A sender domain the MTA verified, by SPF or DKIM
+        /// (<see cref="Config.KeyByVerifiedDomain"/>).</summary>
+        VerifiedDomain = 3,
+    }
+
+    /// <summary>What the MTA knows of the client beyond the triplet, for
+    /// <see cref="Engine.Check(string, string, string, ClientInfo, DateTimeOffset?)"/>;
+    /// each is optional (null).</summary>
+    public sealed class ClientInfo
+    {
+        /// <summary>The client's host name as the MTA verified it (forward-confirmed
+        /// reverse DNS): matched against host-name whitelist entries, and its registrable
+        /// domain keys the check when <see cref="Config.KeyByHostName"/> is on (the default)
+        /// and the name is not generic.</summary>
+        public string ClientName { get; set; }
+        /// <summary>The HELO/EHLO name; never decides anything (unverified).</summary>
+        public string Helo { get; set; }
+        /// <summary>A sender domain the MTA verified (SPF or DKIM); keys the check when
+        /// <see cref="Config.KeyByVerifiedDomain"/> is on.</summary>
+        public string VerifiedDomain { get; set; }
+    }
+
     /// <summary>greylist_status codes.</summary>
     public enum Status : uint
     {
@@ -56,14 +86,18 @@ namespace Greylist
         public uint Delayed { get; }
         /// <summary>The suggested SMTP reply for a defer or block, else null.</summary>
         public string Reply { get; }
+        /// <summary>What keyed the check: a verified host name's or sender's domain, or
+        /// (always for a check of the bare triplet) the client network.</summary>
+        public KeyKind Key { get; }
 
-        internal Verdict(Native.VerdictRaw raw, string reply)
+        internal Verdict(Native.VerdictRaw raw, string reply, KeyKind key)
         {
             Action = (VerdictAction)raw.action;
             Reason = (Reason)raw.reason;
             RetryAfter = raw.retry_after;
             Delayed = raw.delayed;
             Reply = reply;
+            Key = key;
         }
     }
 
@@ -172,6 +206,18 @@ namespace Greylist
             public uint action, reason, retry_after, delayed;
         }
 
+        /// <summary>greylist_request: append-only, <c>struct_size</c> tells the library
+        /// which fields this binding knows. The pointers are pinned by the caller.</summary>
+        [StructLayout(LayoutKind.Sequential)]
+        public struct RequestRaw
+        {
+            public UIntPtr struct_size;
+            public IntPtr client_ip, sender, recipient, client_name, helo, verified_domain;
+            public long now;
+            /// <summary>NULL, or where the library writes a GREYLIST_KEY_* number.</summary>
+            public IntPtr key_used;
+        }
+
         [StructLayout(LayoutKind.Sequential)]
         public struct StatsRaw
         {
@@ -215,6 +261,8 @@ namespace Greylist
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_awl_ttl(IntPtr config, uint seconds);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_pass_cache(IntPtr config, uint entries, uint seconds);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_key_by_verified_domain(IntPtr config, [MarshalAs(UnmanagedType.U1)] bool enable);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_config_set_key_by_host_name(IntPtr config, [MarshalAs(UnmanagedType.U1)] bool enable);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_check_request(EngineHandle engine, ref RequestRaw request, out VerdictRaw verdict);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_stats(EngineHandle engine, ref StatsRaw stats);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_lost_mail_report(EngineHandle engine, [Out] LostMailRaw[] rows, UIntPtr capacity, out UIntPtr count);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern uint greylist_engine_client_report(EngineHandle engine, byte[] ip, byte[] name, long now, ref ClientReportRaw report);
@@ -349,6 +397,15 @@ namespace Greylist
         public bool? RedisFailDefer { get; set; }
         /// <summary>Lifetime of an auto-whitelist record, refreshed on each use (default 35 days); at least an hour when more than one pass is needed.</summary>
         public uint? AwlTtl { get; set; }
+        /// <summary>Key a check whose <see cref="ClientInfo.ClientName"/> is a verified,
+        /// non-generic host name by the name's registrable domain instead of the client
+        /// network (<c>mail-sor-f41.google.com</c> keys as <c>google.com</c>), so a pool that
+        /// retries from another network passes (default true). A generic name (the client's
+        /// address in it, or words such as dsl, dyn, pool) keeps the network.</summary>
+        public bool? KeyByHostName { get; set; }
+        /// <summary>Key a check with a <see cref="ClientInfo.VerifiedDomain"/> by that domain
+        /// instead of the client network (default false).</summary>
+        public bool? KeyByVerifiedDomain { get; set; }
         /// <summary>The local cache of triplets Redis said passed: entries (0: off; default 100000) ...</summary>
         public uint? PassCacheEntries { get; set; }
         /// <summary>... each kept this many seconds (default 300).</summary>
@@ -384,6 +441,8 @@ namespace Greylist
                 if (RedisTimeoutMs.HasValue) Native.Check(Native.greylist_config_set_redis_timeout_ms(c, RedisTimeoutMs.Value));
                 if (RedisFailDefer.HasValue) Native.Check(Native.greylist_config_set_redis_fail_defer(c, RedisFailDefer.Value));
                 if (AwlTtl.HasValue) Native.Check(Native.greylist_config_set_awl_ttl(c, AwlTtl.Value));
+                if (KeyByHostName.HasValue) Native.Check(Native.greylist_config_set_key_by_host_name(c, KeyByHostName.Value));
+                if (KeyByVerifiedDomain.HasValue) Native.Check(Native.greylist_config_set_key_by_verified_domain(c, KeyByVerifiedDomain.Value));
                 if (PassCacheEntries.HasValue || PassCacheSeconds.HasValue)
                     Native.Check(Native.greylist_config_set_pass_cache(c, PassCacheEntries ?? 100000, PassCacheSeconds ?? 300));
                 return use(c);
@@ -455,6 +514,53 @@ namespace Greylist
             Native.VerdictRaw raw;
             Native.Check(Native.greylist_engine_check(h, Native.Utf8(ip, "client_ip"),
                 Native.Utf8(sender, "sender"), Native.Utf8(recipient, "recipient"), Seconds(now), out raw));
+            return WithReply(h, raw, KeyKind.Network);
+        }
+
+        /// <summary>Decides one request with what the MTA knows of the client
+        /// (<paramref name="client"/>: null for nothing) and records the attempt; the
+        /// verdict's <see cref="Verdict.Key"/> says what keyed it. now: null for the clock.</summary>
+        public Verdict Check(string ip, string sender, string recipient, ClientInfo client, DateTimeOffset? now = null)
+        {
+            var h = Live();
+            client = client ?? new ClientInfo();
+            var strings = new[]
+            {
+                Native.Utf8(ip, "client_ip"), Native.Utf8(sender, "sender"), Native.Utf8(recipient, "recipient"),
+                Native.Utf8(client.ClientName, "client_name"), Native.Utf8(client.Helo, "helo"),
+                Native.Utf8(client.VerifiedDomain, "verified_domain"),
+            };
+            var key = new uint[] { (uint)KeyKind.Network };
+            var pinned = new List<GCHandle>();
+            try
+            {
+                Func<object, IntPtr> pin = o =>
+                {
+                    if (o == null) return IntPtr.Zero;
+                    var g = GCHandle.Alloc(o, GCHandleType.Pinned);
+                    pinned.Add(g);
+                    return g.AddrOfPinnedObject();
+                };
+                var request = new Native.RequestRaw
+                {
+                    struct_size = (UIntPtr)Marshal.SizeOf(typeof(Native.RequestRaw)),
+                    client_ip = pin(strings[0]), sender = pin(strings[1]), recipient = pin(strings[2]),
+                    client_name = pin(strings[3]), helo = pin(strings[4]), verified_domain = pin(strings[5]),
+                    now = Seconds(now),
+                    key_used = pin(key),
+                };
+                Native.VerdictRaw raw;
+                Native.Check(Native.greylist_engine_check_request(h, ref request, out raw));
+                return WithReply(h, raw, (KeyKind)key[0]);
+            }
+            finally
+            {
+                foreach (var g in pinned) g.Free();
+            }
+        }
+
+        static Verdict WithReply(EngineHandle h, Native.VerdictRaw raw, KeyKind key)
+        {
             string reply = null;
             if (raw.action != (uint)VerdictAction.Pass)
             {
@@ -462,7 +568,7 @@ namespace Greylist
                 Native.Check(Native.greylist_verdict_reply(h, ref raw, buf, (UIntPtr)buf.Length));
                 reply = Encoding.UTF8.GetString(buf, 0, Array.IndexOf(buf, (byte)0));
             }
-            return new Verdict(raw, reply);
+            return new Verdict(raw, reply, key);
         }
 
         /// <summary>Removes expired entries; returns how many triplets went.</summary>

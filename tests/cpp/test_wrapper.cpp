@@ -194,6 +194,46 @@ static bool test_lists_snapshots_and_reports() {
   return true;
 }
 
+/* Issue 23: a pool's hosts in other networks share their host names'
+ * registrable domain (key_by_host_name, on by default); key() says what
+ * keyed the check. */
+static bool test_host_name_keys() {
+  greylist::ClientInfo first{"mail-sor-f41.google.com", "", ""};
+  greylist::ClientInfo retry{"mail-yw1-f5.google.com", "", ""};
+  {
+    greylist::Engine engine;
+    auto v = engine.check("209.85.220.41", "alice@gmail.com", "bob@example.net", first, T0);
+    CHECK(v.reason() == greylist::Reason::New && v.key() == greylist::KeyKind::HostDomain);
+    v = engine.check("74.125.0.5", "alice@gmail.com", "bob@example.net", retry, T0 + 301);
+    CHECK(v.action() == greylist::Action::Pass && v.reason() == greylist::Reason::Retried);
+    CHECK(v.key() == greylist::KeyKind::HostDomain && v.delayed() == 301);
+    // A generic name, and a bare triplet: the network.
+    greylist::ClientInfo dsl{"host-203-0-113-7.dsl.example.net", "", ""};
+    CHECK(engine.check("203.0.113.7", "a@x.org", "b@y.net", dsl, T0).key() ==
+          greylist::KeyKind::Network);
+    CHECK(engine.check("203.0.113.8", "a@x.org", "b@y.net", T0).key() == greylist::KeyKind::Network);
+  }
+  {
+    greylist::Config config;
+    config.key_by_host_name(false);
+    greylist::Engine engine(config);
+    auto v = engine.check("209.85.220.41", "alice@gmail.com", "bob@example.net", first, T0);
+    CHECK(v.reason() == greylist::Reason::New && v.key() == greylist::KeyKind::Network);
+    v = engine.check("74.125.0.5", "alice@gmail.com", "bob@example.net", retry, T0 + 301);
+    CHECK(v.action() == greylist::Action::Defer && v.reason() == greylist::Reason::New);
+    CHECK(v.key() == greylist::KeyKind::Network);
+  }
+  {
+    greylist::Config config;
+    config.key_by_host_name(false).key_by_verified_domain(true);
+    greylist::Engine engine(config);
+    greylist::ClientInfo spf{"", "", "gmail.com"};
+    CHECK(engine.check("209.85.220.41", "alice@gmail.com", "bob@example.net", spf, T0).key() ==
+          greylist::KeyKind::VerifiedDomain);
+  }
+  return true;
+}
+
 /* Redis settings; the engine answers locally when Redis is not there
  * (port 1), or shares triplets through the one tests/run.sh started. */
 static bool test_redis() {
@@ -235,6 +275,7 @@ int main() {
   run_test(test_move_and_threads, "move_and_threads");
   run_test(test_lists_snapshots_and_reports, "lists_snapshots_and_reports");
   run_test(test_blast_copies_and_lost_after, "blast_copies_and_lost_after");
+  run_test(test_host_name_keys, "host_name_keys");
   run_test(test_redis, "redis");
   std::printf("%d passed, %d failed\n", runs - failures, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -92,6 +92,49 @@ static class TestGreylist
             }
         });
 
+        // Issue 23: a pool's hosts in other networks share their verified host
+        // names' registrable domain (KeyByHostName, on by default); Key says what
+        // keyed each check.
+        Run("host_name_keys", () =>
+        {
+            var first = new ClientInfo { ClientName = "mail-sor-f41.google.com" };
+            var retry = new ClientInfo { ClientName = "mail-yw1-f5.google.com" };
+            foreach (var on in new bool?[] { null, true, false })
+            {
+                using (var engine = new Engine(new Config { KeyByHostName = on }))
+                {
+                    var key = on == false ? KeyKind.Network : KeyKind.HostDomain;
+                    var v = engine.Check("209.85.220.41", "alice@gmail.com", "bob@example.net", first, T0);
+                    Check(v.Action == VerdictAction.Defer && v.Reason == Reason.New && v.Key == key, "first " + on + ": " + v.Reason + " " + v.Key);
+                    v = engine.Check("74.125.0.5", "alice@gmail.com", "bob@example.net", retry, T0.AddSeconds(301));
+                    if (on == false)
+                        Check(v.Action == VerdictAction.Defer && v.Reason == Reason.New && v.Key == KeyKind.Network, "off: " + v.Reason + " " + v.Key);
+                    else
+                        Check(v.Action == VerdictAction.Pass && v.Reason == Reason.Retried && v.Delayed == 301 && v.Key == KeyKind.HostDomain,
+                            "retry " + on + ": " + v.Reason + " " + v.Key);
+                }
+            }
+            using (var engine = new Engine(new Config { KeyByVerifiedDomain = true }))
+            {
+                // A bare triplet, a generic host name and no information: the network.
+                Check(engine.Check("203.0.113.7", "a@x.org", "b@y.net", T0).Key == KeyKind.Network, "bare triplet");
+                var dsl = new ClientInfo { ClientName = "host-203-0-113-7.dsl.example.net" };
+                Check(engine.Check("203.0.113.7", "a@x.org", "c@y.net", dsl, T0).Key == KeyKind.Network, "generic name");
+                Check(engine.Check("203.0.113.7", "a@x.org", "d@y.net", (ClientInfo)null, T0).Key == KeyKind.Network, "no client info");
+                // (null as the fourth argument still means the clock, as before.)
+                Check(engine.Check("203.0.113.7", "a@x.org", "e@y.net", null).Reason == Reason.New, "null now");
+                var spf = new ClientInfo { VerifiedDomain = "example.com", Helo = "mx.example.com" };
+                var v = engine.Check("198.51.100.7", "alice@example.com", "b@y.net", spf, T0);
+                Check(v.Reason == Reason.New && v.Key == KeyKind.VerifiedDomain, "verified domain: " + v.Key);
+                v = engine.Check("192.0.2.99", "alice@example.com", "b@y.net", spf, T0.AddSeconds(300));
+                Check(v.Reason == Reason.Retried && v.Key == KeyKind.VerifiedDomain, "verified domain retry: " + v.Reason);
+                var e = Throws<GreylistException>(() => engine.Check("not-an-ip", "a@x.org", "b@y.net", first, T0));
+                Check(e.Status == Status.InvalidArgument && e.Message.StartsWith("client_ip: "), e.Message);
+                e = Throws<GreylistException>(() => engine.Check("192.0.2.1", "a@x.org", null, first, T0));
+                Check(e.Status == Status.NullArgument && e.Message == "recipient: is NULL", e.Message);
+            }
+        });
+
         Run("redis", () =>
         {
             var secret = System.IO.Path.GetTempFileName();

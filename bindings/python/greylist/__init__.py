@@ -21,7 +21,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 __all__ = [
     "Action",
@@ -31,6 +31,7 @@ __all__ = [
     "LostMail",
     "GreylistError",
     "InvalidInputError",
+    "KeyKind",
     "SnapshotError",
     "UnavailableError",
     "Reason",
@@ -110,6 +111,17 @@ class EventKind(_Named):
     BLOCK_STARTED = 6
     #: A sweep found a network's block ended (``at``).
     BLOCK_ENDED = 7
+
+
+#: What the client part of a check's key was (:attr:`Verdict.key`):
+#: ``"network"``, the client's network (its address masked to the prefix);
+#: ``"host-domain"``, the registrable domain of the client's verified host
+#: name (``key_by_host_name``); ``"verified-domain"``, a sender domain the
+#: MTA verified (``key_by_verified_domain``).
+KeyKind = Literal["network", "host-domain", "verified-domain"]
+
+# GREYLIST_KEY_* numbers (greylist_key_kind) to KeyKind.
+_KEY_KINDS: Dict[int, KeyKind] = {1: "network", 2: "host-domain", 3: "verified-domain"}
 
 
 @dataclass(frozen=True)
@@ -250,10 +262,20 @@ class _Stats(ctypes.Structure):
 
 
 class _Request(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t)] + [
-        (name, ctypes.c_char_p)
-        for name in ("client_ip", "sender", "recipient", "client_name", "helo", "verified_domain")
-    ] + [("now", ctypes.c_int64)]
+    # greylist_request: append-only, its struct_size tells the library
+    # which fields this binding knows.
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("client_ip", ctypes.c_char_p),
+        ("sender", ctypes.c_char_p),
+        ("recipient", ctypes.c_char_p),
+        ("client_name", ctypes.c_char_p),
+        ("helo", ctypes.c_char_p),
+        ("verified_domain", ctypes.c_char_p),
+        ("now", ctypes.c_int64),
+        # NULL, or where the library writes a GREYLIST_KEY_* number.
+        ("key_used", ctypes.POINTER(ctypes.c_uint32)),
+    ]
 
 
 class _Event(ctypes.Structure):
@@ -314,6 +336,7 @@ for _name, _restype, _argtypes in [
     ("greylist_config_set_reply", _status, [_p, ctypes.c_uint16, _str, _str]),
     ("greylist_config_set_snapshot", _status, [_p, _str, _u32]),
     ("greylist_config_set_key_by_verified_domain", _status, [_p, ctypes.c_bool]),
+    ("greylist_config_set_key_by_host_name", _status, [_p, ctypes.c_bool]),
     ("greylist_config_set_redis", _status, [_p, _str]),
     ("greylist_config_set_redis_prefix", _status, [_p, _str]),
     ("greylist_config_set_redis_timeout_ms", _status, [_p, _u32]),
@@ -469,6 +492,8 @@ class _Config:
             _check(_lib.greylist_config_set_extension_delimiters(c, _arg(s["extension_delimiters"], "extension_delimiters")))
         if s.get("key_by_verified_domain") is not None:
             _check(_lib.greylist_config_set_key_by_verified_domain(c, bool(s["key_by_verified_domain"])))
+        if s.get("key_by_host_name") is not None:
+            _check(_lib.greylist_config_set_key_by_host_name(c, bool(s["key_by_host_name"])))
         if any(s.get(k) is not None for k in ("reply_code", "reply_enhanced", "greylist_text")):
             code, enhanced, text = s.get("reply_code"), s.get("reply_enhanced"), s.get("greylist_text")
             _check(_lib.greylist_config_set_reply(
@@ -513,7 +538,7 @@ _SETTINGS = {
     "delay", "retry_window", "pass_ttl", "awl_threshold", "awl_ttl", "ipv4_prefix", "ipv6_prefix",
     "max_entries", "max_clients", "blast_threshold", "blast_copies", "block_time", "lost_after",
     "extension_delimiters", "reply_code",
-    "reply_enhanced", "greylist_text", "key_by_verified_domain", "redis", "redis_secret", "redis_ca",
+    "reply_enhanced", "greylist_text", "key_by_verified_domain", "key_by_host_name", "redis", "redis_secret", "redis_ca",
     "redis_prefix", "redis_timeout_ms", "redis_fail", "pass_cache_entries", "pass_cache_ttl",
 }
 
@@ -530,6 +555,11 @@ class Verdict:
     delayed: int
     #: The suggested SMTP reply for a defer or block, else ``None``.
     reply: Optional[str]
+    #: What keyed the check in place of the client network, if anything:
+    #: ``"host-domain"`` (the verified ``client_name``'s registrable domain),
+    #: ``"verified-domain"`` (``verified_domain``), else ``"network"`` (also
+    #: for a check with none of the optional attributes).
+    key: KeyKind = "network"
 
 
 class Engine:
@@ -558,7 +588,12 @@ class Engine:
         on :meth:`close`. Further keyword settings: ``awl_ttl``,
         ``blast_threshold``, ``blast_copies``, ``block_time``, ``lost_after``,
         ``extension_delimiters``,
-        ``key_by_verified_domain``, ``reply_code``, ``reply_enhanced``,
+        ``key_by_verified_domain`` (default off: a verified sender domain
+        keys the triplet instead of the client network),
+        ``key_by_host_name`` (default on: a verified, non-generic
+        ``client_name`` keys it by its registrable domain, so
+        ``mail-sor-f41.google.com`` and ``mail-yw1-f5.google.com`` are one
+        client), ``reply_code``, ``reply_enhanced``,
         ``greylist_text``. ``trap_recipients``: addresses whose mail blocks
         the sending network at once.
 
@@ -671,17 +706,22 @@ class Engine:
         not UTF-8 (a ``surrogateescape`` str, or raw bytes) or longer than
         1 KiB is keyed by its bytes and greylisted like any other.
         ``client_name`` is the host name the MTA verified (matched against
-        host-name whitelist entries); ``helo`` never decides (it is
+        host-name whitelist entries; with ``key_by_host_name``, the default,
+        its registrable domain replaces the client network in the key unless
+        the name is generic: it carries the client's address, or a word such
+        as ``dsl``, ``dyn`` or ``pool``); ``helo`` never decides (it is
         unverified); ``verified_domain`` is a sender domain the MTA verified
         (SPF/DKIM), which replaces the client network in the key when
-        ``key_by_verified_domain`` is on. An unusable optional attribute is
+        ``key_by_verified_domain`` is on. The verdict's :attr:`Verdict.key`
+        says which keyed the check. An unusable optional attribute is
         ignored."""
         args = (_arg(client_ip, "client_ip"), _address(sender, "sender"), _address(recipient, "recipient"))
         extended = (client_name, helo, verified_domain) != (None, None, None)
+        key_used = ctypes.c_uint32(1)  # GREYLIST_KEY_NETWORK: what a bare triplet is keyed by
         if extended:
             request = _Request(ctypes.sizeof(_Request), *args, _address(client_name, "client_name"),
                                _address(helo, "helo"), _address(verified_domain, "verified_domain"),
-                               _now(now))
+                               _now(now), ctypes.pointer(key_used))
         raw = _Verdict()
         handle = self._enter()
         try:
@@ -696,7 +736,10 @@ class Engine:
                 reply = buf.value.decode("utf-8", "replace")
         finally:
             self._leave()
-        return Verdict(Action(raw.action), Reason(raw.reason), raw.retry_after, raw.delayed, reply)
+        # A kind newer than this binding (numbers are never reused) is
+        # reported as the network rather than failing the check.
+        key = _KEY_KINDS.get(key_used.value, "network")
+        return Verdict(Action(raw.action), Reason(raw.reason), raw.retry_after, raw.delayed, reply, key)
 
     async def acheck(
         self,

@@ -336,6 +336,37 @@ class Defences(unittest.TestCase):
                                  verified_domain="example.com", helo="mx.example.com")
                 self.assertIs(v.reason, expected, on)
 
+    def test_a_pool_passes_by_host_name_unless_turned_off(self) -> None:
+        # Issue 23: the pool's hosts are in other networks, but their verified
+        # names share a registrable domain; key says what keyed each check.
+        for settings, key, retried in (({}, "host-domain", Reason.RETRIED),
+                                       ({"key_by_host_name": True}, "host-domain", Reason.RETRIED),
+                                       ({"key_by_host_name": False}, "network", Reason.NEW)):
+            with greylist.Engine(**settings) as engine:
+                v = engine.check("209.85.220.41", "alice@gmail.com", "bob@example.net", now=T0,
+                                 client_name="mail-sor-f41.google.com")
+                self.assertEqual((v.action, v.reason, v.key), (Action.DEFER, Reason.NEW, key), settings)
+                v = engine.check("74.125.0.5", "alice@gmail.com", "bob@example.net", now=T0 + 301,
+                                 client_name="mail-yw1-f5.google.com")
+                self.assertEqual((v.reason, v.key), (retried, key), settings)
+
+    def test_key_says_what_keyed_the_check(self) -> None:
+        with greylist.Engine(key_by_verified_domain=True) as engine:
+            # A bare triplet (no extended request), a generic host name, no name.
+            self.assertEqual(engine.check("203.0.113.7", "a@x.org", "b@y.net", now=T0).key, "network")
+            v = engine.check("203.0.113.7", "a@x.org", "c@y.net", now=T0,
+                             client_name="host-203-0-113-7.dsl.example.net")
+            self.assertEqual(v.key, "network")
+            self.assertEqual(engine.check("203.0.113.7", "a@x.org", "d@y.net", now=T0, helo="mx.x.org").key, "network")
+            v = engine.check("198.51.100.7", "alice@example.com", "b@y.net", now=T0, verified_domain="example.com")
+            self.assertEqual(v.key, "verified-domain")
+            v = engine.check("209.85.220.41", "a@x.org", "b@y.net", now=T0, client_name=b"mail-sor-f41.google.com")
+            self.assertEqual(v.key, "host-domain")
+        with self.assertRaises(TypeError):
+            greylist.Engine(key_by_host_names=False)
+        # Verdicts made by hand (older code) still construct; key defaults.
+        self.assertEqual(greylist.Verdict(Action.PASS, Reason.PASSED, 0, 0, None).key, "network")
+
     def test_blasting_and_traps_block(self) -> None:
         engine = greylist.Engine(blast_threshold=20, block_time=3600, trap_recipients=["trap@example.net"])
         engine.check("198.51.100.1", "good@example.org", "bob@example.net", now=T0)

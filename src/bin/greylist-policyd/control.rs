@@ -205,8 +205,10 @@ impl Daemon {
                         .collect(),
                 )
             }
-            Command::Client { ip } => {
-                let r = e.client_report(ip, None, now).map_err(|e| e.to_string())?;
+            Command::Client { ip, name } => {
+                let r = e
+                    .client_report(ip, name.as_deref(), now)
+                    .map_err(|e| e.to_string())?;
                 json!({
                     "network": r.network.to_string(),
                     "pending": r.pending,

@@ -37,9 +37,16 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// A client network's record: pending, passed, passes, whitelisted,
-    /// auto-whitelisted, blocked until, lost mail
-    Client { ip: String },
+    /// A client's record: pending, passed, passes, whitelisted,
+    /// auto-whitelisted, blocked until, lost mail; of its network, or with
+    /// --name of its verified host name's domain when that keys it
+    Client {
+        ip: String,
+        /// The client's verified host name (Postfix's client_name)
+        #[arg(long)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
     /// Let one triplet pass from now on
     Release {
         ip: String,

@@ -320,12 +320,10 @@ impl Server {
         let Some(req) = policy::engine_request(request) else {
             return;
         };
-        let c = self.engine.config();
-        let network = greylist::ClientNet::parse(req.client_ip, c.ipv4_prefix(), c.ipv6_prefix());
-        if let (Ok(key), Ok(network)) = (self.engine.request_key(&req), network) {
-            let network = network.to_string();
+        // Under the key and client (network or domain) it was judged by.
+        if let Some((key, client)) = answer.client_key(&self.engine, request) {
             self.recall
-                .deferred(key, &network, req.client_ip, req.sender, req.recipient);
+                .deferred(key, &client, req.client_ip, req.sender, req.recipient);
         }
     }
 

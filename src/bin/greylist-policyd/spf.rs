@@ -8,7 +8,8 @@
 //! check cost no DNS round trip. Each check has a deadline (`--spf-timeout`,
 //! 2 s by default) that covers waiting for a check of the same domain: at
 //! most one evaluation per sender domain is in flight, so a burst for one
-//! domain asks the DNS once and the others find the cache warm. Nothing
+//! domain asks the DNS once and the others find the cache warm (or, when
+//! the DNS did not answer in time, give up with it). Nothing
 //! here ever costs an answer: a DNS failure or the deadline is `temperror`
 //! or `timeout`, and the request keeps its network or host-name key.
 
@@ -60,10 +61,19 @@ pub struct Spf {
     deadline: Duration,
     /// This host's name, for the `%{r}` macro.
     host: String,
-    /// One lock per sender domain being checked now: an entry lives while
+    /// One turn per sender domain being checked now: an entry lives while
     /// a check holds or waits for it, so the map is bounded by the
     /// connections.
-    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Mutex<HashMap<String, Arc<Turn>>>,
+}
+
+/// The checks of one sender domain take turns, so one lookup for it is in
+/// flight at a time; after a turn that ran out of time (the DNS does not
+/// answer), the checks waiting give up too instead of asking again.
+#[derive(Default)]
+struct Turn {
+    lock: tokio::sync::Mutex<()>,
+    timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl Spf {
@@ -120,12 +130,24 @@ impl Spf {
             .or_default()
             .clone();
         let params = SpfParameters::verify_mail_from(ip, helo, &self.host, sender);
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let outcome = self.runtime.block_on(async {
-            tokio::time::timeout(self.deadline, async {
-                let _turn = gate.lock().await;
-                self.auth.verify_spf(params).await
-            })
-            .await
+            use std::sync::atomic::Ordering::Relaxed;
+            let Ok(turn) = tokio::time::timeout_at(deadline, gate.lock.lock()).await else {
+                return Outcome::Timeout;
+            };
+            if gate.timed_out.load(Relaxed) {
+                return Outcome::Timeout;
+            }
+            match tokio::time::timeout_at(deadline, self.auth.verify_spf(params)).await {
+                Ok(output) => Outcome::Result(output.result()),
+                Err(_) => {
+                    // Set before the turn passes on.
+                    gate.timed_out.store(true, Relaxed);
+                    drop(turn);
+                    Outcome::Timeout
+                }
+            }
         });
         drop(gate);
         {
@@ -134,10 +156,7 @@ impl Spf {
                 map.remove(domain);
             }
         }
-        match outcome {
-            Ok(output) => Outcome::Result(output.result()),
-            Err(_) => Outcome::Timeout,
-        }
+        outcome
     }
 }
 
