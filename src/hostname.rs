@@ -79,8 +79,11 @@ const MAX_NAME: usize = 253;
 /// the name names a mail server: `mail-sor-f41.google.com` (from
 /// `209.85.220.41`) gives `google.com`. `None` (key by network) for a name
 /// that is `unknown`, not a host name, under a public suffix the Public
-/// Suffix List does not know, or generic: carrying the client's address or
-/// a word of dynamic pools (see the [module documentation](self)).
+/// Suffix List does not know, or generic: carrying the client's address
+/// (its last two octets and one of the first two as numbers, or the whole
+/// address as one hex or decimal number) or a word of dynamic or
+/// residential pools (`dsl`, `dyn`, `pool`, `dhcp`, `cable`, ...), as
+/// Haraka's and sqlgrey's "smart" method judge them.
 ///
 /// ```
 /// use std::net::IpAddr;

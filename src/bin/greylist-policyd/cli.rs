@@ -170,7 +170,8 @@ pub struct Args {
     /// Deadline of one SPF check, DNS included, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=30_000), help_heading = H_GREYLISTING)]
     pub spf_timeout: u64,
-    /// The DNS server SPF asks (IP[:PORT]); default: /etc/resolv.conf's
+    /// The DNS server SPF asks: an address, with a port or not (53); default:
+    /// /etc/resolv.conf's
     #[arg(long, value_name = "ADDR", value_parser = crate::spf::parse_server, help_heading = H_GREYLISTING)]
     pub dns_server: Option<std::net::SocketAddr>,
     /// postgrey's one-way hashes; accepted (keys are always keyed hashes here)
