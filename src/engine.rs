@@ -212,7 +212,7 @@ impl Engine {
             let v = self.store.check(&keys, now);
             return (keys, v);
         };
-        let network = self.store.client_state(&net_keys).ok().flatten();
+        let network = self.store.peek_gating_client(&net_keys);
         if network.is_some_and(|c| {
             c.blocks(now, &self.config) || c.is_auto_whitelisted(now, &self.config)
         }) {
@@ -225,9 +225,7 @@ impl Engine {
         }
         let passed = self
             .store
-            .triplet_state(&net_keys)
-            .ok()
-            .flatten()
+            .peek_triplet(&net_keys)
             .is_some_and(|t| t.passed && !t.is_expired(now, &self.config));
         if !passed {
             return (keys, v);
@@ -239,31 +237,36 @@ impl Engine {
     }
 
     /// Whether [`check_request`](Self::check_request) would pass `req` at
-    /// `now` as it is (without a verified domain): a static whitelist
-    /// matches it, its triplet passed and has not expired, or its client is
-    /// auto-whitelisted. Changes nothing. A host that verifies senders
-    /// itself (SPF, as the daemon's `--spf`) asks this first, and verifies
-    /// only what would not pass. An error when the shared store does not
-    /// answer (or for input [`check_request`](Self::check_request) refuses).
-    pub fn would_pass(&self, req: &Request<'_>, now: i64) -> Result<bool, StoreError> {
-        let req = Request {
+    /// `now` as it is: a static whitelist matches it, its triplet passed
+    /// and has not expired (under its own key, or for a request keyed by a
+    /// domain under its network's), or its client network is
+    /// auto-whitelisted. Changes nothing; `false` when the shared store
+    /// cannot say at once (it is down). A host that verifies senders itself
+    /// (SPF, as the daemon's `--spf`) asks this first and verifies only what
+    /// would not pass; and asks it with the domain it could not verify
+    /// (a DNS failure) to keep passing what passed under that domain.
+    pub fn would_pass(&self, req: &Request<'_>, now: i64) -> Result<bool, InputError> {
+        let keys = self.keys(req)?;
+        let now = clamp_time(now);
+        let passed = |k: &Keys| {
+            self.store
+                .peek_triplet(k)
+                .is_some_and(|t| t.passed && !t.is_expired(now, &self.config))
+        };
+        if keys.whitelisted() || passed(&keys) {
+            return Ok(true);
+        }
+        let by_network = Request {
+            client_name: None,
             verified_domain: None,
             ..*req
         };
-        let keys = self.keys(&req)?;
-        let now = clamp_time(now);
-        if keys.whitelisted() {
-            return Ok(true);
-        }
-        let passed = self
+        let net_keys = self.keys(&by_network)?;
+        let awl = self
             .store
-            .triplet_state(&keys)?
-            .is_some_and(|t| t.passed && !t.is_expired(now, &self.config));
-        Ok(passed
-            || self
-                .store
-                .client_state(&keys)?
-                .is_some_and(|c| c.is_auto_whitelisted(now, &self.config)))
+            .peek_gating_client(&net_keys)
+            .is_some_and(|c| c.is_auto_whitelisted(now, &self.config));
+        Ok(awl || (keys.kind != KeyKind::Network && passed(&net_keys)))
     }
 
     /// Sets (or with `None` removes) the event callback. It receives every

@@ -146,12 +146,11 @@ fn is_generic(host: &str, ip: IpAddr) -> bool {
         return true;
     }
     let numbers: Vec<u64> = words.iter().filter_map(|w| w.parse().ok()).collect();
-    let has = |n: u64| numbers.contains(&n);
     let hex = |t: &&str| u128::from_str_radix(t, 16).ok();
     match ip {
-        IpAddr::V4(v4) => carries_v4(v4, &tokens, has, hex),
+        IpAddr::V4(v4) => carries_v4(v4, &tokens, &numbers),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => carries_v4(v4, &tokens, has, hex),
+            Some(v4) => carries_v4(v4, &tokens, &numbers),
             None => {
                 // The address's last two groups, as hex words of the name.
                 let groups = v6.segments();
@@ -165,22 +164,27 @@ fn is_generic(host: &str, ip: IpAddr) -> bool {
 }
 
 /// Whether a name carries an IPv4 address: its last two octets and one of
-/// the first two as numbers (`203-0-113-7`, `7.113.0.203`), or the whole
-/// address as one hex or decimal number (`cb007107`).
-fn carries_v4(
-    v4: std::net::Ipv4Addr,
-    tokens: &[&str],
-    has: impl Fn(u64) -> bool,
-    hex: impl Fn(&&str) -> Option<u128>,
-) -> bool {
+/// the first two as distinct numbers of the name (`203-0-113-7`,
+/// `7.113.0.203`; `a237-23` for `23.251.237.23` is not: one 23 cannot be
+/// two octets), or the whole address in hex or zero-padded decimal inside
+/// a word (`cb007107`, `d51525354`, `host203000113007`), or as one decimal
+/// number.
+fn carries_v4(v4: std::net::Ipv4Addr, tokens: &[&str], numbers: &[u64]) -> bool {
     let [a, b, c, d] = v4.octets().map(u64::from);
-    let whole = u128::from(u32::from(v4));
+    let whole = u32::from(v4);
+    let hex = format!("{whole:08x}");
     let padded = format!("{a:03}{b:03}{c:03}{d:03}");
-    (has(c) && has(d) && (has(a) || has(b)))
+    let mut left = numbers.to_vec();
+    let mut take = |n: u64| match left.iter().position(|&x| x == n) {
+        Some(i) => {
+            left.swap_remove(i);
+            true
+        }
+        None => false,
+    };
+    (take(d) && take(c) && (take(a) || take(b)))
         || tokens.iter().any(|t| {
-            (t.len() == 8 && hex(t) == Some(whole))
-                || t.parse::<u128>().ok() == Some(whole)
-                || *t == padded
+            t.contains(&hex) || t.contains(&padded) || t.parse::<u32>().ok() == Some(whole)
         })
 }
 
@@ -212,6 +216,13 @@ mod tests {
                 "198.2.180.5",
                 "mandrillapp.com",
             ),
+            // One number is one octet: 23 is not both the first and the last.
+            (
+                "a237-23.smtp-out.amazonses.com",
+                "23.251.237.23",
+                "amazonses.com",
+            ),
+            ("mail132-2.atl131.mcsv.net", "198.2.132.2", "mcsv.net"),
             ("MX1.Example.CO.UK.", "192.0.2.1", "example.co.uk"),
             ("example.org", "192.0.2.1", "example.org"),
             ("smtp.owner.github.io", "192.0.2.1", "owner.github.io"),
@@ -232,6 +243,8 @@ mod tests {
             ("ec2-54-1-2-3.compute-1.amazonaws.com", "54.1.2.3"),
             ("static.3.2.1.54.clients.your-server.de", "54.1.2.3"),
             ("cb007107.example.net", "203.0.113.7"),
+            ("d51525354.access.telenet.be", "81.82.83.84"),
+            ("host203000113007.example.net", "203.0.113.7"),
             ("203000113007.example.net", "203.0.113.7"),
             ("dynamic-pool.example.net", "192.0.2.1"),
             ("adsl123.example.net", "192.0.2.1"),

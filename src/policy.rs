@@ -541,9 +541,23 @@ fn domain_of(address: &[u8]) -> String {
 /// engine decides (the daemon's `--spf`): asked only for a request the
 /// engine would not pass as it is.
 pub trait SenderCheck {
-    /// The verified sender domain, if the check passed, and what the log
-    /// line says of the check (`pass`, `fail`, `timeout`, ...), if it ran.
-    fn verify(&self, request: &Request<'_>) -> (Option<String>, Option<&'static str>);
+    /// What the check found of the request's sender domain.
+    fn verify(&self, request: &Request<'_>) -> Verification;
+}
+
+/// What a [`SenderCheck`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// The sender domain the check was about (lower-case), if it ran.
+    pub domain: Option<String>,
+    /// Whether the domain is verified for the client (SPF `pass`).
+    pub verified: bool,
+    /// Whether the check could not tell for now (a DNS failure, the
+    /// deadline): a triplet that passed under the domain keeps passing.
+    pub transient: bool,
+    /// What the log line says of the check (`pass`, `fail`, `timeout`,
+    /// ...), if it ran.
+    pub log: Option<&'static str>,
 }
 
 /// Answers one request at `now` (Unix seconds). Requests that are not an
@@ -589,10 +603,29 @@ pub fn answer_with(
         Some(t) if options.allow_test_time => t.parse().unwrap_or(now),
         _ => now,
     };
-    let (verified, check_log) = match sender_check {
-        Some(check) if !engine.would_pass(&req, now).unwrap_or(false) => check.verify(&req),
-        _ => (None, None),
+    let plain = Request {
+        verified_domain: None,
+        ..req
     };
+    let found = match sender_check {
+        Some(check) if !engine.would_pass(&plain, now).unwrap_or(false) => check.verify(&plain),
+        _ => Verification::default(),
+    };
+    // A check that could not tell keeps what passed under the domain.
+    let verified = found.domain.filter(|d| {
+        found.verified
+            || found.transient
+                && engine
+                    .would_pass(
+                        &Request {
+                            verified_domain: Some(d.as_bytes()),
+                            ..plain
+                        },
+                        now,
+                    )
+                    .unwrap_or(false)
+    });
+    let check_log = found.log;
     let req = Request {
         verified_domain: verified.as_deref().map(str::as_bytes),
         ..req

@@ -243,6 +243,58 @@ fn a_pool_domain_is_never_blocked() {
     assert_eq!(v.reason, Reason::New);
 }
 
+/// A domain key is never auto-whitelisted: a provider's hosts share its
+/// domain (`vmi123456.contaboserver.net`), and a few good customers must
+/// not let every other one's first attempts through. Its hosts' networks
+/// still are, by their own passes.
+#[test]
+fn a_domain_key_is_never_auto_whitelisted() {
+    let e = Engine::new(Config::default());
+    let hour = 3600;
+    let vps = |ip: &str, name: &str, sender: &str, now| {
+        let req = Request::new(ip, sender, "bob@example.net").client_name(name);
+        e.check_request(&req, now).unwrap()
+    };
+    // Five customers, five passes an hour apart, all under the domain.
+    for (i, user) in ["ann", "ben", "cat", "dan", "eve"].iter().enumerate() {
+        let t = T0 + i as i64 * hour;
+        let ip = format!("198.51.{}.10", 100 + i);
+        let name = format!("vmi{}.contaboserver.net", 100 + i);
+        let from = format!("{user}@customer.example");
+        vps(&ip, &name, &from, t);
+        let v = vps(&ip, &name, &from, t + 301);
+        assert_eq!((v.reason, v.key), (Reason::Retried, KeyKind::HostDomain));
+    }
+    let v = vps(
+        "203.0.113.9",
+        "vmi999.contaboserver.net",
+        "spam@bad.example",
+        T0 + 6 * hour,
+    );
+    assert_eq!(
+        (v.reason, v.key),
+        (Reason::New, KeyKind::HostDomain),
+        "not auto-whitelisted"
+    );
+    // Keyed by network, the same passes whitelist the network.
+    let net = Engine::new(Config::builder().key_by_host_name(false).build().unwrap());
+    for (i, user) in ["ann", "ben", "cat", "dan", "eve"].iter().enumerate() {
+        let t = T0 + i as i64 * hour;
+        let from = format!("{user}@customer.example");
+        net.check("198.51.100.10", &from, "bob@example.net", t)
+            .unwrap();
+        net.check("198.51.100.10", &from, "bob@example.net", t + 301)
+            .unwrap();
+    }
+    let v = net.check(
+        "198.51.100.11",
+        "new@x.example",
+        "bob@example.net",
+        T0 + 6 * hour,
+    );
+    assert_eq!(v.unwrap().reason, Reason::AutoWhitelisted);
+}
+
 /// Turning host names on (the default since issue 23) greylists no known
 /// correspondent again: a triplet that passed by network, or a network on
 /// the auto-whitelist, still passes when its client now has a name.

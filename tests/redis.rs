@@ -413,6 +413,113 @@ fn two_engines_share_triplets_and_the_auto_whitelist() {
     assert_eq!(mx2.stats().store_errors, 0);
 }
 
+/// Issue 23 on Redis: a pool keyed by its host names' domain passes its
+/// retry at the other MX from another network; the domain's record is
+/// never auto-whitelisted nor blocked (the script's `check-domain`), while
+/// a trap still blocks the host's network across the fleet.
+#[test]
+fn a_pool_keyed_by_its_domain_across_the_fleet() {
+    let Some((_server, mx1, mx2)) = two_engines("pool-domain", ["greylist:", "greylist:"]) else {
+        return;
+    };
+    let at = |e: &Engine, ip: &str, name: &str, from: &str, to: &str, now| {
+        let req = greylist::Request::new(ip, from, to).client_name(name);
+        e.check_request(&req, now).unwrap()
+    };
+    let v = at(
+        &mx1,
+        "209.85.220.41",
+        "mail-sor-f41.google.com",
+        "a@gmail.com",
+        "b@example.net",
+        T0,
+    );
+    assert_eq!(
+        (v.reason, v.key),
+        (Reason::New, greylist::KeyKind::HostDomain)
+    );
+    let v = at(
+        &mx2,
+        "74.125.0.5",
+        "mail-yw1-f5.google.com",
+        "a@gmail.com",
+        "b@example.net",
+        T0 + 301,
+    );
+    assert_eq!((v.reason, v.delayed), (Reason::Retried, 301));
+    // Copies of one message over blast_copies (5): never a block.
+    for i in 0..8 {
+        let v = at(
+            &mx1,
+            "74.125.0.6",
+            "mail-yw1-f6.google.com",
+            "a@gmail.com",
+            "c@example.net",
+            T0 + i,
+        );
+        assert_eq!(v.action, Action::Defer, "copy {i}: {v:?}");
+        assert_ne!(v.reason, Reason::Blocked, "copy {i}");
+    }
+    // Five passes an hour apart: no auto-whitelist for the domain.
+    for i in 0..5 {
+        let t = T0 + 3600 * (i + 1);
+        let from = format!(
+            "{}@gmail.com",
+            ["ann", "ben", "cat", "dan", "eve"][i as usize]
+        );
+        at(
+            &mx1,
+            "209.85.220.41",
+            "mail-sor-f41.google.com",
+            &from,
+            "b@example.net",
+            t,
+        );
+        let v = at(
+            &mx2,
+            "74.125.0.5",
+            "mail-yw1-f5.google.com",
+            &from,
+            "b@example.net",
+            t + 301,
+        );
+        assert_eq!(v.reason, Reason::Retried);
+    }
+    let v = at(
+        &mx2,
+        "172.217.0.9",
+        "mail-qk1-f9.google.com",
+        "new@gmail.com",
+        "b@example.net",
+        T0 + 7 * 3600,
+    );
+    assert_eq!(v.reason, Reason::New, "the domain is not auto-whitelisted");
+    // A trap blocks the host's network, at both MXes, under any name.
+    mx1.set_list(greylist::ListKind::TrapRecipients, &["trap@example.net"])
+        .unwrap();
+    let v = at(
+        &mx1,
+        "198.51.100.7",
+        "mail-a.google.com",
+        "x@gmail.com",
+        "trap@example.net",
+        T0 + 8 * 3600,
+    );
+    assert_eq!(
+        (v.reason, v.key),
+        (Reason::Trapped, greylist::KeyKind::Network)
+    );
+    let v = at(
+        &mx2,
+        "198.51.100.8",
+        "mail-b.google.com",
+        "x@gmail.com",
+        "d@example.net",
+        T0 + 8 * 3600 + 1,
+    );
+    assert_eq!(v.reason, Reason::Blocked, "{v:?}");
+}
+
 // ---- an operator's operations act on the fleet (issue 18) ------------------
 
 /// Two MX hosts on one Redis, pass cache off on neither (its effect is

@@ -44,6 +44,9 @@ fn records() -> Vec<String> {
             "v=spf1 include:loop2.example ip4:192.0.2.0/24 -all",
         ),
         txt("loop2.example", "v=spf1 include:loop.example -all"),
+        // Passes anyone: vouches for nobody.
+        txt("anyone.example", "v=spf1 +all"),
+        txt("wide.example", "v=spf1 ip4:0.0.0.0/0 -all"),
     ];
     // 11 `a:` lookups before the networks that would match: over RFC
     // 7208's limit of 10, so permerror (never pass).
@@ -184,12 +187,15 @@ fn spf_pass_keys_by_the_sender_domain_and_nothing_else_does() {
     let line = line_for(&d, "203.0.113.9", "a@strict.example");
     assert!(line.ends_with("key=network spf=fail"), "{line}");
 
-    // No SPF record, a lookup loop, more than 10 lookups: the network.
+    // No SPF record, a lookup loop, more than 10 lookups, a record that
+    // passes anyone: the network.
     for (domain, result) in [
         ("nospf.example", "none"),
         ("loop.example", "permerror"),
         ("many.example", "permerror"),
         ("unknown-domain.example", "none"),
+        ("anyone.example", "pass-anyone"),
+        ("wide.example", "pass-anyone"),
     ] {
         let from = format!("a@{domain}");
         assert_eq!(ask(&mut s, &rcpt("192.0.2.5", &from, "b@y.net", T0)), DEFER);
@@ -258,6 +264,13 @@ fn a_dns_server_that_never_answers_costs_only_the_spf() {
         "one lookup in flight for the domain"
     );
     d.wait_for_lines("spf=timeout", 6);
+    // A check that comes after that lookup ran out asks again.
+    let mut s = d.connect();
+    assert_eq!(
+        ask(&mut s, &rcpt("192.0.2.5", "a@slow.example", "z@y.net", T0)),
+        DEFER
+    );
+    assert_eq!(dns.queries("slow.example"), 2, "asked again");
 
     // One check, timed.
     let mut s = d.connect();
@@ -287,4 +300,65 @@ fn bad_dns_server_options_are_refused_at_start() {
         assert_eq!(code, Some(1), "{args:?}: {log}");
         assert!(log.contains(said), "{args:?}: {log}");
     }
+}
+
+/// A DNS failure never costs a sender what passed under its domain: the
+/// pool's triplet passed by SPF keeps passing, from another network, when
+/// the DNS server is gone (SPF `temperror` or `timeout`).
+#[test]
+fn a_dns_failure_keeps_what_passed_under_the_domain() {
+    if !have_dnsmasq("a_dns_failure_keeps_what_passed_under_the_domain") {
+        return;
+    }
+    let dir = scratch("spf-outage");
+    // Answers live one second in the cache.
+    let dns = Dnsmasq::start_with_ttl(&dir.join("dns"), &records(), 1);
+    let server = dns.addr.to_string();
+    let d = Daemon::start(
+        "spf-outage-daemon",
+        &[
+            "--allow-test-time",
+            "--no-default-whitelist",
+            "--spf",
+            "--spf-timeout",
+            "500",
+            "--dns-server",
+            &server,
+        ],
+    );
+    let mut s = d.connect();
+    assert_eq!(
+        ask(&mut s, &rcpt("192.0.2.5", "a@pool.example", "b@y.net", T0)),
+        DEFER
+    );
+    let retry = ask(
+        &mut s,
+        &rcpt("198.51.100.7", "a@pool.example", "b@y.net", T0 + 300),
+    );
+    assert!(retry.starts_with("PREPEND"), "{retry}");
+    drop(dns);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut s = d.connect();
+    let again = ask(
+        &mut s,
+        &rcpt("198.51.100.8", "a@pool.example", "b@y.net", T0 + 600),
+    );
+    assert_eq!(again, "DUNNO", "passed under pool.example, DNS or not");
+    let line = line_for(&d, "198.51.100.8", "a@pool.example");
+    assert!(line.contains("reason=passed"), "{line}");
+    assert!(
+        line.ends_with("key=spf-domain domain=pool.example spf=temperror")
+            || line.ends_with("key=spf-domain domain=pool.example spf=timeout"),
+        "{line}"
+    );
+    // A triplet that never passed is keyed by network meanwhile.
+    assert_eq!(
+        ask(
+            &mut s,
+            &rcpt("198.51.100.8", "c@pool.example", "b@y.net", T0 + 600)
+        ),
+        DEFER
+    );
+    let line = line_for(&d, "198.51.100.8", "c@pool.example");
+    assert!(line.contains(" key=network spf="), "{line}");
 }

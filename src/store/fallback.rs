@@ -76,6 +76,14 @@ impl Store for Fallback {
         self.remote.client_state(k)
     }
 
+    fn peek_triplet(&self, k: &Keys) -> Option<TripletState> {
+        (!self.remote.is_down()).then(|| self.remote.triplet_state(k).ok().flatten())?
+    }
+
+    fn peek_gating_client(&self, k: &Keys) -> Option<ClientState> {
+        (!self.remote.is_down()).then(|| self.remote.client_state(k).ok().flatten())?
+    }
+
     fn network(&self, k: &Keys, now: u32) -> Result<NetworkRecord, StoreError> {
         let mut record = self.remote.network(k, now)?;
         record.lost_mail += self.local.network(k, now).lost_mail;

@@ -444,15 +444,18 @@ impl MemoryStore {
             self.credit_recovered(k, now);
         }
 
-        if touches_client(&verdict, config) {
+        // A domain key (a pool's many hosts, or any host that can name
+        // itself under a provider's domain) is never blocked nor
+        // auto-whitelisted: one sender blasting would block the pool, and a
+        // few good ones would whitelist the provider's every customer. Its
+        // record only credits lost mail (early retries); the hosts'
+        // networks keep their own blocks and auto-whitelists, which
+        // `Engine::check_request` consults.
+        let domain = k.kind != KeyKind::Network;
+        if touches_client(&verdict, config) && !(domain && verdict.reason == Reason::Retried) {
             let early = verdict.reason == Reason::EarlyRetry;
-            // A domain key (a pool's many hosts) is never blocked for early
-            // retries: one sender of the pool blasting would block them
-            // all. Its record still credits lost mail; the hosts' networks
-            // can still be blocked, by their own keys and by traps.
-            let may_block = k.kind == KeyKind::Network;
             let v = self.with_client(k, now, early, |c| {
-                if early && !may_block {
+                if domain {
                     verdict
                 } else {
                     client_update(c, verdict, copies, now, config)
@@ -921,6 +924,17 @@ impl Store for MemoryStore {
         let hash = client_hash(net_id(k.net_key));
         let clients = self.clients.lock(self.clients.index(hash));
         Ok(clients.find(hash, |e| e.key == k.net_key).map(|e| e.state))
+    }
+
+    fn peek_gating_client(&self, k: &Keys) -> Option<ClientState> {
+        // Most networks neither block nor are auto-whitelisted: their gate
+        // bit is clear, and no lock is taken.
+        let hash = client_hash(net_id(k.net_key));
+        let (word, bit) = self.gate_bit(self.clients.index(hash), hash);
+        if self.gates[word].load(Relaxed) & bit == 0 {
+            return None;
+        }
+        Store::client_state(self, k).ok().flatten()
     }
 
     fn network(&self, k: &Keys, now: u32) -> Result<NetworkRecord, StoreError> {

@@ -122,6 +122,17 @@ pub(crate) trait Store: Send + Sync {
     fn triplet_state(&self, k: &Keys) -> Result<Option<TripletState>, StoreError>;
     /// A network's record.
     fn client_state(&self, k: &Keys) -> Result<Option<ClientState>, StoreError>;
+    /// A triplet's stored state when the store can say at once: `None`
+    /// also when the shared store is down (asked for requests keyed by a
+    /// domain, which must not wait for it).
+    fn peek_triplet(&self, k: &Keys) -> Option<TripletState> {
+        self.triplet_state(k).ok().flatten()
+    }
+    /// A network's record when it may decide alone (blocked, or
+    /// auto-whitelisted) and the store can say at once; `None` otherwise.
+    fn peek_gating_client(&self, k: &Keys) -> Option<ClientState> {
+        self.client_state(k).ok().flatten()
+    }
     /// A network's record and the count of its triplets at `now`.
     fn network(&self, k: &Keys, now: u32) -> Result<NetworkRecord, StoreError>;
     /// Removes what expired and judges lost mail; triplet entries removed

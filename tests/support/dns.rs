@@ -34,6 +34,11 @@ impl Dnsmasq {
     /// `txt-record=a.example,"v=spf1 -all"`), NXDOMAIN for any other
     /// `.example` name, with a TTL of 300 s.
     pub fn start(dir: &Path, records: &[String]) -> Dnsmasq {
+        Dnsmasq::start_with_ttl(dir, records, 300)
+    }
+
+    /// [`Dnsmasq::start`] with answers that live `ttl` seconds.
+    pub fn start_with_ttl(dir: &Path, records: &[String], ttl: u32) -> Dnsmasq {
         let bin = dnsmasq_path().expect("dnsmasq is installed");
         std::fs::create_dir_all(dir).unwrap();
         for _ in 0..20 {
@@ -43,7 +48,7 @@ impl Dnsmasq {
             let _ = std::fs::remove_file(&log);
             let mut text = format!(
                 "no-resolv\nno-hosts\nport={port}\nlisten-address=127.0.0.1\n\
-                 bind-interfaces\nlocal-ttl=300\nlocal=/example/\nlog-queries\nlog-facility={}\n",
+                 bind-interfaces\nlocal-ttl={ttl}\nlocal=/example/\nlog-queries\nlog-facility={}\n",
                 log.display()
             );
             for r in records {

@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use greylist::policy::Verification;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
@@ -35,6 +36,9 @@ pub enum Outcome {
     Result(SpfResult),
     /// The deadline passed first.
     Timeout,
+    /// `pass`, but the record passes any address (`+all`, `ip4:0.0.0.0/0`):
+    /// it vouches for nobody, and keys nothing.
+    PassesAnyone,
 }
 
 impl Outcome {
@@ -49,6 +53,7 @@ impl Outcome {
             Outcome::Result(SpfResult::PermError) => "permerror",
             Outcome::Result(SpfResult::None) => "none",
             Outcome::Timeout => "timeout",
+            Outcome::PassesAnyone => "pass-anyone",
         }
     }
 }
@@ -73,8 +78,15 @@ pub struct Spf {
 #[derive(Default)]
 struct Turn {
     lock: tokio::sync::Mutex<()>,
-    timed_out: std::sync::atomic::AtomicBool,
+    /// When a check of this domain last ran out of time: the checks that
+    /// were waiting then give up; those that come later ask again.
+    timed_out_at: Mutex<Option<tokio::time::Instant>>,
 }
+
+/// Addresses no SPF record should authorise (reserved, "future use"): a
+/// record that passes them passes anyone.
+const NOBODY_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(240, 0, 0, 1));
+const NOBODY_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1));
 
 impl Spf {
     /// A checker asking `server` (an address, port 53 unless given), or
@@ -129,21 +141,34 @@ impl Spf {
             .entry(domain.to_string())
             .or_default()
             .clone();
-        let params = SpfParameters::verify_mail_from(ip, helo, &self.host, sender);
-        let deadline = tokio::time::Instant::now() + self.deadline;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.deadline;
+        let nobody = if ip.is_ipv4() { NOBODY_V4 } else { NOBODY_V6 };
         let outcome = self.runtime.block_on(async {
-            use std::sync::atomic::Ordering::Relaxed;
             let Ok(turn) = tokio::time::timeout_at(deadline, gate.lock.lock()).await else {
                 return Outcome::Timeout;
             };
-            if gate.timed_out.load(Relaxed) {
+            if gate.timed_out_at.lock().is_some_and(|t| t >= started) {
                 return Outcome::Timeout;
             }
-            match tokio::time::timeout_at(deadline, self.auth.verify_spf(params)).await {
-                Ok(output) => Outcome::Result(output.result()),
+            let evaluate = async {
+                let params = SpfParameters::verify_mail_from(ip, helo, &self.host, sender);
+                let result = self.auth.verify_spf(params).await.result();
+                if result != SpfResult::Pass {
+                    return Outcome::Result(result);
+                }
+                // From the cache: the same records, another address.
+                let params = SpfParameters::verify_mail_from(nobody, helo, &self.host, sender);
+                match self.auth.verify_spf(params).await.result() {
+                    SpfResult::Pass => Outcome::PassesAnyone,
+                    _ => Outcome::Result(SpfResult::Pass),
+                }
+            };
+            match tokio::time::timeout_at(deadline, evaluate).await {
+                Ok(outcome) => outcome,
                 Err(_) => {
                     // Set before the turn passes on.
-                    gate.timed_out.store(true, Relaxed);
+                    *gate.timed_out_at.lock() = Some(tokio::time::Instant::now());
                     drop(turn);
                     Outcome::Timeout
                 }
@@ -169,12 +194,14 @@ pub fn parse_server(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl greylist::policy::SenderCheck for Spf {
-    /// The envelope sender's domain when its SPF passes for the client;
-    /// nothing asked for the null sender, a sender without a domain, or a
-    /// client address that is not one.
-    fn verify(&self, req: &greylist::Request<'_>) -> (Option<String>, Option<&'static str>) {
+    /// The envelope sender's domain, verified when its SPF passes for the
+    /// client (and does not pass anyone); nothing asked for the null
+    /// sender, a sender without a domain, or a client address that is not
+    /// one.
+    fn verify(&self, req: &greylist::Request<'_>) -> Verification {
+        let nothing = Verification::default;
         let Ok(sender) = std::str::from_utf8(req.sender) else {
-            return (None, None);
+            return nothing();
         };
         let sender = sender.trim();
         let sender = sender
@@ -182,25 +209,36 @@ impl greylist::policy::SenderCheck for Spf {
             .and_then(|s| s.strip_suffix('>'))
             .unwrap_or(sender);
         let Some((_, domain)) = sender.rsplit_once('@') else {
-            return (None, None);
+            return nothing();
         };
         let domain = domain
             .strip_suffix('.')
             .unwrap_or(domain)
             .to_ascii_lowercase();
         let ip = req.client_ip.trim_start_matches('[').trim_end_matches(']');
+        let ip = match ip.get(..5) {
+            Some(p) if p.eq_ignore_ascii_case("ipv6:") => &ip[5..],
+            _ => ip,
+        };
         let Ok(ip) = ip.parse::<IpAddr>() else {
-            return (None, None);
+            return nothing();
         };
         if domain.is_empty() || domain.len() > 253 {
-            return (None, None);
+            return nothing();
         }
         let helo = req
             .helo
             .and_then(|h| std::str::from_utf8(h).ok())
             .unwrap_or("unknown");
         let outcome = self.check(ip.to_canonical(), sender, &domain, helo);
-        let verified = (outcome == Outcome::Result(SpfResult::Pass)).then_some(domain);
-        (verified, Some(outcome.as_str()))
+        Verification {
+            verified: outcome == Outcome::Result(SpfResult::Pass),
+            transient: matches!(
+                outcome,
+                Outcome::Timeout | Outcome::Result(SpfResult::TempError)
+            ),
+            log: Some(outcome.as_str()),
+            domain: Some(domain),
+        }
     }
 }

@@ -24,8 +24,8 @@
 --          It has its own slot, so on a Redis Cluster the caller leaves it
 --          out and indexes the network itself (admin.lua's `index` mode)
 --          under the `due` this script returns.
--- ARGV     mode ("check", "check-domain": a domain key, never blocked for
---          early retries, or "trap"), now, delay, retry_window, pass_ttl,
+-- ARGV     mode ("check", "check-domain": a domain key, never blocked nor
+--          auto-whitelisted, or "trap"), now, delay, retry_window, pass_ttl,
 --          awl_threshold, awl_ttl, blast_threshold, block_time, blast_copies,
 --          lost_after, the network as text
 -- Returns  {reason, retry_after, delayed, malformed, flags, due, early}:
@@ -206,7 +206,10 @@ elseif reason == EARLY_RETRY and (blast_copies == 0 or early <= blast_copies) th
 end
 
 -- What the verdict does to the network.
-if reason == RETRIED and awl_threshold > 0 then
+-- A domain key ('check-domain') is never auto-whitelisted nor blocked: one
+-- pool's domain, or any host that can name itself under a provider's
+-- domain; its hosts' networks keep their own records.
+if reason == RETRIED and ARGV[1] == 'check' and awl_threshold > 0 then
   if not awl_alive then passes = 0 end
   -- At most one pass counted an hour (rules::AWL_COUNT_INTERVAL, postgrey's).
   if passes == 0 or now - c_last >= AWL_COUNT_INTERVAL then
@@ -217,7 +220,6 @@ if reason == RETRIED and awl_threshold > 0 then
     save_client()
   end
 elseif reason == EARLY_RETRY and ARGV[1] == 'check' and (blast_threshold > 0 or blast_copies > 0) then
-  -- A domain key ('check-domain') never blocks: one pool's domain.
   -- Copies of one message (this triplet's early retries), or rounds of
   -- the network (distinct seconds) within one delay period.
   local blasted = blast_copies > 0 and early > blast_copies

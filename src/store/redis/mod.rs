@@ -178,6 +178,11 @@ impl RedisStore {
         self.link.last_error()
     }
 
+    /// Whether Redis failed lately and is not asked until its retry time.
+    pub(crate) fn is_down(&self) -> bool {
+        self.link.is_down()
+    }
+
     /// Connects on a connection of its own (within `timeout`) and reads
     /// what would make the store lose records: warnings for the host's
     /// log, or why Redis cannot be reached.
