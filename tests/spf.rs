@@ -65,6 +65,38 @@ fn records() -> Vec<String> {
     r
 }
 
+/// A daemon with `--spf` asking the DNS server at `dns` (the built-in
+/// client whitelist off, so the keys decide), with `extra` options.
+fn spf_daemon(name: &str, dns: std::net::SocketAddr, extra: &[&str]) -> Daemon {
+    let server = dns.to_string();
+    let mut args = vec![
+        "--allow-test-time",
+        "--no-default-whitelist",
+        "--spf",
+        "--dns-server",
+        &server,
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(name, &args)
+}
+
+/// The pool's first attempt from one network, and its retry from another
+/// after the delay, which passes (pool.example's SPF covers both).
+fn pool_retry_passes(s: &mut std::net::TcpStream) {
+    assert_eq!(
+        ask(s, &rcpt("192.0.2.5", "a@pool.example", "b@y.net", T0)),
+        DEFER
+    );
+    let retry = ask(
+        s,
+        &rcpt("198.51.100.7", "a@pool.example", "b@y.net", T0 + 300),
+    );
+    assert_eq!(
+        retry,
+        "PREPEND X-Greylist: delayed 300 seconds by greylist-policyd"
+    );
+}
+
 fn have_dnsmasq(test: &str) -> bool {
     if dns::dnsmasq_path().is_none() {
         real::skip(
@@ -94,33 +126,12 @@ fn spf_pass_keys_by_the_sender_domain_and_nothing_else_does() {
     }
     let dir = scratch("spf-cases");
     let dns = Dnsmasq::start(&dir.join("dns"), &records());
-    let server = dns.addr.to_string();
-    let d = Daemon::start(
-        "spf-cases-daemon",
-        &[
-            "--allow-test-time",
-            "--no-default-whitelist",
-            "--spf",
-            "--dns-server",
-            &server,
-        ],
-    );
+    let d = spf_daemon("spf-cases-daemon", dns.addr, &[]);
     let mut s = d.connect();
 
     // A domain whose SPF covers two unrelated networks: the retry from
     // the second network passes.
-    assert_eq!(
-        ask(&mut s, &rcpt("192.0.2.5", "a@pool.example", "b@y.net", T0)),
-        DEFER
-    );
-    let retry = ask(
-        &mut s,
-        &rcpt("198.51.100.7", "a@pool.example", "b@y.net", T0 + 300),
-    );
-    assert_eq!(
-        retry,
-        "PREPEND X-Greylist: delayed 300 seconds by greylist-policyd"
-    );
+    pool_retry_passes(&mut s);
     let line = line_for(&d, "198.51.100.7", "a@pool.example");
     assert!(line.contains("reason=retried"), "{line}");
     assert!(
@@ -228,17 +239,7 @@ fn spf_pass_keys_by_the_sender_domain_and_nothing_else_does() {
 #[test]
 fn a_dns_server_that_never_answers_costs_only_the_spf() {
     let dns = Silent::start();
-    let server = dns.addr.to_string();
-    let d = Daemon::start(
-        "spf-silent",
-        &[
-            "--allow-test-time",
-            "--no-default-whitelist",
-            "--spf",
-            "--dns-server",
-            &server,
-        ],
-    );
+    let d = spf_daemon("spf-silent", dns.addr, &[]);
     // A burst: 6 connections ask about one domain at once.
     let threads: Vec<_> = (0..6)
         .map(|i| {
@@ -313,29 +314,9 @@ fn a_dns_failure_keeps_what_passed_under_the_domain() {
     let dir = scratch("spf-outage");
     // Answers live one second in the cache.
     let dns = Dnsmasq::start_with_ttl(&dir.join("dns"), &records(), 1);
-    let server = dns.addr.to_string();
-    let d = Daemon::start(
-        "spf-outage-daemon",
-        &[
-            "--allow-test-time",
-            "--no-default-whitelist",
-            "--spf",
-            "--spf-timeout",
-            "500",
-            "--dns-server",
-            &server,
-        ],
-    );
+    let d = spf_daemon("spf-outage-daemon", dns.addr, &["--spf-timeout", "500"]);
     let mut s = d.connect();
-    assert_eq!(
-        ask(&mut s, &rcpt("192.0.2.5", "a@pool.example", "b@y.net", T0)),
-        DEFER
-    );
-    let retry = ask(
-        &mut s,
-        &rcpt("198.51.100.7", "a@pool.example", "b@y.net", T0 + 300),
-    );
-    assert!(retry.starts_with("PREPEND"), "{retry}");
+    pool_retry_passes(&mut s);
     drop(dns);
     std::thread::sleep(Duration::from_millis(1500));
     let mut s = d.connect();
