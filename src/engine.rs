@@ -203,12 +203,7 @@ impl Engine {
     /// released by its client address. A store that does not answer about
     /// the network leaves the domain to decide.
     fn check_by_domain(&self, req: &Request<'_>, keys: Keys, now: u32) -> (Keys, Verdict) {
-        let by_network = Request {
-            client_name: None,
-            verified_domain: None,
-            ..*req
-        };
-        let Ok(net_keys) = self.keys(&by_network) else {
+        let Ok(net_keys) = self.network_keys(req) else {
             let v = self.store.check(&keys, now);
             return (keys, v);
         };
@@ -223,11 +218,7 @@ impl Engine {
         if !matches!(v.reason, Reason::New | Reason::EarlyRetry) {
             return (keys, v);
         }
-        let passed = self
-            .store
-            .peek_triplet(&net_keys)
-            .is_some_and(|t| t.passed && !t.is_expired(now, &self.config));
-        if !passed {
+        if !self.passed(&net_keys, now) {
             return (keys, v);
         }
         // Best effort: a domain entry left behind only expires.
@@ -248,25 +239,38 @@ impl Engine {
     pub fn would_pass(&self, req: &Request<'_>, now: i64) -> Result<bool, InputError> {
         let keys = self.keys(req)?;
         let now = clamp_time(now);
-        let passed = |k: &Keys| {
-            self.store
-                .peek_triplet(k)
-                .is_some_and(|t| t.passed && !t.is_expired(now, &self.config))
-        };
-        if keys.whitelisted() || passed(&keys) {
+        if keys.whitelisted() || self.passed(&keys, now) {
             return Ok(true);
         }
-        let by_network = Request {
-            client_name: None,
-            verified_domain: None,
-            ..*req
+        let by_domain = keys.kind != KeyKind::Network;
+        let net_keys = if by_domain {
+            self.network_keys(req)?
+        } else {
+            keys
         };
-        let net_keys = self.keys(&by_network)?;
         let awl = self
             .store
             .peek_gating_client(&net_keys)
             .is_some_and(|c| c.is_auto_whitelisted(now, &self.config));
-        Ok(awl || (keys.kind != KeyKind::Network && passed(&net_keys)))
+        Ok(awl || (by_domain && self.passed(&net_keys, now)))
+    }
+
+    /// A request's keys by its client network alone (no host name, no
+    /// verified domain).
+    fn network_keys(&self, req: &Request<'_>) -> Result<Keys, InputError> {
+        self.keys(&Request {
+            client_name: None,
+            verified_domain: None,
+            ..*req
+        })
+    }
+
+    /// Whether the store says at once that `k`'s triplet passed and has
+    /// not expired at `now`.
+    fn passed(&self, k: &Keys, now: u32) -> bool {
+        self.store
+            .peek_triplet(k)
+            .is_some_and(|t| t.passed && !t.is_expired(now, &self.config))
     }
 
     /// Sets (or with `None` removes) the event callback. It receives every

@@ -348,6 +348,13 @@ impl MemoryStore {
             || (self.config.awl_threshold > 0 && state.passes >= self.config.awl_threshold)
     }
 
+    /// Whether the network's gate bit is set: it may be blocked or
+    /// auto-whitelisted (a clear bit says it is neither).
+    fn gate_is_set(&self, c_idx: usize, c_hash: u64) -> bool {
+        let (word, bit) = self.gate_bit(c_idx, c_hash);
+        self.gates[word].load(Relaxed) & bit != 0
+    }
+
     /// The gate bit of a client hash: each client shard owns a run of
     /// words, changed only under that shard's lock.
     pub(crate) fn gate_bit(&self, c_idx: usize, c_hash: u64) -> (usize, u64) {
@@ -390,8 +397,7 @@ impl MemoryStore {
         }
         // Most networks are neither blocked nor auto-whitelisted: their
         // gate bit is clear and the check skips the client table.
-        let (word, bit) = self.gate_bit(c_idx, c_hash);
-        let gate = if self.gates[word].load(Relaxed) & bit == 0 {
+        let gate = if !self.gate_is_set(c_idx, c_hash) {
             None
         } else {
             let mut clients = self.clients.lock(c_idx);
@@ -930,11 +936,8 @@ impl Store for MemoryStore {
         // Most networks neither block nor are auto-whitelisted: their gate
         // bit is clear, and no lock is taken.
         let hash = client_hash(net_id(k.net_key));
-        let (word, bit) = self.gate_bit(self.clients.index(hash), hash);
-        if self.gates[word].load(Relaxed) & bit == 0 {
-            return None;
-        }
-        Store::client_state(self, k).ok().flatten()
+        self.gate_is_set(self.clients.index(hash), hash)
+            .then(|| Store::client_state(self, k).ok().flatten())?
     }
 
     fn network(&self, k: &Keys, now: u32) -> Result<NetworkRecord, StoreError> {

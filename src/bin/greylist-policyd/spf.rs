@@ -215,12 +215,7 @@ impl greylist::policy::SenderCheck for Spf {
             .strip_suffix('.')
             .unwrap_or(domain)
             .to_ascii_lowercase();
-        let ip = req.client_ip.trim_start_matches('[').trim_end_matches(']');
-        let ip = match ip.get(..5) {
-            Some(p) if p.eq_ignore_ascii_case("ipv6:") => &ip[5..],
-            _ => ip,
-        };
-        let Ok(ip) = ip.parse::<IpAddr>() else {
+        let Ok(ip) = greylist::parse_ip(req.client_ip) else {
             return nothing();
         };
         if domain.is_empty() || domain.len() > 253 {
