@@ -781,6 +781,33 @@ mod tests {
     }
 
     #[test]
+    fn a_small_table_keeps_what_fits() {
+        // Half of max_entries, on the default shards: a table split into
+        // shards of one or two entries each evicted long before it was
+        // full (1,000 triplets in 1,024 shards of 1).
+        let e = Engine::new(
+            Config::builder()
+                .max_entries(2000)
+                .awl_threshold(0)
+                .build()
+                .unwrap(),
+        );
+        let rcpt = |i: u32| format!("r{i}@example.net");
+        for i in 0..1000 {
+            let ip = format!("10.{}.{}.1", i / 250, i % 250);
+            e.check(&ip, "a@x.org", &rcpt(i), T0).unwrap();
+            e.check(&ip, "a@x.org", &rcpt(i), T0 + 300).unwrap();
+        }
+        assert_eq!(e.len(), 1000);
+        assert_eq!(e.stats().evicted, 0);
+        for i in 0..1000 {
+            let ip = format!("10.{}.{}.1", i / 250, i % 250);
+            let v = e.check(&ip, "a@x.org", &rcpt(i), T0 + 600).unwrap();
+            assert_eq!(v.reason, Reason::Passed, "{ip}");
+        }
+    }
+
+    #[test]
     fn fewer_entries_than_shards() {
         let e = Engine::new(Config::builder().shards(64).max_entries(3).build().unwrap());
         for i in 0..10 {

@@ -191,6 +191,9 @@ type LostList = Vec<Lost>;
 /// enough to stay in cache; a bit shared by two networks only costs a lock.
 const GATE_WORDS_PER_SHARD: usize = 2;
 
+/// Fewest triplet entries a shard is sized for (see [`MemoryStore::new`]).
+const MIN_SHARD_ENTRIES: usize = 128;
+
 /// The in-memory store.
 ///
 /// Locking: a check locks at most one client-network shard, then one
@@ -216,10 +219,15 @@ impl MemoryStore {
     /// An empty store with room for the configuration's `max_entries`
     /// triplets and `max_clients` networks.
     pub(crate) fn new(config: &Config, events: Arc<Events>) -> MemoryStore {
-        // Each shard holds at most max_entries / shards, so with fewer
-        // entries than shards there are fewer shards.
+        // Each shard holds at most max_entries / shards, and hashing fills
+        // shards unevenly: a shard of c entries fills up when the table
+        // holds about c - 3 sqrt(c) per shard. So a shard is kept to at
+        // least MIN_SHARD_ENTRIES (its first eviction then comes after
+        // three quarters of max_entries, and later the larger the table),
+        // and a small table has fewer shards.
         let max = usize::try_from(config.max_entries).unwrap_or(usize::MAX);
-        let largest_fitting = 1usize << (usize::BITS - 1 - max.leading_zeros());
+        let per_shard_floor = (max / MIN_SHARD_ENTRIES).max(1);
+        let largest_fitting = 1usize << (usize::BITS - 1 - per_shard_floor.leading_zeros());
         let shards = config.shards.min(largest_fitting);
         MemoryStore {
             triplets: Sharded::new(shards),
