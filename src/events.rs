@@ -78,7 +78,7 @@ pub struct Event {
     /// For `LostMail` and a blasting `BlockStarted`: the triplet's early
     /// retries; else 0.
     pub count: u32,
-    /// The triplet's keyed hash (see [`Engine::triplet_key`](crate::Engine::triplet_key))
+    /// The triplet's identifier (see [`Engine::request_key`](crate::Engine::request_key))
     /// for the events of one triplet: a verdict, `LostMail` and
     /// `Recovered` (with a shared store, where the store still knows it).
     /// A host that kept a deferred request's addresses under this key can
@@ -208,10 +208,10 @@ impl Events {
 
     /// Calls the callback, if one is set, with the event `make` builds.
     pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
-        let stripe = crate::table::thread_stripe();
         if !self.on.load(Relaxed) {
             return;
         }
+        let stripe = crate::table::thread_stripe();
         let counters = &self.in_flight[stripe % self.in_flight.len()].0;
         loop {
             let seen = self.parity.load(SeqCst);

@@ -218,6 +218,9 @@ impl fmt::Display for ClientNet {
 /// address-literal forms of RFC 5321).
 pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
     const ARG: &str = "client_ip";
+    if let Some(v4) = plain_ipv4(client_ip.as_bytes()) {
+        return Ok(IpAddr::V4(v4));
+    }
     check_len(ARG, client_ip)?;
     let mut s = client_ip.trim();
     if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
@@ -235,6 +238,38 @@ pub fn parse_ip(client_ip: &str) -> Result<IpAddr, InputError> {
         };
         InputError::new(ARG, why)
     })
+}
+
+/// The common case of [`parse_ip`], without its general parser: four
+/// decimal octets of one to three digits, none over 255 and none with a
+/// leading zero. Exactly what the standard parser accepts of such text, to
+/// the same address; `None` sends anything else to it.
+fn plain_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    if s.len() < 7 || s.len() > 15 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let (mut n, mut value, mut digits, mut leading_zero) = (0, 0u16, 0, false);
+    for (i, &b) in s.iter().enumerate() {
+        if b.is_ascii_digit() {
+            leading_zero |= digits == 1 && value == 0;
+            value = value * 10 + u16::from(b - b'0');
+            digits += 1;
+            if digits > 3 {
+                return None;
+            }
+        } else if b != b'.' {
+            return None;
+        }
+        if b == b'.' || i + 1 == s.len() {
+            if digits == 0 || leading_zero || n == 4 {
+                return None;
+            }
+            octets[n] = u8::try_from(value).ok()?;
+            (n, value, digits, leading_zero) = (n + 1, 0, 0, false);
+        }
+    }
+    (n == 4 && s[s.len() - 1] != b'.').then_some(Ipv4Addr::from(octets))
 }
 
 /// Strips white space and angle brackets around an address.
@@ -259,7 +294,7 @@ pub(crate) fn lower_address(address: &[u8]) -> String {
 
 /// Splits at the last `@`: (local part, domain with its `@`, or empty).
 fn split_address(a: &[u8]) -> (&[u8], &[u8]) {
-    match a.iter().rposition(|&b| b == b'@') {
+    match memchr::memrchr(b'@', a) {
         Some(at) => (&a[..at], &a[at..]),
         None => (a, &[]),
     }
@@ -331,10 +366,14 @@ fn unwrap_batv(local: &[u8]) -> &[u8] {
 /// Cuts `local` at its first extension delimiter (`user+tag` → `user`),
 /// unless that would leave it empty.
 fn cut_extension<'a>(local: &'a [u8], delimiters: &[u8]) -> &'a [u8] {
-    match local
-        .iter()
-        .position(|b| delimiters.contains(&b.to_ascii_lowercase()))
-    {
+    let at = match delimiters {
+        // The usual one delimiter (`+`) without a search of the list per byte.
+        [d] => local.iter().position(|b| b.to_ascii_lowercase() == *d),
+        _ => local
+            .iter()
+            .position(|b| delimiters.contains(&b.to_ascii_lowercase())),
+    };
+    match at {
         Some(i) if i > 0 => &local[..i],
         _ => local,
     }
@@ -353,7 +392,56 @@ fn push_lower(out: &mut Vec<u8>, bytes: &[u8]) {
 /// bytes: an address that is not UTF-8 (Latin-1 from an old client) is
 /// normalised the same way, only its ASCII bytes being changed.
 pub(crate) fn sender_into(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
+    if let Some((local, domain)) = plain_address(sender) {
+        fold_serials(cut_extension(local, delimiters), out);
+        push_lower(out, domain);
+        return;
+    }
     to_fixpoint(sender, delimiters, out, sender_pass);
+}
+
+/// The bytes no plain address holds: ASCII white space (what
+/// `trim_ascii` removes) and angle brackets.
+fn unplain(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\x0C' | b'\r' | b'<' | b'>')
+}
+
+/// Whether `a` holds an [`unplain`] byte: every byte tested with
+/// comparisons and no branch, which the compiler vectorises.
+fn any_unplain(a: &[u8]) -> bool {
+    a.iter().fold(false, |acc, &b| {
+        // 9, 10, 12, 13 and space; `<` (0x3C) and `>` (0x3E).
+        let space = (b == b' ') | ((b.wrapping_sub(9) < 5) & (b != 0x0B));
+        acc | space | ((b | 2) == b'>')
+    })
+}
+
+/// The wrappers a normalisation pass undoes, by the start of a local part
+/// (ASCII case ignored); [`to_fixpoint`] looks for them too.
+const WRAPPERS: [&str; 5] = ["srs0", "srs1", "prvs=", "msprvs1=", "btv1=="];
+
+/// Splits a plain address (local part, domain with its `@`): one with no
+/// white space or angle bracket and no wrapper at the start of its local
+/// part. Nearly every real address is one, and one pass of
+/// [`sender_pass`] or [`recipient_pass`] on it comes down to cutting the
+/// extension, folding serials and lower-casing (no bracket or white space
+/// to strip, no wrapper to undo), and its result holds nothing that would
+/// make [`to_fixpoint`] pass again: its bytes are the input's (lower-cased)
+/// or `#`, and it starts with a wrapper only if the local part did. So
+/// the fast paths of [`sender_into`] and [`recipient_into`] give what the
+/// general ones give (`tests::plain_fast_paths_match_the_general_ones`).
+fn plain_address(a: &[u8]) -> Option<(&[u8], &[u8])> {
+    if any_unplain(a) {
+        return None;
+    }
+    let (local, domain) = split_address(a);
+    let wrapped = matches!(
+        local.first().map(u8::to_ascii_lowercase),
+        Some(b's' | b'p' | b'm' | b'b')
+    ) && WRAPPERS
+        .iter()
+        .any(|w| strip_prefix_ci(local, w.as_bytes()).is_some());
+    (!wrapped).then_some((local, domain))
 }
 
 /// Runs `pass` and, if its output could normalise differently (garbage can
@@ -380,10 +468,8 @@ fn to_fixpoint(
     let mut again = Vec::new();
     for _ in 0..=3 * input.len() {
         let produced = &out[start..];
-        let suspicious = produced
-            .iter()
-            .any(|&b| matches!(b, b'<' | b'>') || b.is_ascii_whitespace())
-            || ["srs0", "srs1", "prvs=", "msprvs1=", "btv1=="]
+        let suspicious = produced.iter().any(|&b| unplain(b))
+            || WRAPPERS
                 .iter()
                 .any(|p| strip_prefix_ci(produced, p.as_bytes()).is_some());
         if !suspicious {
@@ -403,6 +489,9 @@ fn to_fixpoint(
 /// Appends `local` lower-cased, with each digit run that stands between
 /// non-word characters replaced by `#` (see [`sender_into`]).
 fn fold_serials(local: &[u8], out: &mut Vec<u8>) {
+    if !local.iter().any(u8::is_ascii_digit) {
+        return push_lower(out, local);
+    }
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let mut i = 0;
     while i < local.len() {
@@ -461,7 +550,13 @@ pub(crate) fn recipient_into(
     out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
     let start = out.len();
-    to_fixpoint(unbracket(recipient), delimiters, out, recipient_pass);
+    match plain_address(recipient) {
+        Some((local, domain)) => {
+            push_lower(out, cut_extension(local, delimiters));
+            push_lower(out, domain);
+        }
+        None => to_fixpoint(unbracket(recipient), delimiters, out, recipient_pass),
+    }
     if out.len() == start {
         return Err(InputError::new("recipient", "is empty"));
     }
@@ -677,6 +772,76 @@ mod tests {
             let once = r(raw);
             assert_eq!(r(&once), once, "{raw:?}");
         }
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// The plain-address fast paths give what the general passes give,
+        /// on text made of what matters to them: wrapper letters, digits,
+        /// delimiters, brackets, white space, `@`.
+        #[test]
+        fn plain_fast_paths_match_the_general_ones(
+            tokens in proptest::collection::vec(proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    "srs0", "SRS1", "prvs=", "MSprvs1=", "btv1==", "=", "==", "+", "-",
+                    "@", "<", ">", " ", "\t", "a", "B", "9", "42", "x.y", "\u{fc}", "\u{b}",
+                ])
+                .prop_map(String::from),
+                "[sSrR01pPvVmMbBtT=+<> @a9.]{1,3}",
+            ], 0..10),
+            delimiters in proptest::sample::select(vec!["+", "+-=", "-"]),
+        ) {
+            let raw = tokens.concat().into_bytes();
+            let d = delimiters.as_bytes();
+            let (mut fast, mut general) = (Vec::new(), Vec::new());
+            sender_into(&raw, d, &mut fast);
+            to_fixpoint(&raw, d, &mut general, sender_pass);
+            proptest::prop_assert_eq!(&fast, &general, "sender {:?}", raw);
+            let (mut fast, mut general) = (Vec::new(), Vec::new());
+            let fast_ok = recipient_into(&raw, d, &mut fast).is_ok();
+            to_fixpoint(unbracket(&raw), d, &mut general, recipient_pass);
+            proptest::prop_assert_eq!(&fast, &general, "recipient {:?}", raw);
+            proptest::prop_assert_eq!(fast_ok, !general.is_empty());
+        }
+
+        /// The dotted-quad fast path agrees with the standard parser
+        /// wherever it answers, and answers for every address it prints.
+        #[test]
+        fn plain_ipv4_matches_the_standard_parser(
+            raw in "[0-9.]{0,16}",
+            octets in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            if let Some(v4) = plain_ipv4(raw.as_bytes()) {
+                proptest::prop_assert_eq!(raw.parse::<Ipv4Addr>().ok(), Some(v4));
+            }
+            let printed = Ipv4Addr::from(octets);
+            proptest::prop_assert_eq!(plain_ipv4(printed.to_string().as_bytes()), Some(printed));
+        }
+    }
+
+    #[test]
+    fn plain_ipv4_leaves_the_rest_to_the_standard_parser() {
+        for odd in [
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.",
+            "256.1.1.1",
+            "1..2.3",
+            " 1.2.3.4",
+            "1.2.3.4 ",
+            "[1.2.3.4]",
+            "0000.1.1.1",
+            "1.2.3.4.5",
+        ] {
+            assert_eq!(plain_ipv4(odd.as_bytes()), None, "{odd}");
+        }
+        assert_eq!(parse_ip("[1.2.3.4]").unwrap().to_string(), "1.2.3.4");
+        assert_eq!(parse_ip(" 1.2.3.4 ").unwrap().to_string(), "1.2.3.4");
+        assert!(parse_ip("01.2.3.4").is_err());
+        assert_eq!(parse_ip("0.0.0.0").unwrap().to_string(), "0.0.0.0");
     }
 
     #[test]
