@@ -1,6 +1,8 @@
 //! One command that shows where the engine stands: a short run of every
 //! comparison of `benches/engine.rs`, printed as a table with ratios
-//! (engine / baseline) and the targets.
+//! (engine / baseline) and the targets, and resident memory per entry at
+//! six table sizes (a hash table's memory per entry swings as its load
+//! goes from full to half full at each doubling, so one size says little).
 //!
 //!     cargo bench --bench report
 //!     GREYLIST_REPORT_ENTRIES=1000000 cargo bench --bench report   # smaller
@@ -35,21 +37,27 @@ fn make(name: &str, entries: usize) -> Box<dyn Store> {
 }
 
 /// Child mode: fill one store with `entries` triplets, then print
-/// `bytes_per_entry rate_1_thread rate_2_threads`.
-fn child(name: &str, entries: usize) {
+/// `bytes_per_entry rate_1_thread rate_2_threads` (with `rates` false,
+/// the rates are 0: memory only).
+fn child(name: &str, entries: usize, rates: bool) {
     let triplets = triplets(entries, 42);
     let before = rss_bytes();
     let store = make(name, entries);
     fill(store.as_ref(), &triplets);
     let bytes = rss_bytes().saturating_sub(before) as f64 / entries as f64;
-    let one = rate(store.as_ref(), &triplets, 1, 1.5);
-    let two = rate(store.as_ref(), &triplets, 2, 1.5);
+    let (one, two) = if rates {
+        let one = rate(store.as_ref(), &triplets, 1, 1.5);
+        (one, rate(store.as_ref(), &triplets, 2, 1.5))
+    } else {
+        (0.0, 0.0)
+    };
     println!("{bytes:.1} {one:.0} {two:.0}");
 }
 
-fn in_child(name: &str, entries: usize) -> (f64, f64, f64) {
+fn in_child(name: &str, entries: usize, rates: bool) -> (f64, f64, f64) {
+    let mode = if rates { "--child" } else { "--memory" };
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--child", name, &entries.to_string()])
+        .args([mode, name, &entries.to_string()])
         .output()
         .unwrap();
     assert!(
@@ -80,8 +88,8 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     if let [flag, name, n] = &args[..] {
-        if flag == "--child" {
-            return child(name, n.parse().unwrap());
+        if flag == "--child" || flag == "--memory" {
+            return child(name, n.parse().unwrap(), flag == "--child");
         }
     }
     // `cargo test --benches` runs this with no --bench: a quick self-check.
@@ -121,7 +129,25 @@ fn main() {
     // Large table, each store in its own process.
     let large: Vec<_> = ["engine", "mutex", "dashmap"]
         .iter()
-        .map(|n| in_child(n, big))
+        .map(|n| in_child(n, big, true))
+        .collect();
+
+    // Memory at six sizes, tenths of the large table's (1, 2, 4, 6, 8 and
+    // 10 million by default; the largest is the large table's own figure).
+    let sizes: Vec<usize> = [1, 2, 4, 6, 8, 10].map(|m| m * big / 10).to_vec();
+    let memory: Vec<(usize, f64, f64)> = sizes
+        .iter()
+        .map(|&n| {
+            if n == big {
+                (n, large[0].0, large[2].0)
+            } else {
+                (
+                    n,
+                    in_child("engine", n, false).0,
+                    in_child("dashmap", n, false).0,
+                )
+            }
+        })
         .collect();
 
     // New triplets, key derivation, and the C ABI's cost over the Rust API.
@@ -157,18 +183,21 @@ fn main() {
         );
     };
     row(
-        "hot set (1,000), 1 thread",
+        &format!(
+            "hot set (1,000), 1 thread ({:.0} ns a check)",
+            1e9 / hot_rates[0].0
+        ),
         hot_rates[0].0,
         hot_rates[1].0,
         hot_rates[2].0,
-        "",
+        "<= 110 ns a check",
     );
     row(
         "hot set (1,000), 2 threads",
         hot_rates[0].1,
         hot_rates[1].1,
         hot_rates[2].1,
-        ">= 15 M/s total",
+        ">= 15 M/s total, >= 1.0x dashmap",
     );
     row(
         &format!("{big} entries, 1 thread"),
@@ -185,9 +214,18 @@ fn main() {
         ">= 4x mutex, >= 1.3x dashmap",
     );
     println!(
-        "| resident bytes per entry at {big} | {:.1} | {:.1} | {:.1} | | | <= 56 (engine) |",
+        "| resident bytes per entry at {big} | {:.1} | {:.1} | {:.1} | | | <= 48 (engine) |",
         large[0].0, large[1].0, large[2].0
     );
+    println!();
+    println!(
+        "| entries | engine bytes per entry | DashMap<u128> bytes per entry | target (engine) |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for (n, engine, dashmap) in &memory {
+        let target = if *n == big { "<= 48, <= 64" } else { "<= 64" };
+        println!("| {n} | {engine:.1} | {dashmap:.1} | {target} |");
+    }
     println!();
     println!("new triplet (insert), 1 thread: {insert_ns:.0} ns");
     println!("key derivation (normalise + keyed hash): {key_ns:.0} ns");

@@ -111,9 +111,10 @@ impl Engine {
         crate::key::keys(&self.config, &self.secret, &self.lists.load(), req)
     }
 
-    /// The keyed 128-bit hash a triplet is stored under (after
-    /// normalisation), for stores outside the engine and for benchmarks.
-    /// Only meaningful with this engine's secret.
+    /// The keyed 128-bit hash of a triplet (after normalisation), as a
+    /// shared store names its record (`<prefix>{<network key>}:t:<this>`),
+    /// for stores outside the engine and for benchmarks. Only meaningful
+    /// with this engine's secret.
     pub fn triplet_key(
         &self,
         client_ip: &str,
@@ -125,13 +126,17 @@ impl Engine {
             .triplet_key)
     }
 
-    /// The keyed 128-bit hash a whole request is stored under, as
+    /// The 128-bit identifier of a whole request's triplet, as
     /// [`check_request`](Self::check_request) keys it (with a verified
     /// domain or host name where they change the key): what a host keeps a
     /// deferred request's addresses under, to name them when an event
     /// ([`Event::triplet`](crate::Event::triplet)) says its mail was lost.
+    /// Opaque: 48 bits of the client's network key above 64 bits of the
+    /// triplet's keyed hash, what the table keeps of both (so a sweep can
+    /// name a triplet it finds), and the same from the local table and from
+    /// a shared store.
     pub fn request_key(&self, req: &Request<'_>) -> Result<u128, InputError> {
-        Ok(self.keys(req)?.triplet_key)
+        Ok(self.keys(req)?.triplet_id().public())
     }
 
     /// The keyed 128-bit hash a client's network is stored under (its
@@ -186,7 +191,7 @@ impl Engine {
             reason: verdict.reason,
             at: now,
             count: 0,
-            triplet: Some(keys.triplet_key),
+            triplet: Some(keys.triplet_id().public()),
         });
         Ok(verdict)
     }
@@ -299,8 +304,8 @@ impl Engine {
 
     /// The most memory, in bytes, the triplet table can take when full at
     /// `max_entries`: each shard's hash table holds a power-of-two number of
-    /// 32-byte buckets plus one control byte each, at most 7/8 full, so
-    /// this is between 38 and 76 bytes per entry allowed.
+    /// 24-byte buckets plus one control byte each, at most 7/8 full, so
+    /// this is between 29 and 58 bytes per entry allowed.
     pub fn table_memory_limit(&self) -> usize {
         self.local().table_memory_limit()
     }
@@ -728,11 +733,8 @@ mod tests {
         .unwrap();
         let req = Request::new("192.0.2.10", "a@corp.example", "u@y.net");
         let key = e.request_key(&req).unwrap();
-        assert_eq!(
-            key,
-            e.triplet_key("192.0.2.10", "a@corp.example", "u@y.net")
-                .unwrap()
-        );
+        let other = Request::new("192.0.2.10", "b@corp.example", "u@y.net");
+        assert_ne!(key, e.request_key(&other).unwrap());
         for dt in [0, 4] {
             e.check_request(&req, T0 + dt).unwrap();
         }

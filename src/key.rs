@@ -160,6 +160,38 @@ pub(crate) fn net_id(net_key: u128) -> u64 {
     (net_key as u64) & 0xFFFF_FFFF_FFFF
 }
 
+/// What the triplet table keeps of a triplet's identity: the low 64 bits
+/// of its keyed hash (which also place it in the table) and the 48 bits of
+/// its client network's key every entry keeps anyway. The hash's material
+/// holds the network, so the pair tells triplets apart as well as the
+/// 128-bit hash does in practice: two triplets of one network share an
+/// entry only if 64 keyed bits collide (one chance in 2^64 per check for
+/// each triplet of that network, and no way to aim at one without the
+/// secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TripletId {
+    pub(crate) key: u64,
+    pub(crate) net_id: u64,
+}
+
+impl TripletId {
+    /// The 128-bit value hosts know the triplet by
+    /// ([`Engine::request_key`](crate::Engine::request_key),
+    /// [`Event::triplet`](crate::Event::triplet)): the network's 48 bits
+    /// above the hash's 64.
+    pub(crate) fn public(self) -> u128 {
+        (u128::from(self.net_id) << 64) | u128::from(self.key)
+    }
+
+    /// The identity of a triplet keyed `triplet_key` under `net_key`.
+    pub(crate) fn of(triplet_key: u128, net_key: u128) -> TripletId {
+        TripletId {
+            key: triplet_key as u64,
+            net_id: net_id(net_key),
+        }
+    }
+}
+
 thread_local! {
     /// Scratch space for key material, reused by every check on a thread.
     static KEY_MATERIAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
@@ -213,6 +245,11 @@ impl Keys {
     /// Whether a static whitelist matched the request.
     pub(crate) fn whitelisted(&self) -> bool {
         self.listed == Listed::Whitelisted
+    }
+
+    /// The triplet's identity in the table (see [`TripletId`]).
+    pub(crate) fn triplet_id(&self) -> TripletId {
+        TripletId::of(self.triplet_key, self.net_key)
     }
 }
 

@@ -1,12 +1,12 @@
 //! Crash-safe snapshots of an engine's tables.
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //! All integers little-endian.
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 0..8 | magic `GREYLIST` |
-//! | 8..12 | format version (1) |
+//! | 8..12 | format version (2; 1 is read too) |
 //! | 12..16 | header size (128) |
 //! | 16..20 | CRC-32 of bytes 0..16 (the preamble, the same in every version) |
 //! | 20..36 | the key secret |
@@ -18,15 +18,18 @@
 //! | 70..72 | normalisation version |
 //! | 72 | extension delimiter count (at most 16), 73..89 the delimiters |
 //! | 89..92 | zero |
-//! | 92..96 | triplet record size (32) |
+//! | 92..96 | triplet record size (24; 32 in version 1) |
 //! | 96..100 | client record size (80) |
 //! | 100..104 | CRC-32 of the body |
 //! | 104..124 | zero |
 //! | 124..128 | CRC-32 of bytes 0..124 |
 //!
-//! Then the body: the triplet records (32 bytes: key, first seen, last
-//! seen, 48 bits of the client network's key, early retries, flags: 1
-//! passed, 2 judged lost mail, 4 credited to its network), the client records (80 bytes: key,
+//! Then the body: the triplet records (24 bytes: the low 64 bits of the
+//! triplet's keyed hash, first seen, last seen, 48 bits of the client
+//! network's key, early retries, flags: 1 passed, 2 judged lost mail, 4
+//! credited to its network; version 1 wrote all 128 bits of the hash, and
+//! its 32-byte records are read as the 64 bits the table keeps, so a
+//! snapshot of an older version loads whole), the client records (80 bytes: key,
 //! kind, prefix, network, state, lost-mail counts, the latest early retry
 //! at 72..76, zero before the lost-mail rule) and the string table
 //! (verified domains).
@@ -76,9 +79,11 @@ use crate::rules::ClientState;
 
 const MAGIC: &[u8; 8] = b"GREYLIST";
 /// The snapshot format this library writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_SIZE: usize = 128;
-const TRIPLET_RECORD: usize = 32;
+const TRIPLET_RECORD: usize = 24;
+/// Version 1's triplet records held the whole 128-bit key.
+const TRIPLET_RECORD_V1: usize = 32;
 const CLIENT_RECORD: usize = 80;
 const KIND_V4: u8 = 4;
 const KIND_V6: u8 = 6;
@@ -248,6 +253,8 @@ struct Header {
     strings: u64,
     key_settings: KeySettings,
     body_crc: u32,
+    /// Bytes per triplet record (by the format version).
+    triplet_record: usize,
 }
 
 impl Header {
@@ -301,7 +308,7 @@ impl Header {
                 found: version,
             });
         }
-        if version != FORMAT_VERSION || size as usize != HEADER_SIZE {
+        if version == 0 || size as usize != HEADER_SIZE {
             return Err(corrupt(format!(
                 "unknown format version {version} / header size {size}"
             )));
@@ -324,8 +331,13 @@ impl Header {
         let delims: [u8; 16] = f.take();
         let _zero: [u8; 3] = f.take();
         let (triplet_size, client_size, body_crc) = (f.u32(), f.u32(), f.u32());
+        let triplet_record = if version == 1 {
+            TRIPLET_RECORD_V1
+        } else {
+            TRIPLET_RECORD
+        };
         if delim_len > 16
-            || triplet_size as usize != TRIPLET_RECORD
+            || triplet_size as usize != triplet_record
             || client_size as usize != CLIENT_RECORD
         {
             return Err(corrupt("impossible header values".into()));
@@ -343,12 +355,13 @@ impl Header {
                 delimiters: delims[..delim_len].to_vec(),
             },
             body_crc,
+            triplet_record,
         })
     }
 
     /// The file length the header implies, or `None` if it overflows.
     fn file_len(&self) -> Option<u64> {
-        let t = self.triplets.checked_mul(TRIPLET_RECORD as u64)?;
+        let t = self.triplets.checked_mul(self.triplet_record as u64)?;
         let c = self.clients.checked_mul(CLIENT_RECORD as u64)?;
         (HEADER_SIZE as u64)
             .checked_add(t)?
@@ -358,19 +371,25 @@ impl Header {
 }
 
 fn encode_triplet(e: &TripletEntry, out: &mut [u8]) {
-    out[0..16].copy_from_slice(&e.key.to_le_bytes());
-    out[16..20].copy_from_slice(&e.first_seen.to_le_bytes());
-    out[20..24].copy_from_slice(&e.last_seen.to_le_bytes());
-    out[24..28].copy_from_slice(&e.net_lo.to_le_bytes());
-    out[28..30].copy_from_slice(&e.net_hi.to_le_bytes());
-    out[30] = e.early_retries;
-    out[31] = e.flags;
+    out[0..8].copy_from_slice(&e.key.to_le_bytes());
+    out[8..12].copy_from_slice(&e.first_seen.to_le_bytes());
+    out[12..16].copy_from_slice(&e.last_seen.to_le_bytes());
+    out[16..20].copy_from_slice(&e.net_lo.to_le_bytes());
+    out[20..22].copy_from_slice(&e.net_hi.to_le_bytes());
+    out[22] = e.early_retries;
+    out[23] = e.flags;
 }
 
+/// A triplet record of either size: a version 1 record's key is 128 bits,
+/// of which the table keeps the low 64 (the first 8 bytes).
 fn decode_triplet(b: &[u8]) -> Option<TripletEntry> {
     let mut f = Fields::new(b);
+    let key = f.u64();
+    if b.len() == TRIPLET_RECORD_V1 {
+        let _high: [u8; 8] = f.take();
+    }
     let e = TripletEntry {
-        key: f.u128(),
+        key,
         first_seen: f.u32(),
         last_seen: f.u32(),
         net_lo: f.u32(),
@@ -589,6 +608,7 @@ impl Engine {
             strings: strings.len() as u64,
             key_settings: KeySettings::of(self.config()),
             body_crc: crc.finalize(),
+            triplet_record: TRIPLET_RECORD,
         };
         files::write_all_at(&file, &header.encode(), 0).map_err(io_err(&tmp))?;
         let len = header.file_len().expect("sizes of records in memory fit");
@@ -662,7 +682,7 @@ impl Engine {
             .map_err(io_err(path))?;
         let mut crc = crc32fast::Hasher::new();
         let sections: [(u64, usize); 2] = [
-            (header.triplets, TRIPLET_RECORD),
+            (header.triplets, header.triplet_record),
             (header.clients, CLIENT_RECORD),
         ];
         let mut chunk = Vec::new();
@@ -674,7 +694,7 @@ impl Engine {
                 reader.read_exact(&mut chunk).map_err(io_err(path))?;
                 crc.update(&chunk);
                 let result = if section == 0 {
-                    engine.restore_triplets(&chunk, now)
+                    engine.restore_triplets(&chunk, header.triplet_record, now)
                 } else {
                     engine.restore_clients(&chunk, &strings, &header.secret, now)
                 };
@@ -691,11 +711,11 @@ impl Engine {
 
     /// Restores a chunk of triplet records, the shards split between
     /// threads (each thread inserts only into its own shards).
-    fn restore_triplets(&self, chunk: &[u8], now: u32) -> Result<(), String> {
+    fn restore_triplets(&self, chunk: &[u8], size: usize, now: u32) -> Result<(), String> {
         let workers = restore_workers();
         let work = |w: usize| -> Result<(), String> {
-            for record in chunk.chunks_exact(TRIPLET_RECORD) {
-                let key = u128::from_le_bytes(record[..16].try_into().expect("16 bytes"));
+            for record in chunk.chunks_exact(size) {
+                let key = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
                 if self.local().triplet_shard(key) % workers != w {
                     continue;
                 }

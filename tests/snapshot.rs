@@ -263,16 +263,16 @@ fn foreign_newer_and_rekeyed_files_get_their_own_errors() {
         other => panic!("{other:?}"),
     }
 
-    // A newer format: version 2 with a valid preamble checksum.
+    // A newer format: version 3 with a valid preamble checksum.
     let mut bytes = fs::read(&path).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32(&bytes[0..16]);
     bytes[16..20].copy_from_slice(&crc.to_le_bytes());
     let newer = dir.join("newer.snap");
     fs::write(&newer, &bytes).unwrap();
     match Engine::load(&newer, config()) {
-        Err(e @ SnapshotError::NewerFormat { found: 2, .. }) => {
-            assert!(e.to_string().contains("version 2 is newer"), "{e}")
+        Err(e @ SnapshotError::NewerFormat { found: 3, .. }) => {
+            assert!(e.to_string().contains("version 3 is newer"), "{e}")
         }
         other => panic!("{other:?}"),
     }
@@ -811,4 +811,55 @@ fn sigkill_at_random_moments_never_tears_a_snapshot() {
         .collect();
     names.sort();
     assert_eq!(names, ["g.snap", "g.snap.tmp"]);
+}
+
+/// Issue 24: the table keeps 64 bits of a triplet's keyed hash (24-byte
+/// entries) and snapshots are format version 2. A version 1 file, written
+/// by the release before (`tests/vectors/snapshot-v1.snap`: secret
+/// `[42; 16]`, default settings, made at T0 = 1796000000 with
+/// `alice -> bob` passed, `carol -> dave` pending, `eve -> frank` retried
+/// after 5 s, and `grace -> heidi` passed from a Google pool host, keyed by
+/// its host name's domain), loads whole: what passed passes, what waited
+/// passes on its retry, and the early retry is reported lost under the
+/// identifier hosts know it by.
+#[test]
+fn a_version_1_snapshot_of_the_previous_release_loads_whole() {
+    use greylist::{Event, EventKind, Request};
+    const T0: i64 = 1_796_000_000;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/snapshot-v1.snap");
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    let e = Engine::load(&path, Config::default()).unwrap();
+    assert_eq!(e.len(), 4);
+    let early = Request::new("198.51.100.7", "eve@example.org", "frank@example.net");
+    let lost = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = lost.clone();
+    e.on_event(Some(Box::new(move |ev: &Event| {
+        if ev.kind == EventKind::LostMail {
+            sink.lock().push(ev.triplet);
+        }
+    })))
+    .unwrap();
+    let verdict = |r: &Request| e.check_request(r, T0 + 400).unwrap().reason;
+    let passed = Request::new("192.0.2.1", "alice@example.org", "bob@example.net");
+    let pending = Request::new("192.0.2.1", "carol@example.org", "dave@example.net");
+    let pool = Request::new("74.125.0.5", "grace@gmail.com", "heidi@example.net")
+        .client_name("mail-yw1-f5.google.com");
+    assert_eq!(verdict(&passed), Reason::Passed);
+    assert_eq!(verdict(&pending), Reason::Retried);
+    assert_eq!(verdict(&pool), Reason::Passed);
+    e.sweep(T0 + 2 * 86_400);
+    assert_eq!(*lost.lock(), [Some(e.request_key(&early).unwrap())]);
+
+    // Saved again, it is a version 2 file of 24-byte records.
+    let dir = scratch("v1-upgrade");
+    e.save(dir.join("v2.snap")).unwrap();
+    let v2 = fs::read(dir.join("v2.snap")).unwrap();
+    assert_eq!(u32::from_le_bytes(v2[8..12].try_into().unwrap()), 2);
+    assert_eq!(u32::from_le_bytes(v2[92..96].try_into().unwrap()), 24);
+    let again = Engine::load(dir.join("v2.snap"), Config::default()).unwrap();
+    assert_eq!(again.len(), e.len());
+    let verdict = |r: &Request| again.check_request(r, T0 + 500).unwrap().reason;
+    assert_eq!(verdict(&passed), Reason::Passed);
+    assert_eq!(verdict(&pending), Reason::Passed);
 }

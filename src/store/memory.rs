@@ -10,8 +10,7 @@ use hashbrown::HashTable;
 
 use crate::config::Config;
 use crate::events::{Event, EventKind, Events};
-use crate::key::net_id;
-use crate::key::{KeyKind, Keys};
+use crate::key::{net_id, KeyKind, Keys, TripletId};
 use crate::lists::Listed;
 use crate::normalize::ClientNet;
 use crate::rules::{
@@ -29,12 +28,14 @@ pub(crate) const LOST: u8 = 2;
 /// blocked, or had no record): only then does a late pass recover it.
 pub(crate) const CREDITED: u8 = 4;
 
-/// One triplet: its keyed hash, its state and 48 bits of its client
-/// network's key. 32 bytes, so two fit a cache line.
+/// One triplet: 64 bits of its keyed hash, its state and 48 bits of its
+/// client network's key (together its [`TripletId`]). 24 bytes: with
+/// hashbrown's control byte, 25 per bucket, so between 29 and 57 bytes per
+/// entry as the table's load goes from 7/8 down to 7/16 between doublings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub(crate) struct TripletEntry {
-    pub(crate) key: u128,
+    pub(crate) key: u64,
     pub(crate) first_seen: u32,
     pub(crate) last_seen: u32,
     pub(crate) net_lo: u32,
@@ -43,17 +44,16 @@ pub(crate) struct TripletEntry {
     pub(crate) flags: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<TripletEntry>() == 32);
+const _: () = assert!(std::mem::size_of::<TripletEntry>() == 24);
 
 impl TripletEntry {
-    pub(crate) fn new(key: u128, net_key: u128, s: TripletState) -> Self {
-        let id = net_id(net_key);
+    pub(crate) fn new(id: TripletId, s: TripletState) -> Self {
         let mut e = TripletEntry {
-            key,
+            key: id.key,
             first_seen: 0,
             last_seen: 0,
-            net_lo: id as u32,
-            net_hi: (id >> 32) as u16,
+            net_lo: id.net_id as u32,
+            net_hi: (id.net_id >> 32) as u16,
             early_retries: 0,
             flags: 0,
         };
@@ -81,13 +81,23 @@ impl TripletEntry {
         u64::from(self.net_lo) | (u64::from(self.net_hi) << 32)
     }
 
-    /// What a sweep credits to the network when this triplet is lost.
+    pub(crate) fn id(&self) -> TripletId {
+        TripletId {
+            key: self.key,
+            net_id: self.net_id(),
+        }
+    }
+
+    /// Whether this is the entry of triplet `id`.
+    pub(crate) fn is(&self, id: TripletId) -> bool {
+        self.key == id.key && self.net_id() == id.net_id
+    }
+
     /// What a sweep credits to the network when this triplet is lost;
     /// `mark`: the entry stays and is marked credited if it is.
     fn lost(&self, mark: bool) -> Lost {
         Lost {
-            key: self.key,
-            net_id: self.net_id(),
+            id: self.id(),
             last_seen: self.last_seen,
             early_retries: self.early_retries,
             mark,
@@ -97,7 +107,7 @@ impl TripletEntry {
 
 impl Hashed for TripletEntry {
     fn hash(&self) -> u64 {
-        self.key as u64
+        self.key
     }
 }
 
@@ -176,8 +186,7 @@ pub(crate) fn waiting_time(config: &Config) -> u32 {
 /// credited to its network after the lock is released.
 #[derive(Debug, Clone, Copy)]
 struct Lost {
-    key: u128,
-    net_id: u64,
+    id: TripletId,
     last_seen: u32,
     early_retries: u8,
     mark: bool,
@@ -417,12 +426,12 @@ impl MemoryStore {
             return v;
         }
 
-        let t_hash = k.triplet_key as u64;
-        let t_idx = self.triplets.index(t_hash);
+        let id = k.triplet_id();
+        let t_idx = self.triplets.index(id.key);
         let mut lost = LostList::new();
         let (verdict, copies, recovered) = {
             let mut table = self.triplets.lock(t_idx);
-            match table.find_mut(t_hash, |e| e.key == k.triplet_key) {
+            match table.find_mut(id.key, |e| e.is(id)) {
                 Some(e) => {
                     let judged = e.flags & (LOST | CREDITED);
                     let old = e.lost(false);
@@ -447,8 +456,7 @@ impl MemoryStore {
                     if table.len() >= self.shard_cap {
                         self.make_room(&mut table, now, &mut lost);
                     }
-                    let entry = TripletEntry::new(k.triplet_key, k.net_key, s);
-                    table.insert_unique(t_hash, entry, hasher);
+                    table.insert_unique(id.key, TripletEntry::new(id, s), hasher);
                     (v, s.early_retries, false)
                 }
             }
@@ -520,7 +528,7 @@ impl MemoryStore {
         if credited {
             self.counters.mine().lost_recovered.fetch_add(1, Relaxed);
             self.events
-                .emit(|| Event::recovered(k.net.clone(), now, k.triplet_key));
+                .emit(|| Event::recovered(k.net.clone(), now, k.triplet_id().public()));
         }
     }
 
@@ -586,12 +594,12 @@ impl MemoryStore {
     /// Adds a triplet entry read from a snapshot, making room as a check
     /// would when a shard is full. False if the key is already there.
     pub(crate) fn restore_triplet(&self, entry: TripletEntry, now: u32) -> bool {
-        let hash = entry.key as u64;
+        let hash = entry.key;
         let idx = self.triplets.index(hash);
         let mut lost = LostList::new();
         {
             let mut table = self.triplets.lock(idx);
-            if table.find(hash, |e| e.key == entry.key).is_some() {
+            if table.find(hash, |e| e.is(entry.id())).is_some() {
                 return false;
             }
             if table.len() >= self.shard_cap {
@@ -620,9 +628,8 @@ impl MemoryStore {
     fn credit_lost(&self, lost: &LostList, now: u32) {
         for l in lost {
             if self.credit_one(l, now) && l.mark {
-                let hash = l.key as u64;
-                let mut table = self.triplets.lock(self.triplets.index(hash));
-                if let Some(e) = table.find_mut(hash, |e| e.key == l.key) {
+                let mut table = self.triplets.lock(self.triplets.index(l.id.key));
+                if let Some(e) = table.find_mut(l.id.key, |e| e.is(l.id)) {
                     if e.flags & LOST != 0 {
                         e.flags |= CREDITED;
                     }
@@ -633,11 +640,11 @@ impl MemoryStore {
 
     /// Credits one lost triplet; whether its network's row got it.
     fn credit_one(&self, l: &Lost, now: u32) -> bool {
-        let hash = client_hash(l.net_id);
+        let hash = client_hash(l.id.net_id);
         let idx = self.clients.index(hash);
         let network = {
             let mut clients = self.clients.lock(idx);
-            match clients.find_mut(hash, |e| net_id(e.key) == l.net_id) {
+            match clients.find_mut(hash, |e| net_id(e.key) == l.id.net_id) {
                 Some(e) if e.state.repaired(now, &self.config).was_blocked() => return false,
                 Some(e) => {
                     e.lost_count += 1;
@@ -659,7 +666,7 @@ impl MemoryStore {
             reason: Reason::EarlyRetry,
             at: l.last_seen,
             count: u32::from(l.early_retries),
-            triplet: Some(l.key),
+            triplet: Some(l.id.public()),
         });
         true
     }
@@ -705,8 +712,8 @@ impl MemoryStore {
 
     /// The most memory, in bytes, the triplet table can take when full at
     /// `max_entries`: each shard's hash table holds a power-of-two number of
-    /// 32-byte buckets plus one control byte each, at most 7/8 full, so
-    /// this is between 38 and 76 bytes per entry allowed.
+    /// 24-byte buckets plus one control byte each, at most 7/8 full, so
+    /// this is between 29 and 58 bytes per entry allowed.
     pub(crate) fn table_memory_limit(&self) -> usize {
         let buckets = (self.shard_cap * 8 / 7 + 1).next_power_of_two();
         let per_shard = buckets * (std::mem::size_of::<TripletEntry>() + 1) + 64;
@@ -721,11 +728,9 @@ impl MemoryStore {
     /// The stored state of one triplet, if any (expired entries included
     /// until a sweep removes them).
     pub(crate) fn triplet_state(&self, k: &Keys) -> Option<TripletState> {
-        let hash = k.triplet_key as u64;
-        let table = self.triplets.lock(self.triplets.index(hash));
-        table
-            .find(hash, |e| e.key == k.triplet_key)
-            .map(TripletEntry::state)
+        let id = k.triplet_id();
+        let table = self.triplets.lock(self.triplets.index(id.key));
+        table.find(id.key, |e| e.is(id)).map(TripletEntry::state)
     }
 
     /// The network's record and its triplets at `now` (counting them scans
@@ -766,9 +771,9 @@ impl MemoryStore {
             early_retries: 0,
             passed: true,
         };
-        let hash = k.triplet_key as u64;
-        let mut table = self.triplets.lock(self.triplets.index(hash));
-        match table.find_mut(hash, |e| e.key == k.triplet_key) {
+        let id = k.triplet_id();
+        let mut table = self.triplets.lock(self.triplets.index(id.key));
+        match table.find_mut(id.key, |e| e.is(id)) {
             Some(e) => {
                 let s = e.state();
                 e.set_state(TripletState {
@@ -782,11 +787,7 @@ impl MemoryStore {
                 if table.len() >= self.shard_cap {
                     self.make_room(&mut table, now, &mut lost);
                 }
-                table.insert_unique(
-                    hash,
-                    TripletEntry::new(k.triplet_key, k.net_key, passed),
-                    hasher,
-                );
+                table.insert_unique(id.key, TripletEntry::new(id, passed), hasher);
                 drop(table);
                 self.credit_lost(&lost, now);
             }
@@ -826,9 +827,9 @@ impl MemoryStore {
 
     /// Forgets a triplet; whether it was known.
     pub(crate) fn forget(&self, k: &Keys) -> bool {
-        let hash = k.triplet_key as u64;
-        let mut table = self.triplets.lock(self.triplets.index(hash));
-        match table.find_entry(hash, |e| e.key == k.triplet_key) {
+        let id = k.triplet_id();
+        let mut table = self.triplets.lock(self.triplets.index(id.key));
+        match table.find_entry(id.key, |e| e.is(id)) {
             Ok(entry) => {
                 entry.remove();
                 true
@@ -879,9 +880,9 @@ impl MemoryStore {
         }
     }
 
-    /// The shard a triplet key lives in.
-    pub(crate) fn triplet_shard(&self, key: u128) -> usize {
-        self.triplets.index(key as u64)
+    /// The shard a triplet entry lives in.
+    pub(crate) fn triplet_shard(&self, key: u64) -> usize {
+        self.triplets.index(key)
     }
 
     /// The shard a network key lives in.

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use greylist::{Action, Engine, Reason};
+use greylist::{Action, Engine, Reason, Request};
 
 pub const T0: i64 = 1_700_000_000;
 
@@ -155,7 +155,7 @@ pub fn lost_mail(mx1: &Engine, mx2: &Engine) {
             "192.0.2.0/24".to_string(),
             2,
             (T0 + 9) as u32,
-            Some(mx2.triplet_key(EX.0, EX.1, EX.2).unwrap())
+            Some(mx2.request_key(&Request::new(EX.0, EX.1, EX.2)).unwrap())
         )]
     );
     // A late retry at MX 1 passes after all: recovered, the row goes.

@@ -319,7 +319,7 @@ impl RedisStore {
         if flags & 1 != 0 {
             self.counters.mine().lost_recovered.fetch_add(1, Relaxed);
             self.events
-                .emit(|| Event::recovered(k.net.clone(), now, k.triplet_key));
+                .emit(|| Event::recovered(k.net.clone(), now, k.triplet_id().public()));
         }
         if flags & 2 != 0 {
             self.events.emit(|| Event {
@@ -410,11 +410,17 @@ pub(crate) fn parse_client(text: &str) -> Option<ClientState> {
 }
 
 /// The triplet hash at the end of a triplet's key (`...:t:<32 hex>`).
+/// The identifier events carry ([`crate::Engine::request_key`]) of a
+/// triplet record's name, `<prefix>{<network key>}:t:<triplet key>`.
 fn triplet_of_key(key: &str) -> Option<u128> {
-    let (_, hex) = key.rsplit_once(":t:")?;
-    (hex.len() == 32)
-        .then(|| u128::from_str_radix(hex, 16).ok())
-        .flatten()
+    let hex = |h: &str| {
+        (h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u128::from_str_radix(h, 16).ok())
+            .flatten()
+    };
+    let (base, triplet) = key.rsplit_once(":t:")?;
+    let (_, net) = base.strip_suffix('}')?.rsplit_once('{')?;
+    Some(crate::key::TripletId::of(hex(triplet)?, hex(net)?).public())
 }
 
 /// An integer in a script's answer.
