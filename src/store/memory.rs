@@ -441,12 +441,19 @@ impl MemoryStore {
                     if v.reason == Reason::New && judged == 0 && e.state().is_lost(now, config) {
                         lost.push(old);
                     }
-                    e.set_state(s);
+                    let mut next = *e;
+                    next.set_state(s);
                     // Judged once per cycle: a new cycle starts unjudged, a
                     // pass recovers a credited one, anything else (an early
                     // retry after the clock stepped back) keeps the marks.
                     if !matches!(v.reason, Reason::New | Reason::Retried) {
-                        e.flags |= judged;
+                        next.flags |= judged;
+                    }
+                    // A triplet checked again within the second changes
+                    // nothing: not writing it keeps its cache line shared
+                    // by the cores that check it.
+                    if next != *e {
+                        *e = next;
                     }
                     let recovered = judged & CREDITED != 0 && v.reason == Reason::Retried;
                     (v, s.early_retries, recovered)
