@@ -107,7 +107,7 @@ fn key_derivation(c: &mut Criterion) {
 fn c_abi(c: &mut Criterion) {
     let set = triplets(1000, 11);
     let through_c = CAbiEngine::new(&set);
-    let engine = engine(1000);
+    let engine = default_engine();
     fill(&engine, &set);
     let mut group = c.benchmark_group("one_check_hot_set");
     let mut i = 0;

@@ -238,7 +238,7 @@ fn main() {
 /// ns per check through the Rust API and through `greylist_engine_check`,
 /// on the same hot set, interleaved in rounds so drift hits both alike.
 fn c_abi_overhead(set: &[Triplet], iterations: u64) -> (f64, f64) {
-    let rust = engine(1000);
+    let rust = default_engine();
     fill(&rust, set);
     let through_c = CAbiEngine::new(set);
     let (mut rust_ns, mut c_ns) = (0.0, 0.0);

@@ -73,6 +73,12 @@ pub fn engine(n: usize) -> Engine {
     )
 }
 
+/// The engine at its defaults, as [`CAbiEngine`] makes it (a NULL config):
+/// what the C ABI's cost is measured against, on the same table.
+pub fn default_engine() -> Engine {
+    Engine::new(Config::default())
+}
+
 /// What a naive embedder writes: one mutex around a map keyed by the
 /// joined (lower-cased) triplet.
 pub struct MutexMap {
