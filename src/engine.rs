@@ -305,7 +305,7 @@ impl Engine {
     /// The most memory, in bytes, the triplet table can take when full at
     /// `max_entries`: each shard's hash table holds a power-of-two number of
     /// 24-byte buckets plus one control byte each, at most 7/8 full, so
-    /// this is between 29 and 58 bytes per entry allowed.
+    /// this is between 29 and 57 bytes per entry allowed.
     pub fn table_memory_limit(&self) -> usize {
         self.local().table_memory_limit()
     }

@@ -403,7 +403,7 @@ pub(crate) fn sender_into(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
 /// The bytes no plain address holds: ASCII white space (what
 /// `trim_ascii` removes) and angle brackets.
 fn unplain(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\x0C' | b'\r' | b'<' | b'>')
+    b.is_ascii_whitespace() || matches!(b, b'<' | b'>')
 }
 
 /// Whether `a` holds an [`unplain`] byte: every byte tested with
@@ -819,6 +819,13 @@ mod tests {
             }
             let printed = Ipv4Addr::from(octets);
             proptest::prop_assert_eq!(plain_ipv4(printed.to_string().as_bytes()), Some(printed));
+        }
+    }
+
+    #[test]
+    fn the_branch_free_scan_finds_the_unplain_bytes() {
+        for b in 0..=u8::MAX {
+            assert_eq!(any_unplain(&[b'a', b, b'z']), unplain(b), "byte {b}");
         }
     }
 
