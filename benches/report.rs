@@ -18,12 +18,12 @@ use std::time::Instant;
 use common::*;
 
 /// Checks per second over `seconds` on `threads` threads.
-fn rate(store: &dyn Store, triplets: &[Triplet], threads: usize, seconds: f64) -> f64 {
+fn rate(store: &dyn Store, input: Input<'_>, threads: usize, seconds: f64) -> f64 {
     // Calibrate with a short run, then run for about `seconds`.
     let probe = 20_000;
-    let t = run_threads(store, triplets, threads, probe, T0 + 400);
+    let t = run_threads(store, input, threads, probe, T0 + 400);
     let per_thread = ((seconds / t) * probe as f64) as usize;
-    let t = run_threads(store, triplets, threads, per_thread.max(probe), T0 + 400);
+    let t = run_threads(store, input, threads, per_thread.max(probe), T0 + 400);
     (per_thread.max(probe) * threads) as f64 / t
 }
 
@@ -40,14 +40,18 @@ fn make(name: &str, entries: usize) -> Box<dyn Store> {
 /// `bytes_per_entry rate_1_thread rate_2_threads` (with `rates` false,
 /// the rates are 0: memory only).
 fn child(name: &str, entries: usize, rates: bool) {
-    let triplets = triplets(entries, 42);
+    // Generated as they are checked (see `Input::Generated`).
+    let input = Input::Generated {
+        n: entries,
+        seed: 42,
+    };
     let before = rss_bytes();
     let store = make(name, entries);
-    fill(store.as_ref(), &triplets);
+    fill(store.as_ref(), input);
     let bytes = rss_bytes().saturating_sub(before) as f64 / entries as f64;
     let (one, two) = if rates {
-        let one = rate(store.as_ref(), &triplets, 1, 1.5);
-        (one, rate(store.as_ref(), &triplets, 2, 1.5))
+        let one = rate(store.as_ref(), input, 1, 1.5);
+        (one, rate(store.as_ref(), input, 2, 1.5))
     } else {
         (0.0, 0.0)
     };
@@ -118,11 +122,11 @@ fn main() {
     let mut hot_rates = Vec::new();
     for name in ["engine", "mutex", "dashmap"] {
         let store = make(name, 1000);
-        fill(store.as_ref(), &hot);
+        fill(store.as_ref(), Input::Prepared(&hot));
         let secs = if quick { 0.05 } else { 1.5 };
         hot_rates.push((
-            rate(store.as_ref(), &hot, 1, secs),
-            rate(store.as_ref(), &hot, 2, secs),
+            rate(store.as_ref(), Input::Prepared(&hot), 1, secs),
+            rate(store.as_ref(), Input::Prepared(&hot), 2, secs),
         ));
     }
 
@@ -239,7 +243,7 @@ fn main() {
 /// on the same hot set, interleaved in rounds so drift hits both alike.
 fn c_abi_overhead(set: &[Triplet], iterations: u64) -> (f64, f64) {
     let rust = default_engine();
-    fill(&rust, set);
+    fill(&rust, Input::Prepared(set));
     let through_c = CAbiEngine::new(set);
     let (mut rust_ns, mut c_ns) = (0.0, 0.0);
     for _ in 0..5 {
