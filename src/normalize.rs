@@ -249,27 +249,27 @@ fn plain_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
         return None;
     }
     let mut octets = [0u8; 4];
-    let (mut n, mut value, mut digits, mut leading_zero) = (0, 0u16, 0, false);
-    for (i, &b) in s.iter().enumerate() {
-        if b.is_ascii_digit() {
-            leading_zero |= digits == 1 && value == 0;
-            value = value * 10 + u16::from(b - b'0');
-            digits += 1;
-            if digits > 3 {
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if s.get(i) != Some(&b'.') {
                 return None;
             }
-        } else if b != b'.' {
+            i += 1;
+        }
+        let start = i;
+        let mut value = 0u32;
+        while i < s.len() && i - start < 3 && s[i].is_ascii_digit() {
+            value = value * 10 + u32::from(s[i] - b'0');
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && s[start] == b'0') {
             return None;
         }
-        if b == b'.' || i + 1 == s.len() {
-            if digits == 0 || leading_zero || n == 4 {
-                return None;
-            }
-            octets[n] = u8::try_from(value).ok()?;
-            (n, value, digits, leading_zero) = (n + 1, 0, 0, false);
-        }
+        *octet = u8::try_from(value).ok()?;
     }
-    (n == 4 && s[s.len() - 1] != b'.').then_some(Ipv4Addr::from(octets))
+    (i == s.len()).then_some(Ipv4Addr::from(octets))
 }
 
 /// Strips white space and angle brackets around an address.
@@ -294,7 +294,7 @@ pub(crate) fn lower_address(address: &[u8]) -> String {
 
 /// Splits at the last `@`: (local part, domain with its `@`, or empty).
 fn split_address(a: &[u8]) -> (&[u8], &[u8]) {
-    match memchr::memrchr(b'@', a) {
+    match swar::rfind(a, b'@') {
         Some(at) => (&a[..at], &a[at..]),
         None => (a, &[]),
     }
@@ -367,8 +367,10 @@ fn unwrap_batv(local: &[u8]) -> &[u8] {
 /// unless that would leave it empty.
 fn cut_extension<'a>(local: &'a [u8], delimiters: &[u8]) -> &'a [u8] {
     let at = match delimiters {
-        // The usual one delimiter (`+`) without a search of the list per byte.
-        [d] => local.iter().position(|b| b.to_ascii_lowercase() == *d),
+        // The usual one delimiter (`+`), not a letter: lower-casing changes
+        // only letters, so a byte matches it lower-cased exactly when it
+        // matches it as it is.
+        [d] if (1..0x80).contains(d) && !d.is_ascii_alphabetic() => swar::find(local, *d),
         _ => local
             .iter()
             .position(|b| delimiters.contains(&b.to_ascii_lowercase())),
@@ -379,8 +381,10 @@ fn cut_extension<'a>(local: &'a [u8], delimiters: &[u8]) -> &'a [u8] {
     }
 }
 
+/// Appends `bytes` lower-cased (ASCII letters; a copy, then one pass over
+/// it eight bytes at a time).
 fn push_lower(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend(bytes.iter().map(u8::to_ascii_lowercase));
+    swar::push_lower(out, bytes);
 }
 
 /// Appends the normalised envelope sender to `out`: lower-cased, SRS and
@@ -392,6 +396,15 @@ fn push_lower(out: &mut Vec<u8>, bytes: &[u8]) {
 /// bytes: an address that is not UTF-8 (Latin-1 from an old client) is
 /// normalised the same way, only its ASCII bytes being changed.
 pub(crate) fn sender_into(sender: &[u8], delimiters: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    if let Some(plain) = plain_lower_into(sender, delimiters, out) {
+        if plain.digits {
+            out.truncate(start);
+            fold_serials(&sender[..plain.local], out);
+            push_lower(out, &sender[plain.domain..]);
+        }
+        return;
+    }
     if let Some((local, domain)) = plain_address(sender) {
         fold_serials(cut_extension(local, delimiters), out);
         push_lower(out, domain);
@@ -406,14 +419,179 @@ fn unplain(b: u8) -> bool {
     b.is_ascii_whitespace() || matches!(b, b'<' | b'>')
 }
 
-/// Whether `a` holds an [`unplain`] byte: every byte tested with
-/// comparisons and no branch, which the compiler vectorises.
+/// Whether `a` may hold an [`unplain`] byte: one below `!` (ASCII white
+/// space, or a control byte, which no real address holds either) or an
+/// angle bracket. Eight bytes at a time (see [`swar`]).
 fn any_unplain(a: &[u8]) -> bool {
-    a.iter().fold(false, |acc, &b| {
-        // 9, 10, 12, 13 and space; `<` (0x3C) and `>` (0x3E).
-        let space = (b == b' ') | ((b.wrapping_sub(9) < 5) & (b != 0x0B));
-        acc | space | ((b | 2) == b'>')
+    swar::any(a, b'a', |w| {
+        swar::in_range(w, 0, b' ') | swar::in_range(w | swar::splat(2), b'>', b'>')
     })
+}
+
+/// Byte tests and case folding eight bytes at a time, in a few integer
+/// operations on a `u64` (no branch per byte; exact for every byte value).
+mod swar {
+    const HIGH: u64 = splat(0x80);
+
+    /// `b` in every byte.
+    pub(super) const fn splat(b: u8) -> u64 {
+        0x0101_0101_0101_0101 * b as u64
+    }
+
+    /// The high bit of each byte of `w` in `lo..=hi` (both ASCII), the
+    /// other bits clear. The sums stay within each byte: at most
+    /// 0x7F + 0x80.
+    pub(super) fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
+        debug_assert!(lo <= hi && hi < 0x80);
+        let low7 = w & !HIGH;
+        let at_least_lo = low7 + splat(0x80 - lo);
+        let above_hi = low7 + splat(0x7F - hi);
+        at_least_lo & !above_hi & !w & HIGH
+    }
+
+    /// `w` with its ASCII capitals lower-cased.
+    pub(super) fn lower(w: u64) -> u64 {
+        w | (in_range(w, b'A', b'Z') >> 2)
+    }
+
+    /// Calls `each` with every word of `a` and its offset, until it says
+    /// enough. A last part word is `a`'s last eight bytes, overlapping the
+    /// word before (those bytes are seen twice); a slice shorter than a
+    /// word is padded with `pad`.
+    #[inline(always)]
+    fn scan(a: &[u8], pad: u8, mut each: impl FnMut(usize, u64) -> bool) {
+        if a.len() < 8 {
+            each(0, padded(a, pad));
+            return;
+        }
+        let mut at = 0;
+        while at + 8 <= a.len() {
+            if each(at, word(a, at)) {
+                return;
+            }
+            at += 8;
+        }
+        if at < a.len() {
+            each(a.len() - 8, word(a, a.len() - 8));
+        }
+    }
+
+    /// The eight bytes of `a` at `at`.
+    fn word(a: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(a[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    /// `a`, shorter than a word, padded with `pad`.
+    fn padded(a: &[u8], pad: u8) -> u64 {
+        let mut w = splat(pad);
+        for (i, &b) in a.iter().enumerate() {
+            w = (w & !(0xFF << (8 * i))) | (u64::from(b) << (8 * i));
+        }
+        w
+    }
+
+    /// Whether `test` marks a byte of `a` (padding with `pad`, which it
+    /// must not mark).
+    pub(super) fn any(a: &[u8], pad: u8, test: impl Fn(u64) -> u64) -> bool {
+        let mut marks = 0;
+        scan(a, pad, |_, w| {
+            marks |= test(w);
+            false
+        });
+        marks != 0
+    }
+
+    /// The first byte of `a` equal to `b` (`b` ASCII, not NUL).
+    pub(super) fn find(a: &[u8], b: u8) -> Option<usize> {
+        let mut found = None;
+        scan(a, 0, |at, w| {
+            let m = in_range(w, b, b);
+            if m != 0 {
+                found = Some(at + m.trailing_zeros() as usize / 8);
+            }
+            m != 0
+        });
+        found
+    }
+
+    /// The last byte of `a` equal to `b` (`b` ASCII, not NUL).
+    pub(super) fn rfind(a: &[u8], b: u8) -> Option<usize> {
+        let mut found = None;
+        scan(a, 0, |at, w| {
+            let m = in_range(w, b, b);
+            if m != 0 {
+                found = Some(at + (63 - m.leading_zeros() as usize) / 8);
+            }
+            false
+        });
+        found
+    }
+
+    /// What [`lower_into`] finds in an address (positions in it).
+    #[derive(Default)]
+    pub(super) struct Marks {
+        /// A byte below `!` or an angle bracket (see [`super::any_unplain`]).
+        pub(super) unplain: bool,
+        pub(super) last_at: Option<usize>,
+        pub(super) first_delimiter: Option<usize>,
+        pub(super) first_digit: Option<usize>,
+    }
+
+    impl Marks {
+        fn add(&mut self, at: usize, w: u64, delimiter: u8) {
+            let unplain = in_range(w, 0, b' ') | in_range(w | splat(2), b'>', b'>');
+            self.unplain |= unplain != 0;
+            let first = |marks: u64| at + marks.trailing_zeros() as usize / 8;
+            let ats = in_range(w, b'@', b'@');
+            if ats != 0 {
+                self.last_at = Some(at + (63 - ats.leading_zeros() as usize) / 8);
+            }
+            let delimiters = in_range(w, delimiter, delimiter);
+            if delimiters != 0 && self.first_delimiter.is_none() {
+                self.first_delimiter = Some(first(delimiters));
+            }
+            let digits = in_range(w, b'0', b'9');
+            if digits != 0 && self.first_digit.is_none() {
+                self.first_digit = Some(first(digits));
+            }
+        }
+    }
+
+    /// Appends `a` lower-cased.
+    pub(super) fn push_lower(out: &mut Vec<u8>, a: &[u8]) {
+        lower_into(a, b'+', out);
+    }
+
+    /// Appends `a` lower-cased, a word at a time, and finds its [`Marks`]
+    /// in the same pass (`delimiter` ASCII, not a letter nor NUL).
+    pub(super) fn lower_into(a: &[u8], delimiter: u8, out: &mut Vec<u8>) -> Marks {
+        let mut marks = Marks::default();
+        if a.len() < 8 {
+            // Padded with a letter, which nothing marks.
+            let w = padded(a, b'a');
+            marks.add(0, w, delimiter);
+            out.extend_from_slice(&lower(w).to_le_bytes()[..a.len()]);
+            return marks;
+        }
+        out.reserve(a.len());
+        let mut at = 0;
+        while at + 8 <= a.len() {
+            let w = word(a, at);
+            marks.add(at, w, delimiter);
+            out.extend_from_slice(&lower(w).to_le_bytes());
+            at += 8;
+        }
+        if at < a.len() {
+            // The last eight bytes: their overlap with the word before is
+            // written again.
+            let last = a.len() - 8;
+            let w = word(a, last);
+            marks.add(last, w, delimiter);
+            out.truncate(out.len() - (at - last));
+            out.extend_from_slice(&lower(w).to_le_bytes());
+        }
+        marks
+    }
 }
 
 /// The wrappers a normalisation pass undoes, by the start of a local part
@@ -435,13 +613,58 @@ fn plain_address(a: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     let (local, domain) = split_address(a);
-    let wrapped = matches!(
+    (!wrapped(local)).then_some((local, domain))
+}
+
+/// Whether a local part starts with one of the [`WRAPPERS`].
+fn wrapped(local: &[u8]) -> bool {
+    matches!(
         local.first().map(u8::to_ascii_lowercase),
         Some(b's' | b'p' | b'm' | b'b')
     ) && WRAPPERS
         .iter()
-        .any(|w| strip_prefix_ci(local, w.as_bytes()).is_some());
-    (!wrapped).then_some((local, domain))
+        .any(|w| strip_prefix_ci(local, w.as_bytes()).is_some())
+}
+
+/// A plain address (see [`plain_address`]) with one delimiter that is not
+/// a letter (the usual `+`), in one pass: appends it lower-cased, its
+/// extension cut, and says where its parts lie in `a`. `None` (nothing
+/// appended) for any other address or delimiter list.
+fn plain_lower_into(a: &[u8], delimiters: &[u8], out: &mut Vec<u8>) -> Option<Plain> {
+    let &[delimiter] = delimiters else {
+        return None;
+    };
+    if !(1..0x80).contains(&delimiter) || delimiter.is_ascii_alphabetic() {
+        return None;
+    }
+    let start = out.len();
+    let marks = swar::lower_into(a, delimiter, out);
+    let domain = marks.last_at.unwrap_or(a.len());
+    if marks.unplain || wrapped(&a[..domain]) {
+        out.truncate(start);
+        return None;
+    }
+    // `cut_extension`: at the first delimiter, unless it starts the local part.
+    let local = marks
+        .first_delimiter
+        .filter(|&d| d > 0 && d < domain)
+        .unwrap_or(domain);
+    out.drain(start + local..start + domain);
+    Some(Plain {
+        local,
+        domain,
+        digits: marks.first_digit.is_some_and(|d| d < local),
+    })
+}
+
+/// Where [`plain_lower_into`] found an address's parts.
+struct Plain {
+    /// The end of the local part without its extension.
+    local: usize,
+    /// Where the domain (with its `@`) starts.
+    domain: usize,
+    /// Whether that local part holds a digit (see [`fold_serials`]).
+    digits: bool,
 }
 
 /// Runs `pass` and, if its output could normalise differently (garbage can
@@ -489,7 +712,7 @@ fn to_fixpoint(
 /// Appends `local` lower-cased, with each digit run that stands between
 /// non-word characters replaced by `#` (see [`sender_into`]).
 fn fold_serials(local: &[u8], out: &mut Vec<u8>) {
-    if !local.iter().any(u8::is_ascii_digit) {
+    if !swar::any(local, b'a', |w| swar::in_range(w, b'0', b'9')) {
         return push_lower(out, local);
     }
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
@@ -550,12 +773,16 @@ pub(crate) fn recipient_into(
     out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
     let start = out.len();
-    match plain_address(recipient) {
-        Some((local, domain)) => {
-            push_lower(out, cut_extension(local, delimiters));
-            push_lower(out, domain);
+    if plain_lower_into(recipient, delimiters, out).is_some() {
+        // Done.
+    } else {
+        match plain_address(recipient) {
+            Some((local, domain)) => {
+                push_lower(out, cut_extension(local, delimiters));
+                push_lower(out, domain);
+            }
+            None => to_fixpoint(unbracket(recipient), delimiters, out, recipient_pass),
         }
-        None => to_fixpoint(unbracket(recipient), delimiters, out, recipient_pass),
     }
     if out.len() == start {
         return Err(InputError::new("recipient", "is empty"));
@@ -788,13 +1015,16 @@ mod tests {
                 proptest::sample::select(vec![
                     "srs0", "SRS1", "prvs=", "MSprvs1=", "btv1==", "=", "==", "+", "-",
                     "@", "<", ">", " ", "\t", "a", "B", "9", "42", "x.y", "\u{fc}", "\u{b}",
+                    "Z", "[", "`", "{", "/", ":",
                 ])
-                .prop_map(String::from),
-                "[sSrR01pPvVmMbBtT=+<> @a9.]{1,3}",
+                .prop_map(|t| t.as_bytes().to_vec()),
+                "[sSrR01pPvVmMbBtT=+<> @a9.]{1,3}".prop_map(String::into_bytes),
+                // Not UTF-8: `@`, `+`, `0` and `Z` with the high bit set.
+                proptest::sample::select(vec![0xC0u8, 0xAB, 0xB0, 0xDA]).prop_map(|b| vec![b]),
             ], 0..10),
             delimiters in proptest::sample::select(vec!["+", "+-=", "-"]),
         ) {
-            let raw = tokens.concat().into_bytes();
+            let raw = tokens.concat();
             let d = delimiters.as_bytes();
             let (mut fast, mut general) = (Vec::new(), Vec::new());
             sender_into(&raw, d, &mut fast);
@@ -823,10 +1053,44 @@ mod tests {
     }
 
     #[test]
-    fn the_branch_free_scan_finds_the_unplain_bytes() {
-        for b in 0..=u8::MAX {
-            assert_eq!(any_unplain(&[b'a', b, b'z']), unplain(b), "byte {b}");
+    fn the_word_scans_agree_with_byte_at_a_time_ones() {
+        // Every byte value at every position of slices one to three words
+        // long, between letters: each lane of a word, a last part word
+        // that overlaps the one before, and a short slice's padding.
+        for len in 1..=24 {
+            for pos in 0..len {
+                for b in 0..=u8::MAX {
+                    let mut a = vec![b'q'; len];
+                    a[pos] = b;
+                    let flagged = b <= b' ' || b == b'<' || b == b'>';
+                    assert_eq!(any_unplain(&a), flagged, "byte {b} at {pos} of {len}");
+                    assert!(!unplain(b) || flagged, "byte {b}");
+                    let mut lower = Vec::new();
+                    push_lower(&mut lower, &a);
+                    assert_eq!(lower, a.to_ascii_lowercase(), "byte {b} at {pos} of {len}");
+                    let digit = b.is_ascii_digit().then_some(pos);
+                    assert_eq!(
+                        swar::any(&a, b'a', |w| swar::in_range(w, b'0', b'9')),
+                        digit.is_some()
+                    );
+                    for needle in [b'@', b'+', b'-'] {
+                        let at = (b == needle).then_some(pos);
+                        assert_eq!(swar::find(&a, needle), at, "{needle} in {a:?}");
+                        assert_eq!(swar::rfind(&a, needle), at, "{needle} in {a:?}");
+                        let mut out = vec![b'x'];
+                        let marks = swar::lower_into(&a, needle, &mut out);
+                        assert_eq!(&out[1..], a.to_ascii_lowercase());
+                        assert_eq!(marks.unplain, flagged);
+                        assert_eq!(marks.first_delimiter, at);
+                        assert_eq!(marks.last_at, (b == b'@').then_some(pos));
+                        assert_eq!(marks.first_digit, digit);
+                    }
+                }
+            }
         }
+        // First and last of several.
+        assert_eq!(swar::find(b"a+b+c+d+e+f+g+h+i", b'+'), Some(1));
+        assert_eq!(swar::rfind(b"a@b@c@d@e@f@g@h@i", b'@'), Some(15));
     }
 
     #[test]
