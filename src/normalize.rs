@@ -528,7 +528,6 @@ mod swar {
     }
 
     /// What [`lower_into`] finds in an address (positions in it).
-    #[derive(Default)]
     pub(super) struct Marks {
         /// A byte below `!` or an angle bracket (see [`super::any_unplain`]).
         pub(super) unplain: bool,
@@ -537,22 +536,44 @@ mod swar {
         pub(super) first_digit: Option<usize>,
     }
 
-    impl Marks {
+    /// [`Marks`] as they are gathered: a mask of every byte that is not
+    /// plain, and the last word with an `@`, the first with a delimiter and
+    /// the first with a digit (offset and marks; no marks: none yet).
+    #[derive(Default, Clone, Copy)]
+    struct Gather {
+        unplain: u64,
+        at: (usize, u64),
+        delimiter: (usize, u64),
+        digit: (usize, u64),
+    }
+
+    impl Gather {
+        #[inline(always)]
         fn add(&mut self, at: usize, w: u64, delimiter: u8) {
-            let unplain = in_range(w, 0, b' ') | in_range(w | splat(2), b'>', b'>');
-            self.unplain |= unplain != 0;
-            let first = |marks: u64| at + marks.trailing_zeros() as usize / 8;
+            self.unplain |= in_range(w, 0, b' ') | in_range(w | splat(2), b'>', b'>');
             let ats = in_range(w, b'@', b'@');
             if ats != 0 {
-                self.last_at = Some(at + (63 - ats.leading_zeros() as usize) / 8);
+                self.at = (at, ats);
             }
             let delimiters = in_range(w, delimiter, delimiter);
-            if delimiters != 0 && self.first_delimiter.is_none() {
-                self.first_delimiter = Some(first(delimiters));
+            if self.delimiter.1 == 0 {
+                self.delimiter = (at, delimiters);
             }
             let digits = in_range(w, b'0', b'9');
-            if digits != 0 && self.first_digit.is_none() {
-                self.first_digit = Some(first(digits));
+            if self.digit.1 == 0 {
+                self.digit = (at, digits);
+            }
+        }
+
+        fn marks(self) -> Marks {
+            let first =
+                |(at, m): (usize, u64)| (m != 0).then(|| at + m.trailing_zeros() as usize / 8);
+            Marks {
+                unplain: self.unplain != 0,
+                last_at: (self.at.1 != 0)
+                    .then(|| self.at.0 + (63 - self.at.1.leading_zeros() as usize) / 8),
+                first_delimiter: first(self.delimiter),
+                first_digit: first(self.digit),
             }
         }
     }
@@ -565,19 +586,19 @@ mod swar {
     /// Appends `a` lower-cased, a word at a time, and finds its [`Marks`]
     /// in the same pass (`delimiter` ASCII, not a letter nor NUL).
     pub(super) fn lower_into(a: &[u8], delimiter: u8, out: &mut Vec<u8>) -> Marks {
-        let mut marks = Marks::default();
+        let mut gather = Gather::default();
         if a.len() < 8 {
             // Padded with a letter, which nothing marks.
             let w = padded(a, b'a');
-            marks.add(0, w, delimiter);
+            gather.add(0, w, delimiter);
             out.extend_from_slice(&lower(w).to_le_bytes()[..a.len()]);
-            return marks;
+            return gather.marks();
         }
         out.reserve(a.len());
         let mut at = 0;
         while at + 8 <= a.len() {
             let w = word(a, at);
-            marks.add(at, w, delimiter);
+            gather.add(at, w, delimiter);
             out.extend_from_slice(&lower(w).to_le_bytes());
             at += 8;
         }
@@ -586,11 +607,11 @@ mod swar {
             // written again.
             let last = a.len() - 8;
             let w = word(a, last);
-            marks.add(last, w, delimiter);
+            gather.add(last, w, delimiter);
             out.truncate(out.len() - (at - last));
             out.extend_from_slice(&lower(w).to_le_bytes());
         }
-        marks
+        gather.marks()
     }
 }
 
