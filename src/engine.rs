@@ -303,9 +303,9 @@ impl Engine {
     }
 
     /// The most memory, in bytes, the triplet table can take when full at
-    /// `max_entries`: each shard's hash table holds a power-of-two number of
-    /// 24-byte buckets plus one control byte each, at most 7/8 full, so
-    /// this is between 29 and 57 bytes per entry allowed.
+    /// `max_entries`: each shard's table holds a power-of-two number of
+    /// 24-byte slots, at most 4/5 full, so this is between 30 and 60 bytes
+    /// per entry allowed.
     pub fn table_memory_limit(&self) -> usize {
         self.local().table_memory_limit()
     }

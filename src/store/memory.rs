@@ -19,7 +19,7 @@ use crate::rules::{
 };
 use crate::stats::{Counters, Stats};
 use crate::store::{LostMail, NetworkRecord, Store, StoreError};
-use crate::table::{hasher, Hashed, Sharded};
+use crate::table::{hasher, Hashed, ProbeTable, Probed, Sharded};
 
 pub(crate) const PASSED: u8 = 1;
 /// A pending triplet a sweep judged lost mail: judged once per cycle.
@@ -29,9 +29,9 @@ pub(crate) const LOST: u8 = 2;
 pub(crate) const CREDITED: u8 = 4;
 
 /// One triplet: 64 bits of its keyed hash, its state and 48 bits of its
-/// client network's key (together its [`TripletId`]). 24 bytes: with
-/// hashbrown's control byte, 25 per bucket, so between 29 and 57 bytes per
-/// entry as the table's load goes from 7/8 down to 7/16 between doublings.
+/// client network's key (together its [`TripletId`]). 24 bytes a slot of
+/// the [`ProbeTable`], so between 30 and 60 bytes per entry as the table's
+/// load goes from 4/5 down to 2/5 between doublings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub(crate) struct TripletEntry {
@@ -109,6 +109,18 @@ impl Hashed for TripletEntry {
     fn hash(&self) -> u64 {
         self.key
     }
+}
+
+impl Probed for TripletEntry {
+    const VACANT: TripletEntry = TripletEntry {
+        key: 0,
+        first_seen: 0,
+        last_seen: 0,
+        net_lo: 0,
+        net_hi: 0,
+        early_retries: 0,
+        flags: 0,
+    };
 }
 
 /// One client network: its identity (for reports) and its state.
@@ -211,8 +223,8 @@ const MIN_SHARD_ENTRIES: usize = 128;
 /// shard at a time.
 pub(crate) struct MemoryStore {
     config: Config,
-    triplets: Sharded<TripletEntry>,
-    clients: Sharded<ClientEntry>,
+    triplets: Sharded<ProbeTable<TripletEntry>>,
+    clients: Sharded<HashTable<ClientEntry>>,
     /// Most triplet entries per triplet shard.
     shard_cap: usize,
     /// Most client-network records per client shard.
@@ -463,7 +475,7 @@ impl MemoryStore {
                     if table.len() >= self.shard_cap {
                         self.make_room(&mut table, now, &mut lost);
                     }
-                    table.insert_unique(id.key, TripletEntry::new(id, s), hasher);
+                    table.insert_unique(TripletEntry::new(id, s));
                     (v, s.early_retries, false)
                 }
             }
@@ -544,7 +556,7 @@ impl MemoryStore {
     /// until its window ends, so a late retry can still pass).
     fn remove_expired(
         &self,
-        table: &mut HashTable<TripletEntry>,
+        table: &mut ProbeTable<TripletEntry>,
         now: u32,
         lost: &mut LostList,
     ) -> u64 {
@@ -567,7 +579,7 @@ impl MemoryStore {
     /// pending ones, and passed ones only when nothing else is left. Frees
     /// a sixteenth of the shard at once, so the scan is paid once per many
     /// inserts.
-    fn make_room(&self, table: &mut HashTable<TripletEntry>, now: u32, lost: &mut LostList) {
+    fn make_room(&self, table: &mut ProbeTable<TripletEntry>, now: u32, lost: &mut LostList) {
         let counters = self.counters.mine();
         let target = self.shard_cap - (self.shard_cap / 16).max(1);
         counters
@@ -612,7 +624,7 @@ impl MemoryStore {
             if table.len() >= self.shard_cap {
                 self.make_room(&mut table, now, &mut lost);
             }
-            table.insert_unique(hash, entry, hasher);
+            table.insert_unique(entry);
         }
         self.credit_lost(&lost, now);
         true
@@ -623,7 +635,7 @@ impl MemoryStore {
         let shards = self.triplets.shard_count();
         let per_shard = (entries / shards + entries / shards / 8).min(self.shard_cap);
         for i in 0..shards {
-            self.triplets.lock(i).reserve(per_shard, hasher);
+            self.triplets.lock(i).reserve(per_shard);
         }
     }
 
@@ -718,12 +730,12 @@ impl MemoryStore {
     }
 
     /// The most memory, in bytes, the triplet table can take when full at
-    /// `max_entries`: each shard's hash table holds a power-of-two number of
-    /// 24-byte buckets plus one control byte each, at most 7/8 full, so
-    /// this is between 29 and 57 bytes per entry allowed.
+    /// `max_entries`: each shard's table holds a power-of-two number of
+    /// 24-byte slots, at most 4/5 full, so this is between 30 and 60 bytes
+    /// per entry allowed.
     pub(crate) fn table_memory_limit(&self) -> usize {
-        let buckets = (self.shard_cap * 8 / 7 + 1).next_power_of_two();
-        let per_shard = buckets * (std::mem::size_of::<TripletEntry>() + 1) + 64;
+        let slots = ProbeTable::<TripletEntry>::slots_for(self.shard_cap);
+        let per_shard = slots * std::mem::size_of::<TripletEntry>() + 64;
         per_shard * self.triplets.shard_count()
     }
 
@@ -794,7 +806,7 @@ impl MemoryStore {
                 if table.len() >= self.shard_cap {
                     self.make_room(&mut table, now, &mut lost);
                 }
-                table.insert_unique(id.key, TripletEntry::new(id, passed), hasher);
+                table.insert_unique(TripletEntry::new(id, passed));
                 drop(table);
                 self.credit_lost(&lost, now);
             }
@@ -836,13 +848,7 @@ impl MemoryStore {
     pub(crate) fn forget(&self, k: &Keys) -> bool {
         let id = k.triplet_id();
         let mut table = self.triplets.lock(self.triplets.index(id.key));
-        match table.find_entry(id.key, |e| e.is(id)) {
-            Ok(entry) => {
-                entry.remove();
-                true
-            }
-            Err(_) => false,
-        }
+        table.remove(id.key, |e| e.is(id)).is_some()
     }
 
     /// The report rows (see [`crate::Engine::lost_mail_report`]), unsorted.
@@ -874,7 +880,7 @@ impl MemoryStore {
     // What a snapshot reads and restores.
 
     /// Calls `f` with each triplet shard in turn, locked.
-    pub(crate) fn each_triplet_shard(&self, mut f: impl FnMut(&HashTable<TripletEntry>)) {
+    pub(crate) fn each_triplet_shard(&self, mut f: impl FnMut(&ProbeTable<TripletEntry>)) {
         for i in 0..self.triplets.shard_count() {
             f(&self.triplets.lock(i));
         }

@@ -1,11 +1,13 @@
 //! Triplets this host saw pass, so that a passed triplet's next checks
 //! cost no round trip (see `pass_cache_entries` and `pass_cache_ttl`).
 
+use hashbrown::HashTable;
+
 use crate::table::{hasher, Hashed, Sharded};
 
 /// Triplets this host saw pass, and when; bounded in entries and in time.
 pub(crate) struct PassCache {
-    table: Sharded<CachedPass>,
+    table: Sharded<HashTable<CachedPass>>,
     cap_per_shard: usize,
     ttl: u32,
 }
