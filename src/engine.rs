@@ -305,7 +305,8 @@ impl Engine {
     /// The most memory, in bytes, the triplet table can take when full at
     /// `max_entries`: each shard's table holds a power-of-two number of
     /// 24-byte slots, at most 4/5 full, so this is between 30 and 60 bytes
-    /// per entry allowed.
+    /// per entry allowed (`usize::MAX` when `max_entries` is more than any
+    /// table could hold).
     pub fn table_memory_limit(&self) -> usize {
         self.local().table_memory_limit()
     }
@@ -780,6 +781,17 @@ mod tests {
                 .unwrap();
             assert_eq!(v.reason, Reason::Passed, "good{i}");
         }
+    }
+
+    #[test]
+    fn the_memory_limit_of_an_unbounded_table_saturates() {
+        // `max_entries` has no upper bound: the limit it implies is the
+        // largest size, not an overflow (a panic in a debug build).
+        let e = Engine::new(Config::builder().max_entries(u64::MAX).build().unwrap());
+        assert_eq!(e.table_memory_limit(), usize::MAX);
+        let small = Engine::new(Config::builder().max_entries(1000).build().unwrap());
+        // 1,000 entries: 4 shards of 250, each at most 512 slots of 24 bytes.
+        assert_eq!(small.table_memory_limit(), 4 * (512 * 24 + 64));
     }
 
     #[test]

@@ -121,12 +121,16 @@ impl<T: Probed> ProbeTable<T> {
         self.len
     }
 
-    /// The slots `entries` entries need (0, or a power of two at least 8).
+    /// The slots `entries` entries need (0, or a power of two at least 8;
+    /// the largest one for a count no table could hold).
     pub(crate) fn slots_for(entries: usize) -> usize {
         if entries == 0 {
             0
         } else {
-            (entries * 5 / 4 + 1).next_power_of_two().max(8)
+            (entries.saturating_mul(5) / 4 + 1)
+                .checked_next_power_of_two()
+                .unwrap_or(1 << (usize::BITS - 1))
+                .max(8)
         }
     }
 

@@ -735,8 +735,10 @@ impl MemoryStore {
     /// per entry allowed.
     pub(crate) fn table_memory_limit(&self) -> usize {
         let slots = ProbeTable::<TripletEntry>::slots_for(self.shard_cap);
-        let per_shard = slots * std::mem::size_of::<TripletEntry>() + 64;
-        per_shard * self.triplets.shard_count()
+        let per_shard = slots
+            .saturating_mul(std::mem::size_of::<TripletEntry>())
+            .saturating_add(64);
+        per_shard.saturating_mul(self.triplets.shard_count())
     }
 
     /// Triplet entries (pending and passed) in the table.
