@@ -366,12 +366,9 @@ fn unwrap_batv(local: &[u8]) -> &[u8] {
 /// Cuts `local` at its first extension delimiter (`user+tag` → `user`),
 /// unless that would leave it empty.
 fn cut_extension<'a>(local: &'a [u8], delimiters: &[u8]) -> &'a [u8] {
-    let at = match delimiters {
-        // The usual one delimiter (`+`), not a letter: lower-casing changes
-        // only letters, so a byte matches it lower-cased exactly when it
-        // matches it as it is.
-        [d] if (1..0x80).contains(d) && !d.is_ascii_alphabetic() => swar::find(local, *d),
-        _ => local
+    let at = match one_plain_delimiter(delimiters) {
+        Some(d) => swar::find(local, d),
+        None => local
             .iter()
             .position(|b| delimiters.contains(&b.to_ascii_lowercase())),
     };
@@ -423,9 +420,7 @@ fn unplain(b: u8) -> bool {
 /// space, or a control byte, which no real address holds either) or an
 /// angle bracket. Eight bytes at a time (see [`swar`]).
 fn any_unplain(a: &[u8]) -> bool {
-    swar::any(a, b'a', |w| {
-        swar::in_range(w, 0, b' ') | swar::in_range(w | swar::splat(2), b'>', b'>')
-    })
+    swar::any(a, b'a', swar::unplain)
 }
 
 /// Byte tests and case folding eight bytes at a time, in a few integer
@@ -447,6 +442,12 @@ mod swar {
         let at_least_lo = low7 + splat(0x80 - lo);
         let above_hi = low7 + splat(0x7F - hi);
         at_least_lo & !above_hi & !w & HIGH
+    }
+
+    /// The high bit of each byte of `w` below `!` or an angle bracket (see
+    /// [`super::any_unplain`]).
+    pub(super) fn unplain(w: u64) -> u64 {
+        in_range(w, 0, b' ') | in_range(w | splat(2), b'>', b'>')
     }
 
     /// `w` with its ASCII capitals lower-cased.
@@ -550,7 +551,7 @@ mod swar {
     impl Gather {
         #[inline(always)]
         fn add(&mut self, at: usize, w: u64, delimiter: u8) {
-            self.unplain |= in_range(w, 0, b' ') | in_range(w | splat(2), b'>', b'>');
+            self.unplain |= unplain(w);
             let ats = in_range(w, b'@', b'@');
             if ats != 0 {
                 self.at = (at, ats);
@@ -652,12 +653,7 @@ fn wrapped(local: &[u8]) -> bool {
 /// extension cut, and says where its parts lie in `a`. `None` (nothing
 /// appended) for any other address or delimiter list.
 fn plain_lower_into(a: &[u8], delimiters: &[u8], out: &mut Vec<u8>) -> Option<Plain> {
-    let &[delimiter] = delimiters else {
-        return None;
-    };
-    if !(1..0x80).contains(&delimiter) || delimiter.is_ascii_alphabetic() {
-        return None;
-    }
+    let delimiter = one_plain_delimiter(delimiters)?;
     let start = out.len();
     let marks = swar::lower_into(a, delimiter, out);
     let domain = marks.last_at.unwrap_or(a.len());
@@ -676,6 +672,17 @@ fn plain_lower_into(a: &[u8], delimiters: &[u8], out: &mut Vec<u8>) -> Option<Pl
         domain,
         digits: marks.first_digit.is_some_and(|d| d < local),
     })
+}
+
+/// The delimiter of a list of one that the word scans can look for as it
+/// is (the usual `+`): ASCII, not NUL, and not a letter, since lower-casing
+/// changes only letters, so a byte matches it lower-cased exactly when it
+/// matches it as it is.
+fn one_plain_delimiter(delimiters: &[u8]) -> Option<u8> {
+    match *delimiters {
+        [d] if (1..0x80).contains(&d) && !d.is_ascii_alphabetic() => Some(d),
+        _ => None,
+    }
 }
 
 /// Where [`plain_lower_into`] found an address's parts.
@@ -794,9 +801,7 @@ pub(crate) fn recipient_into(
     out: &mut Vec<u8>,
 ) -> Result<(), InputError> {
     let start = out.len();
-    if plain_lower_into(recipient, delimiters, out).is_some() {
-        // Done.
-    } else {
+    if plain_lower_into(recipient, delimiters, out).is_none() {
         match plain_address(recipient) {
             Some((local, domain)) => {
                 push_lower(out, cut_extension(local, delimiters));
