@@ -394,11 +394,17 @@ pub(crate) fn keys(
         let listed = if lists.is_empty() {
             Listed::No
         } else {
-            // An over-long address matches no list entry.
-            let sender = sender.map_or_else(String::new, |_| normalize::lower_address(req.sender));
-            let recipient = rcpt.map_or_else(String::new, |r| {
-                String::from_utf8_lossy(&buf[r]).into_owned()
-            });
+            // An over-long address matches no list entry; one that no
+            // list reads is not prepared.
+            let (reads_sender, reads_recipient) = lists.reads_addresses();
+            let sender = sender
+                .filter(|_| reads_sender)
+                .map_or_else(String::new, |_| normalize::lower_address(req.sender));
+            let recipient = rcpt
+                .filter(|_| reads_recipient)
+                .map_or_else(String::new, |r| {
+                    String::from_utf8_lossy(&buf[r]).into_owned()
+                });
             lists.lookup(ip, client_name, &sender, &recipient)
         };
         if listed == Listed::Trap && kind != KeyKind::Network {

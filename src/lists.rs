@@ -314,6 +314,9 @@ impl AddressList {
 
     /// `address` is lower-case, without angle brackets.
     fn matches(&self, address: &str) -> bool {
+        if self.is_empty() {
+            return false;
+        }
         if self.addresses.contains(address) {
             return true;
         }
@@ -355,6 +358,16 @@ impl Lists {
             && self.senders.is_empty()
             && self.recipients.is_empty()
             && self.traps.is_empty()
+    }
+
+    /// Whether [`Lists::lookup`] reads the sender (a sender list is set)
+    /// and the recipient (a recipient or trap list is set): one it does
+    /// not read need not be prepared.
+    pub(crate) fn reads_addresses(&self) -> (bool, bool) {
+        (
+            !self.senders.is_empty(),
+            !(self.recipients.is_empty() && self.traps.is_empty()),
+        )
     }
 
     /// The whitelists first: a whitelisted client writing to a trap is not

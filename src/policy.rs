@@ -81,12 +81,15 @@ impl PolicyRequest {
         self.malformed.as_deref()
     }
 
-    fn add_line(&mut self, line: &[u8]) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match line.iter().position(|&b| b == b'=') {
+    /// Takes the line at `text[start..]` (just read, without its `\n`) as
+    /// an attribute, or notes it as malformed and drops it.
+    fn add_line(&mut self, start: usize) {
+        if self.text.last() == Some(&b'\r') {
+            self.text.pop();
+        }
+        let line = &self.text[start..];
+        match memchr::memchr(b'=', line) {
             Some(eq) if eq > 0 => {
-                let start = self.text.len();
-                self.text.extend_from_slice(line);
                 let mid = start + eq;
                 self.attributes.push((start..mid, mid + 1..self.text.len()));
             }
@@ -96,53 +99,77 @@ impl PolicyRequest {
                     quote_into(&mut shown, line, 40);
                     self.malformed = Some(shown);
                 }
+                self.text.truncate(start);
             }
         }
     }
 }
+
+/// The bytes a request's buffer is allocated with, and kept at between
+/// requests on one connection: a Postfix request (about 25 attributes) is
+/// under 1 KiB; a bigger one grows it for itself alone.
+const REQUEST_CAPACITY: usize = 1024;
 
 /// Reads the next request from `reader`: `Ok(None)` at a clean end of the
 /// stream (no partial request), an error for an over-long line or request
 /// or a failed read. However the bytes arrive (split across reads at any
 /// point), the requests are the same.
 pub fn read_request(reader: &mut impl BufRead) -> Result<Option<PolicyRequest>, ProtocolError> {
-    // Room for a Postfix request (about 25 attributes, under 1 KiB) at
-    // once, not grown by doubling: three allocations a request, not fifteen.
-    let mut request = PolicyRequest {
-        text: Vec::with_capacity(1024),
-        attributes: Vec::with_capacity(32),
-        malformed: None,
-    };
-    let (mut line, mut total, mut started) = (Vec::with_capacity(256), 0usize, false);
+    let mut request = PolicyRequest::default();
+    Ok(read_request_into(reader, &mut request)?.then_some(request))
+}
+
+/// [`read_request`] into `request`, whose buffers a connection reuses from
+/// one request to the next (no allocation per request): true when a
+/// request was read, false at a clean end of the stream. On an error,
+/// `request` holds what was read of the broken one.
+pub fn read_request_into(
+    reader: &mut impl BufRead,
+    request: &mut PolicyRequest,
+) -> Result<bool, ProtocolError> {
+    request.text.clear();
+    request.text.shrink_to(REQUEST_CAPACITY);
+    request.text.reserve(REQUEST_CAPACITY);
+    request.attributes.clear();
+    request.attributes.shrink_to(32);
+    request.attributes.reserve(32);
+    request.malformed = None;
+    let (mut total, mut started) = (0usize, false);
     loop {
-        line.clear();
-        let complete = read_line(reader, &mut line)?;
-        total += line.len() + usize::from(complete);
+        let start = request.text.len();
+        let complete = read_line(reader, &mut request.text, start)?;
+        let len = request.text.len() - start;
+        total += len + usize::from(complete);
         if total > MAX_REQUEST {
             return Err(ProtocolError::RequestTooLong);
         }
         if !complete {
             // End of stream: a clean end only between requests.
-            return if started || !line.is_empty() {
+            return if started || len > 0 {
                 Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into()))
             } else {
-                Ok(None)
+                Ok(false)
             };
         }
-        if line.is_empty() || line == b"\r" {
+        if len == 0 || request.text[start..] == *b"\r" {
+            request.text.truncate(start);
             if started {
-                return Ok(Some(request));
+                return Ok(true);
             }
             continue; // blank lines between requests are harmless
         }
         started = true;
-        request.add_line(&line);
+        request.add_line(start);
     }
 }
 
-/// Reads one line (without its `\n`) into `out`; false if the stream ended
-/// first.
-fn read_line(reader: &mut impl BufRead, out: &mut Vec<u8>) -> Result<bool, ProtocolError> {
+/// Reads one line (without its `\n`) onto the end of `out`, where it
+/// starts at `start`; false if the stream ended first.
+fn read_line(
+    reader: &mut impl BufRead,
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<bool, ProtocolError> {
     loop {
         let buf = match reader.fill_buf() {
             Ok(b) => b,
@@ -152,11 +179,11 @@ fn read_line(reader: &mut impl BufRead, out: &mut Vec<u8>) -> Result<bool, Proto
         if buf.is_empty() {
             return Ok(false);
         }
-        let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+        let (chunk, found) = match memchr::memchr(b'\n', buf) {
             Some(i) => (&buf[..i], true),
             None => (buf, false),
         };
-        if out.len() + chunk.len() > MAX_LINE {
+        if out.len() - start + chunk.len() > MAX_LINE {
             return Err(ProtocolError::LineTooLong);
         }
         out.extend_from_slice(chunk);
@@ -240,7 +267,18 @@ pub struct Answer {
 impl Answer {
     /// The bytes to send: `action=...` and a blank line.
     pub fn to_wire(&self) -> String {
-        format!("action={}\n\n", self.action)
+        let mut wire = Vec::new();
+        self.wire_into(&mut wire);
+        String::from_utf8(wire).expect("an action is text")
+    }
+
+    /// [`Answer::to_wire`] into `out` (cleared first), a buffer a
+    /// connection reuses.
+    pub fn wire_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        for part in [&b"action="[..], self.action.as_bytes(), b"\n\n"] {
+            out.extend_from_slice(part);
+        }
     }
 
     /// The engine's request for `request` as it was judged (with the
@@ -280,27 +318,39 @@ pub const MAX_LOG_VALUE: usize = 256;
 /// parser (fail2ban, a SIEM) thus reads one decision as one line of
 /// `key=value` fields, whatever a sender put in its address.
 pub fn quote_into(out: &mut String, value: &[u8], max: usize) {
+    quote_parts_into(out, &[value], max);
+}
+
+/// [`quote_into`] for a value in parts, shown as one.
+fn quote_parts_into(out: &mut String, parts: &[&[u8]], max: usize) {
     use std::fmt::Write as _;
     let plain = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
-    let shown = &value[..value.len().min(max)];
-    if shown.len() == value.len() && !value.is_empty() && value.iter().all(|&b| plain(b)) {
-        out.push_str(std::str::from_utf8(value).expect("ASCII"));
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if (1..=max).contains(&len) && parts.iter().all(|p| p.iter().all(|&b| plain(b))) {
+        for part in parts {
+            out.push_str(std::str::from_utf8(part).expect("ASCII"));
+        }
         return;
     }
     out.push('"');
-    for &b in shown {
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b' ' => out.push(' '),
-            b if plain(b) => out.push(char::from(b)),
-            b => {
-                let _ = write!(out, "\\x{b:02x}");
+    let mut left = max;
+    for part in parts {
+        let shown = &part[..part.len().min(left)];
+        left -= shown.len();
+        for &b in shown {
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b' ' => out.push(' '),
+                b if plain(b) => out.push(char::from(b)),
+                b => {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
             }
         }
     }
-    if shown.len() < value.len() {
-        let _ = write!(out, "...({} bytes)", value.len());
+    if len > max {
+        let _ = write!(out, "...({len} bytes)");
     }
     out.push('"');
 }
@@ -320,11 +370,10 @@ pub fn address_field(out: &mut String, key: &str, address: &[u8]) {
         .strip_prefix(b"<")
         .and_then(|a| a.strip_suffix(b">"))
         .unwrap_or(address);
-    let mut bracketed = Vec::with_capacity(bare.len() + 2);
-    bracketed.push(b'<');
-    bracketed.extend_from_slice(bare);
-    bracketed.push(b'>');
-    field(out, key, &bracketed);
+    out.push(' ');
+    out.push_str(key);
+    out.push('=');
+    quote_parts_into(out, &[b"<", bare, b">"], MAX_LOG_VALUE);
 }
 
 fn dunno(why: &str) -> Answer {
@@ -459,10 +508,85 @@ pub fn prepend_once(answer: &mut Answer, request: &PolicyRequest, last: &mut Opt
     }
 }
 
-/// A text an answer carries, on one line (an operator's option could hold
-/// a line break, which would end the answer early).
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
+/// The action for a verdict: `PREPEND` the `X-Greylist` header for a
+/// retried triplet, `DUNNO` for another pass, the greylist action and text
+/// for a defer, the block action for a block; on one line whatever the
+/// operator's options hold (a line break would end the answer early).
+fn action_text(
+    engine: &Engine,
+    options: &PolicyOptions,
+    verdict: &Verdict,
+    recipient: &[u8],
+    now: i64,
+) -> String {
+    use std::fmt::Write as _;
+    let mut action = String::with_capacity(128);
+    match (verdict.action, verdict.reason) {
+        (Action::Pass, Reason::Retried) => {
+            action.push_str("PREPEND ");
+            expand_into(&mut action, &options.x_greylist_header, |c, out| {
+                match c {
+                    't' => drop(write!(out, "{}", verdict.delayed)),
+                    'v' => out.push_str(env!("CARGO_PKG_VERSION")),
+                    'h' => out.push_str(&options.hostname),
+                    'd' => out.push_str(&rfc5322_date(now)),
+                    _ => return false,
+                }
+                true
+            });
+        }
+        (Action::Pass, _) => action.push_str("DUNNO"),
+        (Action::Defer, _) => {
+            for part in [
+                &options.greylist_action,
+                " ",
+                engine.config().reply_enhanced(),
+                " ",
+            ] {
+                action.push_str(part);
+            }
+            expand_into(&mut action, &options.greylist_text, |c, out| {
+                match c {
+                    's' => drop(write!(out, "{}", verdict.retry_after)),
+                    'r' => push_domain(out, recipient),
+                    _ => return false,
+                }
+                true
+            });
+        }
+        (Action::Block, _) => match options.block_action {
+            BlockAction::Reject => action.push_str("REJECT 5.7.1 Client network blocked for abuse"),
+            BlockAction::Defer => drop(write!(
+                action,
+                "DEFER_IF_PERMIT 4.7.1 Client network blocked, please try again in {} seconds",
+                verdict.retry_after
+            )),
+        },
+    }
+    if memchr::memchr2(b'\r', b'\n', action.as_bytes()).is_some() {
+        action = action.replace(['\r', '\n'], " ");
+    }
+    action
+}
+
+/// Appends `template` with each `%` and letter that `value` knows replaced
+/// by what `value` writes (it returns false for a letter it does not
+/// know: that `%` stays as it is). One pass: what a value writes is not
+/// looked into again.
+fn expand_into(out: &mut String, template: &str, mut value: impl FnMut(char, &mut String) -> bool) {
+    let mut rest = template;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        match after.chars().next() {
+            Some(c) if value(c, out) => rest = &after[c.len_utf8()..],
+            _ => {
+                out.push('%');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
 }
 
 /// `now` as an RFC 5322 date in UTC: `Wed, 02 Dec 2026 18:00:00 +0000`.
@@ -528,19 +652,20 @@ fn key_domain(req: &Request<'_>, kind: KeyKind) -> Option<String> {
     }
 }
 
-fn domain_of(address: &[u8]) -> String {
-    let domain = address
-        .iter()
-        .rposition(|&b| b == b'@')
-        .map_or(&[][..], |at| &address[at + 1..]);
+/// Appends the domain of `address` (after its last `@`, without a closing
+/// `>`) as an SMTP reply may show it: letters, digits, `.`, `-` and `_`
+/// only, at most 255 bytes of it.
+fn push_domain(out: &mut String, address: &[u8]) {
+    let domain = memchr::memrchr(b'@', address).map_or(&[][..], |at| &address[at + 1..]);
     let domain = domain.strip_suffix(b">").unwrap_or(domain);
     // The domain goes into the SMTP reply: only what a domain name may hold.
-    domain
-        .iter()
-        .take(255)
-        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        .map(|&b| char::from(b))
-        .collect()
+    out.extend(
+        domain
+            .iter()
+            .take(255)
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            .map(|&b| char::from(b)),
+    );
 }
 
 /// What verifies a request's sender domain for its client before the
@@ -640,36 +765,7 @@ pub fn answer_with(
         Ok(v) => v,
         Err(e) => return cannot_judge(&e.to_string(), request),
     };
-    let action = match (verdict.action, verdict.reason) {
-        (Action::Pass, Reason::Retried) => {
-            let header = options
-                .x_greylist_header
-                .replace("%t", &verdict.delayed.to_string())
-                .replace("%v", env!("CARGO_PKG_VERSION"))
-                .replace("%h", &options.hostname)
-                .replace("%d", &rfc5322_date(now));
-            format!("PREPEND {}", one_line(&header))
-        }
-        (Action::Pass, _) => "DUNNO".into(),
-        (Action::Defer, _) => {
-            let text = options
-                .greylist_text
-                .replace("%s", &verdict.retry_after.to_string())
-                .replace("%r", &domain_of(recipient));
-            format!(
-                "{} {} {text}",
-                one_line(&options.greylist_action),
-                engine.config().reply_enhanced()
-            )
-        }
-        (Action::Block, _) => match options.block_action {
-            BlockAction::Reject => "REJECT 5.7.1 Client network blocked for abuse".into(),
-            BlockAction::Defer => format!(
-                "DEFER_IF_PERMIT 4.7.1 Client network blocked, please try again in {} seconds",
-                verdict.retry_after
-            ),
-        },
-    };
+    let action = action_text(engine, options, &verdict, recipient, now);
     let outcome = (
         match verdict.action {
             Action::Pass => "pass",
@@ -687,7 +783,10 @@ pub fn answer_with(
             verified_domain: verified.clone(),
         };
     }
-    let mut log = format!("action={} reason={}", outcome.0, outcome.1);
+    let mut log = String::with_capacity(256);
+    for part in ["action=", outcome.0, " reason=", outcome.1] {
+        log.push_str(part);
+    }
     field(&mut log, "client", ip.as_bytes());
     address_field(&mut log, "from", sender);
     address_field(&mut log, "to", recipient);
@@ -830,6 +929,16 @@ mod tests {
         assert_eq!(whole[1].get("sender"), Some(""));
         let crlf = wire.replace('\n', "\r\n");
         assert_eq!(read_all(crlf.as_bytes()), whole);
+        // One request's buffers reused for the next (as a connection does)
+        // read the same, whatever the one before held.
+        let odd = format!("no equals sign\r\n{wire}{}\n", "x=y\n".repeat(400));
+        let mut reader = io::BufReader::with_capacity(5, odd.as_bytes());
+        let mut reused = PolicyRequest::default();
+        for fresh in read_all(odd.as_bytes()) {
+            assert!(read_request_into(&mut reader, &mut reused).unwrap());
+            assert_eq!(reused, fresh);
+        }
+        assert!(!read_request_into(&mut reader, &mut reused).unwrap());
     }
 
     #[test]
@@ -1078,6 +1187,37 @@ mod tests {
         assert_eq!(
             answer(&e, req, &reject, T0).action,
             "DEFER_IF_PERMIT 4.2.0 see https://help.example/y.net"
+        );
+    }
+
+    /// An operator's texts stay on the answer's line (a line break in
+    /// `--greylist-text` used to end the answer early and desynchronise
+    /// the connection), and each `%` letter is expanded once: a value is
+    /// not looked into again, and an unknown letter stays as it is.
+    #[test]
+    fn operator_texts_stay_one_line_and_expand_once() {
+        let e = Engine::new(Config::default());
+        let o = PolicyOptions {
+            greylist_action: "DEFER_IF_PERMIT\r".into(),
+            greylist_text: "wait %s s\nfor %r, 100%% sure %x %".into(),
+            x_greylist_header: "X-Greylist: delayed %t seconds by %h\r\n%v".into(),
+            hostname: "mx%d.example".into(),
+            ..PolicyOptions::default()
+        };
+        let req = &read_all(rcpt("192.0.2.1", "a@x", "b@%s.y-z_net\r>").as_bytes())[0];
+        let first = answer(&e, req, &o, T0);
+        assert_eq!(
+            first.action,
+            "DEFER_IF_PERMIT  4.2.0 wait 300 s for s.y-z_net, 100%% sure %x %"
+        );
+        assert_eq!(first.to_wire().matches('\n').count(), 2);
+        let retried = answer(&e, req, &o, T0 + 400);
+        assert_eq!(
+            retried.action,
+            format!(
+                "PREPEND X-Greylist: delayed 400 seconds by mx%d.example  {}",
+                env!("CARGO_PKG_VERSION")
+            )
         );
     }
 }

@@ -76,9 +76,11 @@ impl Syslog {
     }
 
     /// Sends one line at the severity its text says (`error:` err,
-    /// `warning:` warning, else info); reconnects once if the receiver was
+    /// `warning:` warning, else info), formatted in `message` (a buffer
+    /// reused from line to line); reconnects once if the receiver was
     /// restarted.
-    fn send(&self, text: &str) {
+    fn send(&self, message: &mut String, text: &str) {
+        use std::fmt::Write as _;
         let severity = if text.starts_with("error:") {
             3
         } else if text.starts_with("warning:") {
@@ -86,7 +88,9 @@ impl Syslog {
         } else {
             6
         };
-        let mut message = format!(
+        message.clear();
+        let _ = write!(
+            message,
             "<{}>{}: {text}",
             u32::from(self.facility) * 8 + severity,
             self.tag
@@ -184,14 +188,16 @@ impl Logger {
             ));
         }
         if let Some(syslog) = &self.sink.syslog {
+            let mut message = String::new();
             for (_, text) in &lines {
-                syslog.send(text);
+                syslog.send(&mut message, text);
             }
         }
         if self.stderr.load(Ordering::Relaxed) {
             let mut batch = String::with_capacity(lines.iter().map(|(_, l)| l.len() + 40).sum());
+            let mut clock = Clock::default();
             for (at, text) in &lines {
-                batch.push_str(&stamp(*at, text));
+                stamp_into(&mut batch, &mut clock, *at, text);
             }
             let _ = std::io::stderr().lock().write_all(batch.as_bytes());
         }
@@ -211,10 +217,25 @@ pub fn decision(line: impl std::fmt::Display) {
     send(line.to_string(), true);
 }
 
+/// [`decision`] for a line already written out (an answer's): queued as
+/// it is, not copied.
+pub fn decision_line(line: String) {
+    send(line, true);
+}
+
 fn send(text: String, decision: bool) {
     match LOGGER.get() {
         Some(logger) => logger.push(text, decision),
-        None => eprint!("{}", stamp(greylist::unix_now(), &text)),
+        None => {
+            let mut line = String::new();
+            stamp_into(
+                &mut line,
+                &mut Clock::default(),
+                greylist::unix_now(),
+                &text,
+            );
+            eprint!("{line}");
+        }
     }
 }
 
@@ -245,9 +266,25 @@ pub fn stop_stderr() {
     }
 }
 
-/// `line` with a UTC timestamp and the program's name, ended by a newline.
-fn stamp(at: i64, line: &str) -> String {
-    format!("{} greylist-policyd: {line}\n", utc(at))
+/// The text of the second last stamped: the lines of a batch share a few
+/// seconds, and formatting a date costs more than the rest of a line.
+#[derive(Default)]
+struct Clock {
+    second: Option<i64>,
+    text: String,
+}
+
+/// Appends `line` with a UTC timestamp and the program's name, ended by a
+/// newline.
+fn stamp_into(out: &mut String, clock: &mut Clock, at: i64, line: &str) {
+    if clock.second != Some(at) {
+        clock.text = utc(at);
+        clock.second = Some(at);
+    }
+    out.push_str(&clock.text);
+    out.push_str(" greylist-policyd: ");
+    out.push_str(line);
+    out.push('\n');
 }
 
 pub use crate::protocol::utc;
@@ -317,6 +354,22 @@ impl Episode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_line_is_stamped_with_its_own_second() {
+        let (mut out, mut clock) = (String::new(), Clock::default());
+        for (at, line) in [(0, "a"), (0, "b"), (1, "c"), (0, "d"), (86_400, "e")] {
+            stamp_into(&mut out, &mut clock, at, line);
+        }
+        assert_eq!(
+            out,
+            "1970-01-01T00:00:00Z greylist-policyd: a\n\
+             1970-01-01T00:00:00Z greylist-policyd: b\n\
+             1970-01-01T00:00:01Z greylist-policyd: c\n\
+             1970-01-01T00:00:00Z greylist-policyd: d\n\
+             1970-01-02T00:00:00Z greylist-policyd: e\n"
+        );
+    }
 
     #[test]
     fn an_episode_is_logged_when_it_starts_each_minute_and_when_it_ends() {

@@ -54,13 +54,36 @@ impl Default for Live {
     }
 }
 
+/// A connection's handles on the answer counters it has counted: counting
+/// an answer is then one add, not a look-up in the family's locked map. A
+/// connection sees a few of the dozen actions and reasons.
+#[derive(Default)]
+pub struct Counters {
+    held: Vec<((&'static str, &'static str), Counter)>,
+}
+
 impl Live {
     /// One answer: its action and reason as the log line says them, and
     /// the time from the request read to the answer written.
-    pub fn answered(&self, (action, reason): (&'static str, &'static str), took: Duration) {
-        self.answers
-            .get_or_create(&[("action", action), ("reason", reason)])
-            .inc();
+    pub fn answered(
+        &self,
+        counters: &mut Counters,
+        outcome: (&'static str, &'static str),
+        took: Duration,
+    ) {
+        let held = match counters.held.iter().position(|(o, _)| *o == outcome) {
+            Some(i) => &counters.held[i].1,
+            None => {
+                let (action, reason) = outcome;
+                let counter = self
+                    .answers
+                    .get_or_create(&[("action", action), ("reason", reason)])
+                    .clone();
+                counters.held.push((outcome, counter));
+                &counters.held[counters.held.len() - 1].1
+            }
+        };
+        held.inc();
         self.latency.observe(took.as_secs_f64());
     }
 }

@@ -30,8 +30,8 @@ use greylist::policy::{self, PolicyOptions};
 use greylist::Engine;
 use parking_lot::{Condvar, Mutex};
 
-use crate::log::{decision, log, Episode};
-use crate::metrics::Live;
+use crate::log::{decision, decision_line, log, Episode};
+use crate::metrics::{Counters, Live};
 use crate::recall::Recall;
 
 /// Descriptors kept for everything but connections: stdio, listeners, the
@@ -438,6 +438,9 @@ impl Server {
         // connection prepended last: one header per message, not one per
         // retried recipient.
         let mut last_prepended = None;
+        // Buffers and counter handles kept from one request to the next.
+        let (mut request, mut wire) = (policy::PolicyRequest::default(), Vec::new());
+        let mut counters = Counters::default();
         loop {
             // Bytes of the next request already read: its deadline runs.
             if reader.buffer().is_empty() {
@@ -445,9 +448,9 @@ impl Server {
             } else {
                 reader.get_mut().begin();
             }
-            let request = match policy::read_request(&mut reader) {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
+            match policy::read_request_into(&mut reader, &mut request) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(e) => {
                     decision(format_args!("closing connection from {peer}: {e}"));
                     return;
@@ -467,11 +470,13 @@ impl Server {
             let mut answer = policy::answer_with(&self.engine, &request, &self.policy, now, spf);
             policy::prepend_once(&mut answer, &request, &mut last_prepended);
             self.remember(&request, &answer);
-            decision(&answer.log);
-            if stream.write_all_bytes(answer.to_wire().as_bytes()).is_err() {
+            decision_line(std::mem::take(&mut answer.log));
+            answer.wire_into(&mut wire);
+            if stream.write_all_bytes(&wire).is_err() {
                 return;
             }
-            self.live.answered(answer.outcome, started.elapsed());
+            self.live
+                .answered(&mut counters, answer.outcome, started.elapsed());
         }
     }
 }
