@@ -168,6 +168,21 @@ impl Engine {
     /// `key_by_verified_domain`, a verified sender domain replaces the
     /// client network in the key.
     pub fn check_request(&self, req: &Request<'_>, now: i64) -> Result<Verdict, InputError> {
+        self.check_request_keyed(req, now)
+            .map(|(verdict, _)| verdict)
+    }
+
+    /// [`check_request`](Self::check_request), also giving the key of the
+    /// triplet as it was judged: the key its entry is stored under and its
+    /// events carry ([`request_key`](Self::request_key) of the request, or
+    /// of its network when the network decided a request keyed by a
+    /// domain). A host keeps what it knows of a triplet under it without
+    /// deriving the key a second time.
+    pub fn check_request_keyed(
+        &self,
+        req: &Request<'_>,
+        now: i64,
+    ) -> Result<(Verdict, u128), InputError> {
         let mut keys = self.keys(req)?;
         let now = clamp_time(now);
         let mut verdict = if keys.whitelisted() {
@@ -180,6 +195,7 @@ impl Engine {
             v
         };
         verdict.key = keys.kind;
+        let triplet = keys.triplet_id().public();
         self.counters.mine().reasons[verdict.reason.index()].fetch_add(1, Relaxed);
         self.events.emit(|| Event {
             kind: match verdict.action {
@@ -191,9 +207,9 @@ impl Engine {
             reason: verdict.reason,
             at: now,
             count: 0,
-            triplet: Some(keys.triplet_id().public()),
+            triplet: Some(triplet),
         });
-        Ok(verdict)
+        Ok((verdict, triplet))
     }
 
     /// Decides a request keyed by a domain (a verified host name's or

@@ -254,6 +254,9 @@ pub struct Answer {
     pub log: String,
     /// The engine's verdict, when it judged the request.
     pub verdict: Option<Verdict>,
+    /// The key of the triplet as the engine judged it (see
+    /// [`Engine::check_request_keyed`]), when it judged the request.
+    pub triplet_key: Option<u128>,
     /// What the log line says of it (`action=` and `reason=`): `pass`,
     /// `defer` or `block` and the verdict's reason; `defer` and
     /// `cannot-judge`; `dunno` and `not-rcpt`.
@@ -281,19 +284,18 @@ impl Answer {
         }
     }
 
-    /// The engine's request for `request` as it was judged (with the
-    /// verified domain, if any), its triplet key, and the client part of
-    /// the key as text (`192.0.2.0/24`, `google.com`): what a host keeps
-    /// a deferred request's addresses under, to name them when its mail
-    /// is lost. `None` when the engine did not judge it.
+    /// The key the engine judged the request's triplet under (the key
+    /// its events carry), and the client part of that key as text
+    /// (`192.0.2.0/24`, `google.com`): what a host keeps a deferred
+    /// request's addresses under, to name them when its mail is lost.
+    /// `None` when the engine did not judge it.
     pub fn client_key(&self, engine: &Engine, request: &PolicyRequest) -> Option<(u128, String)> {
-        let v = self.verdict?;
+        let (v, key) = (self.verdict?, self.triplet_key?);
         let req = engine_request(request)?;
         let req = Request {
             verified_domain: self.verified_domain.as_deref().map(str::as_bytes),
             ..req
         };
-        let key = engine.request_key(&req).ok()?;
         let client = match v.key {
             KeyKind::Network => {
                 let c = engine.config();
@@ -383,6 +385,7 @@ fn dunno(why: &str) -> Answer {
         action: "DUNNO".into(),
         log,
         verdict: None,
+        triplet_key: None,
         outcome: ("dunno", "not-rcpt"),
         verified_domain: None,
     }
@@ -411,6 +414,7 @@ fn cannot_judge(why: &str, request: &PolicyRequest) -> Answer {
                 .into(),
         log,
         verdict: None,
+        triplet_key: None,
         outcome: ("defer", "cannot-judge"),
         verified_domain: None,
     }
@@ -761,8 +765,8 @@ pub fn answer_with(
         verified_domain: verified.as_deref().map(str::as_bytes),
         ..req
     };
-    let verdict = match engine.check_request(&req, now) {
-        Ok(v) => v,
+    let (verdict, triplet_key) = match engine.check_request_keyed(&req, now) {
+        Ok(judged) => judged,
         Err(e) => return cannot_judge(&e.to_string(), request),
     };
     let action = action_text(engine, options, &verdict, recipient, now);
@@ -779,6 +783,7 @@ pub fn answer_with(
             action,
             log: postgrey_line(request, &verdict),
             verdict: Some(verdict),
+            triplet_key: Some(triplet_key),
             outcome,
             verified_domain: verified.clone(),
         };
@@ -808,6 +813,7 @@ pub fn answer_with(
         action,
         log,
         verdict: Some(verdict),
+        triplet_key: Some(triplet_key),
         outcome,
         verified_domain: verified.clone(),
     }
@@ -1187,6 +1193,40 @@ mod tests {
         assert_eq!(
             answer(&e, req, &reject, T0).action,
             "DEFER_IF_PERMIT 4.2.0 see https://help.example/y.net"
+        );
+    }
+
+    /// The key an answer carries is the one the engine's events name
+    /// the triplet by (what lost mail is reported under), without the
+    /// key being derived again.
+    #[test]
+    fn the_answer_carries_the_judged_triplet_key() {
+        let e = Engine::new(Config::default());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        e.on_event(Some(Box::new(move |ev: &crate::Event| {
+            sink.lock().unwrap().push(ev.triplet);
+        })))
+        .unwrap();
+        let o = PolicyOptions::default();
+        let req = &read_all(rcpt("192.0.2.1", "a@x.org", "b@y.net").as_bytes())[0];
+        for now in [T0, T0 + 10] {
+            let a = answer(&e, req, &o, now);
+            let events = std::mem::take(&mut *seen.lock().unwrap());
+            assert_eq!(events, [a.triplet_key]);
+            let (key, client) = a.client_key(&e, req).unwrap();
+            assert_eq!(Some(key), a.triplet_key);
+            assert_eq!(client, "192.0.2.0/24");
+        }
+        let not_judged = answer(
+            &e,
+            &read_all(b"request=smtpd_access_policy\nprotocol_state=RCPT\n\n")[0],
+            &o,
+            T0,
+        );
+        assert_eq!(
+            (not_judged.triplet_key, not_judged.client_key(&e, req)),
+            (None, None)
         );
     }
 
