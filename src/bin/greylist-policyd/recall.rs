@@ -8,17 +8,25 @@
 //! [`PER_NETWORK`] places (a sender cannot flush the others out), and each
 //! network keeps a few samples of its lost mail, dropped when that mail
 //! is recovered.
+//!
+//! The triplets are kept in [`SHARDS`] parts by key, each with its own
+//! lock, its share of the places and its own order of age: every
+//! connection's early retries come here, and under one lock a blast of
+//! them kept the connections waiting for each other.
 
 use std::collections::{HashMap, VecDeque};
-
-use serde::Serialize;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Triplets with early retries remembered (the oldest go first): at most
-/// about 20,000 x 3 fields of [`FIELD`] bytes, some 10 MB.
+use serde::Serialize;
+
+/// Triplets with early retries remembered (the oldest of their shard go
+/// first): at most about 20,000 x 3 fields of [`FIELD`] bytes, some 10 MB.
 pub const PENDING: usize = 20_000;
 /// Places one client network may take of [`PENDING`].
 pub const PER_NETWORK: usize = 256;
+/// Parts the triplets are kept in, each with [`PENDING`] / `SHARDS` places,
+/// [`PER_NETWORK`] / `SHARDS` of them for one network.
+pub const SHARDS: usize = 16;
 /// Networks with samples of lost mail, and samples each.
 pub const NETWORKS: usize = 10_000;
 pub const SAMPLES: usize = 3;
@@ -51,27 +59,47 @@ struct Entry {
     seq: u64,
 }
 
+/// One shard of the triplets with early retries.
 #[derive(Default)]
-struct Inner {
+struct Pending {
     pending: HashMap<u128, Entry>,
     /// Keys with the place they took, oldest first; a place whose entry
     /// left (or came back with another) is skipped.
     order: VecDeque<(u128, u64)>,
     next_seq: u64,
     per_network: HashMap<Box<str>, usize>,
+}
+
+/// The samples of lost mail, by network.
+#[derive(Default)]
+struct Samples {
     samples: HashMap<String, VecDeque<Sample>>,
     networks: VecDeque<String>,
 }
 
-/// Every connection's early retries go through one lock: the standard
-/// library's, which puts a waiter to sleep at once. parking_lot's spins
-/// with `sched_yield` first, and on 2 cores with a thread per connection a
-/// holder preempted amid the spinners left early retries waiting 1.7 ms
-/// at the 99th percentile (0.24 ms with this one), 8 connections of early
-/// retries (`benches/policy_load.rs`, the same seed twice).
-#[derive(Default)]
+/// The locks are the standard library's, which put a waiter to sleep at
+/// once. parking_lot's spin with `sched_yield` first, and on 2 cores with a
+/// thread per connection a holder preempted amid the spinners left early
+/// retries waiting 1.7 ms at the 99th percentile (8 connections of early
+/// retries, `benches/policy_load.rs` with the same seed twice).
 pub struct Recall {
-    inner: Mutex<Inner>,
+    shards: Box<[Mutex<Pending>]>,
+    samples: Mutex<Samples>,
+}
+
+impl Default for Recall {
+    fn default() -> Self {
+        Recall {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            samples: Mutex::default(),
+        }
+    }
+}
+
+/// A lock (a panic while it was held left nothing half-done that matters:
+/// at worst an entry's place or count is off by one).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An address as the log shows it: lossy UTF-8, cut to [`FIELD`] bytes.
@@ -84,7 +112,7 @@ fn text(bytes: &[u8]) -> String {
     s[..end].to_string()
 }
 
-impl Inner {
+impl Pending {
     /// Takes a key out, giving back its network's place.
     fn take(&mut self, key: u128) -> Option<Entry> {
         let entry = self.pending.remove(&key)?;
@@ -99,26 +127,25 @@ impl Inner {
 }
 
 impl Recall {
-    /// The lock (a panic while it was held left nothing half-done that
-    /// matters: at worst an entry's place or count is off by one).
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The shard of `key` (a keyed hash: its low bits are as good as any).
+    fn shard(&self, key: u128) -> MutexGuard<'_, Pending> {
+        lock(&self.shards[key as usize % SHARDS])
     }
 
     /// A request from `client`, of client network `network`, was deferred
     /// as an early retry.
     pub fn deferred(&self, key: u128, network: &str, client: &str, from: &[u8], to: &[u8]) {
-        let mut g = self.lock();
+        let mut g = self.shard(key);
         let inner = &mut *g;
         if inner.pending.contains_key(&key)
             || inner
                 .per_network
                 .get(network)
-                .is_some_and(|n| *n >= PER_NETWORK)
+                .is_some_and(|n| *n >= PER_NETWORK / SHARDS)
         {
             return;
         }
-        while inner.pending.len() >= PENDING {
+        while inner.pending.len() >= PENDING / SHARDS {
             let Some((old, seq)) = inner.order.pop_front() else {
                 break;
             };
@@ -144,7 +171,7 @@ impl Recall {
         inner.order.push_back((key, seq));
         // Places whose entries left stay in the order until they reach its
         // front: drop them when they outnumber the rest.
-        if inner.order.len() > 2 * PENDING {
+        if inner.order.len() > 2 * (PENDING / SHARDS) {
             let pending = &inner.pending;
             inner
                 .order
@@ -154,15 +181,15 @@ impl Recall {
 
     /// A triplet passed: it is not lost mail.
     pub fn passed(&self, key: u128) {
-        self.lock().take(key);
+        self.shard(key).take(key);
     }
 
     /// A triplet was judged lost at `last_seen` (its last attempt): its
     /// addresses, if remembered, which become one of its network's samples.
     pub fn lost(&self, key: u128, network: &str, last_seen: u32) -> Option<Addresses> {
-        let mut g = self.lock();
+        let found = self.shard(key).take(key)?.addresses;
+        let mut g = lock(&self.samples);
         let inner = &mut *g;
-        let found = inner.take(key)?.addresses;
         if !inner.samples.contains_key(network) {
             while inner.samples.len() >= NETWORKS {
                 match inner.networks.pop_front() {
@@ -188,14 +215,14 @@ impl Recall {
 
     /// A lost triplet's late retry passed: it is no sample of lost mail.
     pub fn recovered(&self, key: u128, network: &str) {
-        if let Some(samples) = self.lock().samples.get_mut(network) {
+        if let Some(samples) = lock(&self.samples).samples.get_mut(network) {
             samples.retain(|s| s.key != key);
         }
     }
 
     /// The latest lost mail of a network this daemon can name.
     pub fn samples(&self, network: &str) -> Vec<Sample> {
-        self.lock()
+        lock(&self.samples)
             .samples
             .get(network)
             .map(|s| s.iter().cloned().collect())
@@ -204,8 +231,12 @@ impl Recall {
 
     #[cfg(test)]
     fn len(&self) -> (usize, usize, usize) {
-        let g = self.lock();
-        (g.pending.len(), g.order.len(), g.samples.len())
+        let (mut pending, mut order) = (0, 0);
+        for shard in self.shards.iter() {
+            let g = lock(shard);
+            (pending, order) = (pending + g.pending.len(), order + g.order.len());
+        }
+        (pending, order, lock(&self.samples).samples.len())
     }
 }
 
@@ -259,27 +290,39 @@ mod tests {
     }
 
     /// Review of issue 19: a key that left and came back had two places in
-    /// the eviction order, and was evicted by its stale one.
+    /// the eviction order, and was evicted by its stale one. (Keys that
+    /// are multiples of [`SHARDS`] share a shard and its order.)
     #[test]
     fn a_key_that_comes_back_keeps_its_new_place() {
         let r = Recall::default();
-        r.deferred(0, NET, "192.0.2.1", b"a@x", b"b@y");
-        r.passed(0);
-        for key in 1..(PENDING as u128) {
-            r.deferred(
-                key,
-                &format!("net{}", key / 200),
-                "192.0.2.1",
-                b"a@x",
-                b"b@y",
-            );
+        let k = |i: usize| (i * SHARDS) as u128;
+        let places = PENDING / SHARDS;
+        r.deferred(k(0), NET, "192.0.2.1", b"a@x", b"b@y");
+        r.passed(k(0));
+        for i in 1..places {
+            r.deferred(k(i), &format!("net{}", i / 10), "192.0.2.1", b"a@x", b"b@y");
         }
-        r.deferred(0, NET, "192.0.2.1", b"a@x", b"b@y");
+        r.deferred(k(0), NET, "192.0.2.1", b"a@x", b"b@y");
         // Full: the next one evicts the oldest place, the stale one of
         // key 0 (skipped), then key 1.
-        r.deferred(u128::MAX, "last", "192.0.2.1", b"a@x", b"b@y");
-        assert!(r.lost(0, NET, 1).is_some(), "key 0 kept its new place");
-        assert!(r.lost(1, "net0", 1).is_none(), "key 1 was the oldest");
+        r.deferred(k(places), "last", "192.0.2.1", b"a@x", b"b@y");
+        assert!(r.lost(k(0), NET, 1).is_some(), "key 0 kept its new place");
+        assert!(r.lost(k(1), "net0", 1).is_none(), "key 1 was the oldest");
+        assert!(r.lost(k(2), "net0", 1).is_some(), "key 2 was not evicted");
+    }
+
+    /// Each shard has its own places: a flood of early retries into one
+    /// shard evicts none of another's.
+    #[test]
+    fn a_shard_full_of_early_retries_leaves_the_others_alone() {
+        let r = Recall::default();
+        r.deferred(1, NET, "192.0.2.1", b"a@x", b"b@y");
+        for i in 0..(2 * PENDING) {
+            let net = format!("net{i}");
+            r.deferred((i * SHARDS) as u128, &net, "192.0.2.1", b"a@x", b"b@y");
+        }
+        assert_eq!(r.len().0, PENDING / SHARDS + 1);
+        assert!(r.lost(1, NET, 1).is_some());
     }
 
     #[test]
