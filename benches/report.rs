@@ -8,11 +8,16 @@
 //!     GREYLIST_REPORT_ENTRIES=1000000 cargo bench --bench report   # smaller
 //!
 //! Each store is measured in a process of its own (this binary, started
-//! again), so resident memory per entry is that store's alone.
+//! again), so resident memory per entry is that store's alone. The rates
+//! are measured in interleaved rounds (engine, mutex, dashmap, engine, ...)
+//! and each store's median is reported, so that the machine's drift
+//! (10-20% from one second to the next on a shared VM) hits the three
+//! alike instead of deciding the ratios.
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use common::*;
@@ -36,9 +41,36 @@ fn make(name: &str, entries: usize) -> Box<dyn Store> {
     }
 }
 
-/// Child mode: fill one store with `entries` triplets, then print
-/// `bytes_per_entry rate_1_thread rate_2_threads` (with `rates` false,
-/// the rates are 0: memory only).
+/// Rounds of each measurement, and seconds of one store's turn in a round.
+const ROUNDS: usize = 5;
+const TURN: f64 = 0.6;
+
+/// The median of `v`.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each of `stores` (by index) measured by `measure(store, threads)` on 1
+/// and on 2 threads, in [`ROUNDS`] interleaved rounds: the medians.
+fn interleaved(stores: usize, mut measure: impl FnMut(usize, usize) -> f64) -> Vec<(f64, f64)> {
+    let mut runs = vec![(Vec::new(), Vec::new()); stores];
+    for _ in 0..ROUNDS {
+        for threads in [1, 2] {
+            for (s, (one, two)) in runs.iter_mut().enumerate() {
+                let r = measure(s, threads);
+                if threads == 1 { one } else { two }.push(r);
+            }
+        }
+    }
+    runs.into_iter()
+        .map(|(one, two)| (median(one), median(two)))
+        .collect()
+}
+
+/// Child mode: fill one store with `entries` triplets and print its
+/// resident bytes per entry; with `rates`, then answer each line `THREADS`
+/// on stdin with that many threads' checks per second, until stdin ends.
 fn child(name: &str, entries: usize, rates: bool) {
     // Generated as they are checked (see `Input::Generated`).
     let input = Input::Generated {
@@ -49,32 +81,64 @@ fn child(name: &str, entries: usize, rates: bool) {
     let store = make(name, entries);
     fill(store.as_ref(), input);
     let bytes = rss_bytes().saturating_sub(before) as f64 / entries as f64;
-    let (one, two) = if rates {
-        let one = rate(store.as_ref(), input, 1, 1.5);
-        (one, rate(store.as_ref(), input, 2, 1.5))
-    } else {
-        (0.0, 0.0)
-    };
-    println!("{bytes:.1} {one:.0} {two:.0}");
+    println!("{bytes:.1}");
+    if rates {
+        for line in std::io::stdin().lock().lines() {
+            let threads: usize = line.unwrap().trim().parse().unwrap();
+            println!("{:.0}", rate(store.as_ref(), input, threads, TURN));
+        }
+    }
 }
 
-fn in_child(name: &str, entries: usize, rates: bool) -> (f64, f64, f64) {
-    let mode = if rates { "--child" } else { "--memory" };
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([mode, name, &entries.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<f64> = text
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    (v[0], v[1], v[2])
+/// A store filled in a child process of its own, answering rate requests.
+struct InChild {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl InChild {
+    /// Starts the child and waits until it has filled its store: its
+    /// resident bytes per entry.
+    fn start(name: &str, entries: usize, rates: bool) -> (InChild, f64) {
+        let mode = if rates { "--child" } else { "--memory" };
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([mode, name, &entries.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut c = InChild { child, out };
+        let bytes = c
+            .line()
+            .unwrap_or_else(|| panic!("{name}: no memory figure"));
+        (c, bytes)
+    }
+
+    fn line(&mut self) -> Option<f64> {
+        let mut line = String::new();
+        self.out.read_line(&mut line).ok()?;
+        line.trim().parse().ok()
+    }
+
+    /// Checks per second on `threads` threads.
+    fn rate(&mut self, threads: usize) -> f64 {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{threads}").unwrap();
+        self.line().expect("the child answers a rate")
+    }
+}
+
+impl Drop for InChild {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident bytes per entry of `name` with `entries` triplets.
+fn memory_of(name: &str, entries: usize) -> f64 {
+    InChild::start(name, entries, false).1
 }
 
 fn ns_per(iterations: u64, f: impl FnMut(u64)) -> f64 {
@@ -117,23 +181,36 @@ fn main() {
         big
     );
 
+    let names = ["engine", "mutex", "dashmap"];
+    let turn = if quick { 0.05 } else { TURN };
+
     // Hot set: 1,000 known triplets over and over.
     let hot = triplets(1000, 9);
-    let mut hot_rates = Vec::new();
-    for name in ["engine", "mutex", "dashmap"] {
-        let store = make(name, 1000);
+    let hot_stores: Vec<_> = names.iter().map(|n| make(n, 1000)).collect();
+    for store in &hot_stores {
         fill(store.as_ref(), Input::Prepared(&hot));
-        let secs = if quick { 0.05 } else { 1.5 };
-        hot_rates.push((
-            rate(store.as_ref(), Input::Prepared(&hot), 1, secs),
-            rate(store.as_ref(), Input::Prepared(&hot), 2, secs),
-        ));
     }
+    let hot_rates = interleaved(names.len(), |s, threads| {
+        rate(hot_stores[s].as_ref(), Input::Prepared(&hot), threads, turn)
+    });
+    drop(hot_stores);
 
-    // Large table, each store in its own process.
-    let large: Vec<_> = ["engine", "mutex", "dashmap"]
+    // Large table, each store in its own process, filled one after another
+    // (a store's fill does not share the CPU with another's), then measured
+    // in interleaved rounds.
+    let mut children = Vec::new();
+    let mut large_bytes = Vec::new();
+    for name in names {
+        let (child, bytes) = InChild::start(name, big, true);
+        children.push(child);
+        large_bytes.push(bytes);
+    }
+    let large_rates = interleaved(names.len(), |s, threads| children[s].rate(threads));
+    drop(children);
+    let large: Vec<(f64, f64, f64)> = large_bytes
         .iter()
-        .map(|n| in_child(n, big, true))
+        .zip(&large_rates)
+        .map(|(&b, &(one, two))| (b, one, two))
         .collect();
 
     // Memory at six sizes, tenths of the large table's (1, 2, 4, 6, 8 and
@@ -145,11 +222,7 @@ fn main() {
             if n == big {
                 (n, large[0].0, large[2].0)
             } else {
-                (
-                    n,
-                    in_child("engine", n, false).0,
-                    in_child("dashmap", n, false).0,
-                )
+                (n, memory_of("engine", n), memory_of("dashmap", n))
             }
         })
         .collect();
@@ -173,6 +246,7 @@ fn main() {
     }
 
     let m = |x: f64| format!("{:.2} M/s", x / 1e6);
+    println!("rates: each store's median of {ROUNDS} interleaved rounds of {TURN} s");
     println!();
     println!("| measurement | engine | Mutex<HashMap<String>> | DashMap<u128> | engine / mutex | engine / dashmap | target |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
