@@ -167,7 +167,13 @@ impl Recall {
                 seq,
             },
         );
-        *inner.per_network.entry(network.into()).or_default() += 1;
+        // The network's name is copied only for its first place.
+        match inner.per_network.get_mut(network) {
+            Some(n) => *n += 1,
+            None => {
+                inner.per_network.insert(network.into(), 1);
+            }
+        }
         inner.order.push_back((key, seq));
         // Places whose entries left stay in the order until they reach its
         // front: drop them when they outnumber the rest.
