@@ -12,7 +12,9 @@
 //! are measured in interleaved rounds (engine, mutex, dashmap, engine, ...)
 //! and each store's median is reported, so that the machine's drift
 //! (10-20% from one second to the next on a shared VM) hits the three
-//! alike instead of deciding the ratios.
+//! alike instead of deciding the ratios. The three stores of the large
+//! table stay filled together for that (about 2.5 GB at 10 million
+//! entries, most of it the mutex map's strings).
 
 mod common;
 
@@ -69,8 +71,9 @@ fn interleaved(stores: usize, mut measure: impl FnMut(usize, usize) -> f64) -> V
 }
 
 /// Child mode: fill one store with `entries` triplets and print its
-/// resident bytes per entry; with `rates`, then answer each line `THREADS`
-/// on stdin with that many threads' checks per second, until stdin ends.
+/// resident bytes per entry; with `rates`, then answer each line
+/// `THREADS SECONDS` on stdin with that many threads' checks per second
+/// over about that long, until stdin ends.
 fn child(name: &str, entries: usize, rates: bool) {
     // Generated as they are checked (see `Input::Generated`).
     let input = Input::Generated {
@@ -84,8 +87,10 @@ fn child(name: &str, entries: usize, rates: bool) {
     println!("{bytes:.1}");
     if rates {
         for line in std::io::stdin().lock().lines() {
-            let threads: usize = line.unwrap().trim().parse().unwrap();
-            println!("{:.0}", rate(store.as_ref(), input, threads, TURN));
+            let line = line.unwrap();
+            let (threads, seconds) = line.trim().split_once(' ').unwrap();
+            let (threads, seconds) = (threads.parse().unwrap(), seconds.parse().unwrap());
+            println!("{:.0}", rate(store.as_ref(), input, threads, seconds));
         }
     }
 }
@@ -121,10 +126,10 @@ impl InChild {
         line.trim().parse().ok()
     }
 
-    /// Checks per second on `threads` threads.
-    fn rate(&mut self, threads: usize) -> f64 {
+    /// Checks per second on `threads` threads over about `seconds`.
+    fn rate(&mut self, threads: usize, seconds: f64) -> f64 {
         let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{threads}").unwrap();
+        writeln!(stdin, "{threads} {seconds}").unwrap();
         self.line().expect("the child answers a rate")
     }
 }
@@ -205,7 +210,7 @@ fn main() {
         children.push(child);
         large_bytes.push(bytes);
     }
-    let large_rates = interleaved(names.len(), |s, threads| children[s].rate(threads));
+    let large_rates = interleaved(names.len(), |s, threads| children[s].rate(threads, turn));
     drop(children);
     let large: Vec<(f64, f64, f64)> = large_bytes
         .iter()

@@ -113,7 +113,9 @@ impl Syslog {
 struct Queue {
     /// Each line's time (Unix seconds) and text.
     lines: VecDeque<(i64, String)>,
-    /// Bytes of decision lines in `lines`.
+    /// Memory held by the decision lines in `lines`: each one's buffer as
+    /// allocated (an answer's line is moved in with the room it was written
+    /// into, up to twice its length) and its place in the queue.
     decision_bytes: usize,
     /// Decision lines dropped since the writer last said so.
     dropped: u64,
@@ -156,11 +158,12 @@ impl Logger {
         let now = greylist::unix_now();
         let mut q = self.queue.lock();
         if decision {
-            if q.decision_bytes + text.len() > MAX_QUEUED_BYTES {
+            let bytes = std::mem::size_of::<(i64, String)>() + text.capacity();
+            if q.decision_bytes + bytes > MAX_QUEUED_BYTES {
                 q.dropped += 1;
                 return;
             }
-            q.decision_bytes += text.len();
+            q.decision_bytes += bytes;
         }
         q.lines.push_back((now, text));
     }
@@ -354,6 +357,36 @@ impl Episode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review of the per-request work: the bound counted a line's length,
+    /// but an answer's line comes with the room it was written into, so
+    /// the queue could hold twice its bound (and a line with much room,
+    /// far more).
+    #[test]
+    fn the_queue_bound_counts_the_memory_lines_hold() {
+        let logger = Logger {
+            queue: Mutex::new(Queue::default()),
+            written: Condvar::new(),
+            sink: Sink {
+                stderr: false,
+                syslog: None,
+            },
+            stderr: AtomicBool::new(false),
+        };
+        let line = || {
+            let mut text = String::with_capacity(4096);
+            text.push_str("action=DEFER_IF_PERMIT greylisted");
+            text
+        };
+        for _ in 0..2 * MAX_QUEUED_BYTES / 4096 {
+            logger.push(line(), true);
+        }
+        let q = logger.queue.lock();
+        let held: usize = q.lines.iter().map(|(_, l)| l.capacity()).sum();
+        assert!(held <= MAX_QUEUED_BYTES, "{held} bytes queued");
+        assert!(q.dropped > 0);
+        assert!(q.lines.len() > MAX_QUEUED_BYTES / 4096 * 9 / 10);
+    }
 
     #[test]
     fn each_line_is_stamped_with_its_own_second() {
