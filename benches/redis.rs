@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 
 use greylist::{Config, Engine, Reason, Secret};
 
+mod common;
 #[path = "../tests/support/redis.rs"]
 mod redis_server;
 #[path = "../tests/support/rng.rs"]
 mod rng;
 
+use common::median;
 use redis_server::{real, RedisServer};
 use rng::Rng;
 
@@ -92,11 +94,6 @@ fn engine_rate(engine: &Arc<Engine>, secs: f64, round: u64) -> f64 {
         t.join().unwrap();
     }
     done.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -47,12 +47,6 @@ fn make(name: &str, entries: usize) -> Box<dyn Store> {
 const ROUNDS: usize = 5;
 const TURN: f64 = 0.6;
 
-/// The median of `v`.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Each of `stores` (by index) measured by `measure(store, threads)` on 1
 /// and on 2 threads, in [`ROUNDS`] interleaved rounds: the medians.
 fn interleaved(stores: usize, mut measure: impl FnMut(usize, usize) -> f64) -> Vec<(f64, f64)> {
